@@ -1,0 +1,645 @@
+//! SRTP and SRTCP (RFC 3711, RFC 7714), protected and unprotected in place.
+//!
+//! The packet path calls `protect_*` on an egress buffer that has room for the trailer and
+//! `unprotect_*` on the receive buffer itself: no allocation and no copy per packet. Replay
+//! protection is a 64-packet sliding window per SSRC (RFC 3711 §3.3.2). Keys come from DTLS
+//! (RFC 5764) through [`SrtpContext::from_dtls_export`].
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
+use aws_lc_rs::hmac;
+
+use crate::wire::rtp::RtpHeader;
+
+/// The protection profiles negotiated in DTLS's use_srtp extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrtpProfile {
+    /// SRTP_AEAD_AES_128_GCM (RFC 7714): preferred, one pass for encryption and authentication.
+    AeadAes128Gcm,
+    /// SRTP_AES128_CM_HMAC_SHA1_80 (RFC 3711's default).
+    Aes128CmHmacSha1_80,
+}
+
+const MASTER_KEY_LEN: usize = 16;
+const GCM_TAG_LEN: usize = 16;
+const HMAC_TAG_LEN: usize = 10;
+const HMAC_KEY_LEN: usize = 20;
+const SRTCP_INDEX_LEN: usize = 4;
+const SRTCP_E_BIT: u32 = 0x8000_0000;
+const REPLAY_WINDOW: u64 = 64;
+/// SSRCs remembered per direction; a session carries a handful (audio, video, RTX).
+const MAX_TRACKED_SSRCS: usize = 16;
+
+impl SrtpProfile {
+    pub fn master_salt_len(self) -> usize {
+        match self {
+            SrtpProfile::AeadAes128Gcm => 12,
+            SrtpProfile::Aes128CmHmacSha1_80 => 14,
+        }
+    }
+
+    /// Bytes `protect_rtp` adds to a packet.
+    pub fn rtp_overhead(self) -> usize {
+        match self {
+            SrtpProfile::AeadAes128Gcm => GCM_TAG_LEN,
+            SrtpProfile::Aes128CmHmacSha1_80 => HMAC_TAG_LEN,
+        }
+    }
+
+    /// Bytes `protect_rtcp` adds to a packet.
+    pub fn rtcp_overhead(self) -> usize {
+        self.rtp_overhead() + SRTCP_INDEX_LEN
+    }
+
+    /// Length of the DTLS keying material export (RFC 5764 §4.2): two keys and two salts.
+    pub fn keying_material_len(self) -> usize {
+        2 * (MASTER_KEY_LEN + self.master_salt_len())
+    }
+}
+
+/// Why a packet could not be protected or unprotected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SrtpError {
+    #[error("packet too short")]
+    TooShort,
+    #[error("malformed RTP header")]
+    BadHeader,
+    #[error("authentication failed")]
+    AuthFailed,
+    #[error("replayed packet")]
+    Replayed,
+    #[error("packet older than the replay window")]
+    TooOld,
+    #[error("buffer has no room for the SRTP trailer")]
+    BufferTooSmall,
+    #[error("unencrypted SRTCP is not accepted")]
+    Unencrypted,
+    #[error("bad key material length")]
+    BadKeyLength,
+}
+
+enum Cipher {
+    Gcm {
+        key: LessSafeKey,
+        salt: [u8; 12],
+    },
+    Cm {
+        key: EncryptingKey,
+        auth: hmac::Key,
+        salt: [u8; 14],
+    },
+}
+
+impl Cipher {
+    /// Derives session keys (RFC 3711 §4.3) for RTP (labels 0, 1, 2) or RTCP (3, 4, 5).
+    fn derive(
+        profile: SrtpProfile,
+        master_key: &[u8],
+        master_salt: &[u8],
+        first_label: u8,
+    ) -> Result<Self, SrtpError> {
+        let mut session_key = [0u8; MASTER_KEY_LEN];
+        kdf(master_key, master_salt, first_label, &mut session_key)?;
+        match profile {
+            SrtpProfile::AeadAes128Gcm => {
+                let mut salt = [0u8; 12];
+                kdf(master_key, master_salt, first_label + 2, &mut salt)?;
+                let key = UnboundKey::new(&aead::AES_128_GCM, &session_key)
+                    .map_err(|_| SrtpError::BadKeyLength)?;
+                Ok(Cipher::Gcm {
+                    key: LessSafeKey::new(key),
+                    salt,
+                })
+            }
+            SrtpProfile::Aes128CmHmacSha1_80 => {
+                let mut auth = [0u8; HMAC_KEY_LEN];
+                kdf(master_key, master_salt, first_label + 1, &mut auth)?;
+                let mut salt = [0u8; 14];
+                kdf(master_key, master_salt, first_label + 2, &mut salt)?;
+                let key = UnboundCipherKey::new(&AES_128, &session_key)
+                    .and_then(EncryptingKey::ctr)
+                    .map_err(|_| SrtpError::BadKeyLength)?;
+                Ok(Cipher::Cm {
+                    key,
+                    auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
+                    salt,
+                })
+            }
+        }
+    }
+}
+
+/// The SRTP key derivation function with a key derivation rate of 0: AES-CM keystream over
+/// `label` XORed into byte 7 of the (left-aligned) master salt.
+fn kdf(master_key: &[u8], master_salt: &[u8], label: u8, out: &mut [u8]) -> Result<(), SrtpError> {
+    let mut iv = [0u8; 16];
+    iv[..master_salt.len()].copy_from_slice(master_salt);
+    iv[7] ^= label;
+    let key = UnboundCipherKey::new(&AES_128, master_key)
+        .and_then(EncryptingKey::ctr)
+        .map_err(|_| SrtpError::BadKeyLength)?;
+    out.fill(0);
+    key.less_safe_encrypt(out, EncryptionContext::Iv128(iv.into()))
+        .map_err(|_| SrtpError::BadKeyLength)?;
+    Ok(())
+}
+
+/// Highest index seen and a bitmap of the 64 indices below it.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReplayWindow {
+    highest: u64,
+    seen: u64,
+    started: bool,
+}
+
+impl ReplayWindow {
+    fn check(&self, index: u64) -> Result<(), SrtpError> {
+        if !self.started || index > self.highest {
+            return Ok(());
+        }
+        let delta = self.highest - index;
+        if delta >= REPLAY_WINDOW {
+            Err(SrtpError::TooOld)
+        } else if self.seen & (1 << delta) != 0 {
+            Err(SrtpError::Replayed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records an authenticated index.
+    fn accept(&mut self, index: u64) {
+        if !self.started {
+            *self = ReplayWindow {
+                highest: index,
+                seen: 1,
+                started: true,
+            };
+        } else if index > self.highest {
+            let shift = index - self.highest;
+            self.seen = if shift >= REPLAY_WINDOW {
+                1
+            } else {
+                (self.seen << shift) | 1
+            };
+            self.highest = index;
+        } else {
+            self.seen |= 1 << (self.highest - index);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SsrcState {
+    ssrc: u32,
+    /// Received packets: replay window over the 48-bit packet index (RTP) or SRTCP index.
+    replay: ReplayWindow,
+    /// Sent packets: the highest index sent (RTP) or the next SRTCP index.
+    sent: u64,
+    sent_started: bool,
+}
+
+/// Per-SSRC state in a small vector: a session carries a handful of SSRCs, so a linear search
+/// beats hashing, and nothing is allocated once the vector has its capacity.
+struct SsrcTable(Vec<SsrcState>);
+
+impl SsrcTable {
+    fn new() -> Self {
+        SsrcTable(Vec::with_capacity(MAX_TRACKED_SSRCS))
+    }
+
+    fn get(&mut self, ssrc: u32) -> &mut SsrcState {
+        let pos = match self.0.iter().position(|s| s.ssrc == ssrc) {
+            Some(pos) => pos,
+            None => {
+                if self.0.len() == MAX_TRACKED_SSRCS {
+                    self.0.remove(0);
+                }
+                self.0.push(SsrcState {
+                    ssrc,
+                    replay: ReplayWindow::default(),
+                    sent: 0,
+                    sent_started: false,
+                });
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[pos]
+    }
+}
+
+/// One direction of SRTP and SRTCP for one DTLS association.
+pub struct SrtpContext {
+    profile: SrtpProfile,
+    rtp: Cipher,
+    rtcp: Cipher,
+    rtp_ssrcs: SsrcTable,
+    rtcp_ssrcs: SsrcTable,
+}
+
+impl SrtpContext {
+    pub fn new(
+        profile: SrtpProfile,
+        master_key: &[u8],
+        master_salt: &[u8],
+    ) -> Result<Self, SrtpError> {
+        if master_key.len() != MASTER_KEY_LEN || master_salt.len() != profile.master_salt_len() {
+            return Err(SrtpError::BadKeyLength);
+        }
+        Ok(SrtpContext {
+            profile,
+            rtp: Cipher::derive(profile, master_key, master_salt, 0)?,
+            rtcp: Cipher::derive(profile, master_key, master_salt, 3)?,
+            rtp_ssrcs: SsrcTable::new(),
+            rtcp_ssrcs: SsrcTable::new(),
+        })
+    }
+
+    /// Splits DTLS-exported keying material (client key, server key, client salt, server salt)
+    /// into `(outbound, inbound)` contexts for the side that `is_client` says.
+    pub fn from_dtls_export(
+        profile: SrtpProfile,
+        material: &[u8],
+        is_client: bool,
+    ) -> Result<(SrtpContext, SrtpContext), SrtpError> {
+        if material.len() != profile.keying_material_len() {
+            return Err(SrtpError::BadKeyLength);
+        }
+        let salt_len = profile.master_salt_len();
+        let (client_key, rest) = material.split_at(MASTER_KEY_LEN);
+        let (server_key, rest) = rest.split_at(MASTER_KEY_LEN);
+        let (client_salt, server_salt) = rest.split_at(salt_len);
+        let client = SrtpContext::new(profile, client_key, client_salt)?;
+        let server = SrtpContext::new(profile, server_key, server_salt)?;
+        Ok(if is_client {
+            (client, server)
+        } else {
+            (server, client)
+        })
+    }
+
+    pub fn profile(&self) -> SrtpProfile {
+        self.profile
+    }
+
+    /// Encrypts and authenticates the RTP packet in `buf[..len]`; the tag goes after it, so
+    /// `buf` needs `profile().rtp_overhead()` spare bytes. Returns the protected length.
+    pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
+        let header = RtpHeader::parse(&buf[..len]).map_err(|_| SrtpError::BadHeader)?;
+        if buf.len() < len + self.profile.rtp_overhead() {
+            return Err(SrtpError::BufferTooSmall);
+        }
+        let state = self.rtp_ssrcs.get(header.ssrc);
+        let index = outbound_rtp_index(state, header.sequence);
+        let roc = (index >> 16) as u32;
+        let hdr_len = header.header_len;
+        match &self.rtp {
+            Cipher::Gcm { key, salt } => {
+                let nonce = gcm_rtp_nonce(salt, header.ssrc, roc, header.sequence);
+                let (aad, rest) = buf.split_at_mut(hdr_len);
+                let payload_len = len - hdr_len;
+                let tag = key
+                    .seal_in_place_separate_tag(nonce, Aad::from(&*aad), &mut rest[..payload_len])
+                    .map_err(|_| SrtpError::BufferTooSmall)?;
+                rest[payload_len..payload_len + GCM_TAG_LEN].copy_from_slice(tag.as_ref());
+                Ok(len + GCM_TAG_LEN)
+            }
+            Cipher::Cm { key, auth, salt } => {
+                let iv = cm_iv(salt, header.ssrc, index);
+                key.less_safe_encrypt(&mut buf[hdr_len..len], EncryptionContext::Iv128(iv.into()))
+                    .map_err(|_| SrtpError::BufferTooSmall)?;
+                let tag = hmac_tag(auth, &buf[..len], Some(roc));
+                buf[len..len + HMAC_TAG_LEN].copy_from_slice(&tag.as_ref()[..HMAC_TAG_LEN]);
+                Ok(len + HMAC_TAG_LEN)
+            }
+        }
+    }
+
+    /// Authenticates and decrypts the SRTP packet in `buf` in place; returns the RTP length.
+    pub fn unprotect_rtp(&mut self, buf: &mut [u8]) -> Result<usize, SrtpError> {
+        let overhead = self.profile.rtp_overhead();
+        if buf.len() < overhead + crate::wire::rtp::FIXED_HEADER_LEN {
+            return Err(SrtpError::TooShort);
+        }
+        let header =
+            RtpHeader::parse(&buf[..buf.len() - overhead]).map_err(|_| SrtpError::BadHeader)?;
+        let state = self.rtp_ssrcs.get(header.ssrc);
+        let index = estimate_index(&state.replay, header.sequence);
+        state.replay.check(index)?;
+        let roc = (index >> 16) as u32;
+        let hdr_len = header.header_len;
+        let plain_len = buf.len() - overhead;
+        match &self.rtp {
+            Cipher::Gcm { key, salt } => {
+                let nonce = gcm_rtp_nonce(salt, header.ssrc, roc, header.sequence);
+                let (aad, rest) = buf.split_at_mut(hdr_len);
+                key.open_in_place(nonce, Aad::from(&*aad), rest)
+                    .map_err(|_| SrtpError::AuthFailed)?;
+            }
+            Cipher::Cm { key, auth, salt } => {
+                let tag = hmac_tag(auth, &buf[..plain_len], Some(roc));
+                if !constant_time_eq(&tag.as_ref()[..HMAC_TAG_LEN], &buf[plain_len..]) {
+                    return Err(SrtpError::AuthFailed);
+                }
+                let iv = cm_iv(salt, header.ssrc, index);
+                key.less_safe_encrypt(
+                    &mut buf[hdr_len..plain_len],
+                    EncryptionContext::Iv128(iv.into()),
+                )
+                .map_err(|_| SrtpError::AuthFailed)?;
+            }
+        }
+        self.rtp_ssrcs.get(header.ssrc).replay.accept(index);
+        Ok(plain_len)
+    }
+
+    /// Encrypts and authenticates the compound RTCP packet in `buf[..len]`, appending the
+    /// SRTCP index and tag (`profile().rtcp_overhead()` bytes). Returns the protected length.
+    pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
+        if len < 8 {
+            return Err(SrtpError::TooShort);
+        }
+        if buf.len() < len + self.profile.rtcp_overhead() {
+            return Err(SrtpError::BufferTooSmall);
+        }
+        let ssrc = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
+        let state = self.rtcp_ssrcs.get(ssrc);
+        // The first SRTCP index is 1, as libsrtp and webrtc-srtp number them.
+        state.sent = (state.sent + 1) & 0x7fff_ffff;
+        let index = state.sent as u32;
+        let e_index = (SRTCP_E_BIT | index).to_be_bytes();
+        match &self.rtcp {
+            Cipher::Gcm { key, salt } => {
+                let nonce = gcm_rtcp_nonce(salt, ssrc, index);
+                let mut aad = [0u8; 12];
+                aad[..8].copy_from_slice(&buf[..8]);
+                aad[8..].copy_from_slice(&e_index);
+                let tag = key
+                    .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut buf[8..len])
+                    .map_err(|_| SrtpError::BufferTooSmall)?;
+                buf[len..len + GCM_TAG_LEN].copy_from_slice(tag.as_ref());
+                buf[len + GCM_TAG_LEN..len + GCM_TAG_LEN + 4].copy_from_slice(&e_index);
+                Ok(len + GCM_TAG_LEN + 4)
+            }
+            Cipher::Cm { key, auth, salt } => {
+                let iv = cm_iv(salt, ssrc, index as u64);
+                key.less_safe_encrypt(&mut buf[8..len], EncryptionContext::Iv128(iv.into()))
+                    .map_err(|_| SrtpError::BufferTooSmall)?;
+                buf[len..len + 4].copy_from_slice(&e_index);
+                let tag = hmac_tag(auth, &buf[..len + 4], None);
+                buf[len + 4..len + 4 + HMAC_TAG_LEN]
+                    .copy_from_slice(&tag.as_ref()[..HMAC_TAG_LEN]);
+                Ok(len + 4 + HMAC_TAG_LEN)
+            }
+        }
+    }
+
+    /// Authenticates and decrypts the SRTCP packet in `buf` in place; returns the RTCP length.
+    pub fn unprotect_rtcp(&mut self, buf: &mut [u8]) -> Result<usize, SrtpError> {
+        let overhead = self.profile.rtcp_overhead();
+        if buf.len() < 8 + overhead {
+            return Err(SrtpError::TooShort);
+        }
+        let ssrc = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
+        let plain_len = buf.len() - overhead;
+        let index_at = match self.profile {
+            SrtpProfile::AeadAes128Gcm => buf.len() - 4,
+            SrtpProfile::Aes128CmHmacSha1_80 => buf.len() - HMAC_TAG_LEN - 4,
+        };
+        let e_index = u32::from_be_bytes(buf[index_at..index_at + 4].try_into().expect("4"));
+        if e_index & SRTCP_E_BIT == 0 {
+            return Err(SrtpError::Unencrypted);
+        }
+        let index = e_index & !SRTCP_E_BIT;
+        self.rtcp_ssrcs.get(ssrc).replay.check(index as u64)?;
+        match &self.rtcp {
+            Cipher::Gcm { key, salt } => {
+                let nonce = gcm_rtcp_nonce(salt, ssrc, index);
+                let mut aad = [0u8; 12];
+                aad[..8].copy_from_slice(&buf[..8]);
+                aad[8..].copy_from_slice(&e_index.to_be_bytes());
+                key.open_in_place(nonce, Aad::from(aad), &mut buf[8..index_at])
+                    .map_err(|_| SrtpError::AuthFailed)?;
+            }
+            Cipher::Cm { key, auth, salt } => {
+                let tag = hmac_tag(auth, &buf[..index_at + 4], None);
+                if !constant_time_eq(&tag.as_ref()[..HMAC_TAG_LEN], &buf[index_at + 4..]) {
+                    return Err(SrtpError::AuthFailed);
+                }
+                let iv = cm_iv(salt, ssrc, index as u64);
+                key.less_safe_encrypt(&mut buf[8..plain_len], EncryptionContext::Iv128(iv.into()))
+                    .map_err(|_| SrtpError::AuthFailed)?;
+            }
+        }
+        self.rtcp_ssrcs.get(ssrc).replay.accept(index as u64);
+        Ok(plain_len)
+    }
+}
+
+/// The 48-bit index of a packet this side sends: the rollover counter rises when the sequence
+/// number wraps (RFC 3711 §3.3.1).
+fn outbound_rtp_index(state: &mut SsrcState, sequence: u16) -> u64 {
+    if !state.sent_started {
+        state.sent_started = true;
+        state.sent = sequence as u64;
+        return state.sent;
+    }
+    let roc = state.sent >> 16;
+    let last = state.sent as u16;
+    let index = if sequence < last && last - sequence > 0x8000 {
+        ((roc + 1) << 16) | sequence as u64
+    } else if sequence > last && sequence - last > 0x8000 && roc > 0 {
+        ((roc - 1) << 16) | sequence as u64 // a late packet from before the wrap
+    } else {
+        (roc << 16) | sequence as u64
+    };
+    state.sent = state.sent.max(index);
+    index
+}
+
+/// Guesses the index of a received packet from the highest index seen (RFC 3711 Appendix A).
+fn estimate_index(window: &ReplayWindow, sequence: u16) -> u64 {
+    if !window.started {
+        return sequence as u64;
+    }
+    let roc = window.highest >> 16;
+    let s_l = window.highest as u16;
+    let seq = sequence as i64;
+    let guess = if s_l < 0x8000 {
+        if seq - s_l as i64 > 0x8000 && roc > 0 {
+            roc - 1
+        } else {
+            roc
+        }
+    } else if (s_l as i64 - 0x8000) > seq {
+        roc + 1
+    } else {
+        roc
+    };
+    (guess << 16) | sequence as u64
+}
+
+fn gcm_rtp_nonce(salt: &[u8; 12], ssrc: u32, roc: u32, sequence: u16) -> Nonce {
+    let mut iv = [0u8; 12];
+    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+    iv[6..10].copy_from_slice(&roc.to_be_bytes());
+    iv[10..12].copy_from_slice(&sequence.to_be_bytes());
+    for (b, s) in iv.iter_mut().zip(salt) {
+        *b ^= s;
+    }
+    Nonce::assume_unique_for_key(iv)
+}
+
+fn gcm_rtcp_nonce(salt: &[u8; 12], ssrc: u32, index: u32) -> Nonce {
+    let mut iv = [0u8; 12];
+    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+    iv[8..12].copy_from_slice(&index.to_be_bytes());
+    for (b, s) in iv.iter_mut().zip(salt) {
+        *b ^= s;
+    }
+    Nonce::assume_unique_for_key(iv)
+}
+
+/// AES-CM IV: (salt · 2^16) XOR (SSRC · 2^64) XOR (index · 2^16).
+fn cm_iv(salt: &[u8; 14], ssrc: u32, index: u64) -> [u8; 16] {
+    let mut iv = [0u8; 16];
+    iv[..14].copy_from_slice(salt);
+    for (b, s) in iv[4..8].iter_mut().zip(ssrc.to_be_bytes()) {
+        *b ^= s;
+    }
+    for (b, s) in iv[8..14].iter_mut().zip(&index.to_be_bytes()[2..8]) {
+        *b ^= s;
+    }
+    iv
+}
+
+fn hmac_tag(key: &hmac::Key, data: &[u8], roc: Option<u32>) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(data);
+    if let Some(roc) = roc {
+        ctx.update(&roc.to_be_bytes());
+    }
+    ctx.sign()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp_packet(ssrc: u32, seq: u16, payload_len: usize) -> Vec<u8> {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&1234u32.to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend((0..payload_len).map(|i| i as u8));
+        p
+    }
+
+    fn pair(profile: SrtpProfile) -> (SrtpContext, SrtpContext) {
+        let key = [0x11u8; 16];
+        let salt = vec![0x22u8; profile.master_salt_len()];
+        (
+            SrtpContext::new(profile, &key, &salt).unwrap(),
+            SrtpContext::new(profile, &key, &salt).unwrap(),
+        )
+    }
+
+    const PROFILES: [SrtpProfile; 2] = [
+        SrtpProfile::AeadAes128Gcm,
+        SrtpProfile::Aes128CmHmacSha1_80,
+    ];
+
+    #[test]
+    fn rtp_round_trips_and_replays_are_refused() {
+        for profile in PROFILES {
+            let (mut tx, mut rx) = pair(profile);
+            let plain = rtp_packet(42, 100, 200);
+            let mut buf = plain.clone();
+            buf.resize(plain.len() + profile.rtp_overhead(), 0);
+            let n = tx.protect_rtp(&mut buf, plain.len()).unwrap();
+            assert_eq!(n, buf.len());
+            assert_ne!(&buf[12..plain.len()], &plain[12..]);
+            let mut replay = buf.clone();
+            let m = rx.unprotect_rtp(&mut buf).unwrap();
+            assert_eq!(&buf[..m], &plain[..]);
+            assert_eq!(rx.unprotect_rtp(&mut replay), Err(SrtpError::Replayed));
+        }
+    }
+
+    #[test]
+    fn tampered_rtp_fails_authentication() {
+        for profile in PROFILES {
+            let (mut tx, mut rx) = pair(profile);
+            let plain = rtp_packet(42, 1, 50);
+            let mut buf = plain.clone();
+            buf.resize(plain.len() + profile.rtp_overhead(), 0);
+            tx.protect_rtp(&mut buf, plain.len()).unwrap();
+            buf[20] ^= 0x01;
+            assert_eq!(rx.unprotect_rtp(&mut buf), Err(SrtpError::AuthFailed));
+        }
+    }
+
+    #[test]
+    fn rollover_counter_follows_sequence_wrap() {
+        for profile in PROFILES {
+            let (mut tx, mut rx) = pair(profile);
+            for seq in [65534u16, 65535, 0, 1, 65533, 2] {
+                let plain = rtp_packet(7, seq, 20);
+                let mut buf = plain.clone();
+                buf.resize(plain.len() + profile.rtp_overhead(), 0);
+                tx.protect_rtp(&mut buf, plain.len()).unwrap();
+                let n = rx.unprotect_rtp(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &plain[..], "seq {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn packets_older_than_the_window_are_refused() {
+        let mut w = ReplayWindow::default();
+        w.accept(1000);
+        assert_eq!(w.check(1000), Err(SrtpError::Replayed));
+        assert_eq!(w.check(1000 - 64), Err(SrtpError::TooOld));
+        assert_eq!(w.check(999), Ok(()));
+        w.accept(999);
+        assert_eq!(w.check(999), Err(SrtpError::Replayed));
+        w.accept(2000);
+        assert_eq!(w.check(1999), Ok(()));
+        assert_eq!(w.check(1000), Err(SrtpError::TooOld));
+    }
+
+    #[test]
+    fn rtcp_round_trips_and_tamper_fails() {
+        for profile in PROFILES {
+            let (mut tx, mut rx) = pair(profile);
+            let mut plain = vec![0x81, 200, 0, 6];
+            plain.extend_from_slice(&99u32.to_be_bytes());
+            plain.extend_from_slice(&[9u8; 20]);
+            let mut buf = plain.clone();
+            buf.resize(plain.len() + profile.rtcp_overhead(), 0);
+            tx.protect_rtcp(&mut buf, plain.len()).unwrap();
+            let mut tampered = buf.clone();
+            tampered[10] ^= 4;
+            assert_eq!(rx.unprotect_rtcp(&mut tampered), Err(SrtpError::AuthFailed));
+            let mut replay = buf.clone();
+            let n = rx.unprotect_rtcp(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &plain[..]);
+            assert_eq!(rx.unprotect_rtcp(&mut replay), Err(SrtpError::Replayed));
+        }
+    }
+
+    #[test]
+    fn short_and_garbage_input_is_an_error() {
+        for profile in PROFILES {
+            let (_, mut rx) = pair(profile);
+            assert_eq!(rx.unprotect_rtp(&mut [0x80; 10]), Err(SrtpError::TooShort));
+            let mut garbage = rtp_packet(1, 1, 40);
+            assert_eq!(rx.unprotect_rtp(&mut garbage), Err(SrtpError::AuthFailed));
+            assert_eq!(rx.unprotect_rtcp(&mut [0x80; 12]), Err(SrtpError::TooShort));
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Wire formats: pure parse/build functions on byte slices. No I/O, no clock, and no
+//! allocation on the packet path. One file per format.
+
+pub mod demux;
+pub mod rtcp;
+pub mod rtp;
+pub mod stun;
