@@ -1,0 +1,406 @@
+//! Configuration: built-in defaults, then a TOML file, then `CORECAST_<SECTION>_<KEY>`
+//! environment variables. Every value is checked here, and a bad one stops start-up with a
+//! message that names the key, the value and what is allowed.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub workers: WorkersConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Where the HTTP server (WHIP, WHEP, API, page) listens.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    /// The address media sockets bind to.
+    pub bind_ip: IpAddr,
+    /// The address written into ICE candidates.
+    pub announced_ip: IpAddr,
+    /// Inclusive range of media ports; each session takes one.
+    pub ports: PortRange,
+    pub udp_recv_buffer: usize,
+    pub udp_send_buffer: usize,
+    /// A session with no valid STUN for this long ends and frees its port.
+    pub ice_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkersConfig {
+    /// Worker threads; 0 means one per core.
+    pub count: usize,
+    /// Pin each worker to its own core.
+    pub pin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> usize {
+        (self.last - self.first) as usize + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// A configuration error, worded for the person running the relay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn bad(key: &str, value: impl fmt::Display, allowed: &str) -> ConfigError {
+    ConfigError(format!(
+        "configuration key `{key}` has value `{value}`: {allowed}"
+    ))
+}
+
+const MIN_SOCKET_BUFFER: i64 = 4096;
+const MAX_SOCKET_BUFFER: i64 = 1 << 30;
+
+/// Every key the relay knows, with its section; unknown keys are errors, so typos surface.
+const KEYS: &[(&str, &[&str])] = &[
+    ("http", &["listen"]),
+    (
+        "media",
+        &[
+            "bind_ip",
+            "announced_ip",
+            "ports",
+            "udp_recv_buffer",
+            "udp_send_buffer",
+            "ice_timeout",
+        ],
+    ),
+    ("workers", &["count", "pin"]),
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig {
+                listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            },
+            media: MediaConfig {
+                bind_ip: "127.0.0.1".parse().expect("valid literal"),
+                announced_ip: "127.0.0.1".parse().expect("valid literal"),
+                ports: PortRange {
+                    first: 31000,
+                    last: 31999,
+                },
+                udp_recv_buffer: 1 << 20,
+                udp_send_buffer: 1 << 20,
+                ice_timeout: Duration::from_secs(30),
+            },
+            workers: WorkersConfig {
+                count: 0,
+                pin: true,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from an optional TOML text and environment pairs.
+    pub fn load(
+        toml_text: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: Table = match toml_text {
+            Some(text) => text
+                .parse()
+                .map_err(|e| ConfigError(format!("configuration file is not valid TOML: {e}")))?,
+            None => Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("CORECAST_") else {
+                continue;
+            };
+            let lower = rest.to_ascii_lowercase();
+            let Some((section, key)) = KEYS.iter().find_map(|(section, keys)| {
+                let key = lower.strip_prefix(section)?.strip_prefix('_')?;
+                keys.contains(&key).then_some((*section, key))
+            }) else {
+                return Err(ConfigError(format!(
+                    "environment variable `{name}` names no configuration key; known keys: {}",
+                    known_keys()
+                )));
+            };
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| Value::Table(Table::new()));
+            let Value::Table(section_table) = entry else {
+                return Err(ConfigError(format!("`{section}` must be a table")));
+            };
+            section_table.insert(key.to_string(), env_value(&value));
+        }
+        Config::from_table(&table)
+    }
+
+    fn from_table(table: &Table) -> Result<Config, ConfigError> {
+        for (section, value) in table {
+            let Some((_, keys)) = KEYS.iter().find(|(s, _)| s == section) else {
+                return Err(ConfigError(format!(
+                    "unknown configuration section `{section}`; known keys: {}",
+                    known_keys()
+                )));
+            };
+            let Value::Table(inner) = value else {
+                return Err(ConfigError(format!("`{section}` must be a table")));
+            };
+            for key in inner.keys() {
+                if !keys.contains(&key.as_str()) {
+                    return Err(ConfigError(format!(
+                        "unknown configuration key `{section}.{key}`; known keys: {}",
+                        known_keys()
+                    )));
+                }
+            }
+        }
+        let get = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key));
+        let mut config = Config::default();
+
+        if let Some(v) = get("http", "listen") {
+            config.http.listen = parse_str(v, "http.listen", "an address and port like 127.0.0.1:8080")?;
+        }
+        if let Some(v) = get("media", "bind_ip") {
+            config.media.bind_ip = parse_str(v, "media.bind_ip", "an IPv4 or IPv6 address")?;
+        }
+        if let Some(v) = get("media", "announced_ip") {
+            config.media.announced_ip =
+                parse_str(v, "media.announced_ip", "an IPv4 or IPv6 address")?;
+            if config.media.announced_ip.is_unspecified() {
+                return Err(bad(
+                    "media.announced_ip",
+                    config.media.announced_ip,
+                    "must be an address clients can reach, not the unspecified address",
+                ));
+            }
+        }
+        if let Some(v) = get("media", "ports") {
+            config.media.ports = parse_port_range(v)?;
+        }
+        for (key, slot) in [
+            ("udp_recv_buffer", &mut config.media.udp_recv_buffer),
+            ("udp_send_buffer", &mut config.media.udp_send_buffer),
+        ] {
+            if let Some(v) = get("media", key) {
+                let name = format!("media.{key}");
+                let n = int(v, &name, "a size in bytes")?;
+                if !(MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&n) {
+                    return Err(bad(&name, n, "must be between 4096 and 1073741824 bytes"));
+                }
+                *slot = n as usize;
+            }
+        }
+        if let Some(v) = get("media", "ice_timeout") {
+            let n = int(v, "media.ice_timeout", "a number of seconds")?;
+            if !(1..=3600).contains(&n) {
+                return Err(bad("media.ice_timeout", n, "must be 1 to 3600 seconds"));
+            }
+            config.media.ice_timeout = Duration::from_secs(n as u64);
+        }
+        if let Some(v) = get("workers", "count") {
+            let n = int(v, "workers.count", "a number of threads")?;
+            if !(0..=1024).contains(&n) {
+                return Err(bad("workers.count", n, "must be 0 (one per core) to 1024"));
+            }
+            config.workers.count = n as usize;
+        }
+        if let Some(v) = get("workers", "pin") {
+            config.workers.pin = match v {
+                Value::Boolean(b) => *b,
+                other => return Err(bad("workers.pin", other, "must be true or false")),
+            };
+        }
+        Ok(config)
+    }
+
+    /// Worker threads to start: `workers.count`, or one per available core when it is 0.
+    pub fn worker_count(&self) -> usize {
+        if self.workers.count > 0 {
+            self.workers.count
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Checks what depends on more than one key (run once the worker count is known).
+    pub fn validate_for_workers(&self, workers: usize) -> Result<(), ConfigError> {
+        if self.media.ports.len() < workers {
+            return Err(bad(
+                "media.ports",
+                self.media.ports,
+                &format!("needs at least one port per worker ({workers} workers)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> String {
+        format!(
+            "[http]\nlisten = \"{}\"\n\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\n\
+             udp_recv_buffer = {}\nudp_send_buffer = {}\nice_timeout = {}\n\n[workers]\ncount = {}\npin = {}\n",
+            self.http.listen,
+            self.media.bind_ip,
+            self.media.announced_ip,
+            self.media.ports,
+            self.media.udp_recv_buffer,
+            self.media.udp_send_buffer,
+            self.media.ice_timeout.as_secs(),
+            self.workers.count,
+            self.workers.pin,
+        )
+    }
+}
+
+fn known_keys() -> String {
+    KEYS.iter()
+        .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Environment values are strings; numbers and booleans are recognised so that
+/// `CORECAST_WORKERS_COUNT=2` means the integer 2.
+fn env_value(raw: &str) -> Value {
+    if let Ok(n) = raw.parse::<i64>() {
+        Value::Integer(n)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        Value::Boolean(b)
+    } else {
+        Value::String(raw.to_string())
+    }
+}
+
+fn int(v: &Value, key: &str, what: &str) -> Result<i64, ConfigError> {
+    match v {
+        Value::Integer(n) => Ok(*n),
+        other => Err(bad(key, other, &format!("must be an integer ({what})"))),
+    }
+}
+
+fn parse_str<T: std::str::FromStr>(v: &Value, key: &str, allowed: &str) -> Result<T, ConfigError> {
+    match v {
+        Value::String(s) => s.parse().map_err(|_| bad(key, s, &format!("must be {allowed}"))),
+        other => Err(bad(key, other, &format!("must be a string: {allowed}"))),
+    }
+}
+
+fn parse_port_range(v: &Value) -> Result<PortRange, ConfigError> {
+    const ALLOWED: &str = "must be a range FROM-TO with 1024 <= FROM <= TO <= 65535";
+    let Value::String(s) = v else {
+        return Err(bad("media.ports", v, ALLOWED));
+    };
+    let parsed = s.split_once('-').and_then(|(a, b)| {
+        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+    });
+    match parsed {
+        Some((first, last)) if first >= 1024 && first <= last => Ok(PortRange { first, last }),
+        _ => Err(bad("media.ports", s, ALLOWED)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_ready() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.media.announced_ip.is_loopback());
+        assert!(c.http.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let file = "[media]\nports = \"40000-40010\"\nudp_recv_buffer = 65536\n[workers]\ncount = 3\n";
+        let c = Config::load(
+            Some(file),
+            env(&[
+                ("CORECAST_MEDIA_PORTS", "31000-31001"),
+                ("CORECAST_WORKERS_PIN", "false"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.media.ports, PortRange { first: 31000, last: 31001 });
+        assert_eq!(c.media.udp_recv_buffer, 65536);
+        assert_eq!(c.workers.count, 3);
+        assert!(!c.workers.pin);
+    }
+
+    #[test]
+    fn printed_config_loads_back_unchanged() {
+        let mut c = Config::default();
+        c.workers.count = 2;
+        c.media.ports = PortRange { first: 2000, last: 2001 };
+        assert_eq!(Config::load(Some(&c.to_toml()), env(&[])).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_what_is_allowed() {
+        let err = Config::load(None, env(&[("CORECAST_MEDIA_PORTS", "5000-4000")])).unwrap_err();
+        assert!(err.0.contains("media.ports") && err.0.contains("5000-4000") && err.0.contains("FROM <= TO"), "{err}");
+        let err = Config::load(None, env(&[("CORECAST_MEDIA_PORTS", "80-90")])).unwrap_err();
+        assert!(err.0.contains("1024"), "{err}");
+        let err = Config::load(Some("[media]\nudp_send_buffer = 10\n"), env(&[])).unwrap_err();
+        assert!(err.0.contains("media.udp_send_buffer") && err.0.contains("`10`"), "{err}");
+        let err = Config::load(None, env(&[("CORECAST_HTTP_LISTEN", "nowhere")])).unwrap_err();
+        assert!(err.0.contains("http.listen") && err.0.contains("nowhere"), "{err}");
+        let err = Config::load(None, env(&[("CORECAST_WORKERS_PIN", "sometimes")])).unwrap_err();
+        assert!(err.0.contains("workers.pin"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::load(None, env(&[("CORECAST_MEDIA_PORT", "1")])).unwrap_err();
+        assert!(err.0.contains("CORECAST_MEDIA_PORT"), "{err}");
+        let err = Config::load(Some("[media]\nport = 1\n"), env(&[])).unwrap_err();
+        assert!(err.0.contains("media.port"), "{err}");
+    }
+
+    #[test]
+    fn port_range_must_cover_the_workers() {
+        let mut c = Config::default();
+        c.media.ports = PortRange { first: 5000, last: 5000 };
+        assert!(c.validate_for_workers(1).is_ok());
+        let err = c.validate_for_workers(2).unwrap_err();
+        assert!(err.0.contains("media.ports") && err.0.contains("2 workers"), "{err}");
+    }
+}
