@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod negotiation;
+pub mod session;
 pub mod srtp;
 pub mod wire;

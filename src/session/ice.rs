@@ -1,0 +1,204 @@
+//! ICE-lite (RFC 8445 §2.5): the relay answers connectivity checks and never sends its own. The
+//! peer (the controlling agent) nominates a pair with USE-CANDIDATE; the relay latches that
+//! address as the session's destination. No valid check for `timeout` ends the session
+//! (consent freshness, RFC 7675: browsers check every few seconds).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::hmac;
+
+use crate::wire::stun::{self, StunError, StunMessage};
+
+/// Addresses that have passed a check; a browser tries a few candidate pairs.
+const MAX_VALIDATED: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IceError {
+    #[error("STUN: {0}")]
+    Stun(#[from] StunError),
+    #[error("not a Binding request")]
+    NotBindingRequest,
+    #[error("USERNAME does not name this session")]
+    WrongUsername,
+}
+
+/// What a valid check produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// Length of the Binding success response written to the output buffer.
+    pub response_len: usize,
+    /// Set when this check nominated a new destination address.
+    pub nominated: Option<SocketAddr>,
+}
+
+pub struct IceLite {
+    /// `local_ufrag:remote_ufrag`, as the peer's USERNAME must read.
+    expected_username: Vec<u8>,
+    key: hmac::Key,
+    nominated: Option<SocketAddr>,
+    validated: Vec<SocketAddr>,
+    last_valid: Instant,
+    timeout: Duration,
+}
+
+impl IceLite {
+    pub fn new(
+        now: Instant,
+        local_ufrag: &str,
+        local_pwd: &str,
+        remote_ufrag: &str,
+        timeout: Duration,
+    ) -> Self {
+        IceLite {
+            expected_username: format!("{local_ufrag}:{remote_ufrag}").into_bytes(),
+            key: stun::short_term_key(local_pwd),
+            nominated: None,
+            validated: Vec::with_capacity(MAX_VALIDATED),
+            last_valid: now,
+            timeout,
+        }
+    }
+
+    /// Handles a STUN packet from `from`, writing the response into `out`.
+    pub fn handle_check(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        from: SocketAddr,
+        out: &mut [u8],
+    ) -> Result<CheckOutcome, IceError> {
+        let msg = StunMessage::parse(packet)?;
+        if !msg.is_binding_request() {
+            return Err(IceError::NotBindingRequest);
+        }
+        if msg.username != Some(&self.expected_username[..]) {
+            return Err(IceError::WrongUsername);
+        }
+        msg.verify_integrity(&self.key)?;
+        let response_len = stun::write_binding_success(out, &msg.transaction_id, from, &self.key)?;
+        self.last_valid = now;
+        if !self.validated.contains(&from) {
+            if self.validated.len() == MAX_VALIDATED {
+                self.validated.remove(0);
+            }
+            self.validated.push(from);
+        }
+        let nominated = if msg.use_candidate && self.nominated != Some(from) {
+            self.nominated = Some(from);
+            Some(from)
+        } else {
+            None
+        };
+        Ok(CheckOutcome {
+            response_len,
+            nominated,
+        })
+    }
+
+    /// The nominated destination, once the peer has nominated one.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.nominated
+    }
+
+    /// Whether `addr` has passed a connectivity check (DTLS is accepted only from such).
+    pub fn is_validated(&self, addr: SocketAddr) -> bool {
+        self.validated.contains(&addr)
+    }
+
+    /// When the session ends unless a valid check arrives first.
+    pub fn deadline(&self) -> Instant {
+        self.last_valid + self.timeout
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        now >= self.deadline()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::stun::{BINDING_REQUEST, StunWriter};
+
+    fn check(username: &str, pwd: &str, use_candidate: bool) -> Vec<u8> {
+        let key = stun::short_term_key(pwd);
+        let mut buf = vec![0u8; 200];
+        let mut w = StunWriter::new(&mut buf, BINDING_REQUEST, &[3; 12]).unwrap();
+        w.username(username.as_bytes()).unwrap().priority(1).unwrap().ice_controlling(5).unwrap();
+        if use_candidate {
+            w.use_candidate().unwrap();
+        }
+        w.message_integrity(&key).unwrap();
+        let n = w.fingerprint().unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn agent(now: Instant) -> IceLite {
+        IceLite::new(now, "srv", "server-password-123456", "cli", Duration::from_secs(30))
+    }
+
+    #[test]
+    fn valid_check_gets_response_and_nomination_latches_address() {
+        let t0 = Instant::now();
+        let mut ice = agent(t0);
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut out = [0u8; 128];
+        let r = ice
+            .handle_check(t0, &check("srv:cli", "server-password-123456", false), from, &mut out)
+            .unwrap();
+        assert!(r.response_len > 0);
+        assert_eq!(r.nominated, None);
+        assert!(ice.is_validated(from));
+        assert_eq!(ice.remote(), None);
+        let resp = StunMessage::parse(&out[..r.response_len]).unwrap();
+        assert_eq!(resp.xor_mapped_address, Some(from));
+
+        let r = ice
+            .handle_check(t0, &check("srv:cli", "server-password-123456", true), from, &mut out)
+            .unwrap();
+        assert_eq!(r.nominated, Some(from));
+        assert_eq!(ice.remote(), Some(from));
+        // Nominating the same address again is not news.
+        let r = ice
+            .handle_check(t0, &check("srv:cli", "server-password-123456", true), from, &mut out)
+            .unwrap();
+        assert_eq!(r.nominated, None);
+    }
+
+    #[test]
+    fn wrong_credentials_are_refused_and_do_not_validate() {
+        let t0 = Instant::now();
+        let mut ice = agent(t0);
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut out = [0u8; 128];
+        assert_eq!(
+            ice.handle_check(t0, &check("srv:other", "server-password-123456", true), from, &mut out),
+            Err(IceError::WrongUsername)
+        );
+        assert_eq!(
+            ice.handle_check(t0, &check("srv:cli", "guessed-password", true), from, &mut out),
+            Err(IceError::Stun(StunError::BadIntegrity))
+        );
+        assert!(!ice.is_validated(from));
+        assert_eq!(ice.remote(), None);
+    }
+
+    #[test]
+    fn session_expires_without_valid_checks_and_checks_extend_it() {
+        let t0 = Instant::now();
+        let mut ice = agent(t0);
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut out = [0u8; 128];
+        assert!(!ice.is_expired(t0 + Duration::from_secs(29)));
+        let t20 = t0 + Duration::from_secs(20);
+        ice.handle_check(t20, &check("srv:cli", "server-password-123456", true), from, &mut out)
+            .unwrap();
+        assert!(!ice.is_expired(t0 + Duration::from_secs(45)));
+        assert!(ice.is_expired(t20 + Duration::from_secs(30)));
+        // An invalid check does not keep the session alive.
+        let _ = ice.handle_check(t20 + Duration::from_secs(29), &check("x:y", "z", true), from, &mut out);
+        assert!(ice.is_expired(t20 + Duration::from_secs(30)));
+    }
+}

@@ -1,0 +1,6 @@
+//! Session logic: state machines that take `(now, input)` and say what to send and when to
+//! wake. No sockets and no clock of their own, so tests drive them with a fake `Instant`.
+
+pub mod ice;
+pub mod keyframe;
+pub mod sequence;

@@ -1,0 +1,70 @@
+//! Per-player RTP sequence numbers: each player sees one continuous sequence from a random
+//! start, whatever the publisher's numbers are, while real gaps (loss) stay gaps. A new source
+//! SSRC (the publisher restarted its encoder) continues after the last number sent.
+
+#[derive(Debug, Clone)]
+pub struct SequenceMapper {
+    initial: u16,
+    source_ssrc: Option<u32>,
+    offset: u16,
+    highest_out: Option<u16>,
+}
+
+impl SequenceMapper {
+    pub fn new(initial: u16) -> Self {
+        SequenceMapper {
+            initial,
+            source_ssrc: None,
+            offset: 0,
+            highest_out: None,
+        }
+    }
+
+    /// The player's sequence number for a packet `(ssrc, sequence)` from the publisher.
+    pub fn map(&mut self, ssrc: u32, sequence: u16) -> u16 {
+        if self.source_ssrc != Some(ssrc) {
+            let next = self.highest_out.map_or(self.initial, |h| h.wrapping_add(1));
+            self.offset = next.wrapping_sub(sequence);
+            self.source_ssrc = Some(ssrc);
+        }
+        let out = sequence.wrapping_add(self.offset);
+        let newer = self
+            .highest_out
+            .is_none_or(|h| (out.wrapping_sub(h) as i16) > 0);
+        if newer {
+            self.highest_out = Some(out);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_at_initial_and_keeps_gaps_and_reordering() {
+        let mut m = SequenceMapper::new(1000);
+        assert_eq!(m.map(1, 50_000), 1000);
+        assert_eq!(m.map(1, 50_001), 1001);
+        assert_eq!(m.map(1, 50_003), 1003, "loss stays visible");
+        assert_eq!(m.map(1, 50_002), 1002, "reordering stays visible");
+    }
+
+    #[test]
+    fn wraps_around() {
+        let mut m = SequenceMapper::new(65534);
+        assert_eq!(m.map(1, 10), 65534);
+        assert_eq!(m.map(1, 11), 65535);
+        assert_eq!(m.map(1, 12), 0);
+    }
+
+    #[test]
+    fn new_source_continues_after_last_number() {
+        let mut m = SequenceMapper::new(10);
+        m.map(1, 500);
+        m.map(1, 501);
+        assert_eq!(m.map(2, 7), 12);
+        assert_eq!(m.map(2, 8), 13);
+    }
+}
