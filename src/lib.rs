@@ -5,4 +5,5 @@ pub mod config;
 pub mod negotiation;
 pub mod session;
 pub mod srtp;
+pub mod worker;
 pub mod wire;

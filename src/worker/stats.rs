@@ -1,0 +1,77 @@
+//! Per-worker counters: written by their worker alone (a plain load and store, no locked
+//! instruction), read by the control thread for `/metrics`. Padded so two workers' counters
+//! never share a cache line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Default)]
+        #[repr(align(128))]
+        pub struct WorkerStats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl WorkerStats {
+            /// `(name, value)` for every counter, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams received on media ports.
+    rx_packets,
+    rx_bytes,
+    /// Datagrams handed to the kernel to send.
+    tx_packets,
+    tx_bytes,
+    /// RTP packets forwarded to players (before send completion).
+    forwarded_packets,
+    /// Valid ICE checks answered.
+    stun_answered,
+    /// Dropped: not STUN, DTLS, RTP or RTCP, or malformed.
+    drop_garbage,
+    /// Dropped: STUN that failed ICE (credentials, integrity, fingerprint).
+    drop_stun_invalid,
+    /// Dropped: SRTP/SRTCP authentication, replay or format failure.
+    drop_srtp,
+    /// Dropped: media before keys, or from an address ICE did not nominate.
+    drop_not_ready,
+    /// Dropped: from a non-loopback source while media binds loopback.
+    drop_foreign_source,
+    /// Dropped: RTP with a payload type the publisher did not negotiate.
+    drop_unknown_payload_type,
+    /// Dropped: a cross-worker queue was full.
+    drop_ring_full,
+    /// Dropped: no egress buffer free.
+    drop_no_buffer,
+    /// Receives that found the provided-buffer ring empty.
+    recv_no_buffer,
+    /// Sends the kernel refused (socket buffer full, unreachable).
+    send_errors,
+    /// PLIs sent to publishers.
+    keyframe_requests_sent,
+    /// DTLS records passed to the control thread.
+    dtls_records,
+    /// Sessions currently owned.
+    sessions,
+}
+
+/// Adds to a counter only this thread writes.
+#[inline]
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+#[inline]
+pub fn inc(counter: &AtomicU64) {
+    add(counter, 1)
+}
+
+#[inline]
+pub fn set(counter: &AtomicU64, n: u64) {
+    counter.store(n, Ordering::Relaxed);
+}
