@@ -2,7 +2,11 @@
 //! for the architecture; this crate's modules follow its layers.
 
 pub mod config;
+pub mod control;
 pub mod negotiation;
+pub mod net;
+pub mod ports;
+pub mod server;
 pub mod session;
 pub mod srtp;
 pub mod worker;

@@ -1,0 +1,534 @@
+//! The control thread: signaling (WHIP, WHEP, the stream API), the session registry, the media
+//! port range and DTLS handshakes. Nothing here runs per media packet.
+
+pub mod dtls;
+pub mod http;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use webrtc_dtls::crypto::Certificate;
+
+use crate::config::Config;
+use crate::negotiation::{
+    AnswerTransport, MediaKind, NegotiationError, Offer, PublishedTrack, format_fingerprint,
+    negotiate_play, negotiate_publish, write_answer,
+};
+use crate::ports::{PortAllocator, PortError};
+use crate::worker::mesh::StreamId;
+use crate::worker::{Command, Event, NewRole, NewSession, SessionId, WorkerHandle};
+
+/// How long DELETE waits for the worker to close the session's socket.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Publisher,
+    Player,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionState {
+    /// Answer sent, waiting for ICE.
+    Connecting,
+    /// ICE nominated a pair; DTLS under way.
+    IceConnected,
+    /// DTLS done, SRTP keys with the worker: media flows.
+    Connected,
+    Closing,
+}
+
+struct SessionEntry {
+    stream: String,
+    stream_id: StreamId,
+    role: Role,
+    worker: usize,
+    port: u16,
+    state: SessionState,
+    remote: Option<SocketAddr>,
+    dtls_records: mpsc::Sender<Vec<u8>>,
+    dtls_stop: Option<oneshot::Sender<()>>,
+    dtls_task: Option<tokio::task::JoinHandle<()>>,
+    closed_waiters: Vec<oneshot::Sender<()>>,
+}
+
+struct StreamEntry {
+    id: StreamId,
+    publisher: SessionId,
+    worker: usize,
+    tracks: Vec<PublishedTrack>,
+    players: BTreeSet<SessionId>,
+}
+
+#[derive(Default)]
+struct Registry {
+    streams: HashMap<String, StreamEntry>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    next_session: SessionId,
+    next_stream: StreamId,
+}
+
+/// An error for an HTTP client: status and a message that says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<NegotiationError> for ApiError {
+    fn from(e: NegotiationError) -> Self {
+        match e {
+            NegotiationError::Malformed(_) => ApiError::new(400, e.to_string()),
+            NegotiationError::NoCommonCodec(_) => ApiError::new(406, e.to_string()),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct ControlCounters {
+    pub sessions_created: AtomicU64,
+    pub sessions_ended: AtomicU64,
+    pub offers_rejected: AtomicU64,
+    pub ports_exhausted: AtomicU64,
+}
+
+pub struct Control {
+    config: Config,
+    workers: Vec<WorkerHandle>,
+    certificate: Certificate,
+    fingerprint: String,
+    registry: Mutex<Registry>,
+    ports: Mutex<PortAllocator>,
+    pub counters: ControlCounters,
+}
+
+/// A created session, for the HTTP response.
+pub struct Created {
+    pub session: SessionId,
+    pub answer: String,
+}
+
+#[derive(Serialize)]
+pub struct SessionView {
+    pub session: SessionId,
+    pub state: SessionState,
+    pub worker: usize,
+    pub port: u16,
+    pub remote: Option<SocketAddr>,
+}
+
+#[derive(Serialize)]
+pub struct TrackView {
+    pub kind: MediaKind,
+    pub codec: String,
+}
+
+#[derive(Serialize)]
+pub struct StreamView {
+    pub stream: String,
+    pub publisher: SessionView,
+    pub tracks: Vec<TrackView>,
+    pub players: Vec<SessionView>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock is a bug elsewhere; the registry itself stays usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Stream names appear in URLs and logs: keep them plain.
+fn check_stream_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            400,
+            format!("stream name `{name}` is not allowed: use 1-128 letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+impl Control {
+    pub fn new(config: Config, workers: Vec<WorkerHandle>) -> anyhow::Result<Arc<Control>> {
+        let certificate = Certificate::generate_self_signed(vec!["corecast".to_string()])
+            .map_err(|e| anyhow::anyhow!("generating the DTLS certificate failed: {e}"))?;
+        let der = certificate
+            .certificate
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("generated certificate is empty"))?;
+        let fingerprint =
+            format_fingerprint(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
+        let ports = PortAllocator::new(config.media.ports);
+        Ok(Arc::new(Control {
+            config,
+            workers,
+            certificate,
+            fingerprint,
+            registry: Mutex::new(Registry::default()),
+            ports: Mutex::new(ports),
+            counters: ControlCounters::default(),
+        }))
+    }
+
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    pub fn ports_in_use(&self) -> (usize, usize) {
+        let ports = lock(&self.ports);
+        (ports.in_use(), ports.capacity())
+    }
+
+    pub fn stream_count(&self) -> usize {
+        lock(&self.registry).streams.len()
+    }
+
+    /// Creates a publishing session (WHIP).
+    pub fn publish(self: &Arc<Self>, stream: &str, offer_text: &str) -> Result<Created, ApiError> {
+        self.create(stream, offer_text, Role::Publisher)
+            .inspect_err(|_| {
+                self.counters.offers_rejected.fetch_add(1, Ordering::Relaxed);
+            })
+    }
+
+    /// Creates a playing session (WHEP).
+    pub fn play(self: &Arc<Self>, stream: &str, offer_text: &str) -> Result<Created, ApiError> {
+        self.create(stream, offer_text, Role::Player)
+            .inspect_err(|_| {
+                self.counters.offers_rejected.fetch_add(1, Ordering::Relaxed);
+            })
+    }
+
+    fn create(self: &Arc<Self>, stream: &str, offer_text: &str, role: Role) -> Result<Created, ApiError> {
+        check_stream_name(stream)?;
+        let offer = Offer::parse(offer_text)?;
+        let mut registry = lock(&self.registry);
+        let local_ufrag = random_token(8);
+        let local_pwd = random_token(24);
+        // What the worker will need, and the answer's sections, by role.
+        let (new_role, sections, stream_id, publisher_worker, tracks) = match role {
+            Role::Publisher => {
+                if registry.streams.contains_key(stream) {
+                    return Err(ApiError::new(409, format!("stream `{stream}` already has a publisher")));
+                }
+                let (tracks, sections) = negotiate_publish(&offer)?;
+                let payload_types = tracks.iter().map(|t| (t.codec.payload_type, t.kind)).collect();
+                registry.next_stream += 1;
+                (NewRole::Publisher { payload_types }, sections, registry.next_stream, None, Some(tracks))
+            }
+            Role::Player => {
+                let Some(entry) = registry.streams.get(stream) else {
+                    return Err(ApiError::new(404, format!("stream `{stream}` is not being published")));
+                };
+                let (played, sections) = negotiate_play(&offer, &entry.tracks, stream, |_| rand::random())?;
+                (NewRole::Player { tracks: played }, sections, entry.id, Some(entry.worker), None)
+            }
+        };
+        let media = &self.config.media;
+        let bound = lock(&self.ports).allocate(|port| {
+            crate::net::bind_udp(media.bind_ip, port, media.udp_recv_buffer, media.udp_send_buffer)
+        });
+        let (port, socket) = match bound {
+            Ok(Ok(bound)) => bound,
+            Ok(Err(e)) => return Err(ApiError::new(500, format!("binding a media port failed: {e}"))),
+            Err(e @ PortError::Exhausted { .. }) => {
+                self.counters.ports_exhausted.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::new(503, format!("{e}; try again later or widen media.ports")));
+            }
+        };
+        let worker = self.least_loaded_worker(&registry);
+        let publisher_worker = publisher_worker.unwrap_or(worker);
+        let answer = write_answer(
+            &offer,
+            &sections,
+            &AnswerTransport {
+                ice_ufrag: &local_ufrag,
+                ice_pwd: &local_pwd,
+                fingerprint: &self.fingerprint,
+                ip: media.announced_ip,
+                port,
+            },
+        );
+        registry.next_session += 1;
+        let id = registry.next_session;
+        match tracks {
+            Some(tracks) => {
+                registry.streams.insert(
+                    stream.to_string(),
+                    StreamEntry {
+                        id: stream_id,
+                        publisher: id,
+                        worker,
+                        tracks,
+                        players: BTreeSet::new(),
+                    },
+                );
+            }
+            None => {
+                if let Some(entry) = registry.streams.get_mut(stream) {
+                    entry.players.insert(id);
+                }
+                if worker != publisher_worker {
+                    self.workers[publisher_worker].send(Command::RemoteInterest {
+                        stream: stream_id,
+                        worker,
+                        delta: 1,
+                    });
+                }
+            }
+        }
+        let (records_tx, records_rx) = mpsc::channel(64);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let local = SocketAddr::new(media.bind_ip, port);
+        self.workers[worker].send(Command::AddSession(Box::new(NewSession {
+            id,
+            socket,
+            stream: stream_id,
+            publisher_worker,
+            local_ufrag,
+            local_pwd,
+            remote_ufrag: offer.ice_ufrag.clone(),
+            role: new_role,
+        })));
+        let dtls_task = tokio::spawn(self.clone().run_dtls(
+            dtls::DtlsParams {
+                session: id,
+                worker: self.workers[worker].clone(),
+                certificate: self.certificate.clone(),
+                expected_fingerprint: offer.fingerprint.clone(),
+                local,
+            },
+            records_rx,
+            stop_rx,
+        ));
+        registry.sessions.insert(
+            id,
+            SessionEntry {
+                stream: stream.to_string(),
+                stream_id,
+                role,
+                worker,
+                port,
+                state: SessionState::Connecting,
+                remote: None,
+                dtls_records: records_tx,
+                dtls_stop: Some(stop_tx),
+                dtls_task: Some(dtls_task),
+                closed_waiters: Vec::new(),
+            },
+        );
+        self.counters.sessions_created.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(session = id, stream, ?role, worker, port, "session created");
+        Ok(Created { session: id, answer })
+    }
+
+    fn least_loaded_worker(&self, registry: &Registry) -> usize {
+        let mut load = vec![0usize; self.workers.len()];
+        for s in registry.sessions.values() {
+            load[s.worker] += 1;
+        }
+        (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
+    }
+
+    async fn run_dtls(
+        self: Arc<Self>,
+        params: dtls::DtlsParams,
+        records: mpsc::Receiver<Vec<u8>>,
+        stop: oneshot::Receiver<()>,
+    ) {
+        let id = params.session;
+        let control = self.clone();
+        let outcome = dtls::run(params, records, stop, move || {
+            if let Some(s) = lock(&control.registry).sessions.get_mut(&id)
+                && s.state != SessionState::Closing
+            {
+                s.state = SessionState::Connected;
+            }
+            tracing::info!(session = id, "DTLS connected, media flowing");
+        })
+        .await;
+        match outcome {
+            dtls::DtlsOutcome::Stopped => {}
+            dtls::DtlsOutcome::Failed(reason) => {
+                tokio::spawn(self.end_session(id, reason));
+            }
+            dtls::DtlsOutcome::PeerClosed => {
+                tokio::spawn(self.end_session(id, "the peer closed DTLS".to_string()));
+            }
+        }
+    }
+
+    /// Ends a session: DTLS close_notify to the peer, the worker closes the socket, the port
+    /// comes back when the worker says the socket is closed. Ending a publisher ends its stream
+    /// and its players.
+    pub fn end_session(
+        self: Arc<Self>,
+        id: SessionId,
+        reason: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        // Boxed: ending a publisher spawns the ends of its players, a recursive future.
+        Box::pin(async move {
+            let (stop, task, worker, players) = {
+                let mut guard = lock(&self.registry);
+                let registry = &mut *guard;
+                let Some(entry) = registry.sessions.get_mut(&id) else { return };
+                if entry.state == SessionState::Closing {
+                    return;
+                }
+                entry.state = SessionState::Closing;
+                let mut players = Vec::new();
+                match entry.role {
+                    Role::Publisher => {
+                        if registry.streams.get(&entry.stream).is_some_and(|s| s.publisher == id) {
+                            let stream = registry.streams.remove(&entry.stream).expect("checked above");
+                            players.extend(stream.players);
+                        }
+                    }
+                    Role::Player => {
+                        if let Some(stream) = registry.streams.get_mut(&entry.stream)
+                            && stream.id == entry.stream_id
+                        {
+                            stream.players.remove(&id);
+                            if stream.worker != entry.worker {
+                                self.workers[stream.worker].send(Command::RemoteInterest {
+                                    stream: entry.stream_id,
+                                    worker: entry.worker,
+                                    delta: -1,
+                                });
+                            }
+                        }
+                    }
+                }
+                (entry.dtls_stop.take(), entry.dtls_task.take(), entry.worker, players)
+            };
+            tracing::info!(session = id, %reason, "session ending");
+            self.counters.sessions_ended.fetch_add(1, Ordering::Relaxed);
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+            if let Some(mut task) = task {
+                // Give the close_notify a moment to leave before the socket goes.
+                if tokio::time::timeout(Duration::from_millis(300), &mut task).await.is_err() {
+                    task.abort();
+                }
+            }
+            self.workers[worker].send(Command::RemoveSession { session: id });
+            for player in players {
+                tokio::spawn(self.clone().end_session(player, "the publisher left".to_string()));
+            }
+        })
+    }
+
+    /// Ends a session and waits until its port is free again. `false` if there is no such session.
+    pub async fn delete_session(self: &Arc<Self>, id: SessionId) -> bool {
+        let (waiter_tx, waiter_rx) = oneshot::channel();
+        {
+            let mut registry = lock(&self.registry);
+            let Some(entry) = registry.sessions.get_mut(&id) else { return false };
+            entry.closed_waiters.push(waiter_tx);
+        }
+        self.clone().end_session(id, "deleted by the client".to_string()).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, waiter_rx).await;
+        true
+    }
+
+    /// Handles the workers' events until their channel closes.
+    pub async fn dispatch_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Event>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Dtls { session, data } => {
+                    if let Some(entry) = lock(&self.registry).sessions.get(&session) {
+                        // A full queue means a flood: dropping is what UDP would do.
+                        let _ = entry.dtls_records.try_send(data);
+                    }
+                }
+                Event::IceConnected { session, remote } => {
+                    if let Some(entry) = lock(&self.registry).sessions.get_mut(&session) {
+                        entry.remote = Some(remote);
+                        if entry.state == SessionState::Connecting {
+                            entry.state = SessionState::IceConnected;
+                        }
+                    }
+                }
+                Event::IceTimeout { session } => {
+                    let reason = format!(
+                        "ICE timeout: no valid connectivity check for {} s",
+                        self.config.media.ice_timeout.as_secs()
+                    );
+                    tokio::spawn(self.clone().end_session(session, reason));
+                }
+                Event::Closed { session } => {
+                    let entry = lock(&self.registry).sessions.remove(&session);
+                    if let Some(entry) = entry {
+                        lock(&self.ports).release(entry.port);
+                        for waiter in entry.closed_waiters {
+                            let _ = waiter.send(());
+                        }
+                        tracing::debug!(session, port = entry.port, "session closed, port free");
+                    }
+                }
+            }
+        }
+    }
+
+    /// What `GET /api/streams` shows.
+    pub fn streams(&self) -> Vec<StreamView> {
+        let registry = lock(&self.registry);
+        let view = |id: SessionId| {
+            registry.sessions.get(&id).map(|s| SessionView {
+                session: id,
+                state: s.state,
+                worker: s.worker,
+                port: s.port,
+                remote: s.remote,
+            })
+        };
+        let mut streams: Vec<StreamView> = registry
+            .streams
+            .iter()
+            .filter_map(|(name, stream)| {
+                Some(StreamView {
+                    stream: name.clone(),
+                    publisher: view(stream.publisher)?,
+                    tracks: stream
+                        .tracks
+                        .iter()
+                        .map(|t| TrackView {
+                            kind: t.kind,
+                            codec: format!("{}/{}", t.codec.name, t.codec.clock_rate),
+                        })
+                        .collect(),
+                    players: stream.players.iter().filter_map(|&p| view(p)).collect(),
+                })
+            })
+            .collect();
+        streams.sort_by(|a, b| a.stream.cmp(&b.stream));
+        streams
+    }
+}

@@ -1,0 +1,71 @@
+use std::process::ExitCode;
+
+use corecast::config::Config;
+
+const USAGE: &str = "\
+corecast: a WebRTC media relay (SFU) for bare-metal Linux
+
+usage: corecast [--config FILE] [--print-config]
+
+  --config FILE    read configuration from a TOML file
+  --print-config   print the effective configuration and exit
+  -h, --help       this text
+
+Every key can be set by an environment variable CORECAST_<SECTION>_<KEY>,
+e.g. CORECAST_MEDIA_PORTS=31000-31999; the environment wins over the file.
+Log level: RUST_LOG (default info).";
+
+fn main() -> ExitCode {
+    let mut config_file = None;
+    let mut print_config = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" => match args.next() {
+                Some(f) => config_file = Some(f),
+                None => return fail("--config needs a file name"),
+            },
+            "--print-config" => print_config = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => return fail(&format!("unknown argument `{other}`\n\n{USAGE}")),
+        }
+    }
+    let text = match &config_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => Some(t),
+            Err(e) => return fail(&format!("cannot read configuration file {path}: {e}")),
+        },
+        None => None,
+    };
+    let config = match Config::load(text.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc_dtls=warn")),
+        )
+        .init();
+    // The control thread: a single-threaded runtime; the workers are threads of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the control runtime: {e}")),
+    };
+    match runtime.block_on(corecast::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("corecast: {message}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,61 @@
+//! Start-up: workers, control thread, HTTP listener.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::control::{Control, http};
+use crate::net::GrantedBuffers;
+use crate::worker::{WorkerSettings, start_workers};
+
+/// Runs the relay until Ctrl-C or SIGTERM. Call from a single-threaded tokio runtime: that
+/// runtime is the control thread.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let workers = config.worker_count();
+    config.validate_for_workers(workers)?;
+    let media = &config.media;
+    if media.announced_ip.is_loopback() {
+        tracing::warn!(
+            "media.announced_ip is {}: only clients on this machine can connect until it is set \
+             to an address they can reach",
+            media.announced_ip
+        );
+    }
+    GrantedBuffers::probe(media.bind_ip, media.udp_recv_buffer, media.udp_send_buffer)
+        .with_context(|| format!("opening a UDP socket on media.bind_ip {}", media.bind_ip))?
+        .log();
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let settings = WorkerSettings {
+        ice_timeout: media.ice_timeout,
+        loopback_only: media.bind_ip.is_loopback(),
+        pin: config.workers.pin,
+    };
+    let handles = start_workers(workers, settings, events_tx).context("starting the io_uring workers")?;
+    let listen = config.http.listen;
+    let ports = media.ports;
+    let control: Arc<Control> = Control::new(config, handles)?;
+    tokio::spawn(control.clone().dispatch_events(events_rx));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding http.listen {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!("corecast is up: {workers} worker(s), media ports {ports}");
+    println!("  page:    http://{addr}/");
+    println!("  WHIP:    http://{addr}/whip/{{stream}}");
+    println!("  WHEP:    http://{addr}/whep/{{stream}}");
+    println!("  streams: http://{addr}/api/streams   metrics: http://{addr}/metrics");
+    axum::serve(listener, http::router(control))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
+}
