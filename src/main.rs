@@ -54,6 +54,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc_dtls=warn")),
         )
         .init();
+    // webrtc-dtls verifies signatures through rustls; name its crypto provider explicitly so
+    // that feature unification with other crates can never leave the choice ambiguous.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The control thread: a single-threaded runtime; the workers are threads of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,

@@ -1,0 +1,198 @@
+//! The proof that WebRTC works: a real headless Chromium publishes its fake camera and
+//! microphone through WHIP and plays through WHEP, with two workers so that the cross-worker
+//! fanout path carries media. Needs Debian's `chromium` and `chromium-driver` (the README's
+//! test command installs them).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Relay, free_tcp_port, media_range, send_udp};
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{Value, json};
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let chromium = std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let chromedriver =
+            std::env::var("CORECAST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        for binary in [&chromium, &chromedriver] {
+            assert!(
+                Path::new(binary).exists(),
+                "{binary} is missing: install Debian's chromium and chromium-driver \
+                 (the README's test command does)"
+            );
+        }
+        let port = free_tcp_port();
+        let mut driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            if let Ok(Some(status)) = driver.try_wait() {
+                panic!("chromedriver exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = TempDir(std::env::temp_dir().join(format!("corecast-chromium-{}-{port}", std::process::id())));
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                    "--autoplay-policy=no-user-gesture-required",
+                    // The relay listens on loopback; let WebRTC use loopback candidates.
+                    "--allow-loopback-in-peer-connection",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--disable-quic",
+                    format!("--user-data-dir={}", profile.0.display()),
+                ]
+            }),
+        );
+        // chromedriver speaks plain HTTP on loopback: no TLS connector needed.
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connecting to chromedriver");
+        Browser { client, driver, _profile: profile }
+    }
+
+    async fn call(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client.execute(script, args).await.expect("script in the page")
+    }
+
+    async fn stats(&self, id: &Value) -> Value {
+        self.call("return await corecast.stats(arguments[0])", vec![id.clone()]).await
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
+        let mut driver = self.driver;
+        let _ = driver.kill();
+        let _ = driver.wait();
+    }
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+/// Polls `check` on the stats of `ids` until it holds for all or `timeout` passes.
+async fn wait_for(
+    browser: &Browser,
+    ids: &[Value],
+    timeout: Duration,
+    what: &str,
+    relay: &Relay,
+    check: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut all = Vec::new();
+        for id in ids {
+            all.push(browser.stats(id).await);
+        }
+        if all.iter().all(&check) {
+            return all;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}: {all:#?}\nstreams: {}\nrelay log:\n{}",
+                common::http("GET", &relay.url("/api/streams"), None, "").body,
+                relay.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers() {
+    let relay = Relay::start(&[("CORECAST_WORKERS_COUNT", "2"), ("CORECAST_MEDIA_PORTS", &media_range(16))]);
+    let browser = Browser::start().await;
+    browser.client.goto(&relay.url("/")).await.expect("loading the page");
+
+    let publisher = browser.call("return await corecast.publish('cam')", vec![]).await;
+    wait_for(&browser, &[publisher.clone()], Duration::from_secs(30), "the publisher to connect", &relay, |s| {
+        s["error"].is_null() && s["connectionState"] == "connected"
+    })
+    .await;
+
+    let mut players = Vec::new();
+    for _ in 0..2 {
+        players.push(browser.call("return await corecast.play('cam')", vec![]).await);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The late joiner: it needs a keyframe request to reach the publisher to start decoding.
+    players.push(browser.call("return await corecast.play('cam')", vec![]).await);
+
+    let decoded = wait_for(&browser, &players, Duration::from_secs(45), "every player to decode", &relay, |s| {
+        s["error"].is_null() && num(s, "videoFramesDecoded") > 30 && num(s, "audioPacketsReceived") > 0
+    })
+    .await;
+    for s in &decoded {
+        assert_eq!(s["localProtocol"], "udp", "{s:#?}");
+        assert_eq!(s["remoteProtocol"], "udp", "{s:#?}");
+    }
+
+    // The players really are spread over both workers, so media crossed the mesh.
+    let streams: Value =
+        serde_json::from_str(&common::http("GET", &relay.url("/api/streams"), None, "").body).unwrap();
+    let stream = &streams[0];
+    assert_eq!(stream["stream"], "cam");
+    assert_eq!(stream["publisher"]["state"], "connected");
+    let player_workers: Vec<u64> = stream["players"].as_array().unwrap().iter().map(|p| p["worker"].as_u64().unwrap()).collect();
+    assert_eq!(player_workers.len(), 3, "{streams:#}");
+    let publisher_worker = stream["publisher"]["worker"].as_u64().unwrap();
+    assert!(player_workers.iter().any(|&w| w != publisher_worker), "{streams:#}");
+    assert!(stream["players"].as_array().unwrap().iter().all(|p| p["state"] == "connected"), "{streams:#}");
+
+    // Garbage on the publisher's media port is dropped and counted; the stream keeps flowing.
+    let garbage_before = relay.metric_all_workers("corecast_drop_garbage_total");
+    let publisher_port = stream["publisher"]["port"].as_u64().unwrap() as u16;
+    for _ in 0..20 {
+        send_udp(publisher_port, b"\xffnot a media packet at all");
+    }
+    let frames_before: Vec<u64> = decoded.iter().map(|s| num(s, "videoFramesDecoded")).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(relay.metric_all_workers("corecast_drop_garbage_total") >= garbage_before + 20);
+    for (i, id) in players.iter().enumerate() {
+        let s = browser.stats(id).await;
+        assert!(num(&s, "videoFramesDecoded") > frames_before[i] + 10, "player {i} stalled: {s:#?}");
+    }
+    assert!(relay.metric_all_workers("corecast_keyframe_requests_sent_total") >= 1);
+
+    // The publisher leaves: the stream and its players' sessions end, and their ports are free.
+    browser.call("return await corecast.stop(arguments[0])", vec![publisher]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.metric("corecast_ports_in_use") > 0 {
+        assert!(Instant::now() < deadline, "ports still in use after the publisher left:\n{}", relay.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(common::http("GET", &relay.url("/api/streams"), None, "").body, "[]");
+    browser.close().await;
+}

@@ -1,0 +1,178 @@
+//! Helpers shared by the integration tests: a real corecast process on loopback, a minimal
+//! HTTP client, and a Chromium driven through chromedriver.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback (the OS picks it).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A media port range for one test relay. Ranges of relays running at once may overlap: the
+/// relay skips ports that are taken.
+pub fn media_range(len: u16) -> String {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = 40000 + ((std::process::id() as u16 % 50) * 400) + slot * 20;
+    format!("{}-{}", base, base + len - 1)
+}
+
+/// A corecast process started for one test; killed (by its PID) when dropped.
+pub struct Relay {
+    child: Child,
+    pub http: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Relay {
+    pub fn start(env: &[(&str, &str)]) -> Relay {
+        let port = free_tcp_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
+        cmd.env("CORECAST_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info,webrtc_dtls=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("starting corecast");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let http = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("corecast exited with {status}:\n{}", log.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "corecast did not start:\n{}", log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Relay { child, http, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.http, path)
+    }
+
+    /// The value of a Prometheus metric line (exact name and labels), summed if repeated.
+    pub fn metric(&self, name_and_labels: &str) -> u64 {
+        let body = http("GET", &self.url("/metrics"), None, "").body;
+        body.lines()
+            .filter_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum()
+    }
+
+    /// The sum of a per-worker metric over all workers.
+    pub fn metric_all_workers(&self, name: &str) -> u64 {
+        let body = http("GET", &self.url("/metrics"), None, "").body;
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &str) -> Response {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = TcpStream::connect(host).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if let Some(ct) = content_type {
+        request.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    Response { status, headers, body: if chunked { dechunk(body) } else { body.to_string() } }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub const CHROME_PUBLISH_OFFER: &str = include_str!("../fixtures/chrome_publish_offer.sdp");
+pub const CHROME_PLAY_OFFER: &str = include_str!("../fixtures/chrome_play_offer.sdp");
+
+/// The candidate port of an SDP answer.
+pub fn answer_port(answer: &str) -> u16 {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=candidate:"))
+        .and_then(|c| c.split_whitespace().nth(5))
+        .and_then(|p| p.parse().ok())
+        .expect("answer has a candidate")
+}
+
+/// Sends one datagram from a fresh loopback socket.
+pub fn send_udp(port: u16, payload: &[u8]) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(payload, ("127.0.0.1", port)).unwrap();
+}
