@@ -187,7 +187,8 @@ impl Config {
         let mut config = Config::default();
 
         if let Some(v) = get("http", "listen") {
-            config.http.listen = parse_str(v, "http.listen", "an address and port like 127.0.0.1:8080")?;
+            config.http.listen =
+                parse_str(v, "http.listen", "an address and port like 127.0.0.1:8080")?;
         }
         if let Some(v) = get("media", "bind_ip") {
             config.media.bind_ip = parse_str(v, "media.bind_ip", "an IPv4 or IPv6 address")?;
@@ -309,7 +310,9 @@ fn int(v: &Value, key: &str, what: &str) -> Result<i64, ConfigError> {
 
 fn parse_str<T: std::str::FromStr>(v: &Value, key: &str, allowed: &str) -> Result<T, ConfigError> {
     match v {
-        Value::String(s) => s.parse().map_err(|_| bad(key, s, &format!("must be {allowed}"))),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| bad(key, s, &format!("must be {allowed}"))),
         other => Err(bad(key, other, &format!("must be a string: {allowed}"))),
     }
 }
@@ -319,9 +322,9 @@ fn parse_port_range(v: &Value) -> Result<PortRange, ConfigError> {
     let Value::String(s) = v else {
         return Err(bad("media.ports", v, ALLOWED));
     };
-    let parsed = s.split_once('-').and_then(|(a, b)| {
-        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-    });
+    let parsed = s
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
     match parsed {
         Some((first, last)) if first >= 1024 && first <= last => Ok(PortRange { first, last }),
         _ => Err(bad("media.ports", s, ALLOWED)),
@@ -349,7 +352,8 @@ mod tests {
 
     #[test]
     fn environment_overrides_file() {
-        let file = "[media]\nports = \"40000-40010\"\nudp_recv_buffer = 65536\n[workers]\ncount = 3\n";
+        let file =
+            "[media]\nports = \"40000-40010\"\nudp_recv_buffer = 65536\n[workers]\ncount = 3\n";
         let c = Config::load(
             Some(file),
             env(&[
@@ -359,7 +363,13 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.media.ports, PortRange { first: 31000, last: 31001 });
+        assert_eq!(
+            c.media.ports,
+            PortRange {
+                first: 31000,
+                last: 31001
+            }
+        );
         assert_eq!(c.media.udp_recv_buffer, 65536);
         assert_eq!(c.workers.count, 3);
         assert!(!c.workers.pin);
@@ -369,20 +379,34 @@ mod tests {
     fn printed_config_loads_back_unchanged() {
         let mut c = Config::default();
         c.workers.count = 2;
-        c.media.ports = PortRange { first: 2000, last: 2001 };
+        c.media.ports = PortRange {
+            first: 2000,
+            last: 2001,
+        };
         assert_eq!(Config::load(Some(&c.to_toml()), env(&[])).unwrap(), c);
     }
 
     #[test]
     fn bad_values_name_key_value_and_what_is_allowed() {
         let err = Config::load(None, env(&[("CORECAST_MEDIA_PORTS", "5000-4000")])).unwrap_err();
-        assert!(err.0.contains("media.ports") && err.0.contains("5000-4000") && err.0.contains("FROM <= TO"), "{err}");
+        assert!(
+            err.0.contains("media.ports")
+                && err.0.contains("5000-4000")
+                && err.0.contains("FROM <= TO"),
+            "{err}"
+        );
         let err = Config::load(None, env(&[("CORECAST_MEDIA_PORTS", "80-90")])).unwrap_err();
         assert!(err.0.contains("1024"), "{err}");
         let err = Config::load(Some("[media]\nudp_send_buffer = 10\n"), env(&[])).unwrap_err();
-        assert!(err.0.contains("media.udp_send_buffer") && err.0.contains("`10`"), "{err}");
+        assert!(
+            err.0.contains("media.udp_send_buffer") && err.0.contains("`10`"),
+            "{err}"
+        );
         let err = Config::load(None, env(&[("CORECAST_HTTP_LISTEN", "nowhere")])).unwrap_err();
-        assert!(err.0.contains("http.listen") && err.0.contains("nowhere"), "{err}");
+        assert!(
+            err.0.contains("http.listen") && err.0.contains("nowhere"),
+            "{err}"
+        );
         let err = Config::load(None, env(&[("CORECAST_WORKERS_PIN", "sometimes")])).unwrap_err();
         assert!(err.0.contains("workers.pin"), "{err}");
     }
@@ -398,9 +422,15 @@ mod tests {
     #[test]
     fn port_range_must_cover_the_workers() {
         let mut c = Config::default();
-        c.media.ports = PortRange { first: 5000, last: 5000 };
+        c.media.ports = PortRange {
+            first: 5000,
+            last: 5000,
+        };
         assert!(c.validate_for_workers(1).is_ok());
         let err = c.validate_for_workers(2).unwrap_err();
-        assert!(err.0.contains("media.ports") && err.0.contains("2 workers"), "{err}");
+        assert!(
+            err.0.contains("media.ports") && err.0.contains("2 workers"),
+            "{err}"
+        );
     }
 }

@@ -9,5 +9,5 @@ pub mod ports;
 pub mod server;
 pub mod session;
 pub mod srtp;
-pub mod worker;
 pub mod wire;
+pub mod worker;

@@ -58,7 +58,10 @@ fn main() -> ExitCode {
     // that feature unification with other crates can never leave the choice ambiguous.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The control thread: a single-threaded runtime; the workers are threads of their own.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the control runtime: {e}")),
     };

@@ -67,7 +67,11 @@ impl Codec {
         }
         match self.name.to_ascii_uppercase().as_str() {
             "H264" => {
-                let mode = |c: &Codec| c.fmtp_param("packetization-mode").unwrap_or("0").to_string();
+                let mode = |c: &Codec| {
+                    c.fmtp_param("packetization-mode")
+                        .unwrap_or("0")
+                        .to_string()
+                };
                 let profile = |c: &Codec| {
                     c.fmtp_param("profile-level-id")
                         .and_then(|p| p.get(..2))
@@ -81,7 +85,8 @@ impl Codec {
                     == other.fmtp_param("profile-id").unwrap_or("0")
             }
             "AV1" => {
-                self.fmtp_param("profile").unwrap_or("0") == other.fmtp_param("profile").unwrap_or("0")
+                self.fmtp_param("profile").unwrap_or("0")
+                    == other.fmtp_param("profile").unwrap_or("0")
             }
             _ => true,
         }
@@ -164,7 +169,9 @@ fn malformed(msg: impl Into<String>) -> NegotiationError {
 impl Offer {
     pub fn parse(text: &str) -> Result<Offer, NegotiationError> {
         if text.trim().is_empty() {
-            return Err(malformed("the body is empty; send the SDP offer as application/sdp"));
+            return Err(malformed(
+                "the body is empty; send the SDP offer as application/sdp",
+            ));
         }
         // The parser wants CRLF or LF line ends and a final line end.
         let mut normalized = text.replace("\r\n", "\n");
@@ -215,17 +222,20 @@ impl Offer {
             };
             let mut codecs = Vec::new();
             for format in &m.media_name.formats {
-                let Ok(pt) = format.parse::<u8>() else { continue };
+                let Ok(pt) = format.parse::<u8>() else {
+                    continue;
+                };
                 if pt > 127 {
                     return Err(malformed(format!("payload type {pt} is out of range")));
                 }
-                let Some(rtpmap) = find_pt_attr(m, "rtpmap", pt) else { continue };
+                let Some(rtpmap) = find_pt_attr(m, "rtpmap", pt) else {
+                    continue;
+                };
                 let mut parts = rtpmap.split('/');
                 let name = parts.next().unwrap_or_default().to_string();
-                let clock_rate = parts
-                    .next()
-                    .and_then(|c| c.parse().ok())
-                    .ok_or_else(|| malformed(format!("a=rtpmap:{pt} {rtpmap} has no clock rate")))?;
+                let clock_rate = parts.next().and_then(|c| c.parse().ok()).ok_or_else(|| {
+                    malformed(format!("a=rtpmap:{pt} {rtpmap} has no clock rate"))
+                })?;
                 let channels = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
                 let fmtp = find_pt_attr(m, "fmtp", pt).unwrap_or_default().to_string();
                 let feedback = m
@@ -308,7 +318,9 @@ fn parse_fingerprint(value: &str) -> Result<Vec<u8>, NegotiationError> {
         .collect();
     match bytes {
         Some(b) if b.len() == 32 => Ok(b),
-        _ => Err(malformed(format!("a=fingerprint:{value} is not a SHA-256 digest"))),
+        _ => Err(malformed(format!(
+            "a=fingerprint:{value} is not a SHA-256 digest"
+        ))),
     }
 }
 
@@ -369,14 +381,24 @@ pub fn negotiate_publish(
     for section in &offer.sections {
         let kind = MediaKind::from_media(&section.media);
         let sends = matches!(section.direction, Direction::SendOnly | Direction::SendRecv);
-        let chosen = kind.filter(|k| sends && !section.port_zero && !tracks.iter().any(|t| t.kind == *k))
-            .and_then(|k| section.codecs.iter().find(|c| c.is_forwardable(k)).map(|c| (k, c)));
+        let chosen = kind
+            .filter(|k| sends && !section.port_zero && !tracks.iter().any(|t| t.kind == *k))
+            .and_then(|k| {
+                section
+                    .codecs
+                    .iter()
+                    .find(|c| c.is_forwardable(k))
+                    .map(|c| (k, c))
+            });
         let Some((kind, codec)) = chosen else {
             answer.push(AnswerSection::Rejected);
             continue;
         };
         if !section.rtcp_mux {
-            return Err(malformed(format!("section {} lacks a=rtcp-mux, which corecast requires", section.mid)));
+            return Err(malformed(format!(
+                "section {} lacks a=rtcp-mux, which corecast requires",
+                section.mid
+            )));
         }
         let extensions: Vec<(u8, String)> = section
             .extensions
@@ -405,12 +427,20 @@ pub fn negotiate_publish(
         let offered: Vec<String> = offer
             .sections
             .iter()
-            .flat_map(|s| s.codecs.iter().map(|c| format!("{}/{}", c.name, c.clock_rate)))
+            .flat_map(|s| {
+                s.codecs
+                    .iter()
+                    .map(|c| format!("{}/{}", c.name, c.clock_rate))
+            })
             .collect();
         return Err(NegotiationError::NoCommonCodec(format!(
             "no sending audio or video section offers Opus, PCMU, PCMA, G722, VP8, VP9, AV1 or H264 \
              (packetization-mode=1); offered: {}",
-            if offered.is_empty() { "nothing".to_string() } else { offered.join(", ") }
+            if offered.is_empty() {
+                "nothing".to_string()
+            } else {
+                offered.join(", ")
+            }
         )));
     }
     check_bundle(offer, &answer)?;
@@ -444,7 +474,10 @@ pub fn negotiate_play(
             continue;
         };
         if !section.rtcp_mux {
-            return Err(malformed(format!("section {} lacks a=rtcp-mux, which corecast requires", section.mid)));
+            return Err(malformed(format!(
+                "section {} lacks a=rtcp-mux, which corecast requires",
+                section.mid
+            )));
         }
         let mut extension_ids = ExtensionIdMap::default();
         let mut extensions = Vec::new();
@@ -478,7 +511,14 @@ pub fn negotiate_play(
     if played.is_empty() {
         let wanted: Vec<String> = published
             .iter()
-            .map(|t| format!("{} {}/{}", section_media(t.kind), t.codec.name, t.codec.clock_rate))
+            .map(|t| {
+                format!(
+                    "{} {}/{}",
+                    section_media(t.kind),
+                    t.codec.name,
+                    t.codec.clock_rate
+                )
+            })
             .collect();
         return Err(NegotiationError::NoCommonCodec(format!(
             "the stream sends {}, and no receiving section of the offer accepts it",
@@ -519,7 +559,10 @@ fn check_bundle(offer: &Offer, answer: &[AnswerSection]) -> Result<(), Negotiati
         .map(|(s, _)| s.mid.as_str())
         .collect();
     if accepted.len() > 1 {
-        if let Some(mid) = accepted.iter().find(|mid| !offer.bundle.iter().any(|b| b == *mid)) {
+        if let Some(mid) = accepted
+            .iter()
+            .find(|mid| !offer.bundle.iter().any(|b| b == *mid))
+        {
             return Err(malformed(format!(
                 "section {mid} is not in an a=group:BUNDLE; corecast carries all media on one port"
             )));
@@ -539,7 +582,11 @@ pub struct AnswerTransport<'a> {
 }
 
 /// Writes the SDP answer.
-pub fn write_answer(offer: &Offer, sections: &[AnswerSection], transport: &AnswerTransport<'_>) -> String {
+pub fn write_answer(
+    offer: &Offer,
+    sections: &[AnswerSection],
+    transport: &AnswerTransport<'_>,
+) -> String {
     let address_type = if transport.ip.is_ipv4() { "IP4" } else { "IP6" };
     let connection = ConnectionInformation {
         network_type: "IN".into(),
@@ -584,7 +631,10 @@ pub fn write_answer(offer: &Offer, sections: &[AnswerSection], transport: &Answe
         time_zones: vec![],
         encryption_key: None,
         attributes: vec![
-            Attribute::new("group".into(), Some(format!("BUNDLE {}", accepted_mids.join(" ")))),
+            Attribute::new(
+                "group".into(),
+                Some(format!("BUNDLE {}", accepted_mids.join(" "))),
+            ),
             Attribute::new("ice-lite".into(), None),
             Attribute::new("msid-semantic".into(), Some(" WMS *".into())),
         ],
@@ -598,7 +648,10 @@ pub fn write_answer(offer: &Offer, sections: &[AnswerSection], transport: &Answe
         let mut m = MediaDescription {
             media_name: MediaName {
                 media: offered.media.clone(),
-                port: RangedPort { value: 0, range: None },
+                port: RangedPort {
+                    value: 0,
+                    range: None,
+                },
                 protos: offered.protocol.split('/').map(str::to_string).collect(),
                 formats: vec![offered.first_format.clone()],
             },
@@ -608,7 +661,14 @@ pub fn write_answer(offer: &Offer, sections: &[AnswerSection], transport: &Answe
             encryption_key: None,
             attributes: vec![],
         };
-        let AnswerSection::Accepted { direction, codec, feedback, extensions, source } = answer else {
+        let AnswerSection::Accepted {
+            direction,
+            codec,
+            feedback,
+            extensions,
+            source,
+        } = answer
+        else {
             m = m.with_value_attribute("mid".into(), offered.mid.clone());
             session.media_descriptions.push(m);
             continue;
@@ -654,7 +714,8 @@ pub fn write_answer(offer: &Offer, sections: &[AnswerSection], transport: &Answe
 mod tests {
     use super::*;
 
-    pub const CHROME_PUBLISH_OFFER: &str = include_str!("../tests/fixtures/chrome_publish_offer.sdp");
+    pub const CHROME_PUBLISH_OFFER: &str =
+        include_str!("../tests/fixtures/chrome_publish_offer.sdp");
     pub const CHROME_PLAY_OFFER: &str = include_str!("../tests/fixtures/chrome_play_offer.sdp");
 
     fn transport() -> AnswerTransport<'static> {
@@ -677,7 +738,12 @@ mod tests {
         assert!(tracks[0].codec.name.eq_ignore_ascii_case("opus"));
         assert_eq!(tracks[1].kind, MediaKind::Video);
         assert_eq!(tracks[1].codec.name, "VP8");
-        assert!(tracks[1].extensions.iter().all(|(_, u)| !u.contains("transport-wide")));
+        assert!(
+            tracks[1]
+                .extensions
+                .iter()
+                .all(|(_, u)| !u.contains("transport-wide"))
+        );
         let answer = write_answer(&offer, &sections, &transport());
         for needle in [
             "a=ice-lite",
@@ -703,7 +769,8 @@ mod tests {
         tracks[1].codec.payload_type = 120;
         tracks[1].extensions = vec![(9, "urn:3gpp:video-orientation".into())];
         let play = Offer::parse(CHROME_PLAY_OFFER).unwrap();
-        let (played, sections) = negotiate_play(&play, &tracks, "cam", |k| 1000 + k.index() as u32).unwrap();
+        let (played, sections) =
+            negotiate_play(&play, &tracks, "cam", |k| 1000 + k.index() as u32).unwrap();
         let video = played.iter().find(|p| p.kind == MediaKind::Video).unwrap();
         assert_eq!(video.publisher_payload_type, 120);
         assert_eq!(video.payload_type, 96);
@@ -728,7 +795,10 @@ mod tests {
         tracks[0].codec.name = "AV1".into();
         let play = Offer::parse(&CHROME_PLAY_OFFER.replace("AV1", "XX1")).unwrap();
         let err = negotiate_play(&play, &tracks, "cam", |_| 1).unwrap_err();
-        assert!(matches!(err, NegotiationError::NoCommonCodec(ref m) if m.contains("AV1")), "{err}");
+        assert!(
+            matches!(err, NegotiationError::NoCommonCodec(ref m) if m.contains("AV1")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -736,9 +806,18 @@ mod tests {
         let cases = [
             ("", "empty"),
             ("hello", "malformed SDP"),
-            (&CHROME_PUBLISH_OFFER.replace("a=ice-ufrag", "a=x-ufrag"), "ice-ufrag"),
-            (&CHROME_PUBLISH_OFFER.replace("a=fingerprint:sha-256", "a=fingerprint:sha-1"), "sha-256"),
-            (&CHROME_PUBLISH_OFFER.replace("a=setup:actpass", "a=setup:passive"), "setup:passive"),
+            (
+                &CHROME_PUBLISH_OFFER.replace("a=ice-ufrag", "a=x-ufrag"),
+                "ice-ufrag",
+            ),
+            (
+                &CHROME_PUBLISH_OFFER.replace("a=fingerprint:sha-256", "a=fingerprint:sha-1"),
+                "sha-256",
+            ),
+            (
+                &CHROME_PUBLISH_OFFER.replace("a=setup:actpass", "a=setup:passive"),
+                "setup:passive",
+            ),
         ];
         for (offer, needle) in cases {
             let err = Offer::parse(offer).unwrap_err();

@@ -6,7 +6,12 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub fn bind_udp(ip: IpAddr, port: u16, recv_buffer: usize, send_buffer: usize) -> io::Result<UdpSocket> {
+pub fn bind_udp(
+    ip: IpAddr,
+    port: u16,
+    recv_buffer: usize,
+    send_buffer: usize,
+) -> io::Result<UdpSocket> {
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_recv_buffer_size(recv_buffer)?;

@@ -7,8 +7,14 @@ use crate::config::PortRange;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
-    #[error("media port range {range} is exhausted ({in_use} ports in use by sessions, {busy} taken by other programs)")]
-    Exhausted { range: PortRange, in_use: usize, busy: usize },
+    #[error(
+        "media port range {range} is exhausted ({in_use} ports in use by sessions, {busy} taken by other programs)"
+    )]
+    Exhausted {
+        range: PortRange,
+        in_use: usize,
+        busy: usize,
+    },
 }
 
 pub struct PortAllocator {
@@ -90,11 +96,20 @@ mod tests {
     #[test]
     fn allocates_every_port_once_then_reports_exhaustion() {
         let mut ports = PortAllocator::new(range(5000, 5002));
-        let mut got: Vec<u16> = (0..3).map(|_| ports.allocate(Ok).unwrap().unwrap().0).collect();
+        let mut got: Vec<u16> = (0..3)
+            .map(|_| ports.allocate(Ok).unwrap().unwrap().0)
+            .collect();
         got.sort();
         assert_eq!(got, vec![5000, 5001, 5002]);
         let err = ports.allocate(Ok).unwrap_err();
-        assert_eq!(err, PortError::Exhausted { range: range(5000, 5002), in_use: 3, busy: 0 });
+        assert_eq!(
+            err,
+            PortError::Exhausted {
+                range: range(5000, 5002),
+                in_use: 3,
+                busy: 0
+            }
+        );
         assert!(err.to_string().contains("5000-5002"));
         ports.release(5001);
         assert_eq!(ports.allocate(Ok).unwrap().unwrap().0, 5001);
@@ -104,14 +119,27 @@ mod tests {
     fn ports_busy_elsewhere_are_skipped_and_counted() {
         let mut ports = PortAllocator::new(range(6000, 6002));
         let first = ports
-            .allocate(|p| if p == 6000 { Err(io::ErrorKind::AddrInUse.into()) } else { Ok(p) })
+            .allocate(|p| {
+                if p == 6000 {
+                    Err(io::ErrorKind::AddrInUse.into())
+                } else {
+                    Ok(p)
+                }
+            })
             .unwrap()
             .unwrap();
         assert_eq!(first.0, 6001);
         let err = ports
             .allocate(|_| Err::<u16, _>(io::ErrorKind::AddrInUse.into()))
             .unwrap_err();
-        assert_eq!(err, PortError::Exhausted { range: range(6000, 6002), in_use: 1, busy: 2 });
+        assert_eq!(
+            err,
+            PortError::Exhausted {
+                range: range(6000, 6002),
+                in_use: 1,
+                busy: 2
+            }
+        );
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         loopback_only: media.bind_ip.is_loopback(),
         pin: config.workers.pin,
     };
-    let handles = start_workers(workers, settings, events_tx).context("starting the io_uring workers")?;
+    let handles =
+        start_workers(workers, settings, events_tx).context("starting the io_uring workers")?;
     let listen = config.http.listen;
     let ports = media.ports;
     let control: Arc<Control> = Control::new(config, handles)?;

@@ -387,8 +387,7 @@ impl SrtpContext {
                     .map_err(|_| SrtpError::BufferTooSmall)?;
                 buf[len..len + 4].copy_from_slice(&e_index);
                 let tag = hmac_tag(auth, &buf[..len + 4], None);
-                buf[len + 4..len + 4 + HMAC_TAG_LEN]
-                    .copy_from_slice(&tag.as_ref()[..HMAC_TAG_LEN]);
+                buf[len + 4..len + 4 + HMAC_TAG_LEN].copy_from_slice(&tag.as_ref()[..HMAC_TAG_LEN]);
                 Ok(len + 4 + HMAC_TAG_LEN)
             }
         }
@@ -548,10 +547,8 @@ mod tests {
         )
     }
 
-    const PROFILES: [SrtpProfile; 2] = [
-        SrtpProfile::AeadAes128Gcm,
-        SrtpProfile::Aes128CmHmacSha1_80,
-    ];
+    const PROFILES: [SrtpProfile; 2] =
+        [SrtpProfile::AeadAes128Gcm, SrtpProfile::Aes128CmHmacSha1_80];
 
     #[test]
     fn rtp_round_trips_and_replays_are_refused() {

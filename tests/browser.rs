@@ -29,9 +29,10 @@ impl Drop for TempDir {
 
 impl Browser {
     async fn start() -> Browser {
-        let chromium = std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let chromedriver =
-            std::env::var("CORECAST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let chromium =
+            std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let chromedriver = std::env::var("CORECAST_CHROMEDRIVER")
+            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         for binary in [&chromium, &chromedriver] {
             assert!(
                 Path::new(binary).exists(),
@@ -54,7 +55,9 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let profile = TempDir(std::env::temp_dir().join(format!("corecast-chromium-{}-{port}", std::process::id())));
+        let profile = TempDir(
+            std::env::temp_dir().join(format!("corecast-chromium-{}-{port}", std::process::id())),
+        );
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
@@ -78,15 +81,26 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .expect("connecting to chromedriver");
-        Browser { client, driver, _profile: profile }
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
     }
 
     async fn call(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client.execute(script, args).await.expect("script in the page")
+        self.client
+            .execute(script, args)
+            .await
+            .expect("script in the page")
     }
 
     async fn stats(&self, id: &Value) -> Value {
-        self.call("return await corecast.stats(arguments[0])", vec![id.clone()]).await
+        self.call(
+            "return await corecast.stats(arguments[0])",
+            vec![id.clone()],
+        )
+        .await
     }
 
     async fn close(self) {
@@ -132,27 +146,58 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers() {
-    let relay = Relay::start(&[("CORECAST_WORKERS_COUNT", "2"), ("CORECAST_MEDIA_PORTS", &media_range(16))]);
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", &media_range(16)),
+    ]);
     let browser = Browser::start().await;
-    browser.client.goto(&relay.url("/")).await.expect("loading the page");
+    browser
+        .client
+        .goto(&relay.url("/"))
+        .await
+        .expect("loading the page");
 
-    let publisher = browser.call("return await corecast.publish('cam')", vec![]).await;
-    wait_for(&browser, &[publisher.clone()], Duration::from_secs(30), "the publisher to connect", &relay, |s| {
-        s["error"].is_null() && s["connectionState"] == "connected"
-    })
+    let publisher = browser
+        .call("return await corecast.publish('cam')", vec![])
+        .await;
+    wait_for(
+        &browser,
+        &[publisher.clone()],
+        Duration::from_secs(30),
+        "the publisher to connect",
+        &relay,
+        |s| s["error"].is_null() && s["connectionState"] == "connected",
+    )
     .await;
 
     let mut players = Vec::new();
     for _ in 0..2 {
-        players.push(browser.call("return await corecast.play('cam')", vec![]).await);
+        players.push(
+            browser
+                .call("return await corecast.play('cam')", vec![])
+                .await,
+        );
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     // The late joiner: it needs a keyframe request to reach the publisher to start decoding.
-    players.push(browser.call("return await corecast.play('cam')", vec![]).await);
+    players.push(
+        browser
+            .call("return await corecast.play('cam')", vec![])
+            .await,
+    );
 
-    let decoded = wait_for(&browser, &players, Duration::from_secs(45), "every player to decode", &relay, |s| {
-        s["error"].is_null() && num(s, "videoFramesDecoded") > 30 && num(s, "audioPacketsReceived") > 0
-    })
+    let decoded = wait_for(
+        &browser,
+        &players,
+        Duration::from_secs(45),
+        "every player to decode",
+        &relay,
+        |s| {
+            s["error"].is_null()
+                && num(s, "videoFramesDecoded") > 30
+                && num(s, "audioPacketsReceived") > 0
+        },
+    )
     .await;
     for s in &decoded {
         assert_eq!(s["localProtocol"], "udp", "{s:#?}");
@@ -161,15 +206,31 @@ async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers
 
     // The players really are spread over both workers, so media crossed the mesh.
     let streams: Value =
-        serde_json::from_str(&common::http("GET", &relay.url("/api/streams"), None, "").body).unwrap();
+        serde_json::from_str(&common::http("GET", &relay.url("/api/streams"), None, "").body)
+            .unwrap();
     let stream = &streams[0];
     assert_eq!(stream["stream"], "cam");
     assert_eq!(stream["publisher"]["state"], "connected");
-    let player_workers: Vec<u64> = stream["players"].as_array().unwrap().iter().map(|p| p["worker"].as_u64().unwrap()).collect();
+    let player_workers: Vec<u64> = stream["players"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["worker"].as_u64().unwrap())
+        .collect();
     assert_eq!(player_workers.len(), 3, "{streams:#}");
     let publisher_worker = stream["publisher"]["worker"].as_u64().unwrap();
-    assert!(player_workers.iter().any(|&w| w != publisher_worker), "{streams:#}");
-    assert!(stream["players"].as_array().unwrap().iter().all(|p| p["state"] == "connected"), "{streams:#}");
+    assert!(
+        player_workers.iter().any(|&w| w != publisher_worker),
+        "{streams:#}"
+    );
+    assert!(
+        stream["players"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] == "connected"),
+        "{streams:#}"
+    );
 
     // Garbage on the publisher's media port is dropped and counted; the stream keeps flowing.
     let garbage_before = relay.metric_all_workers("corecast_drop_garbage_total");
@@ -177,22 +238,37 @@ async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers
     for _ in 0..20 {
         send_udp(publisher_port, b"\xffnot a media packet at all");
     }
-    let frames_before: Vec<u64> = decoded.iter().map(|s| num(s, "videoFramesDecoded")).collect();
+    let frames_before: Vec<u64> = decoded
+        .iter()
+        .map(|s| num(s, "videoFramesDecoded"))
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(relay.metric_all_workers("corecast_drop_garbage_total") >= garbage_before + 20);
     for (i, id) in players.iter().enumerate() {
         let s = browser.stats(id).await;
-        assert!(num(&s, "videoFramesDecoded") > frames_before[i] + 10, "player {i} stalled: {s:#?}");
+        assert!(
+            num(&s, "videoFramesDecoded") > frames_before[i] + 10,
+            "player {i} stalled: {s:#?}"
+        );
     }
     assert!(relay.metric_all_workers("corecast_keyframe_requests_sent_total") >= 1);
 
     // The publisher leaves: the stream and its players' sessions end, and their ports are free.
-    browser.call("return await corecast.stop(arguments[0])", vec![publisher]).await;
+    browser
+        .call("return await corecast.stop(arguments[0])", vec![publisher])
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while relay.metric("corecast_ports_in_use") > 0 {
-        assert!(Instant::now() < deadline, "ports still in use after the publisher left:\n{}", relay.log());
+        assert!(
+            Instant::now() < deadline,
+            "ports still in use after the publisher left:\n{}",
+            relay.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(common::http("GET", &relay.url("/api/streams"), None, "").body, "[]");
+    assert_eq!(
+        common::http("GET", &relay.url("/api/streams"), None, "").body,
+        "[]"
+    );
     browser.close().await;
 }

@@ -23,6 +23,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 struct WorkerConn {
     session: SessionId,
     worker: WorkerHandle,
+    /// The record that started the handshake, handed out before the channel's.
+    first: std::sync::Mutex<Option<Vec<u8>>>,
     records: Mutex<mpsc::Receiver<Vec<u8>>>,
     local: SocketAddr,
 }
@@ -34,8 +36,12 @@ impl Conn for WorkerConn {
     }
 
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let mut records = self.records.lock().await;
-        match records.recv().await {
+        let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let record = match first {
+            Some(record) => Some(record),
+            None => self.records.lock().await.recv().await,
+        };
+        match record {
             Some(record) => {
                 let n = record.len().min(buf.len());
                 buf[..n].copy_from_slice(&record[..n]);
@@ -101,13 +107,23 @@ pub struct DtlsParams {
 /// its keys.
 pub async fn run(
     params: DtlsParams,
-    records: mpsc::Receiver<Vec<u8>>,
+    mut records: mpsc::Receiver<Vec<u8>>,
     mut stop: oneshot::Receiver<()>,
     connected: impl FnOnce(),
 ) -> DtlsOutcome {
+    // The handshake clock starts with the peer's first record: until ICE connects there is
+    // none, and a session without ICE ends by the ICE timeout instead.
+    let first = tokio::select! {
+        r = records.recv() => match r {
+            Some(record) => record,
+            None => return DtlsOutcome::Stopped,
+        },
+        _ = &mut stop => return DtlsOutcome::Stopped,
+    };
     let conn = Arc::new(WorkerConn {
         session: params.session,
         worker: params.worker.clone(),
+        first: std::sync::Mutex::new(Some(first)),
         records: Mutex::new(records),
         local: params.local,
     });
@@ -123,7 +139,8 @@ pub async fn run(
         extended_master_secret: ExtendedMasterSecretType::Require,
         ..Default::default()
     };
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, DTLSConn::new(conn, config, false, None));
+    let handshake =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, DTLSConn::new(conn, config, false, None));
     let dtls = tokio::select! {
         r = handshake => match r {
             Ok(Ok(dtls)) => dtls,
@@ -139,12 +156,16 @@ pub async fn run(
         .map(|der| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der));
     if presented.as_ref().map(|d| d.as_ref()) != Some(&params.expected_fingerprint[..]) {
         let _ = dtls.close().await;
-        return DtlsOutcome::Failed("the DTLS certificate does not match the offer's a=fingerprint".into());
+        return DtlsOutcome::Failed(
+            "the DTLS certificate does not match the offer's a=fingerprint".into(),
+        );
     }
     let profile = match dtls.selected_srtpprotection_profile() {
         SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => SrtpProfile::AeadAes128Gcm,
         SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => SrtpProfile::Aes128CmHmacSha1_80,
-        other => return DtlsOutcome::Failed(format!("no SRTP protection profile in common ({other:?})")),
+        other => {
+            return DtlsOutcome::Failed(format!("no SRTP protection profile in common ({other:?})"));
+        }
     };
     let material = match state
         .export_keying_material("EXTRACTOR-dtls_srtp", &[], profile.keying_material_len())

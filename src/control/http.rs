@@ -53,7 +53,11 @@ fn offer_text<'b>(headers: &HeaderMap, body: &'b Bytes) -> Result<&'b str, ApiEr
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type.trim_start().to_ascii_lowercase().starts_with("application/sdp") {
+    if !content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("application/sdp")
+    {
         return Err(ApiError::new(
             415,
             format!("Content-Type must be application/sdp, not `{content_type}`"),
@@ -66,7 +70,10 @@ fn created(created: Created) -> Response {
     let location = format!("/session/{}", created.session);
     let mut response = (StatusCode::CREATED, created.answer).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
     if let Ok(v) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, v);
     }
@@ -79,8 +86,10 @@ async fn whip(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let offer = offer_text(&headers, &body)?;
-    control.publish(&stream, offer).map(created)
+    offer_text(&headers, &body)
+        .and_then(|offer| control.publish(&stream, offer))
+        .map(created)
+        .inspect_err(|_| control.count_rejected_offer())
 }
 
 async fn whep(
@@ -89,8 +98,10 @@ async fn whep(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let offer = offer_text(&headers, &body)?;
-    control.play(&stream, offer).map(created)
+    offer_text(&headers, &body)
+        .and_then(|offer| control.play(&stream, offer))
+        .map(created)
+        .inspect_err(|_| control.count_rejected_offer())
 }
 
 async fn delete_session(
@@ -125,13 +136,23 @@ async fn metrics(State(control): State<Arc<Control>>) -> Response {
         };
         let _ = writeln!(out, "# TYPE {metric} {kind}");
         for w in workers {
-            let value = w.stats.snapshot().into_iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| v);
+            let value = w
+                .stats
+                .snapshot()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, v)| v);
             let _ = writeln!(out, "{metric}{{worker=\"{}\"}} {value}", w.index);
         }
     }
     let _ = writeln!(out, "# TYPE corecast_ring_occupancy gauge");
     for w in workers {
-        let _ = writeln!(out, "corecast_ring_occupancy{{worker=\"{}\"}} {}", w.index, w.ring_occupancy());
+        let _ = writeln!(
+            out,
+            "corecast_ring_occupancy{{worker=\"{}\"}} {}",
+            w.index,
+            w.ring_occupancy()
+        );
     }
     let (in_use, capacity) = control.ports_in_use();
     let counters = &control.counters;
@@ -139,10 +160,26 @@ async fn metrics(State(control): State<Arc<Control>>) -> Response {
         ("corecast_ports_in_use", "gauge", in_use as u64),
         ("corecast_ports_capacity", "gauge", capacity as u64),
         ("corecast_streams", "gauge", control.stream_count() as u64),
-        ("corecast_sessions_created_total", "counter", counters.sessions_created.load(Ordering::Relaxed)),
-        ("corecast_sessions_ended_total", "counter", counters.sessions_ended.load(Ordering::Relaxed)),
-        ("corecast_offers_rejected_total", "counter", counters.offers_rejected.load(Ordering::Relaxed)),
-        ("corecast_ports_exhausted_total", "counter", counters.ports_exhausted.load(Ordering::Relaxed)),
+        (
+            "corecast_sessions_created_total",
+            "counter",
+            counters.sessions_created.load(Ordering::Relaxed),
+        ),
+        (
+            "corecast_sessions_ended_total",
+            "counter",
+            counters.sessions_ended.load(Ordering::Relaxed),
+        ),
+        (
+            "corecast_offers_rejected_total",
+            "counter",
+            counters.offers_rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "corecast_ports_exhausted_total",
+            "counter",
+            counters.ports_exhausted.load(Ordering::Relaxed),
+        ),
     ] {
         let _ = writeln!(out, "# TYPE {metric} {kind}\n{metric} {value}");
     }

@@ -163,13 +163,17 @@ fn random_token(len: usize) -> String {
 fn check_stream_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
         Err(ApiError::new(
             400,
-            format!("stream name `{name}` is not allowed: use 1-128 letters, digits, '-', '_' or '.'"),
+            format!(
+                "stream name `{name}` is not allowed: use 1-128 letters, digits, '-', '_' or '.'"
+            ),
         ))
     }
 }
@@ -212,20 +216,25 @@ impl Control {
     /// Creates a publishing session (WHIP).
     pub fn publish(self: &Arc<Self>, stream: &str, offer_text: &str) -> Result<Created, ApiError> {
         self.create(stream, offer_text, Role::Publisher)
-            .inspect_err(|_| {
-                self.counters.offers_rejected.fetch_add(1, Ordering::Relaxed);
-            })
     }
 
     /// Creates a playing session (WHEP).
     pub fn play(self: &Arc<Self>, stream: &str, offer_text: &str) -> Result<Created, ApiError> {
         self.create(stream, offer_text, Role::Player)
-            .inspect_err(|_| {
-                self.counters.offers_rejected.fetch_add(1, Ordering::Relaxed);
-            })
     }
 
-    fn create(self: &Arc<Self>, stream: &str, offer_text: &str, role: Role) -> Result<Created, ApiError> {
+    pub fn count_rejected_offer(&self) {
+        self.counters
+            .offers_rejected
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn create(
+        self: &Arc<Self>,
+        stream: &str,
+        offer_text: &str,
+        role: Role,
+    ) -> Result<Created, ApiError> {
         check_stream_name(stream)?;
         let offer = Offer::parse(offer_text)?;
         let mut registry = lock(&self.registry);
@@ -235,31 +244,68 @@ impl Control {
         let (new_role, sections, stream_id, publisher_worker, tracks) = match role {
             Role::Publisher => {
                 if registry.streams.contains_key(stream) {
-                    return Err(ApiError::new(409, format!("stream `{stream}` already has a publisher")));
+                    return Err(ApiError::new(
+                        409,
+                        format!("stream `{stream}` already has a publisher"),
+                    ));
                 }
                 let (tracks, sections) = negotiate_publish(&offer)?;
-                let payload_types = tracks.iter().map(|t| (t.codec.payload_type, t.kind)).collect();
+                let payload_types = tracks
+                    .iter()
+                    .map(|t| (t.codec.payload_type, t.kind))
+                    .collect();
                 registry.next_stream += 1;
-                (NewRole::Publisher { payload_types }, sections, registry.next_stream, None, Some(tracks))
+                (
+                    NewRole::Publisher { payload_types },
+                    sections,
+                    registry.next_stream,
+                    None,
+                    Some(tracks),
+                )
             }
             Role::Player => {
                 let Some(entry) = registry.streams.get(stream) else {
-                    return Err(ApiError::new(404, format!("stream `{stream}` is not being published")));
+                    return Err(ApiError::new(
+                        404,
+                        format!("stream `{stream}` is not being published"),
+                    ));
                 };
-                let (played, sections) = negotiate_play(&offer, &entry.tracks, stream, |_| rand::random())?;
-                (NewRole::Player { tracks: played }, sections, entry.id, Some(entry.worker), None)
+                let (played, sections) =
+                    negotiate_play(&offer, &entry.tracks, stream, |_| rand::random())?;
+                (
+                    NewRole::Player { tracks: played },
+                    sections,
+                    entry.id,
+                    Some(entry.worker),
+                    None,
+                )
             }
         };
         let media = &self.config.media;
         let bound = lock(&self.ports).allocate(|port| {
-            crate::net::bind_udp(media.bind_ip, port, media.udp_recv_buffer, media.udp_send_buffer)
+            crate::net::bind_udp(
+                media.bind_ip,
+                port,
+                media.udp_recv_buffer,
+                media.udp_send_buffer,
+            )
         });
         let (port, socket) = match bound {
             Ok(Ok(bound)) => bound,
-            Ok(Err(e)) => return Err(ApiError::new(500, format!("binding a media port failed: {e}"))),
+            Ok(Err(e)) => {
+                return Err(ApiError::new(
+                    500,
+                    format!("binding a media port failed: {e}"),
+                ));
+            }
             Err(e @ PortError::Exhausted { .. }) => {
-                self.counters.ports_exhausted.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::new(503, format!("{e}; try again later or widen media.ports")));
+                self.counters
+                    .ports_exhausted
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::new(
+                    503,
+                    format!("{e}; try again later or widen media.ports"),
+                ));
             }
         };
         let worker = self.least_loaded_worker(&registry);
@@ -343,9 +389,14 @@ impl Control {
                 closed_waiters: Vec::new(),
             },
         );
-        self.counters.sessions_created.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .sessions_created
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(session = id, stream, ?role, worker, port, "session created");
-        Ok(Created { session: id, answer })
+        Ok(Created {
+            session: id,
+            answer,
+        })
     }
 
     fn least_loaded_worker(&self, registry: &Registry) -> usize {
@@ -397,7 +448,9 @@ impl Control {
             let (stop, task, worker, players) = {
                 let mut guard = lock(&self.registry);
                 let registry = &mut *guard;
-                let Some(entry) = registry.sessions.get_mut(&id) else { return };
+                let Some(entry) = registry.sessions.get_mut(&id) else {
+                    return;
+                };
                 if entry.state == SessionState::Closing {
                     return;
                 }
@@ -405,8 +458,15 @@ impl Control {
                 let mut players = Vec::new();
                 match entry.role {
                     Role::Publisher => {
-                        if registry.streams.get(&entry.stream).is_some_and(|s| s.publisher == id) {
-                            let stream = registry.streams.remove(&entry.stream).expect("checked above");
+                        if registry
+                            .streams
+                            .get(&entry.stream)
+                            .is_some_and(|s| s.publisher == id)
+                        {
+                            let stream = registry
+                                .streams
+                                .remove(&entry.stream)
+                                .expect("checked above");
                             players.extend(stream.players);
                         }
                     }
@@ -425,7 +485,12 @@ impl Control {
                         }
                     }
                 }
-                (entry.dtls_stop.take(), entry.dtls_task.take(), entry.worker, players)
+                (
+                    entry.dtls_stop.take(),
+                    entry.dtls_task.take(),
+                    entry.worker,
+                    players,
+                )
             };
             tracing::info!(session = id, %reason, "session ending");
             self.counters.sessions_ended.fetch_add(1, Ordering::Relaxed);
@@ -434,13 +499,19 @@ impl Control {
             }
             if let Some(mut task) = task {
                 // Give the close_notify a moment to leave before the socket goes.
-                if tokio::time::timeout(Duration::from_millis(300), &mut task).await.is_err() {
+                if tokio::time::timeout(Duration::from_millis(300), &mut task)
+                    .await
+                    .is_err()
+                {
                     task.abort();
                 }
             }
             self.workers[worker].send(Command::RemoveSession { session: id });
             for player in players {
-                tokio::spawn(self.clone().end_session(player, "the publisher left".to_string()));
+                tokio::spawn(
+                    self.clone()
+                        .end_session(player, "the publisher left".to_string()),
+                );
             }
         })
     }
@@ -450,10 +521,14 @@ impl Control {
         let (waiter_tx, waiter_rx) = oneshot::channel();
         {
             let mut registry = lock(&self.registry);
-            let Some(entry) = registry.sessions.get_mut(&id) else { return false };
+            let Some(entry) = registry.sessions.get_mut(&id) else {
+                return false;
+            };
             entry.closed_waiters.push(waiter_tx);
         }
-        self.clone().end_session(id, "deleted by the client".to_string()).await;
+        self.clone()
+            .end_session(id, "deleted by the client".to_string())
+            .await;
         let _ = tokio::time::timeout(CLOSE_WAIT, waiter_rx).await;
         true
     }

@@ -125,7 +125,12 @@ mod tests {
         let key = stun::short_term_key(pwd);
         let mut buf = vec![0u8; 200];
         let mut w = StunWriter::new(&mut buf, BINDING_REQUEST, &[3; 12]).unwrap();
-        w.username(username.as_bytes()).unwrap().priority(1).unwrap().ice_controlling(5).unwrap();
+        w.username(username.as_bytes())
+            .unwrap()
+            .priority(1)
+            .unwrap()
+            .ice_controlling(5)
+            .unwrap();
         if use_candidate {
             w.use_candidate().unwrap();
         }
@@ -136,7 +141,13 @@ mod tests {
     }
 
     fn agent(now: Instant) -> IceLite {
-        IceLite::new(now, "srv", "server-password-123456", "cli", Duration::from_secs(30))
+        IceLite::new(
+            now,
+            "srv",
+            "server-password-123456",
+            "cli",
+            Duration::from_secs(30),
+        )
     }
 
     #[test]
@@ -146,7 +157,12 @@ mod tests {
         let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let mut out = [0u8; 128];
         let r = ice
-            .handle_check(t0, &check("srv:cli", "server-password-123456", false), from, &mut out)
+            .handle_check(
+                t0,
+                &check("srv:cli", "server-password-123456", false),
+                from,
+                &mut out,
+            )
             .unwrap();
         assert!(r.response_len > 0);
         assert_eq!(r.nominated, None);
@@ -156,13 +172,23 @@ mod tests {
         assert_eq!(resp.xor_mapped_address, Some(from));
 
         let r = ice
-            .handle_check(t0, &check("srv:cli", "server-password-123456", true), from, &mut out)
+            .handle_check(
+                t0,
+                &check("srv:cli", "server-password-123456", true),
+                from,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(r.nominated, Some(from));
         assert_eq!(ice.remote(), Some(from));
         // Nominating the same address again is not news.
         let r = ice
-            .handle_check(t0, &check("srv:cli", "server-password-123456", true), from, &mut out)
+            .handle_check(
+                t0,
+                &check("srv:cli", "server-password-123456", true),
+                from,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(r.nominated, None);
     }
@@ -174,11 +200,21 @@ mod tests {
         let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let mut out = [0u8; 128];
         assert_eq!(
-            ice.handle_check(t0, &check("srv:other", "server-password-123456", true), from, &mut out),
+            ice.handle_check(
+                t0,
+                &check("srv:other", "server-password-123456", true),
+                from,
+                &mut out
+            ),
             Err(IceError::WrongUsername)
         );
         assert_eq!(
-            ice.handle_check(t0, &check("srv:cli", "guessed-password", true), from, &mut out),
+            ice.handle_check(
+                t0,
+                &check("srv:cli", "guessed-password", true),
+                from,
+                &mut out
+            ),
             Err(IceError::Stun(StunError::BadIntegrity))
         );
         assert!(!ice.is_validated(from));
@@ -193,12 +229,22 @@ mod tests {
         let mut out = [0u8; 128];
         assert!(!ice.is_expired(t0 + Duration::from_secs(29)));
         let t20 = t0 + Duration::from_secs(20);
-        ice.handle_check(t20, &check("srv:cli", "server-password-123456", true), from, &mut out)
-            .unwrap();
+        ice.handle_check(
+            t20,
+            &check("srv:cli", "server-password-123456", true),
+            from,
+            &mut out,
+        )
+        .unwrap();
         assert!(!ice.is_expired(t0 + Duration::from_secs(45)));
         assert!(ice.is_expired(t20 + Duration::from_secs(30)));
         // An invalid check does not keep the session alive.
-        let _ = ice.handle_check(t20 + Duration::from_secs(29), &check("x:y", "z", true), from, &mut out);
+        let _ = ice.handle_check(
+            t20 + Duration::from_secs(29),
+            &check("x:y", "z", true),
+            from,
+            &mut out,
+        );
         assert!(ice.is_expired(t20 + Duration::from_secs(30)));
     }
 }

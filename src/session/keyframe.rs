@@ -62,7 +62,10 @@ mod tests {
         assert!(!k.request(t0 + Duration::from_millis(20)));
         assert!(!k.poll(t0 + Duration::from_millis(499)));
         assert!(k.poll(t0 + Duration::from_millis(500)));
-        assert!(!k.poll(t0 + Duration::from_millis(2000)), "only one deferred PLI");
+        assert!(
+            !k.poll(t0 + Duration::from_millis(2000)),
+            "only one deferred PLI"
+        );
     }
 
     #[test]

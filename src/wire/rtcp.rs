@@ -136,7 +136,9 @@ mod tests {
         let mut pli = [0u8; 12];
         write_pli(&mut pli, 0x2222, 0x3333);
         compound_packet.extend_from_slice(&pli);
-        let packets: Vec<_> = compound(&compound_packet).collect::<Result<_, _>>().unwrap();
+        let packets: Vec<_> = compound(&compound_packet)
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(packets.len(), 2);
         assert_eq!(packets[0].packet_type, SENDER_REPORT);
         assert_eq!(packets[0].sender_ssrc(), Some(0x1111));
@@ -166,7 +168,10 @@ mod tests {
         let mut it = compound(&sr);
         assert_eq!(it.next(), Some(Err(RtcpError::BadLength)));
         assert_eq!(it.next(), None);
-        assert_eq!(compound(&[0x80, 200]).next(), Some(Err(RtcpError::TooShort)));
+        assert_eq!(
+            compound(&[0x80, 200]).next(),
+            Some(Err(RtcpError::TooShort))
+        );
         assert_eq!(
             compound(&[0x00, 200, 0, 0]).next(),
             Some(Err(RtcpError::BadVersion))

@@ -292,7 +292,8 @@ mod tests {
     #[test]
     fn two_byte_extensions_are_rewritten() {
         let mut p = vec![
-            0x90, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0x00, 0x00, 0x02, // two-byte profile
+            0x90, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0x00, 0x00,
+            0x02, // two-byte profile
             20, 3, 1, 2, 3, 0, 0, 0, // id 20, len 3, padding
         ];
         p.extend_from_slice(b"x");

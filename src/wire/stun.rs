@@ -415,10 +415,16 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_errors_not_panics() {
-        assert_eq!(StunMessage::parse(&[0; 10]).unwrap_err(), StunError::TooShort);
+        assert_eq!(
+            StunMessage::parse(&[0; 10]).unwrap_err(),
+            StunError::TooShort
+        );
         let mut bad_cookie = RFC5769_REQUEST;
         bad_cookie[4] = 0;
-        assert_eq!(StunMessage::parse(&bad_cookie).unwrap_err(), StunError::NotStun);
+        assert_eq!(
+            StunMessage::parse(&bad_cookie).unwrap_err(),
+            StunError::NotStun
+        );
         assert_eq!(
             StunMessage::parse(&RFC5769_REQUEST[..100]).unwrap_err(),
             StunError::BadLength

@@ -55,7 +55,9 @@ impl Ring {
         let (ring, description) = match tuned {
             Ok(r) => (r, "single-issuer, cooperative task running"),
             Err(_) => (
-                IoUring::builder().setup_cqsize(entries * 4).build(entries)?,
+                IoUring::builder()
+                    .setup_cqsize(entries * 4)
+                    .build(entries)?,
                 "plain (single-issuer and cooperative task running refused by the kernel)",
             ),
         };
@@ -144,7 +146,10 @@ pub struct ProvidedBuffers {
 
 impl ProvidedBuffers {
     pub fn new(ring: &Ring, count: u16, group: u16) -> io::Result<ProvidedBuffers> {
-        assert!(count.is_power_of_two(), "buffer ring size must be a power of two");
+        assert!(
+            count.is_power_of_two(),
+            "buffer ring size must be a power of two"
+        );
         let entries_layout = std::alloc::Layout::from_size_align(
             count as usize * mem::size_of::<BufRingEntry>(),
             4096,
@@ -202,7 +207,8 @@ impl ProvidedBuffers {
         if flags & libc::MSG_TRUNC as u32 != 0 || PAYLOAD_OFFSET + payload_len > len {
             return None;
         }
-        let from = sockaddr_from_bytes(&buf[RECVMSG_OUT_LEN..RECVMSG_OUT_LEN + name_len.min(NAME_LEN)])?;
+        let from =
+            sockaddr_from_bytes(&buf[RECVMSG_OUT_LEN..RECVMSG_OUT_LEN + name_len.min(NAME_LEN)])?;
         Some((from, &mut buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload_len]))
     }
 
@@ -339,7 +345,15 @@ impl EgressPool {
     }
 
     /// Queues a send of `buffer(slot)[offset..offset + len]` to `to` on `fd`.
-    pub fn send(&mut self, ring: &mut Ring, fd: RawFd, slot: u32, offset: usize, len: usize, to: &RawAddr) {
+    pub fn send(
+        &mut self,
+        ring: &mut Ring,
+        fd: RawFd,
+        slot: u32,
+        offset: usize,
+        len: usize,
+        to: &RawAddr,
+    ) {
         self.addrs[slot as usize] = *to;
         let addr = &self.addrs[slot as usize];
         let start = slot as usize * EGRESS_BUFFER_SIZE + offset;
@@ -399,7 +413,9 @@ pub fn notify(fd: &OwnedFd) {
 
 /// Cancels the operation with `user_data`.
 pub fn cancel(ring: &mut Ring, user_data: u64) {
-    let entry = opcode::AsyncCancel::new(user_data).build().user_data(OP_CANCEL);
+    let entry = opcode::AsyncCancel::new(user_data)
+        .build()
+        .user_data(OP_CANCEL);
     // SAFETY: a cancel points at no buffer.
     unsafe { ring.push(entry) };
 }

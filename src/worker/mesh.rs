@@ -108,6 +108,8 @@ impl Mesh {
 
     /// Messages queued towards `to`, for the occupancy metric.
     pub fn occupancy(&self, to: usize) -> usize {
-        (0..self.workers).map(|from| self.queue(from, to).len()).sum()
+        (0..self.workers)
+            .map(|from| self.queue(from, to).len())
+            .sum()
     }
 }

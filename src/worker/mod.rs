@@ -53,8 +53,13 @@ pub enum Command {
         material: Vec<u8>,
     },
     /// A DTLS record to send to the session's peer.
-    SendDtls { session: SessionId, data: Vec<u8> },
-    RemoveSession { session: SessionId },
+    SendDtls {
+        session: SessionId,
+        data: Vec<u8>,
+    },
+    RemoveSession {
+        session: SessionId,
+    },
     /// A player of `stream` on `worker` came (+1) or went (-1); sent to the publisher's worker.
     RemoteInterest {
         stream: StreamId,
@@ -82,11 +87,21 @@ pub enum NewRole {
 /// What a worker tells the control thread.
 #[derive(Debug)]
 pub enum Event {
-    Dtls { session: SessionId, data: Vec<u8> },
-    IceConnected { session: SessionId, remote: SocketAddr },
-    IceTimeout { session: SessionId },
+    Dtls {
+        session: SessionId,
+        data: Vec<u8>,
+    },
+    IceConnected {
+        session: SessionId,
+        remote: SocketAddr,
+    },
+    IceTimeout {
+        session: SessionId,
+    },
     /// The session's socket is closed: its port may be reused.
-    Closed { session: SessionId },
+    Closed {
+        session: SessionId,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -124,7 +139,9 @@ pub fn start_workers(
     settings: WorkerSettings,
     events: UnboundedSender<Event>,
 ) -> std::io::Result<Vec<WorkerHandle>> {
-    let wake_fds = (0..count).map(|_| WakeFd::new()).collect::<std::io::Result<Vec<_>>>()?;
+    let wake_fds = (0..count)
+        .map(|_| WakeFd::new())
+        .collect::<std::io::Result<Vec<_>>>()?;
     let wakers = wake_fds
         .iter()
         .map(|w| w.notifier().map(Waker::new))
@@ -150,7 +167,11 @@ pub fn start_workers(
                 let pinned = core_id.is_some_and(core_affinity::set_for_current);
                 match Worker::new(index, wake, c, m, s, e, st) {
                     Ok(mut worker) => {
-                        let _ = ready_tx.send(Ok((worker.core.ring.description.clone(), pinned, core_id)));
+                        let _ = ready_tx.send(Ok((
+                            worker.core.ring.description.clone(),
+                            pinned,
+                            core_id,
+                        )));
                         worker.run();
                     }
                     Err(err) => {
@@ -162,8 +183,12 @@ pub fn start_workers(
             .recv()
             .map_err(|_| std::io::Error::other("worker thread died during start-up"))??;
         match core_id {
-            Some(core) if pinned => tracing::info!(worker = index, core = core.id, ring = %ring, "worker started, pinned"),
-            Some(core) => tracing::warn!(worker = index, core = core.id, ring = %ring, "worker started, but pinning to its core failed"),
+            Some(core) if pinned => {
+                tracing::info!(worker = index, core = core.id, ring = %ring, "worker started, pinned")
+            }
+            Some(core) => {
+                tracing::warn!(worker = index, core = core.id, ring = %ring, "worker started, but pinning to its core failed")
+            }
             None => tracing::info!(worker = index, ring = %ring, "worker started, not pinned"),
         }
         handles.push(WorkerHandle {
@@ -226,7 +251,9 @@ struct LocalStream {
 
 impl LocalStream {
     fn is_unused(&self) -> bool {
-        self.publisher.is_none() && self.players.is_empty() && self.remote_interest.iter().all(|&n| n == 0)
+        self.publisher.is_none()
+            && self.players.is_empty()
+            && self.remote_interest.iter().all(|&n| n == 0)
     }
 }
 
@@ -252,7 +279,8 @@ struct Core {
     stats: Arc<WorkerStats>,
     settings: WorkerSettings,
     wake_pending: Vec<bool>,
-    sockets_to_close: Vec<UdpSocket>,
+    /// Sockets of finished sessions, closed (and reported) once nothing queued refers to them.
+    sockets_to_close: Vec<(SessionId, UdpSocket)>,
     next_tick: Instant,
 }
 
@@ -318,6 +346,14 @@ impl Worker {
                 self.core.tick(now);
             }
             self.core.flush_wakes();
+            if !self.core.sockets_to_close.is_empty() {
+                // Submit what may still refer to the finished sessions' sockets, then close
+                // them before waiting, so the control thread hears of their ports at once.
+                let _ = self.core.ring.submit();
+                if self.core.ring.backlog_is_empty() {
+                    self.core.close_sockets();
+                }
+            }
             let result = if self.core.has_work() {
                 self.core.ring.submit()
             } else {
@@ -336,11 +372,6 @@ impl Worker {
                 tracing::error!(worker = self.core.index, error = %e, "io_uring submit failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            // Closing a socket only after every queued operation on it has reached the kernel
-            // keeps its descriptor number from being reused under a pending send.
-            if self.core.ring.backlog_is_empty() {
-                self.core.sockets_to_close.clear();
-            }
         }
     }
 
@@ -357,7 +388,9 @@ impl Worker {
                     if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
                         if result > 0 {
                             match self.buffers.datagram(bid, result as usize) {
-                                Some((from, data)) => self.core.on_datagram(slot, generation, from, data, now),
+                                Some((from, data)) => {
+                                    self.core.on_datagram(slot, generation, from, data, now)
+                                }
                                 None => inc(&self.core.stats.drop_garbage),
                             }
                         }
@@ -367,7 +400,11 @@ impl Worker {
                     if result == -libc::ENOBUFS {
                         inc(&self.core.stats.recv_no_buffer);
                     } else if result < 0 && result != -libc::ECANCELED {
-                        tracing::debug!(worker = self.core.index, errno = -result, "receive failed");
+                        tracing::debug!(
+                            worker = self.core.index,
+                            errno = -result,
+                            "receive failed"
+                        );
                     }
                     if !cqueue::more(cqe.flags()) {
                         self.core.recv_ended(slot, generation);
@@ -389,21 +426,31 @@ impl Worker {
 
 impl Core {
     fn has_work(&mut self) -> bool {
-        !self.commands.is_empty() || self.mesh.has_incoming(self.index) || self.ring.has_completions()
+        !self.commands.is_empty()
+            || self.mesh.has_incoming(self.index)
+            || self.ring.has_completions()
     }
 
     fn drain_commands(&mut self, now: Instant) {
         while let Some(command) = self.commands.pop() {
             match command {
                 Command::AddSession(new) => self.add_session(*new, now),
-                Command::SetKeys { session, profile, material } => self.set_keys(session, profile, &material, now),
+                Command::SetKeys {
+                    session,
+                    profile,
+                    material,
+                } => self.set_keys(session, profile, &material, now),
                 Command::SendDtls { session, data } => self.send_dtls(session, &data),
                 Command::RemoveSession { session } => {
                     if let Some(&slot) = self.by_id.get(&session) {
                         self.begin_close(slot);
                     }
                 }
-                Command::RemoteInterest { stream, worker, delta } => {
+                Command::RemoteInterest {
+                    stream,
+                    worker,
+                    delta,
+                } => {
                     let workers = self.mesh.workers();
                     let index = self.index;
                     let local = self.streams.entry(stream).or_insert_with(|| LocalStream {
@@ -458,12 +505,15 @@ impl Core {
             }
         };
         let workers = self.mesh.workers();
-        let local = self.streams.entry(new.stream).or_insert_with(|| LocalStream {
-            publisher_worker: new.publisher_worker,
-            publisher: None,
-            players: Vec::new(),
-            remote_interest: vec![0; workers],
-        });
+        let local = self
+            .streams
+            .entry(new.stream)
+            .or_insert_with(|| LocalStream {
+                publisher_worker: new.publisher_worker,
+                publisher: None,
+                players: Vec::new(),
+                remote_interest: vec![0; workers],
+            });
         match role {
             Role::Publisher(_) => local.publisher = Some(slot),
             Role::Player(_) => local.players.push(slot),
@@ -475,7 +525,13 @@ impl Core {
             socket: new.socket,
             fd,
             stream: new.stream,
-            ice: IceLite::new(now, &new.local_ufrag, &new.local_pwd, &new.remote_ufrag, self.settings.ice_timeout),
+            ice: IceLite::new(
+                now,
+                &new.local_ufrag,
+                &new.local_pwd,
+                &new.remote_ufrag,
+                self.settings.ice_timeout,
+            ),
             remote: None,
             dtls_peer: None,
             srtp_in: None,
@@ -486,12 +542,21 @@ impl Core {
             timeout_reported: false,
         });
         self.by_id.insert(new.id, slot);
-        io::arm_recv(&mut self.ring, self.recv, fd, recv_user_data(slot, generation));
+        io::arm_recv(
+            &mut self.ring,
+            self.recv,
+            fd,
+            recv_user_data(slot, generation),
+        );
     }
 
     fn set_keys(&mut self, id: SessionId, profile: SrtpProfile, material: &[u8], now: Instant) {
-        let Some(&slot) = self.by_id.get(&id) else { return };
-        let Some(session) = self.sessions[slot].as_mut() else { return };
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return;
+        };
         match SrtpContext::from_dtls_export(profile, material, false) {
             Ok((outbound, inbound)) => {
                 session.srtp_out = Some(outbound);
@@ -507,9 +572,15 @@ impl Core {
     }
 
     fn send_dtls(&mut self, id: SessionId, data: &[u8]) {
-        let Some(&slot) = self.by_id.get(&id) else { return };
-        let Some(session) = self.sessions[slot].as_ref() else { return };
-        let Some(to) = session.remote.map(|(_, raw)| raw).or(session.dtls_peer) else { return };
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        let Some(session) = self.sessions[slot].as_ref() else {
+            return;
+        };
+        let Some(to) = session.remote.map(|(_, raw)| raw).or(session.dtls_peer) else {
+            return;
+        };
         if data.len() > MAX_PACKET {
             return;
         }
@@ -517,19 +588,30 @@ impl Core {
             inc(&self.stats.drop_no_buffer);
             return;
         };
-        self.egress.buffer(out)[EGRESS_HEADROOM..EGRESS_HEADROOM + data.len()].copy_from_slice(data);
-        self.egress.send(&mut self.ring, session.fd, out, EGRESS_HEADROOM, data.len(), &to);
+        self.egress.buffer(out)[EGRESS_HEADROOM..EGRESS_HEADROOM + data.len()]
+            .copy_from_slice(data);
+        self.egress.send(
+            &mut self.ring,
+            session.fd,
+            out,
+            EGRESS_HEADROOM,
+            data.len(),
+            &to,
+        );
         inc(&self.stats.tx_packets);
         add(&self.stats.tx_bytes, data.len() as u64);
     }
 
     fn begin_close(&mut self, slot: usize) {
-        let Some(session) = self.sessions[slot].as_mut() else { return };
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return;
+        };
         if session.closing {
             return;
         }
         session.closing = true;
-        let (stream, recv_armed, generation) = (session.stream, session.recv_armed, session.generation);
+        let (stream, recv_armed, generation) =
+            (session.stream, session.recv_armed, session.generation);
         if let Some(local) = self.streams.get_mut(&stream) {
             if local.publisher == Some(slot) {
                 local.publisher = None;
@@ -547,15 +629,27 @@ impl Core {
     }
 
     fn finish_close(&mut self, slot: usize) {
-        let Some(session) = self.sessions[slot].take() else { return };
+        let Some(session) = self.sessions[slot].take() else {
+            return;
+        };
         self.free_slots.push(slot);
         self.by_id.remove(&session.id);
-        self.sockets_to_close.push(session.socket);
-        let _ = self.events.send(Event::Closed { session: session.id });
+        self.sockets_to_close.push((session.id, session.socket));
+    }
+
+    /// Closes finished sessions' sockets and only then reports them closed, so the control
+    /// thread never hands out a port whose socket still exists.
+    fn close_sockets(&mut self) {
+        for (id, socket) in self.sockets_to_close.drain(..) {
+            drop(socket);
+            let _ = self.events.send(Event::Closed { session: id });
+        }
     }
 
     fn recv_ended(&mut self, slot: usize, generation: u32) {
-        let Some(session) = self.sessions.get_mut(slot).and_then(Option::as_mut) else { return };
+        let Some(session) = self.sessions.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
         if session.generation != generation {
             return;
         }
@@ -564,11 +658,23 @@ impl Core {
             self.finish_close(slot);
         } else {
             session.recv_armed = true;
-            io::arm_recv(&mut self.ring, self.recv, session.fd, recv_user_data(slot, generation));
+            io::arm_recv(
+                &mut self.ring,
+                self.recv,
+                session.fd,
+                recv_user_data(slot, generation),
+            );
         }
     }
 
-    fn on_datagram(&mut self, slot: usize, generation: u32, from: SocketAddr, data: &mut [u8], now: Instant) {
+    fn on_datagram(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        from: SocketAddr,
+        data: &mut [u8],
+        now: Instant,
+    ) {
         inc(&self.stats.rx_packets);
         add(&self.stats.rx_bytes, data.len() as u64);
         if self.settings.loopback_only && !from.ip().is_loopback() {
@@ -626,7 +732,9 @@ impl Core {
             inc(&self.stats.drop_no_buffer);
             return;
         };
-        let Some(session) = self.sessions[slot].as_mut() else { return };
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return;
+        };
         let buffer = &mut self.egress.buffer(out)[EGRESS_HEADROOM..];
         match session.ice.handle_check(now, data, from, buffer) {
             Ok(outcome) => {
@@ -638,7 +746,14 @@ impl Core {
                     });
                 }
                 let fd = session.fd;
-                self.egress.send(&mut self.ring, fd, out, EGRESS_HEADROOM, outcome.response_len, &RawAddr::new(from));
+                self.egress.send(
+                    &mut self.ring,
+                    fd,
+                    out,
+                    EGRESS_HEADROOM,
+                    outcome.response_len,
+                    &RawAddr::new(from),
+                );
                 inc(&self.stats.stun_answered);
                 inc(&self.stats.tx_packets);
                 add(&self.stats.tx_bytes, outcome.response_len as u64);
@@ -651,7 +766,9 @@ impl Core {
     }
 
     fn on_rtp(&mut self, slot: usize, packet: &[u8]) {
-        let Some(session) = self.sessions[slot].as_mut() else { return };
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return;
+        };
         let stream = session.stream;
         let Role::Publisher(publisher) = &mut session.role else {
             inc(&self.stats.drop_garbage); // players do not send media here
@@ -670,7 +787,9 @@ impl Core {
     }
 
     fn on_rtcp(&mut self, slot: usize, packet: &[u8], now: Instant) {
-        let Some(session) = self.sessions[slot].as_mut() else { return };
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return;
+        };
         let stream = session.stream;
         match &session.role {
             Role::Publisher(publisher) => {
@@ -704,7 +823,9 @@ impl Core {
     /// Sends a publisher's packet to the stream's local players and hands one shared copy to
     /// each other worker that has players of the stream.
     fn fanout(&mut self, stream: StreamId, kind: MediaKind, what: Forwarded, packet: &[u8]) {
-        let Some(local) = self.streams.get(&stream) else { return };
+        let Some(local) = self.streams.get(&stream) else {
+            return;
+        };
         forward_to_players(
             &local.players,
             &mut self.sessions,
@@ -721,7 +842,12 @@ impl Core {
                 continue;
             }
             let packet = shared.get_or_insert_with(|| Arc::from(packet)).clone();
-            let message = CrossMessage::Media { stream, kind, what, packet };
+            let message = CrossMessage::Media {
+                stream,
+                kind,
+                what,
+                packet,
+            };
             match self.mesh.push(self.index, worker, message) {
                 Ok(()) => self.wake_pending[worker] = true,
                 Err(_) => inc(&self.stats.drop_ring_full),
@@ -736,7 +862,12 @@ impl Core {
             }
             while let Some(message) = self.mesh.pop(from, self.index) {
                 match message {
-                    CrossMessage::Media { stream, kind, what, packet } => {
+                    CrossMessage::Media {
+                        stream,
+                        kind,
+                        what,
+                        packet,
+                    } => {
                         if let Some(local) = self.streams.get(&stream) {
                             forward_to_players(
                                 &local.players,
@@ -750,19 +881,27 @@ impl Core {
                             );
                         }
                     }
-                    CrossMessage::KeyframeRequest { stream } => self.keyframe_to_publisher(stream, now),
+                    CrossMessage::KeyframeRequest { stream } => {
+                        self.keyframe_to_publisher(stream, now)
+                    }
                 }
             }
         }
     }
 
     fn request_keyframe(&mut self, stream: StreamId, now: Instant) {
-        let Some(local) = self.streams.get(&stream) else { return };
+        let Some(local) = self.streams.get(&stream) else {
+            return;
+        };
         let publisher_worker = local.publisher_worker;
         if publisher_worker == self.index {
             self.keyframe_to_publisher(stream, now);
         } else {
-            match self.mesh.push(self.index, publisher_worker, CrossMessage::KeyframeRequest { stream }) {
+            match self.mesh.push(
+                self.index,
+                publisher_worker,
+                CrossMessage::KeyframeRequest { stream },
+            ) {
                 Ok(()) => self.wake_pending[publisher_worker] = true,
                 Err(_) => inc(&self.stats.drop_ring_full),
             }
@@ -770,9 +909,15 @@ impl Core {
     }
 
     fn keyframe_to_publisher(&mut self, stream: StreamId, now: Instant) {
-        let Some(slot) = self.streams.get(&stream).and_then(|l| l.publisher) else { return };
-        let Some(session) = self.sessions[slot].as_mut() else { return };
-        let Role::Publisher(publisher) = &mut session.role else { return };
+        let Some(slot) = self.streams.get(&stream).and_then(|l| l.publisher) else {
+            return;
+        };
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return;
+        };
+        let Role::Publisher(publisher) = &mut session.role else {
+            return;
+        };
         if publisher.keyframes.request(now) {
             send_pli(session, &mut self.egress, &mut self.ring, &self.stats);
         }
@@ -781,14 +926,18 @@ impl Core {
     fn tick(&mut self, now: Instant) {
         let mut live = 0;
         for slot in 0..self.sessions.len() {
-            let Some(session) = self.sessions[slot].as_mut() else { continue };
+            let Some(session) = self.sessions[slot].as_mut() else {
+                continue;
+            };
             if session.closing {
                 continue;
             }
             live += 1;
             if session.ice.is_expired(now) && !session.timeout_reported {
                 session.timeout_reported = true;
-                let _ = self.events.send(Event::IceTimeout { session: session.id });
+                let _ = self.events.send(Event::IceTimeout {
+                    session: session.id,
+                });
             }
             if let Role::Publisher(publisher) = &mut session.role
                 && publisher.keyframes.poll(now)
@@ -833,12 +982,20 @@ fn forward_to_players(
         Forwarded::SenderReport => None,
     };
     for &slot in players {
-        let Some(Session { remote: Some((_, to)), srtp_out: Some(srtp), role: Role::Player(tracks), fd, closing: false, .. }) =
-            sessions[slot].as_mut()
+        let Some(Session {
+            remote: Some((_, to)),
+            srtp_out: Some(srtp),
+            role: Role::Player(tracks),
+            fd,
+            closing: false,
+            ..
+        }) = sessions[slot].as_mut()
         else {
             continue; // not connected yet, or leaving
         };
-        let Some(track) = tracks[kind.index()].as_mut() else { continue };
+        let Some(track) = tracks[kind.index()].as_mut() else {
+            continue;
+        };
         let Some(out) = egress.alloc() else {
             inc(&stats.drop_no_buffer);
             continue;
@@ -879,7 +1036,9 @@ fn forward_to_players(
 
 /// Sends a Picture Loss Indication to a publisher for its video SSRC.
 fn send_pli(session: &mut Session, egress: &mut EgressPool, ring: &mut Ring, stats: &WorkerStats) {
-    let Role::Publisher(publisher) = &session.role else { return };
+    let Role::Publisher(publisher) = &session.role else {
+        return;
+    };
     let (Some(media_ssrc), Some((_, to)), Some(srtp)) = (
         publisher.ssrc_by_kind[MediaKind::Video.index()],
         session.remote.as_ref(),

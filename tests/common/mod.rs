@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on loopback (the OS picks it).
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A media port range for one test relay. Ranges of relays running at once may overlap: the
@@ -63,7 +67,11 @@ impl Relay {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("corecast exited with {status}:\n{}", log.lock().unwrap());
             }
-            assert!(Instant::now() < deadline, "corecast did not start:\n{}", log.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "corecast did not start:\n{}",
+                log.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Relay { child, http, log }
@@ -121,10 +129,17 @@ impl Response {
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &str) -> Response {
     let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut stream = TcpStream::connect(host).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(ct) = content_type {
         request.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -136,19 +151,35 @@ pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &str) -> 
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Response { status, headers, body: if chunked { dechunk(body) } else { body.to_string() } }
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Response {
+        status,
+        headers,
+        body: if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    }
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

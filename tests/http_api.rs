@@ -1,0 +1,249 @@
+//! WHIP/WHEP and the stream API against a real relay process: error statuses with messages
+//! that say what is wrong, port reuse and exhaustion, and session lifecycle without leaks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, Relay, answer_port, http, media_range, send_udp,
+};
+
+const SDP: Option<&str> = Some("application/sdp");
+
+fn wait_until(what: &str, relay: &Relay, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            relay.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_requests_get_4xx_with_a_message_that_says_what_is_wrong() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "1"),
+        ("CORECAST_MEDIA_PORTS", &media_range(4)),
+    ]);
+
+    let r = http(
+        "POST",
+        &relay.url("/whip/cam"),
+        SDP,
+        "v=0\r\nthis is not sdp\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("malformed SDP"), "{}", r.body);
+
+    let r = http("POST", &relay.url("/whip/cam"), SDP, "");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("empty"), "{}", r.body);
+
+    let r = http(
+        "POST",
+        &relay.url("/whip/cam"),
+        Some("text/plain"),
+        CHROME_PUBLISH_OFFER,
+    );
+    assert_eq!(r.status, 415);
+    assert!(r.body.contains("application/sdp"), "{}", r.body);
+
+    let no_fingerprint = CHROME_PUBLISH_OFFER.replace("a=fingerprint", "a=x-fingerprint");
+    let r = http("POST", &relay.url("/whip/cam"), SDP, &no_fingerprint);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("a=fingerprint"), "{}", r.body);
+
+    let r = http(
+        "POST",
+        &relay.url("/whip/bad%20name"),
+        SDP,
+        CHROME_PUBLISH_OFFER,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("stream name"), "{}", r.body);
+
+    let r = http("POST", &relay.url("/whep/nobody"), SDP, CHROME_PLAY_OFFER);
+    assert_eq!(r.status, 404);
+    assert!(
+        r.body.contains("`nobody` is not being published"),
+        "{}",
+        r.body
+    );
+
+    let r = http("POST", &relay.url("/whip/cam"), SDP, CHROME_PUBLISH_OFFER);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/sdp"));
+    let location = r.header("location").expect("Location header").to_string();
+    assert!(location.starts_with("/session/"));
+
+    let r = http("POST", &relay.url("/whip/cam"), SDP, CHROME_PUBLISH_OFFER);
+    assert_eq!(r.status, 409);
+    assert!(r.body.contains("already has a publisher"), "{}", r.body);
+
+    // A player that can only take a codec the stream does not send.
+    let vp9_only: String = CHROME_PLAY_OFFER
+        .lines()
+        .filter(|l| !l.starts_with("a=rtpmap:") || l.contains("VP9"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let r = http("POST", &relay.url("/whep/cam"), SDP, &vp9_only);
+    assert_eq!(r.status, 406, "{}", r.body);
+    assert!(r.body.contains("no codec in common"), "{}", r.body);
+
+    let r = http("POST", &relay.url("/whep/cam"), SDP, CHROME_PLAY_OFFER);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body.contains("a=sendonly"));
+
+    let r = http("DELETE", &relay.url("/session/999999"), None, "");
+    assert_eq!(r.status, 404);
+    let r = http("DELETE", &relay.url("/session/abc"), None, "");
+    assert_eq!(r.status, 400);
+
+    assert_eq!(http("DELETE", &relay.url(&location), None, "").status, 200);
+    // The publisher's players end with it.
+    wait_until("the stream to end", &relay, || {
+        http("GET", &relay.url("/api/streams"), None, "").body == "[]"
+    });
+    assert!(relay.metric("corecast_offers_rejected_total") >= 8);
+}
+
+#[test]
+fn deleted_sessions_free_their_ports_and_a_full_range_answers_503() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", &media_range(2)),
+    ]);
+    // Many more sessions in sequence than the range has ports.
+    for i in 0..12 {
+        let r = http(
+            "POST",
+            &relay.url(&format!("/whip/s{i}")),
+            SDP,
+            CHROME_PUBLISH_OFFER,
+        );
+        assert_eq!(r.status, 201, "session {i}: {}\n{}", r.body, relay.log());
+        let location = r.header("location").unwrap().to_string();
+        assert_eq!(http("DELETE", &relay.url(&location), None, "").status, 200);
+    }
+    assert_eq!(relay.metric("corecast_ports_in_use"), 0);
+
+    let a = http("POST", &relay.url("/whip/a"), SDP, CHROME_PUBLISH_OFFER);
+    let b = http("POST", &relay.url("/whip/b"), SDP, CHROME_PUBLISH_OFFER);
+    assert_eq!((a.status, b.status), (201, 201));
+    let c = http("POST", &relay.url("/whip/c"), SDP, CHROME_PUBLISH_OFFER);
+    assert_eq!(c.status, 503, "{}", c.body);
+    assert!(c.body.contains("exhausted"), "{}", c.body);
+    assert_eq!(
+        relay.metric("corecast_ports_exhausted_total"),
+        1,
+        "{}",
+        http("GET", &relay.url("/metrics"), None, "").body
+    );
+    // Freeing one makes room again.
+    assert_eq!(
+        http(
+            "DELETE",
+            &relay.url(a.header("location").unwrap()),
+            None,
+            ""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        http("POST", &relay.url("/whip/c"), SDP, CHROME_PUBLISH_OFFER).status,
+        201
+    );
+}
+
+#[test]
+fn advertised_candidates_lie_inside_the_media_range() {
+    let range = media_range(3);
+    let (first, last) = range.split_once('-').unwrap();
+    let (first, last): (u16, u16) = (first.parse().unwrap(), last.parse().unwrap());
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "1"),
+        ("CORECAST_MEDIA_PORTS", &range),
+    ]);
+    for i in 0..3 {
+        let r = http(
+            "POST",
+            &relay.url(&format!("/whip/p{i}")),
+            SDP,
+            CHROME_PUBLISH_OFFER,
+        );
+        assert_eq!(r.status, 201);
+        let port = answer_port(&r.body);
+        assert!((first..=last).contains(&port), "{port} outside {range}");
+    }
+}
+
+#[test]
+fn session_without_ice_times_out_and_frees_its_port() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "1"),
+        ("CORECAST_MEDIA_PORTS", &media_range(2)),
+        ("CORECAST_MEDIA_ICE_TIMEOUT", "1"),
+    ]);
+    let r = http("POST", &relay.url("/whip/idle"), SDP, CHROME_PUBLISH_OFFER);
+    assert_eq!(r.status, 201);
+    // Garbage and unauthenticated STUN do not keep a session alive; they are counted.
+    let port = answer_port(&r.body);
+    send_udp(port, b"\x00\x01\x00\x00garbage-that-is-not-stun");
+    send_udp(port, &[0xde; 40]);
+    wait_until("the ICE timeout", &relay, || {
+        relay.metric("corecast_ports_in_use") == 0
+            && http("GET", &relay.url("/api/streams"), None, "").body == "[]"
+    });
+    assert!(relay.log().contains("ICE timeout"), "{}", relay.log());
+    assert!(
+        relay.metric_all_workers("corecast_drop_garbage_total")
+            + relay.metric_all_workers("corecast_drop_stun_invalid_total")
+            >= 2
+    );
+}
+
+#[test]
+fn thousands_of_sessions_leave_nothing_behind() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", &media_range(8)),
+    ]);
+    let publisher = http("POST", &relay.url("/whip/big"), SDP, CHROME_PUBLISH_OFFER);
+    assert_eq!(publisher.status, 201);
+    for i in 0..1000 {
+        let r = http("POST", &relay.url("/whep/big"), SDP, CHROME_PLAY_OFFER);
+        assert_eq!(r.status, 201, "player {i}: {}\n{}", r.body, relay.log());
+        assert_eq!(
+            http(
+                "DELETE",
+                &relay.url(r.header("location").unwrap()),
+                None,
+                ""
+            )
+            .status,
+            200
+        );
+    }
+    assert_eq!(
+        http(
+            "DELETE",
+            &relay.url(publisher.header("location").unwrap()),
+            None,
+            ""
+        )
+        .status,
+        200
+    );
+    wait_until("every worker to drop its sessions", &relay, || {
+        relay.metric("corecast_ports_in_use") == 0
+            && relay.metric_all_workers("corecast_worker_sessions") == 0
+    });
+    assert_eq!(relay.metric("corecast_sessions_created_total"), 1001);
+    assert_eq!(relay.metric("corecast_sessions_ended_total"), 1001);
+    assert_eq!(http("GET", &relay.url("/api/streams"), None, "").body, "[]");
+}
