@@ -558,15 +558,14 @@ fn check_bundle(offer: &Offer, answer: &[AnswerSection]) -> Result<(), Negotiati
         .filter(|(_, a)| matches!(a, AnswerSection::Accepted { .. }))
         .map(|(s, _)| s.mid.as_str())
         .collect();
-    if accepted.len() > 1 {
-        if let Some(mid) = accepted
+    if accepted.len() > 1
+        && let Some(mid) = accepted
             .iter()
             .find(|mid| !offer.bundle.iter().any(|b| b == *mid))
-        {
-            return Err(malformed(format!(
-                "section {mid} is not in an a=group:BUNDLE; corecast carries all media on one port"
-            )));
-        }
+    {
+        return Err(malformed(format!(
+            "section {mid} is not in an a=group:BUNDLE; corecast carries all media on one port"
+        )));
     }
     Ok(())
 }

@@ -162,7 +162,7 @@ async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers
         .await;
     wait_for(
         &browser,
-        &[publisher.clone()],
+        std::slice::from_ref(&publisher),
         Duration::from_secs(30),
         "the publisher to connect",
         &relay,

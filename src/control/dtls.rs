@@ -164,7 +164,9 @@ pub async fn run(
         SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => SrtpProfile::AeadAes128Gcm,
         SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => SrtpProfile::Aes128CmHmacSha1_80,
         other => {
-            return DtlsOutcome::Failed(format!("no SRTP protection profile in common ({other:?})"));
+            return DtlsOutcome::Failed(format!(
+                "no SRTP protection profile in common ({other:?})"
+            ));
         }
     };
     let material = match state

@@ -71,7 +71,7 @@ impl<'a> StunMessage<'a> {
         if message_type & 0xC000 != 0 || cookie != MAGIC_COOKIE {
             return Err(StunError::NotStun);
         }
-        if length % 4 != 0 || HEADER_LEN + length != raw.len() {
+        if !length.is_multiple_of(4) || HEADER_LEN + length != raw.len() {
             return Err(StunError::BadLength);
         }
         let mut msg = StunMessage {
