@@ -22,7 +22,9 @@ fn context(profile: SrtpProfile) -> SrtpContext {
 
 /// An RTP packet as browsers send video: one-byte extensions, `size` bytes in all.
 fn rtp_packet(size: usize) -> Vec<u8> {
-    let mut p = vec![0x90, 0x60, 0x00, 0x01, 0, 0, 0x10, 0, 0xaa, 0xbb, 0xcc, 0xdd, 0xbe, 0xde, 0, 2];
+    let mut p = vec![
+        0x90, 0x60, 0x00, 0x01, 0, 0, 0x10, 0, 0xaa, 0xbb, 0xcc, 0xdd, 0xbe, 0xde, 0, 2,
+    ];
     p.extend_from_slice(&[0x22, 1, 2, 3, 0x51, 0, 0, 0]);
     p.resize(size, 0x5a);
     p
@@ -86,7 +88,12 @@ fn rewrite(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("rewrite_into", |b| {
         b.iter(|| {
-            let rw = Rewrite { ssrc: 1, payload_type: 100, sequence: 5, extension_ids: &ids };
+            let rw = Rewrite {
+                ssrc: 1,
+                payload_type: 100,
+                sequence: 5,
+                extension_ids: &ids,
+            };
             black_box(rewrite_into(black_box(&plain), &header, &rw, &mut out).unwrap())
         })
     });
@@ -97,7 +104,12 @@ fn rewrite(c: &mut Criterion) {
         group.bench_function(format!("rewrite_and_protect/{name}"), |b| {
             b.iter(|| {
                 seq = seq.wrapping_add(1);
-                let rw = Rewrite { ssrc: 1, payload_type: 100, sequence: seq, extension_ids: &ids };
+                let rw = Rewrite {
+                    ssrc: 1,
+                    payload_type: 100,
+                    sequence: seq,
+                    extension_ids: &ids,
+                };
                 let n = rewrite_into(&plain, &header, &rw, &mut out).unwrap();
                 black_box(tx.protect_rtp(&mut out, n).unwrap())
             })
@@ -110,15 +122,32 @@ fn ice(c: &mut Criterion) {
     let key = stun::short_term_key("server-password-123456");
     let mut request = [0u8; 200];
     let mut w = StunWriter::new(&mut request, BINDING_REQUEST, &[1; 12]).unwrap();
-    w.username(b"srv:cli").unwrap().priority(1).unwrap().ice_controlling(1).unwrap();
+    w.username(b"srv:cli")
+        .unwrap()
+        .priority(1)
+        .unwrap()
+        .ice_controlling(1)
+        .unwrap();
     w.use_candidate().unwrap().message_integrity(&key).unwrap();
     let len = w.fingerprint().unwrap();
     let now = Instant::now();
-    let mut agent = IceLite::new(now, "srv", "server-password-123456", "cli", std::time::Duration::from_secs(30));
+    let mut agent = IceLite::new(
+        now,
+        "srv",
+        "server-password-123456",
+        "cli",
+        std::time::Duration::from_secs(30),
+    );
     let from = "127.0.0.1:5000".parse().unwrap();
     let mut out = [0u8; 200];
     c.bench_function("ice_lite/answer_binding_request", |b| {
-        b.iter(|| black_box(agent.handle_check(now, &request[..len], from, &mut out).unwrap()))
+        b.iter(|| {
+            black_box(
+                agent
+                    .handle_check(now, &request[..len], from, &mut out)
+                    .unwrap(),
+            )
+        })
     });
 }
 

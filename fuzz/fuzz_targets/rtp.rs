@@ -5,7 +5,9 @@ use corecast::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_into};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(header) = RtpHeader::parse(data) else { return };
+    let Ok(header) = RtpHeader::parse(data) else {
+        return;
+    };
     let mut ids = ExtensionIdMap::default();
     for id in 1..=14u8 {
         ids.insert(id, 15 - id);
@@ -13,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
     for id in 15..=255u8 {
         ids.insert(id, id / 2);
     }
-    let rewrite = Rewrite { ssrc: 1, payload_type: 96, sequence: 7, extension_ids: &ids };
+    let rewrite = Rewrite {
+        ssrc: 1,
+        payload_type: 96,
+        sequence: 7,
+        extension_ids: &ids,
+    };
     let mut out = vec![0u8; data.len()];
     if let Ok(n) = rewrite_into(data, &header, &rewrite, &mut out) {
         assert!(n <= data.len());

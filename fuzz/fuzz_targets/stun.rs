@@ -14,7 +14,13 @@ fuzz_target!(|data: &[u8]| {
         let _ = msg.verify_integrity(&corecast::wire::stun::short_term_key("pwd"));
     }
     let now = Instant::now();
-    let mut ice = IceLite::new(now, "srv", "server-password-123456", "cli", Duration::from_secs(30));
+    let mut ice = IceLite::new(
+        now,
+        "srv",
+        "server-password-123456",
+        "cli",
+        Duration::from_secs(30),
+    );
     let mut out = [0u8; 256];
     let _ = ice.handle_check(now, data, "127.0.0.1:9".parse().unwrap(), &mut out);
 });
