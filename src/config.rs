@@ -30,10 +30,46 @@ pub struct MediaConfig {
     pub announced_ip: IpAddr,
     /// Inclusive range of media ports; each session takes one.
     pub ports: PortRange,
+    /// Which host candidates answers carry.
+    pub protocol: MediaProtocol,
     pub udp_recv_buffer: usize,
     pub udp_send_buffer: usize,
+    pub tcp_recv_buffer: usize,
+    pub tcp_send_buffer: usize,
+    /// Frames queued per ICE-TCP connection before whole frames are dropped (slow players).
+    pub tcp_send_queue: usize,
     /// A session with no valid STUN for this long ends and frees its port.
     pub ice_timeout: Duration,
+}
+
+/// `media.protocol`: the transports offered in ICE candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaProtocol {
+    Udp,
+    /// ICE-TCP passive candidates only (RFC 6544), for networks that block UDP.
+    Tcp,
+    /// Both; UDP has the higher priority, TCP is the fallback.
+    All,
+}
+
+impl MediaProtocol {
+    pub fn udp(self) -> bool {
+        matches!(self, MediaProtocol::Udp | MediaProtocol::All)
+    }
+
+    pub fn tcp(self) -> bool {
+        matches!(self, MediaProtocol::Tcp | MediaProtocol::All)
+    }
+}
+
+impl fmt::Display for MediaProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MediaProtocol::Udp => "udp",
+            MediaProtocol::Tcp => "tcp",
+            MediaProtocol::All => "all",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,8 +129,12 @@ const KEYS: &[(&str, &[&str])] = &[
             "bind_ip",
             "announced_ip",
             "ports",
+            "protocol",
             "udp_recv_buffer",
             "udp_send_buffer",
+            "tcp_recv_buffer",
+            "tcp_send_buffer",
+            "tcp_send_queue",
             "ice_timeout",
         ],
     ),
@@ -114,8 +154,12 @@ impl Default for Config {
                     first: 31000,
                     last: 31999,
                 },
+                protocol: MediaProtocol::All,
                 udp_recv_buffer: 1 << 20,
                 udp_send_buffer: 1 << 20,
+                tcp_recv_buffer: 1 << 20,
+                tcp_send_buffer: 1 << 20,
+                tcp_send_queue: 512,
                 ice_timeout: Duration::from_secs(30),
             },
             workers: WorkersConfig {
@@ -207,9 +251,32 @@ impl Config {
         if let Some(v) = get("media", "ports") {
             config.media.ports = parse_port_range(v)?;
         }
+        if let Some(v) = get("media", "protocol") {
+            config.media.protocol = match v {
+                Value::String(s) if s == "udp" => MediaProtocol::Udp,
+                Value::String(s) if s == "tcp" => MediaProtocol::Tcp,
+                Value::String(s) if s == "all" => MediaProtocol::All,
+                other => {
+                    return Err(bad(
+                        "media.protocol",
+                        other,
+                        "must be \"udp\", \"tcp\" or \"all\"",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = get("media", "tcp_send_queue") {
+            let n = int(v, "media.tcp_send_queue", "a number of frames")?;
+            if !(16..=65536).contains(&n) {
+                return Err(bad("media.tcp_send_queue", n, "must be 16 to 65536 frames"));
+            }
+            config.media.tcp_send_queue = n as usize;
+        }
         for (key, slot) in [
             ("udp_recv_buffer", &mut config.media.udp_recv_buffer),
             ("udp_send_buffer", &mut config.media.udp_send_buffer),
+            ("tcp_recv_buffer", &mut config.media.tcp_recv_buffer),
+            ("tcp_send_buffer", &mut config.media.tcp_send_buffer),
         ] {
             if let Some(v) = get("media", key) {
                 let name = format!("media.{key}");
@@ -267,14 +334,19 @@ impl Config {
     /// The configuration as TOML, as `--print-config` shows it.
     pub fn to_toml(&self) -> String {
         format!(
-            "[http]\nlisten = \"{}\"\n\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\n\
-             udp_recv_buffer = {}\nudp_send_buffer = {}\nice_timeout = {}\n\n[workers]\ncount = {}\npin = {}\n",
+            "[http]\nlisten = \"{}\"\n\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
+             udp_recv_buffer = {}\nudp_send_buffer = {}\ntcp_recv_buffer = {}\ntcp_send_buffer = {}\n\
+             tcp_send_queue = {}\nice_timeout = {}\n\n[workers]\ncount = {}\npin = {}\n",
             self.http.listen,
             self.media.bind_ip,
             self.media.announced_ip,
             self.media.ports,
+            self.media.protocol,
             self.media.udp_recv_buffer,
             self.media.udp_send_buffer,
+            self.media.tcp_recv_buffer,
+            self.media.tcp_send_buffer,
+            self.media.tcp_send_queue,
             self.media.ice_timeout.as_secs(),
             self.workers.count,
             self.workers.pin,
@@ -405,6 +477,11 @@ mod tests {
         let err = Config::load(None, env(&[("CORECAST_HTTP_LISTEN", "nowhere")])).unwrap_err();
         assert!(
             err.0.contains("http.listen") && err.0.contains("nowhere"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("CORECAST_MEDIA_PROTOCOL", "sctp")])).unwrap_err();
+        assert!(
+            err.0.contains("media.protocol") && err.0.contains("\"udp\", \"tcp\" or \"all\""),
             "{err}"
         );
         let err = Config::load(None, env(&[("CORECAST_WORKERS_PIN", "sometimes")])).unwrap_err();

@@ -578,7 +578,16 @@ pub struct AnswerTransport<'a> {
     pub fingerprint: &'a str,
     pub ip: IpAddr,
     pub port: u16,
+    /// Which host candidates to offer (`media.protocol`).
+    pub udp: bool,
+    pub tcp: bool,
 }
+
+/// Candidate priorities (RFC 8445 5.1.2.1): type preference 126 (host) for both; the local
+/// preference of a passive TCP candidate follows RFC 6544 4.2 (direction preference 4), which
+/// puts it below UDP, so clients that can use UDP do.
+const UDP_HOST_PRIORITY: u32 = (126 << 24) | (65535 << 8) | 255;
+const TCP_PASSIVE_HOST_PRIORITY: u32 = (126 << 24) | (((1 << 13) * 4 + 8191) << 8) | 255;
 
 /// Writes the SDP answer.
 pub fn write_answer(
@@ -639,10 +648,19 @@ pub fn write_answer(
         ],
         media_descriptions: vec![],
     };
-    let candidate = format!(
-        "1 1 udp 2130706431 {} {} typ host generation 0",
-        transport.ip, transport.port
-    );
+    let mut candidates = Vec::new();
+    if transport.udp {
+        candidates.push(format!(
+            "1 1 udp {UDP_HOST_PRIORITY} {} {} typ host generation 0",
+            transport.ip, transport.port
+        ));
+    }
+    if transport.tcp {
+        candidates.push(format!(
+            "2 1 tcp {TCP_PASSIVE_HOST_PRIORITY} {} {} typ host tcptype passive generation 0",
+            transport.ip, transport.port
+        ));
+    }
     for (offered, answer) in offer.sections.iter().zip(sections) {
         let mut m = MediaDescription {
             media_name: MediaName {
@@ -701,9 +719,10 @@ pub fn write_answer(
                 .with_value_attribute("ssrc".into(), format!("{ssrc} cname:{stream_id}"))
                 .with_value_attribute("ssrc".into(), format!("{ssrc} msid:{stream_id} {track_id}"));
         }
-        m = m
-            .with_candidate(candidate.clone())
-            .with_property_attribute("end-of-candidates".into());
+        for candidate in &candidates {
+            m = m.with_candidate(candidate.clone());
+        }
+        m = m.with_property_attribute("end-of-candidates".into());
         session.media_descriptions.push(m);
     }
     session.marshal()
@@ -724,6 +743,8 @@ mod tests {
             fingerprint: "AA:BB",
             ip: "127.0.0.1".parse().unwrap(),
             port: 31000,
+            udp: true,
+            tcp: true,
         }
     }
 
@@ -751,6 +772,7 @@ mod tests {
             "a=recvonly",
             "a=group:BUNDLE 0 1",
             "a=candidate:1 1 udp 2130706431 127.0.0.1 31000 typ host",
+            "a=candidate:2 1 tcp 2124414975 127.0.0.1 31000 typ host tcptype passive",
             "a=fingerprint:sha-256 AA:BB",
             "a=rtcp-fb:96 nack pli",
         ] {

@@ -22,12 +22,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             media.announced_ip
         );
     }
-    GrantedBuffers::probe(media.bind_ip, media.udp_recv_buffer, media.udp_send_buffer)
-        .with_context(|| format!("opening a UDP socket on media.bind_ip {}", media.bind_ip))?
-        .log();
+    if media.protocol.udp() {
+        GrantedBuffers::probe_udp(media.bind_ip, media.udp_recv_buffer, media.udp_send_buffer)
+            .with_context(|| format!("opening a UDP socket on media.bind_ip {}", media.bind_ip))?
+            .log("UDP");
+    }
+    if media.protocol.tcp() {
+        GrantedBuffers::probe_tcp(media.bind_ip, media.tcp_recv_buffer, media.tcp_send_buffer)
+            .with_context(|| format!("opening a TCP socket on media.bind_ip {}", media.bind_ip))?
+            .log("TCP");
+    }
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let settings = WorkerSettings {
         ice_timeout: media.ice_timeout,
+        tcp_send_queue: media.tcp_send_queue,
         loopback_only: media.bind_ip.is_loopback(),
         pin: config.workers.pin,
     };
@@ -35,13 +43,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         start_workers(workers, settings, events_tx).context("starting the io_uring workers")?;
     let listen = config.http.listen;
     let ports = media.ports;
+    let transports = match media.protocol {
+        crate::config::MediaProtocol::Udp => "UDP",
+        crate::config::MediaProtocol::Tcp => "ICE-TCP",
+        crate::config::MediaProtocol::All => "UDP and ICE-TCP",
+    };
     let control: Arc<Control> = Control::new(config, handles)?;
     tokio::spawn(control.clone().dispatch_events(events_rx));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding http.listen {listen}"))?;
     let addr = listener.local_addr()?;
-    println!("corecast is up: {workers} worker(s), media ports {ports}");
+    println!("corecast is up: {workers} worker(s), media ports {ports} ({transports})");
     println!("  page:    http://{addr}/");
     println!("  WHIP:    http://{addr}/whip/{{stream}}");
     println!("  WHEP:    http://{addr}/whep/{{stream}}");

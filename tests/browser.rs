@@ -144,11 +144,88 @@ async fn wait_for(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers() {
+/// One browser at a time: each is a few hundred MB and two cores' worth of decoding.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_BROWSER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn streams(relay: &Relay) -> Value {
+    serde_json::from_str(&common::http("GET", &relay.url("/api/streams"), None, "").body).unwrap()
+}
+
+/// Publishes `stream` and waits until the publisher's connection is up.
+async fn publish(browser: &Browser, relay: &Relay, stream: &str, transport: Option<&str>) -> Value {
+    let options = json!({ "transport": transport });
+    let id = browser
+        .call(
+            "return await corecast.publish(arguments[0], arguments[1])",
+            vec![json!(stream), options],
+        )
+        .await;
+    wait_for(
+        browser,
+        std::slice::from_ref(&id),
+        Duration::from_secs(30),
+        "the publisher to connect",
+        relay,
+        |s| {
+            s["error"].is_null()
+                && s["connectionState"] == "connected"
+                && num(s, "videoFramesSent") > 0
+        },
+    )
+    .await;
+    id
+}
+
+async fn play(browser: &Browser, stream: &str, transport: Option<&str>) -> Value {
+    let options = json!({ "transport": transport });
+    browser
+        .call(
+            "return await corecast.play(arguments[0], arguments[1])",
+            vec![json!(stream), options],
+        )
+        .await
+}
+
+/// Waits until every player decoded more than 30 frames and received audio.
+async fn wait_decoding(browser: &Browser, relay: &Relay, players: &[Value]) -> Vec<Value> {
+    wait_for(
+        browser,
+        players,
+        Duration::from_secs(45),
+        "every player to decode",
+        relay,
+        |s| {
+            s["error"].is_null()
+                && num(s, "videoFramesDecoded") > 30
+                && num(s, "audioPacketsReceived") > 0
+        },
+    )
+    .await
+}
+
+fn assert_transport(stats: &Value, protocol: &str) {
+    assert_eq!(stats["localProtocol"], protocol, "{stats:#?}");
+    assert_eq!(stats["remoteProtocol"], protocol, "{stats:#?}");
+}
+
+/// A publisher and three players (one 5 s late) on a relay with two workers, over `protocol`.
+async fn publisher_and_three_players(protocol: &str) {
     let relay = Relay::start(&[
         ("CORECAST_WORKERS_COUNT", "2"),
         ("CORECAST_MEDIA_PORTS", &media_range(16)),
+        ("CORECAST_MEDIA_PROTOCOL", protocol),
     ]);
     let browser = Browser::start().await;
     browser
@@ -157,58 +234,24 @@ async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers
         .await
         .expect("loading the page");
 
-    let publisher = browser
-        .call("return await corecast.publish('cam')", vec![])
-        .await;
-    wait_for(
-        &browser,
-        std::slice::from_ref(&publisher),
-        Duration::from_secs(30),
-        "the publisher to connect",
-        &relay,
-        |s| s["error"].is_null() && s["connectionState"] == "connected",
-    )
-    .await;
-
-    let mut players = Vec::new();
-    for _ in 0..2 {
-        players.push(
-            browser
-                .call("return await corecast.play('cam')", vec![])
-                .await,
-        );
-    }
+    let publisher = publish(&browser, &relay, "cam", None).await;
+    let mut players = vec![
+        play(&browser, "cam", None).await,
+        play(&browser, "cam", None).await,
+    ];
     tokio::time::sleep(Duration::from_secs(5)).await;
-    // The late joiner: it needs a keyframe request to reach the publisher to start decoding.
-    players.push(
-        browser
-            .call("return await corecast.play('cam')", vec![])
-            .await,
-    );
+    // The late joiner needs its keyframe request to reach the publisher to start decoding.
+    players.push(play(&browser, "cam", None).await);
 
-    let decoded = wait_for(
-        &browser,
-        &players,
-        Duration::from_secs(45),
-        "every player to decode",
-        &relay,
-        |s| {
-            s["error"].is_null()
-                && num(s, "videoFramesDecoded") > 30
-                && num(s, "audioPacketsReceived") > 0
-        },
-    )
-    .await;
+    let decoded = wait_decoding(&browser, &relay, &players).await;
     for s in &decoded {
-        assert_eq!(s["localProtocol"], "udp", "{s:#?}");
-        assert_eq!(s["remoteProtocol"], "udp", "{s:#?}");
+        assert_transport(s, protocol);
     }
+    assert_transport(&browser.stats(&publisher).await, protocol);
 
     // The players really are spread over both workers, so media crossed the mesh.
-    let streams: Value =
-        serde_json::from_str(&common::http("GET", &relay.url("/api/streams"), None, "").body)
-            .unwrap();
-    let stream = &streams[0];
+    let all = streams(&relay);
+    let stream = &all[0];
     assert_eq!(stream["stream"], "cam");
     assert_eq!(stream["publisher"]["state"], "connected");
     let player_workers: Vec<u64> = stream["players"]
@@ -217,11 +260,11 @@ async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers
         .iter()
         .map(|p| p["worker"].as_u64().unwrap())
         .collect();
-    assert_eq!(player_workers.len(), 3, "{streams:#}");
+    assert_eq!(player_workers.len(), 3, "{all:#}");
     let publisher_worker = stream["publisher"]["worker"].as_u64().unwrap();
     assert!(
         player_workers.iter().any(|&w| w != publisher_worker),
-        "{streams:#}"
+        "{all:#}"
     );
     assert!(
         stream["players"]
@@ -229,21 +272,43 @@ async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers
             .unwrap()
             .iter()
             .all(|p| p["state"] == "connected"),
-        "{streams:#}"
+        "{all:#}"
     );
-
-    // Garbage on the publisher's media port is dropped and counted; the stream keeps flowing.
-    let garbage_before = relay.metric_all_workers("corecast_drop_garbage_total");
-    let publisher_port = stream["publisher"]["port"].as_u64().unwrap() as u16;
-    for _ in 0..20 {
-        send_udp(publisher_port, b"\xffnot a media packet at all");
+    if protocol == "tcp" {
+        // One nominated connection per session stays open; extra ones were closed.
+        assert_eq!(
+            relay.metric_all_workers("corecast_worker_tcp_connections"),
+            4
+        );
     }
+
+    // Garbage at the publisher's port is dropped and counted; the stream keeps flowing.
+    let publisher_port = stream["publisher"]["port"].as_u64().unwrap() as u16;
     let frames_before: Vec<u64> = decoded
         .iter()
         .map(|s| num(s, "videoFramesDecoded"))
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(relay.metric_all_workers("corecast_drop_garbage_total") >= garbage_before + 20);
+    if protocol == "udp" {
+        let garbage_before = relay.metric_all_workers("corecast_drop_garbage_total");
+        for _ in 0..20 {
+            send_udp(publisher_port, b"\xffnot a media packet at all");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(relay.metric_all_workers("corecast_drop_garbage_total") >= garbage_before + 20);
+    } else {
+        // A connection that sends something other than STUN first is closed and counted.
+        let closed_before = relay.metric_all_workers("corecast_drop_tcp_framing_total");
+        let mut intruder = std::net::TcpStream::connect(("127.0.0.1", publisher_port)).unwrap();
+        std::io::Write::write_all(&mut intruder, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut buf = [0u8; 16];
+        intruder
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let n = std::io::Read::read(&mut intruder, &mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "the relay closes a connection that speaks no ICE");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(relay.metric_all_workers("corecast_drop_tcp_framing_total") > closed_before);
+    }
     for (i, id) in players.iter().enumerate() {
         let s = browser.stats(id).await;
         assert!(
@@ -271,4 +336,57 @@ async fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers
         "[]"
     );
     browser.close().await;
+}
+
+#[test]
+fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers() {
+    let _one = exclusive();
+    if common::in_private_network(
+        "chromium_publisher_and_three_players_decode_over_udp_across_two_workers",
+    ) {
+        return;
+    }
+    runtime().block_on(publisher_and_three_players("udp"));
+}
+
+#[test]
+fn chromium_publisher_and_three_players_decode_over_ice_tcp_across_two_workers() {
+    let _one = exclusive();
+    if common::in_private_network(
+        "chromium_publisher_and_three_players_decode_over_ice_tcp_across_two_workers",
+    ) {
+        return;
+    }
+    runtime().block_on(publisher_and_three_players("tcp"));
+}
+
+#[test]
+fn mixed_transports_in_one_stream_udp_to_tcp_and_tcp_to_udp() {
+    let _one = exclusive();
+    if common::in_private_network("mixed_transports_in_one_stream_udp_to_tcp_and_tcp_to_udp") {
+        return;
+    }
+    runtime().block_on(async {
+        let relay = Relay::start(&[
+            ("CORECAST_WORKERS_COUNT", "2"),
+            ("CORECAST_MEDIA_PORTS", &media_range(16)),
+            ("CORECAST_MEDIA_PROTOCOL", "all"),
+        ]);
+        let browser = Browser::start().await;
+        browser
+            .client
+            .goto(&relay.url("/"))
+            .await
+            .expect("loading the page");
+        let udp_publisher = publish(&browser, &relay, "from-udp", Some("udp")).await;
+        let tcp_publisher = publish(&browser, &relay, "from-tcp", Some("tcp")).await;
+        let tcp_player = play(&browser, "from-udp", Some("tcp")).await;
+        let udp_player = play(&browser, "from-tcp", Some("udp")).await;
+        let decoded = wait_decoding(&browser, &relay, &[tcp_player, udp_player]).await;
+        assert_transport(&browser.stats(&udp_publisher).await, "udp");
+        assert_transport(&browser.stats(&tcp_publisher).await, "tcp");
+        assert_transport(&decoded[0], "tcp");
+        assert_transport(&decoded[1], "udp");
+        browser.close().await;
+    });
 }

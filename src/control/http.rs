@@ -129,8 +129,8 @@ async fn metrics(State(control): State<Arc<Control>>) -> Response {
         return (StatusCode::OK, out).into_response();
     };
     for (name, _) in first.stats.snapshot() {
-        let (metric, kind) = if name == "sessions" {
-            ("corecast_worker_sessions".to_string(), "gauge")
+        let (metric, kind) = if name == "sessions" || name == "tcp_connections" {
+            (format!("corecast_worker_{name}"), "gauge")
         } else {
             (format!("corecast_{name}_total"), "counter")
         };

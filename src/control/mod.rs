@@ -188,7 +188,7 @@ impl Control {
             .ok_or_else(|| anyhow::anyhow!("generated certificate is empty"))?;
         let fingerprint =
             format_fingerprint(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
-        let ports = PortAllocator::new(config.media.ports);
+        let ports = PortAllocator::new(config.media.ports, workers.len());
         Ok(Arc::new(Control {
             config,
             workers,
@@ -282,15 +282,10 @@ impl Control {
             }
         };
         let media = &self.config.media;
-        let bound = lock(&self.ports).allocate(|port| {
-            crate::net::bind_udp(
-                media.bind_ip,
-                port,
-                media.udp_recv_buffer,
-                media.udp_send_buffer,
-            )
-        });
-        let (port, socket) = match bound {
+        let preference = self.workers_by_load(&registry);
+        let bound =
+            lock(&self.ports).allocate(preference, |port| crate::net::bind_media(media, port));
+        let (port, worker, sockets) = match bound {
             Ok(Ok(bound)) => bound,
             Ok(Err(e)) => {
                 return Err(ApiError::new(
@@ -308,7 +303,6 @@ impl Control {
                 ));
             }
         };
-        let worker = self.least_loaded_worker(&registry);
         let publisher_worker = publisher_worker.unwrap_or(worker);
         let answer = write_answer(
             &offer,
@@ -319,6 +313,8 @@ impl Control {
                 fingerprint: &self.fingerprint,
                 ip: media.announced_ip,
                 port,
+                udp: sockets.udp.is_some(),
+                tcp: sockets.tcp.is_some(),
             },
         );
         registry.next_session += 1;
@@ -354,7 +350,8 @@ impl Control {
         let local = SocketAddr::new(media.bind_ip, port);
         self.workers[worker].send(Command::AddSession(Box::new(NewSession {
             id,
-            socket,
+            udp: sockets.udp,
+            tcp: sockets.tcp,
             stream: stream_id,
             publisher_worker,
             local_ufrag,
@@ -399,12 +396,15 @@ impl Control {
         })
     }
 
-    fn least_loaded_worker(&self, registry: &Registry) -> usize {
+    /// Workers, least loaded first: a new session goes to the first with a free port.
+    fn workers_by_load(&self, registry: &Registry) -> Vec<usize> {
         let mut load = vec![0usize; self.workers.len()];
         for s in registry.sessions.values() {
             load[s.worker] += 1;
         }
-        (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
+        let mut order: Vec<usize> = (0..load.len()).collect();
+        order.sort_by_key(|&w| load[w]);
+        order
     }
 
     async fn run_dtls(

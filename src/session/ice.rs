@@ -1,6 +1,6 @@
 //! ICE-lite (RFC 8445 §2.5): the relay answers connectivity checks and never sends its own. The
-//! peer (the controlling agent) nominates a pair with USE-CANDIDATE; the relay latches that
-//! address as the session's destination. No valid check for `timeout` ends the session
+//! peer (the controlling agent) nominates a pair with USE-CANDIDATE; the caller latches that
+//! path (a UDP address or one ICE-TCP connection) as the session's destination. No valid check for `timeout` ends the session
 //! (consent freshness, RFC 7675: browsers check every few seconds).
 
 use std::net::SocketAddr;
@@ -28,15 +28,14 @@ pub enum IceError {
 pub struct CheckOutcome {
     /// Length of the Binding success response written to the output buffer.
     pub response_len: usize,
-    /// Set when this check nominated a new destination address.
-    pub nominated: Option<SocketAddr>,
+    /// The check carried USE-CANDIDATE: the peer nominates the path it came on.
+    pub use_candidate: bool,
 }
 
 pub struct IceLite {
     /// `local_ufrag:remote_ufrag`, as the peer's USERNAME must read.
     expected_username: Vec<u8>,
     key: hmac::Key,
-    nominated: Option<SocketAddr>,
     validated: Vec<SocketAddr>,
     last_valid: Instant,
     timeout: Duration,
@@ -53,7 +52,6 @@ impl IceLite {
         IceLite {
             expected_username: format!("{local_ufrag}:{remote_ufrag}").into_bytes(),
             key: stun::short_term_key(local_pwd),
-            nominated: None,
             validated: Vec::with_capacity(MAX_VALIDATED),
             last_valid: now,
             timeout,
@@ -84,21 +82,10 @@ impl IceLite {
             }
             self.validated.push(from);
         }
-        let nominated = if msg.use_candidate && self.nominated != Some(from) {
-            self.nominated = Some(from);
-            Some(from)
-        } else {
-            None
-        };
         Ok(CheckOutcome {
             response_len,
-            nominated,
+            use_candidate: msg.use_candidate,
         })
-    }
-
-    /// The nominated destination, once the peer has nominated one.
-    pub fn remote(&self) -> Option<SocketAddr> {
-        self.nominated
     }
 
     /// Whether `addr` has passed a connectivity check (DTLS is accepted only from such).
@@ -151,7 +138,7 @@ mod tests {
     }
 
     #[test]
-    fn valid_check_gets_response_and_nomination_latches_address() {
+    fn valid_check_gets_response_and_reports_use_candidate() {
         let t0 = Instant::now();
         let mut ice = agent(t0);
         let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
@@ -165,9 +152,8 @@ mod tests {
             )
             .unwrap();
         assert!(r.response_len > 0);
-        assert_eq!(r.nominated, None);
+        assert!(!r.use_candidate);
         assert!(ice.is_validated(from));
-        assert_eq!(ice.remote(), None);
         let resp = StunMessage::parse(&out[..r.response_len]).unwrap();
         assert_eq!(resp.xor_mapped_address, Some(from));
 
@@ -179,18 +165,7 @@ mod tests {
                 &mut out,
             )
             .unwrap();
-        assert_eq!(r.nominated, Some(from));
-        assert_eq!(ice.remote(), Some(from));
-        // Nominating the same address again is not news.
-        let r = ice
-            .handle_check(
-                t0,
-                &check("srv:cli", "server-password-123456", true),
-                from,
-                &mut out,
-            )
-            .unwrap();
-        assert_eq!(r.nominated, None);
+        assert!(r.use_candidate);
     }
 
     #[test]
@@ -218,7 +193,6 @@ mod tests {
             Err(IceError::Stun(StunError::BadIntegrity))
         );
         assert!(!ice.is_validated(from));
-        assert_eq!(ice.remote(), None);
     }
 
     #[test]

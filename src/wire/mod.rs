@@ -2,6 +2,7 @@
 //! allocation on the packet path. One file per format.
 
 pub mod demux;
+pub mod framing;
 pub mod rtcp;
 pub mod rtp;
 pub mod stun;

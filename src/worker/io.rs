@@ -19,6 +19,9 @@ pub const OP_RECV: u64 = 1 << 56;
 pub const OP_SEND: u64 = 2 << 56;
 pub const OP_WAKE: u64 = 3 << 56;
 pub const OP_CANCEL: u64 = 4 << 56;
+pub const OP_ACCEPT: u64 = 5 << 56;
+pub const OP_TCP_RECV: u64 = 6 << 56;
+pub const OP_TCP_SEND: u64 = 7 << 56;
 pub const OP_MASK: u64 = 0xff << 56;
 
 /// Bytes before a packet in an egress buffer: room for an RFC 4571 length prefix, so a
@@ -212,6 +215,12 @@ impl ProvidedBuffers {
         Some((from, &mut buf[PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload_len]))
     }
 
+    /// The bytes a stream receive (plain multishot recv) put into buffer `bid`.
+    pub fn stream_data(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        let start = bid as usize * RECV_BUFFER_SIZE;
+        &mut self.data[start..start + len.min(RECV_BUFFER_SIZE)]
+    }
+
     /// Gives buffer `bid` back to the kernel (visible after `publish`).
     pub fn recycle(&mut self, bid: u16) {
         let mask = self.count - 1;
@@ -334,6 +343,11 @@ impl EgressPool {
         self.free.push(slot);
     }
 
+    /// Where the bytes of `slot` start, for a gathered send.
+    fn address_of(&self, slot: u32, offset: usize) -> *const u8 {
+        self.data[slot as usize * EGRESS_BUFFER_SIZE + offset..].as_ptr()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.addrs.len() - self.free.len()
     }
@@ -366,6 +380,86 @@ impl EgressPool {
         // releases the slot; the pool lives as long as the worker's ring.
         unsafe { ring.push(entry) };
     }
+}
+
+/// Most frames gathered into one `sendmsg` on a TCP connection.
+pub const MAX_SEND_BATCH: usize = 64;
+
+/// The iovecs and header of a TCP connection's one send in flight. Boxed, so they stay put
+/// while the kernel reads them, however the connection table moves.
+pub struct SendBatch {
+    iovecs: Box<[libc::iovec; MAX_SEND_BATCH]>,
+    msghdr: Box<libc::msghdr>,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        SendBatch {
+            // SAFETY: all-zero iovecs and msghdr are valid (null pointers, zero lengths).
+            iovecs: Box::new(unsafe { mem::zeroed() }),
+            msghdr: Box::new(unsafe { mem::zeroed() }),
+        }
+    }
+}
+
+impl SendBatch {
+    /// Sends `frames` (egress slot, offset, length) in order with one `sendmsg`. MSG_WAITALL
+    /// makes the kernel finish a short write itself, so frames are never torn.
+    pub fn submit(
+        &mut self,
+        ring: &mut Ring,
+        pool: &EgressPool,
+        fd: RawFd,
+        frames: impl Iterator<Item = (u32, usize, usize)>,
+        user_data: u64,
+    ) -> usize {
+        let mut count = 0;
+        let mut total = 0;
+        for (slot, offset, len) in frames.take(MAX_SEND_BATCH) {
+            self.iovecs[count] = libc::iovec {
+                iov_base: pool.address_of(slot, offset) as *mut libc::c_void,
+                iov_len: len,
+            };
+            count += 1;
+            total += len;
+        }
+        self.msghdr.msg_iov = self.iovecs.as_mut_ptr();
+        self.msghdr.msg_iovlen = count as _;
+        let entry = opcode::SendMsg::new(Fd(fd), &*self.msghdr as *const libc::msghdr)
+            .flags((libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the iovecs and header are boxed in this batch, and the egress slots they
+        // point to stay allocated, until the completion for `user_data` arrives; the caller
+        // keeps the batch and the slots until then.
+        unsafe { ring.push(entry) };
+        total
+    }
+}
+
+/// Arms a multishot accept on a listener.
+pub fn arm_accept(ring: &mut Ring, fd: RawFd, user_data: u64) {
+    let entry = opcode::AcceptMulti::new(Fd(fd))
+        .flags(libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(user_data);
+    // SAFETY: accept points at no buffer of ours.
+    unsafe { ring.push(entry) };
+}
+
+/// Arms a multishot receive on a stream socket, drawing from the provided buffers.
+pub fn arm_stream_recv(ring: &mut Ring, op: RecvOp, fd: RawFd, user_data: u64) {
+    let entry = opcode::RecvMulti::new(Fd(fd), op.group)
+        .build()
+        .user_data(user_data);
+    // SAFETY: the kernel picks buffers from the provided ring, which outlives the ring.
+    unsafe { ring.push(entry) };
+}
+
+/// Takes ownership of a descriptor an accept completion returned.
+pub fn adopt_stream(fd: i32) -> std::net::TcpStream {
+    // SAFETY: a successful accept completion hands us a fresh descriptor nobody else owns.
+    unsafe { std::net::TcpStream::from_raw_fd(fd) }
 }
 
 /// An eventfd the worker keeps a read armed on, so other threads can wake it from a wait.

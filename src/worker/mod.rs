@@ -2,18 +2,20 @@
 //! buffers. The control thread hands sessions over with [`Command`]s; workers report back
 //! with [`Event`]s; publishers' packets reach players on other workers through the [`Mesh`].
 //!
-//! The packet path, publisher to players: a multishot receive lands the datagram in a provided
-//! buffer; it is classified by first byte; SRTP is removed in place; each local player gets a
-//! copy in an egress buffer, rewritten (SSRC, payload type, sequence, extension ids) and
-//! protected in place; players on other workers get one shared handle per worker. Sends are
-//! queued on the ring and submitted once per loop turn.
+//! The packet path, publisher to players: a multishot receive lands the datagram (or a piece of
+//! an ICE-TCP stream, cut into RFC 4571 frames in place) in a provided buffer; it is classified
+//! by first byte; SRTP is removed in place; each local player gets a copy in an egress buffer,
+//! rewritten (SSRC, payload type, sequence, extension ids) and protected in place; players on
+//! other workers get one shared handle per worker. UDP sends are queued on the ring and
+//! submitted once per loop turn; a TCP player's frames go through its bounded send queue, one
+//! gathered `sendmsg` in flight per connection so frames are never reordered or torn.
 
 pub mod io;
 pub mod mesh;
 pub mod stats;
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,9 +30,12 @@ use crate::session::keyframe::{DEFAULT_KEYFRAME_INTERVAL, KeyframeThrottle};
 use crate::session::sequence::SequenceMapper;
 use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::wire::demux::{PacketKind, classify};
+use crate::wire::framing::{self, FrameReader};
 use crate::wire::rtcp::{self, SENDER_REPORT};
 use crate::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_into};
-use io::{EGRESS_HEADROOM, EgressPool, MAX_PACKET, ProvidedBuffers, RawAddr, Ring, WakeFd};
+use io::{
+    EGRESS_HEADROOM, EgressPool, MAX_PACKET, ProvidedBuffers, RawAddr, Ring, SendBatch, WakeFd,
+};
 use mesh::{CrossMessage, Forwarded, Mesh, StreamId, Waker};
 use stats::{WorkerStats, add, inc, set};
 
@@ -42,6 +47,9 @@ const EGRESS_BUFFERS: u32 = 8192;
 const MESH_CAPACITY: usize = 8192;
 const TICK: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_millis(50);
+/// ICE-TCP connections one session may hold at once; browsers open one or two per candidate
+/// pair they check, so more than this is abuse.
+const MAX_TCP_CONNECTIONS_PER_SESSION: u32 = 8;
 
 /// What the control thread asks of a worker.
 pub enum Command {
@@ -70,7 +78,10 @@ pub enum Command {
 
 pub struct NewSession {
     pub id: SessionId,
-    pub socket: UdpSocket,
+    /// The session's UDP socket, when `media.protocol` offers UDP.
+    pub udp: Option<UdpSocket>,
+    /// The session's ICE-TCP listener on the same port, when it offers TCP.
+    pub tcp: Option<TcpListener>,
     pub stream: StreamId,
     pub publisher_worker: usize,
     pub local_ufrag: String,
@@ -107,6 +118,8 @@ pub enum Event {
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub ice_timeout: Duration,
+    /// Frames queued per ICE-TCP connection before whole frames are dropped.
+    pub tcp_send_queue: usize,
     /// Media binds loopback: packets from other sources are dropped, never answered.
     pub loopback_only: bool,
     pub pin: bool,
@@ -168,7 +181,7 @@ pub fn start_workers(
                 match Worker::new(index, wake, c, m, s, e, st) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok((
-                            worker.core.ring.description.clone(),
+                            worker.core.out.ring.description.clone(),
                             pinned,
                             core_id,
                         )));
@@ -222,23 +235,119 @@ enum Role {
     Player([Option<Box<PlayerTrack>>; 2]),
 }
 
+/// Where a packet came from and where replies go: a UDP address, or one ICE-TCP connection.
+#[derive(Clone, Copy)]
+enum Peer {
+    Udp {
+        addr: SocketAddr,
+        raw: RawAddr,
+    },
+    Tcp {
+        conn: usize,
+        generation: u32,
+        addr: SocketAddr,
+    },
+}
+
+impl Peer {
+    fn udp(addr: SocketAddr) -> Peer {
+        Peer::Udp {
+            addr,
+            raw: RawAddr::new(addr),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Peer::Udp { addr, .. } | Peer::Tcp { addr, .. } => *addr,
+        }
+    }
+
+    /// Whether two peers are the same path: the same UDP address, or the same connection.
+    fn same_path(&self, other: &Peer) -> bool {
+        match (self, other) {
+            (Peer::Udp { addr: a, .. }, Peer::Udp { addr: b, .. }) => a == b,
+            (
+                Peer::Tcp {
+                    conn: a,
+                    generation: ga,
+                    ..
+                },
+                Peer::Tcp {
+                    conn: b,
+                    generation: gb,
+                    ..
+                },
+            ) => a == b && ga == gb,
+            _ => false,
+        }
+    }
+
+    fn tcp_conn(&self) -> Option<(usize, u32)> {
+        match self {
+            Peer::Tcp {
+                conn, generation, ..
+            } => Some((*conn, *generation)),
+            Peer::Udp { .. } => None,
+        }
+    }
+}
+
 struct Session {
     id: SessionId,
     generation: u32,
-    socket: UdpSocket,
-    fd: RawFd,
+    udp: Option<UdpSocket>,
+    /// The UDP socket's descriptor, or -1 without one.
+    udp_fd: RawFd,
+    listener: Option<TcpListener>,
+    /// Open ICE-TCP connections (slots in the connection table).
+    conns: Vec<usize>,
+    /// Connections accepted and not yet fully closed; the session ends after the last.
+    open_conns: u32,
     stream: StreamId,
     ice: IceLite,
-    /// The nominated peer address, once ICE has one.
-    remote: Option<(SocketAddr, RawAddr)>,
+    /// The path ICE nominated; media goes only there.
+    remote: Option<Peer>,
     /// Where DTLS records came from, for replies before nomination.
-    dtls_peer: Option<RawAddr>,
+    dtls_peer: Option<Peer>,
     srtp_in: Option<SrtpContext>,
     srtp_out: Option<SrtpContext>,
     role: Role,
     recv_armed: bool,
+    accept_armed: bool,
     closing: bool,
     timeout_reported: bool,
+}
+
+/// One accepted ICE-TCP connection.
+struct TcpConn {
+    stream: TcpStream,
+    fd: RawFd,
+    generation: u32,
+    session: usize,
+    session_generation: u32,
+    peer: SocketAddr,
+    reader: FrameReader,
+    /// A valid ICE check arrived on it; before that only STUN is accepted.
+    validated: bool,
+    /// Frames waiting to be sent: (egress slot, bytes including the length prefix).
+    queue: VecDeque<(u32, usize)>,
+    /// Frames of the one `sendmsg` in flight.
+    in_flight: Vec<(u32, usize)>,
+    in_flight_bytes: usize,
+    batch: SendBatch,
+    recv_armed: bool,
+    closing: bool,
+}
+
+/// What the worker closes once nothing queued on its ring refers to it any more.
+enum ToClose {
+    Session {
+        id: SessionId,
+        udp: Option<UdpSocket>,
+        listener: Option<TcpListener>,
+    },
+    Connection(TcpStream),
 }
 
 struct LocalStream {
@@ -257,17 +366,95 @@ impl LocalStream {
     }
 }
 
-fn recv_user_data(slot: usize, generation: u32) -> u64 {
-    io::OP_RECV | ((generation as u64 & 0xff_ffff) << 32) | slot as u64
+fn user_data(op: u64, slot: usize, generation: u32) -> u64 {
+    op | ((generation as u64 & 0xff_ffff) << 32) | slot as u64
+}
+
+/// The sending side: the ring, the egress buffers and the ICE-TCP connections whose send
+/// queues hold them.
+struct Output {
+    ring: Ring,
+    pool: EgressPool,
+    conns: Vec<Option<TcpConn>>,
+    free_conns: Vec<usize>,
+    next_conn_generation: u32,
+    stats: Arc<WorkerStats>,
+    tcp_send_queue: usize,
+}
+
+/// Whether a packet was handed to the kernel (or a send queue) or dropped.
+#[derive(PartialEq, Eq)]
+enum Sent {
+    Queued,
+    Dropped,
+}
+
+impl Output {
+    fn conn(&mut self, slot: usize, generation: u32) -> Option<&mut TcpConn> {
+        self.conns
+            .get_mut(slot)?
+            .as_mut()
+            .filter(|c| c.generation == generation)
+    }
+
+    /// Sends the `len`-byte packet at `EGRESS_HEADROOM` in egress `slot` to `peer`; the slot
+    /// is released here whatever happens.
+    fn transmit(&mut self, udp_fd: RawFd, peer: &Peer, slot: u32, len: usize) -> Sent {
+        match peer {
+            Peer::Udp { raw, .. } => {
+                if udp_fd < 0 {
+                    self.pool.release(slot);
+                    return Sent::Dropped;
+                }
+                self.pool
+                    .send(&mut self.ring, udp_fd, slot, EGRESS_HEADROOM, len, raw);
+            }
+            Peer::Tcp {
+                conn, generation, ..
+            } => {
+                let limit = self.tcp_send_queue;
+                let Some(c) = self.conn(*conn, *generation).filter(|c| !c.closing) else {
+                    self.pool.release(slot);
+                    return Sent::Dropped;
+                };
+                if c.queue.len() >= limit {
+                    // A player that cannot keep up loses whole frames, never part of one.
+                    self.pool.release(slot);
+                    inc(&self.stats.drop_slow_tcp);
+                    return Sent::Dropped;
+                }
+                c.queue.push_back((slot, framing::PREFIX_LEN + len));
+                framing::write_prefix(self.pool.buffer(slot), len);
+                self.flush_conn(*conn);
+            }
+        }
+        inc(&self.stats.tx_packets);
+        add(&self.stats.tx_bytes, len as u64);
+        Sent::Queued
+    }
+
+    /// Starts the next gathered send on a connection unless one is in flight.
+    fn flush_conn(&mut self, slot: usize) {
+        let Some(Some(c)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if !c.in_flight.is_empty() || c.queue.is_empty() || c.closing {
+            return;
+        }
+        let batch = c.queue.len().min(io::MAX_SEND_BATCH);
+        c.in_flight.extend(c.queue.drain(..batch));
+        let ud = user_data(io::OP_TCP_SEND, slot, c.generation);
+        let frames = c.in_flight.iter().map(|&(s, l)| (s, 0, l));
+        c.in_flight_bytes = c.batch.submit(&mut self.ring, &self.pool, c.fd, frames, ud);
+    }
 }
 
 /// Everything a worker owns except its receive buffers, which the packet handlers borrow from.
 struct Core {
     index: usize,
-    ring: Ring,
     recv: io::RecvOp,
     wake: WakeFd,
-    egress: EgressPool,
+    out: Output,
     sessions: Vec<Option<Session>>,
     free_slots: Vec<usize>,
     next_generation: u32,
@@ -276,11 +463,10 @@ struct Core {
     mesh: Arc<Mesh>,
     commands: Arc<SegQueue<Command>>,
     events: UnboundedSender<Event>,
-    stats: Arc<WorkerStats>,
     settings: WorkerSettings,
     wake_pending: Vec<bool>,
-    /// Sockets of finished sessions, closed (and reported) once nothing queued refers to them.
-    sockets_to_close: Vec<(SessionId, UdpSocket)>,
+    /// Closed (and reported) once nothing queued on the ring refers to them.
+    to_close: Vec<ToClose>,
     next_tick: Instant,
 }
 
@@ -312,10 +498,17 @@ impl Worker {
         Ok(Worker {
             core: Core {
                 index,
-                ring,
                 recv: buffers.recv_op(),
                 wake,
-                egress: EgressPool::new(EGRESS_BUFFERS),
+                out: Output {
+                    ring,
+                    pool: EgressPool::new(EGRESS_BUFFERS),
+                    conns: Vec::new(),
+                    free_conns: Vec::new(),
+                    next_conn_generation: 0,
+                    stats,
+                    tcp_send_queue: settings.tcp_send_queue,
+                },
                 sessions: Vec::new(),
                 free_slots: Vec::new(),
                 next_generation: 0,
@@ -324,10 +517,9 @@ impl Worker {
                 mesh,
                 commands,
                 events,
-                stats,
                 settings,
                 wake_pending: vec![false; workers],
-                sockets_to_close: Vec::new(),
+                to_close: Vec::new(),
                 next_tick: Instant::now(),
             },
             buffers,
@@ -336,7 +528,7 @@ impl Worker {
     }
 
     fn run(&mut self) {
-        self.core.wake.arm(&mut self.core.ring);
+        self.core.wake.arm(&mut self.core.out.ring);
         loop {
             let now = Instant::now();
             self.core.drain_commands(now);
@@ -346,24 +538,25 @@ impl Worker {
                 self.core.tick(now);
             }
             self.core.flush_wakes();
-            if !self.core.sockets_to_close.is_empty() {
-                // Submit what may still refer to the finished sessions' sockets, then close
-                // them before waiting, so the control thread hears of their ports at once.
-                let _ = self.core.ring.submit();
-                if self.core.ring.backlog_is_empty() {
-                    self.core.close_sockets();
+            if !self.core.to_close.is_empty() {
+                // Submit what may still refer to finished sockets, then close them before
+                // waiting, so the control thread hears of their ports at once. A socket is
+                // never closed while a queued operation could still name its descriptor.
+                let _ = self.core.out.ring.submit();
+                if self.core.out.ring.backlog_is_empty() {
+                    self.core.close_finished();
                 }
             }
             let result = if self.core.has_work() {
-                self.core.ring.submit()
+                self.core.out.ring.submit()
             } else {
                 let mesh = self.core.mesh.clone();
                 let waker = &mesh.wakers[self.core.index];
                 waker.park();
                 let r = if self.core.has_work() {
-                    self.core.ring.submit()
+                    self.core.out.ring.submit()
                 } else {
-                    self.core.ring.submit_and_wait(MAX_WAIT)
+                    self.core.out.ring.submit_and_wait(MAX_WAIT)
                 };
                 waker.unpark();
                 r
@@ -377,28 +570,29 @@ impl Worker {
 
     fn process_completions(&mut self, now: Instant) {
         let mut completions = std::mem::take(&mut self.completions);
-        self.core.ring.completions(&mut completions);
+        self.core.out.ring.completions(&mut completions);
         for cqe in completions.drain(..) {
-            let user_data = cqe.user_data();
+            let ud = cqe.user_data();
             let result = cqe.result();
-            match user_data & io::OP_MASK {
+            let flags = cqe.flags();
+            let slot = (ud & 0xffff_ffff) as usize;
+            let generation = ((ud >> 32) & 0xff_ffff) as u32;
+            match ud & io::OP_MASK {
                 io::OP_RECV => {
-                    let slot = (user_data & 0xffff_ffff) as usize;
-                    let generation = ((user_data >> 32) & 0xff_ffff) as u32;
-                    if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
                         if result > 0 {
                             match self.buffers.datagram(bid, result as usize) {
                                 Some((from, data)) => {
                                     self.core.on_datagram(slot, generation, from, data, now)
                                 }
-                                None => inc(&self.core.stats.drop_garbage),
+                                None => inc(&self.core.out.stats.drop_garbage),
                             }
                         }
                         self.buffers.recycle(bid);
                         self.buffers.publish();
                     }
                     if result == -libc::ENOBUFS {
-                        inc(&self.core.stats.recv_no_buffer);
+                        inc(&self.core.out.stats.recv_no_buffer);
                     } else if result < 0 && result != -libc::ECANCELED {
                         tracing::debug!(
                             worker = self.core.index,
@@ -406,17 +600,40 @@ impl Worker {
                             "receive failed"
                         );
                     }
-                    if !cqueue::more(cqe.flags()) {
+                    if !cqueue::more(flags) {
                         self.core.recv_ended(slot, generation);
                     }
                 }
-                io::OP_SEND => {
-                    self.core.egress.release((user_data & 0xffff_ffff) as u32);
-                    if result < 0 {
-                        inc(&self.core.stats.send_errors);
+                io::OP_TCP_RECV => {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        if result > 0 {
+                            let data = self.buffers.stream_data(bid, result as usize);
+                            self.core.on_tcp_data(slot, generation, data, now);
+                        }
+                        self.buffers.recycle(bid);
+                        self.buffers.publish();
+                    }
+                    if result == -libc::ENOBUFS {
+                        inc(&self.core.out.stats.recv_no_buffer);
+                    }
+                    if !cqueue::more(flags) {
+                        // 0 is the peer closing; errors other than running out of buffers end
+                        // the connection too.
+                        let keep = result > 0 || result == -libc::ENOBUFS;
+                        self.core.tcp_recv_ended(slot, generation, keep);
                     }
                 }
-                io::OP_WAKE => self.core.wake.arm(&mut self.core.ring),
+                io::OP_TCP_SEND => self.core.tcp_sent(slot, generation, result),
+                io::OP_SEND => {
+                    self.core.out.pool.release(slot as u32);
+                    if result < 0 {
+                        inc(&self.core.out.stats.send_errors);
+                    }
+                }
+                io::OP_ACCEPT => self
+                    .core
+                    .accepted(slot, generation, result, cqueue::more(flags)),
+                io::OP_WAKE => self.core.wake.arm(&mut self.core.out.ring),
                 _ => {}
             }
         }
@@ -428,7 +645,11 @@ impl Core {
     fn has_work(&mut self) -> bool {
         !self.commands.is_empty()
             || self.mesh.has_incoming(self.index)
-            || self.ring.has_completions()
+            || self.out.ring.has_completions()
+    }
+
+    fn stats(&self) -> &WorkerStats {
+        &self.out.stats
     }
 
     fn drain_commands(&mut self, now: Instant) {
@@ -518,12 +739,32 @@ impl Core {
             Role::Publisher(_) => local.publisher = Some(slot),
             Role::Player(_) => local.players.push(slot),
         }
-        let fd = new.socket.as_raw_fd();
+        let udp_fd = new.udp.as_ref().map_or(-1, |s| s.as_raw_fd());
+        if udp_fd >= 0 {
+            io::arm_recv(
+                &mut self.out.ring,
+                self.recv,
+                udp_fd,
+                user_data(io::OP_RECV, slot, generation),
+            );
+        }
+        if let Some(listener) = &new.tcp {
+            io::arm_accept(
+                &mut self.out.ring,
+                listener.as_raw_fd(),
+                user_data(io::OP_ACCEPT, slot, generation),
+            );
+        }
         self.sessions[slot] = Some(Session {
             id: new.id,
             generation,
-            socket: new.socket,
-            fd,
+            recv_armed: new.udp.is_some(),
+            accept_armed: new.tcp.is_some(),
+            udp: new.udp,
+            udp_fd,
+            listener: new.tcp,
+            conns: Vec::new(),
+            open_conns: 0,
             stream: new.stream,
             ice: IceLite::new(
                 now,
@@ -537,17 +778,10 @@ impl Core {
             srtp_in: None,
             srtp_out: None,
             role,
-            recv_armed: true,
             closing: false,
             timeout_reported: false,
         });
         self.by_id.insert(new.id, slot);
-        io::arm_recv(
-            &mut self.ring,
-            self.recv,
-            fd,
-            recv_user_data(slot, generation),
-        );
     }
 
     fn set_keys(&mut self, id: SessionId, profile: SrtpProfile, material: &[u8], now: Instant) {
@@ -578,28 +812,20 @@ impl Core {
         let Some(session) = self.sessions[slot].as_ref() else {
             return;
         };
-        let Some(to) = session.remote.map(|(_, raw)| raw).or(session.dtls_peer) else {
+        let Some(peer) = session.remote.or(session.dtls_peer) else {
             return;
         };
+        let udp_fd = session.udp_fd;
         if data.len() > MAX_PACKET {
             return;
         }
-        let Some(out) = self.egress.alloc() else {
-            inc(&self.stats.drop_no_buffer);
+        let Some(out) = self.out.pool.alloc() else {
+            inc(&self.out.stats.drop_no_buffer);
             return;
         };
-        self.egress.buffer(out)[EGRESS_HEADROOM..EGRESS_HEADROOM + data.len()]
+        self.out.pool.buffer(out)[EGRESS_HEADROOM..EGRESS_HEADROOM + data.len()]
             .copy_from_slice(data);
-        self.egress.send(
-            &mut self.ring,
-            session.fd,
-            out,
-            EGRESS_HEADROOM,
-            data.len(),
-            &to,
-        );
-        inc(&self.stats.tx_packets);
-        add(&self.stats.tx_bytes, data.len() as u64);
+        self.out.transmit(udp_fd, &peer, out, data.len());
     }
 
     fn begin_close(&mut self, slot: usize) {
@@ -610,8 +836,18 @@ impl Core {
             return;
         }
         session.closing = true;
-        let (stream, recv_armed, generation) =
-            (session.stream, session.recv_armed, session.generation);
+        let stream = session.stream;
+        let generation = session.generation;
+        if session.recv_armed {
+            io::cancel(&mut self.out.ring, user_data(io::OP_RECV, slot, generation));
+        }
+        if session.accept_armed {
+            io::cancel(
+                &mut self.out.ring,
+                user_data(io::OP_ACCEPT, slot, generation),
+            );
+        }
+        let conns = std::mem::take(&mut session.conns);
         if let Some(local) = self.streams.get_mut(&stream) {
             if local.publisher == Some(slot) {
                 local.publisher = None;
@@ -621,28 +857,43 @@ impl Core {
                 self.streams.remove(&stream);
             }
         }
-        if recv_armed {
-            io::cancel(&mut self.ring, recv_user_data(slot, generation));
-        } else {
-            self.finish_close(slot);
+        for conn in conns {
+            self.close_conn(conn);
         }
+        self.maybe_finish_session(slot);
     }
 
-    fn finish_close(&mut self, slot: usize) {
+    /// Frees a closing session once its receive, its accept and its connections are done.
+    fn maybe_finish_session(&mut self, slot: usize) {
+        let done = self.sessions[slot]
+            .as_ref()
+            .is_some_and(|s| s.closing && !s.recv_armed && !s.accept_armed && s.open_conns == 0);
+        if !done {
+            return;
+        }
         let Some(session) = self.sessions[slot].take() else {
             return;
         };
         self.free_slots.push(slot);
         self.by_id.remove(&session.id);
-        self.sockets_to_close.push((session.id, session.socket));
+        self.to_close.push(ToClose::Session {
+            id: session.id,
+            udp: session.udp,
+            listener: session.listener,
+        });
     }
 
-    /// Closes finished sessions' sockets and only then reports them closed, so the control
-    /// thread never hands out a port whose socket still exists.
-    fn close_sockets(&mut self) {
-        for (id, socket) in self.sockets_to_close.drain(..) {
-            drop(socket);
-            let _ = self.events.send(Event::Closed { session: id });
+    /// Closes finished sockets and connections, and only then reports sessions closed, so the
+    /// control thread never hands out a port whose sockets still exist.
+    fn close_finished(&mut self) {
+        for item in self.to_close.drain(..) {
+            match item {
+                ToClose::Session { id, udp, listener } => {
+                    drop((udp, listener));
+                    let _ = self.events.send(Event::Closed { session: id });
+                }
+                ToClose::Connection(stream) => drop(stream),
+            }
         }
     }
 
@@ -655,15 +906,208 @@ impl Core {
         }
         session.recv_armed = false;
         if session.closing {
-            self.finish_close(slot);
+            self.maybe_finish_session(slot);
         } else {
             session.recv_armed = true;
-            io::arm_recv(
-                &mut self.ring,
-                self.recv,
-                session.fd,
-                recv_user_data(slot, generation),
+            let ud = user_data(io::OP_RECV, slot, generation);
+            io::arm_recv(&mut self.out.ring, self.recv, session.udp_fd, ud);
+        }
+    }
+
+    fn accepted(&mut self, slot: usize, generation: u32, result: i32, more: bool) {
+        let Some(session) = self
+            .sessions
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|s| s.generation == generation)
+        else {
+            if result >= 0 {
+                drop(io::adopt_stream(result));
+            }
+            return;
+        };
+        if !more {
+            // Re-armed on the next tick: an error such as EMFILE must not spin the loop.
+            session.accept_armed = false;
+        }
+        if result >= 0 {
+            let stream = io::adopt_stream(result);
+            let peer = stream.peer_addr().ok();
+            let refuse = session.closing
+                || session.open_conns >= MAX_TCP_CONNECTIONS_PER_SESSION
+                || peer.is_none_or(|p| self.settings.loopback_only && !p.ip().is_loopback());
+            match peer {
+                Some(peer) if !refuse => {
+                    let _ = stream.set_nodelay(true);
+                    let session_generation = session.generation;
+                    session.open_conns += 1;
+                    let conn = self.add_conn(stream, peer, slot, session_generation);
+                    if let Some(s) = self.sessions[slot].as_mut() {
+                        s.conns.push(conn);
+                    }
+                    inc(&self.out.stats.tcp_accepted);
+                }
+                _ => {
+                    drop(stream);
+                    inc(&self.out.stats.tcp_refused);
+                }
+            }
+        }
+        if !more {
+            self.maybe_finish_session(slot);
+        }
+    }
+
+    fn add_conn(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        session: usize,
+        session_generation: u32,
+    ) -> usize {
+        let out = &mut self.out;
+        let slot = out.free_conns.pop().unwrap_or_else(|| {
+            out.conns.push(None);
+            out.conns.len() - 1
+        });
+        out.next_conn_generation = out.next_conn_generation.wrapping_add(1) & 0xff_ffff;
+        let generation = out.next_conn_generation;
+        let fd = stream.as_raw_fd();
+        io::arm_stream_recv(
+            &mut out.ring,
+            self.recv,
+            fd,
+            user_data(io::OP_TCP_RECV, slot, generation),
+        );
+        out.conns[slot] = Some(TcpConn {
+            stream,
+            fd,
+            generation,
+            session,
+            session_generation,
+            peer,
+            reader: FrameReader::new(MAX_PACKET),
+            validated: false,
+            queue: VecDeque::with_capacity(out.tcp_send_queue),
+            in_flight: Vec::with_capacity(io::MAX_SEND_BATCH),
+            in_flight_bytes: 0,
+            batch: SendBatch::default(),
+            recv_armed: true,
+            closing: false,
+        });
+        slot
+    }
+
+    /// Starts closing a connection: its operations are cancelled, the session forgets it at
+    /// once (so nothing is sent to it again), and it is freed when its operations are done.
+    fn close_conn(&mut self, slot: usize) {
+        let Some(Some(conn)) = self.out.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        let (generation, session, session_generation) =
+            (conn.generation, conn.session, conn.session_generation);
+        if conn.recv_armed {
+            io::cancel(
+                &mut self.out.ring,
+                user_data(io::OP_TCP_RECV, slot, generation),
             );
+        }
+        if !conn.in_flight.is_empty() {
+            io::cancel(
+                &mut self.out.ring,
+                user_data(io::OP_TCP_SEND, slot, generation),
+            );
+        }
+        if let Some(s) = self
+            .sessions
+            .get_mut(session)
+            .and_then(Option::as_mut)
+            .filter(|s| s.generation == session_generation)
+        {
+            s.conns.retain(|&c| c != slot);
+            let this = |p: &Option<Peer>| p.and_then(|p| p.tcp_conn()) == Some((slot, generation));
+            if this(&s.remote) {
+                s.remote = None;
+            }
+            if this(&s.dtls_peer) {
+                s.dtls_peer = None;
+            }
+        }
+        inc(&self.out.stats.tcp_closed);
+        self.maybe_finish_conn(slot);
+    }
+
+    fn maybe_finish_conn(&mut self, slot: usize) {
+        let done = matches!(&self.out.conns[slot], Some(c) if c.closing && !c.recv_armed && c.in_flight.is_empty());
+        if !done {
+            return;
+        }
+        let Some(conn) = self.out.conns[slot].take() else {
+            return;
+        };
+        self.out.free_conns.push(slot);
+        for (egress, _) in conn.queue {
+            self.out.pool.release(egress);
+        }
+        self.to_close.push(ToClose::Connection(conn.stream));
+        let session = conn.session;
+        if let Some(s) = self
+            .sessions
+            .get_mut(session)
+            .and_then(Option::as_mut)
+            .filter(|s| s.generation == conn.session_generation)
+        {
+            s.open_conns -= 1;
+            self.maybe_finish_session(session);
+        }
+    }
+
+    fn tcp_recv_ended(&mut self, slot: usize, generation: u32, keep: bool) {
+        let Some(conn) = self.out.conn(slot, generation) else {
+            return;
+        };
+        conn.recv_armed = false;
+        if conn.closing {
+            self.maybe_finish_conn(slot);
+        } else if keep {
+            conn.recv_armed = true;
+            let fd = conn.fd;
+            io::arm_stream_recv(
+                &mut self.out.ring,
+                self.recv,
+                fd,
+                user_data(io::OP_TCP_RECV, slot, generation),
+            );
+        } else {
+            self.close_conn(slot);
+        }
+    }
+
+    fn tcp_sent(&mut self, slot: usize, generation: u32, result: i32) {
+        let Some(conn) = self.out.conn(slot, generation) else {
+            return;
+        };
+        let complete = result >= 0 && result as usize == conn.in_flight_bytes;
+        let frames = std::mem::take(&mut conn.in_flight);
+        for &(egress, _) in &frames {
+            self.out.pool.release(egress);
+        }
+        // Keep the vector's capacity for the next batch.
+        if let Some(conn) = self.out.conn(slot, generation) {
+            conn.in_flight = frames;
+            conn.in_flight.clear();
+            if conn.closing {
+                self.maybe_finish_conn(slot);
+            } else if complete {
+                self.out.flush_conn(slot);
+            } else {
+                inc(&self.out.stats.send_errors);
+                self.close_conn(slot);
+            }
         }
     }
 
@@ -675,12 +1119,85 @@ impl Core {
         data: &mut [u8],
         now: Instant,
     ) {
-        inc(&self.stats.rx_packets);
-        add(&self.stats.rx_bytes, data.len() as u64);
+        inc(&self.out.stats.rx_packets);
+        add(&self.out.stats.rx_bytes, data.len() as u64);
         if self.settings.loopback_only && !from.ip().is_loopback() {
-            inc(&self.stats.drop_foreign_source);
+            inc(&self.out.stats.drop_foreign_source);
             return;
         }
+        self.on_packet(slot, generation, Peer::udp(from), data, now);
+    }
+
+    /// Cuts one read of a connection into frames and handles each in place.
+    fn on_tcp_data(&mut self, slot: usize, generation: u32, data: &mut [u8], now: Instant) {
+        let Some(conn) = self.out.conn(slot, generation).filter(|c| !c.closing) else {
+            return;
+        };
+        let mut reader = std::mem::take(&mut conn.reader);
+        let peer = Peer::Tcp {
+            conn: slot,
+            generation,
+            addr: conn.peer,
+        };
+        let (session, session_generation) = (conn.session, conn.session_generation);
+        let result = reader.feed(data, |frame| {
+            self.on_tcp_frame(
+                slot,
+                generation,
+                session,
+                session_generation,
+                peer,
+                frame,
+                now,
+            )
+        });
+        if let Some(conn) = self.out.conn(slot, generation) {
+            conn.reader = reader;
+        }
+        if result.is_err() {
+            inc(&self.out.stats.drop_tcp_framing);
+            self.close_conn(slot);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_tcp_frame(
+        &mut self,
+        conn_slot: usize,
+        conn_generation: u32,
+        session: usize,
+        session_generation: u32,
+        peer: Peer,
+        frame: &mut [u8],
+        now: Instant,
+    ) {
+        let Some(conn) = self
+            .out
+            .conn(conn_slot, conn_generation)
+            .filter(|c| !c.closing)
+        else {
+            return;
+        };
+        let validated = conn.validated;
+        inc(&self.out.stats.rx_packets);
+        add(&self.out.stats.rx_bytes, frame.len() as u64);
+        if !validated && classify(frame) != PacketKind::Stun {
+            // Before ICE, a connection carries connectivity checks and nothing else.
+            inc(&self.out.stats.drop_tcp_framing);
+            self.close_conn(conn_slot);
+            return;
+        }
+        self.on_packet(session, session_generation, peer, frame, now);
+    }
+
+    fn on_packet(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        via: Peer,
+        data: &mut [u8],
+        now: Instant,
+    ) {
         let Some(session) = self
             .sessions
             .get_mut(slot)
@@ -690,26 +1207,26 @@ impl Core {
             return;
         };
         match classify(data) {
-            PacketKind::Stun => self.on_stun(slot, from, data, now),
+            PacketKind::Stun => self.on_stun(slot, via, data, now),
             PacketKind::Dtls => {
-                if session.ice.is_validated(from) {
-                    session.dtls_peer = Some(RawAddr::new(from));
-                    inc(&self.stats.dtls_records);
+                if session.ice.is_validated(via.addr()) {
+                    session.dtls_peer = Some(via);
+                    inc(&self.out.stats.dtls_records);
                     let _ = self.events.send(Event::Dtls {
                         session: session.id,
                         data: data.to_vec(),
                     });
                 } else {
-                    inc(&self.stats.drop_not_ready);
+                    inc(&self.out.stats.drop_not_ready);
                 }
             }
             kind @ (PacketKind::Rtp | PacketKind::Rtcp) => {
-                if session.remote.map(|(addr, _)| addr) != Some(from) {
-                    inc(&self.stats.drop_not_ready);
+                if !session.remote.is_some_and(|r| r.same_path(&via)) {
+                    inc(&self.out.stats.drop_not_ready);
                     return;
                 }
                 let Some(srtp) = session.srtp_in.as_mut() else {
-                    inc(&self.stats.drop_not_ready);
+                    inc(&self.out.stats.drop_not_ready);
                     return;
                 };
                 let plain = if kind == PacketKind::Rtp {
@@ -718,72 +1235,81 @@ impl Core {
                     srtp.unprotect_rtcp(data)
                 };
                 match plain {
-                    Ok(len) if kind == PacketKind::Rtp => self.on_rtp(slot, &data[..len]),
+                    Ok(len) if kind == PacketKind::Rtp => self.on_rtp(slot, &data[..len], now),
                     Ok(len) => self.on_rtcp(slot, &data[..len], now),
-                    Err(_) => inc(&self.stats.drop_srtp),
+                    Err(_) => inc(&self.out.stats.drop_srtp),
                 }
             }
-            PacketKind::Unknown => inc(&self.stats.drop_garbage),
+            PacketKind::Unknown => inc(&self.out.stats.drop_garbage),
         }
     }
 
-    fn on_stun(&mut self, slot: usize, from: SocketAddr, data: &[u8], now: Instant) {
-        let Some(out) = self.egress.alloc() else {
-            inc(&self.stats.drop_no_buffer);
+    fn on_stun(&mut self, slot: usize, via: Peer, data: &[u8], now: Instant) {
+        let Some(out) = self.out.pool.alloc() else {
+            inc(&self.out.stats.drop_no_buffer);
             return;
         };
         let Some(session) = self.sessions[slot].as_mut() else {
             return;
         };
-        let buffer = &mut self.egress.buffer(out)[EGRESS_HEADROOM..];
-        match session.ice.handle_check(now, data, from, buffer) {
-            Ok(outcome) => {
-                if let Some(addr) = outcome.nominated {
-                    session.remote = Some((addr, RawAddr::new(addr)));
-                    let _ = self.events.send(Event::IceConnected {
-                        session: session.id,
-                        remote: addr,
-                    });
-                }
-                let fd = session.fd;
-                self.egress.send(
-                    &mut self.ring,
-                    fd,
-                    out,
-                    EGRESS_HEADROOM,
-                    outcome.response_len,
-                    &RawAddr::new(from),
-                );
-                inc(&self.stats.stun_answered);
-                inc(&self.stats.tx_packets);
-                add(&self.stats.tx_bytes, outcome.response_len as u64);
-            }
+        let buffer = &mut self.out.pool.buffer(out)[EGRESS_HEADROOM..];
+        let outcome = match session.ice.handle_check(now, data, via.addr(), buffer) {
+            Ok(outcome) => outcome,
             Err(_) => {
-                self.egress.release(out);
-                inc(&self.stats.drop_stun_invalid);
+                self.out.pool.release(out);
+                inc(&self.out.stats.drop_stun_invalid);
+                return;
             }
+        };
+        inc(&self.out.stats.stun_answered);
+        let udp_fd = session.udp_fd;
+        let mut to_close = Vec::new();
+        if let Some((conn, generation)) = via.tcp_conn()
+            && let Some(c) = self.out.conn(conn, generation)
+        {
+            c.validated = true;
+        }
+        if outcome.use_candidate && !session.remote.is_some_and(|r| r.same_path(&via)) {
+            session.remote = Some(via);
+            // One path carries the media: the session's other connections are closed cleanly.
+            let nominated_conn = via.tcp_conn().map(|(conn, _)| conn);
+            to_close.extend(
+                session
+                    .conns
+                    .iter()
+                    .copied()
+                    .filter(|&c| Some(c) != nominated_conn),
+            );
+            let _ = self.events.send(Event::IceConnected {
+                session: session.id,
+                remote: via.addr(),
+            });
+        }
+        self.out.transmit(udp_fd, &via, out, outcome.response_len);
+        for conn in to_close {
+            self.close_conn(conn);
         }
     }
 
-    fn on_rtp(&mut self, slot: usize, packet: &[u8]) {
+    fn on_rtp(&mut self, slot: usize, packet: &[u8], now: Instant) {
         let Some(session) = self.sessions[slot].as_mut() else {
             return;
         };
         let stream = session.stream;
         let Role::Publisher(publisher) = &mut session.role else {
-            inc(&self.stats.drop_garbage); // players do not send media here
+            inc(&self.out.stats.drop_garbage); // players do not send media here
             return;
         };
         let Ok(header) = RtpHeader::parse(packet) else {
-            inc(&self.stats.drop_garbage);
+            inc(&self.out.stats.drop_garbage);
             return;
         };
         let Some(kind) = publisher.kind_by_payload_type[header.payload_type as usize] else {
-            inc(&self.stats.drop_unknown_payload_type);
+            inc(&self.out.stats.drop_unknown_payload_type);
             return;
         };
         publisher.ssrc_by_kind[kind.index()] = Some(header.ssrc);
-        self.fanout(stream, kind, Forwarded::Rtp, packet);
+        self.fanout(stream, kind, Forwarded::Rtp, packet, now);
     }
 
     fn on_rtcp(&mut self, slot: usize, packet: &[u8], now: Instant) {
@@ -806,7 +1332,7 @@ impl Core {
                     }
                 }
                 for (kind, report) in reports.into_iter().flatten() {
-                    self.fanout(stream, kind, Forwarded::SenderReport, report);
+                    self.fanout(stream, kind, Forwarded::SenderReport, report, now);
                 }
             }
             Role::Player(_) => {
@@ -822,16 +1348,21 @@ impl Core {
 
     /// Sends a publisher's packet to the stream's local players and hands one shared copy to
     /// each other worker that has players of the stream.
-    fn fanout(&mut self, stream: StreamId, kind: MediaKind, what: Forwarded, packet: &[u8]) {
+    fn fanout(
+        &mut self,
+        stream: StreamId,
+        kind: MediaKind,
+        what: Forwarded,
+        packet: &[u8],
+        now: Instant,
+    ) {
         let Some(local) = self.streams.get(&stream) else {
             return;
         };
-        forward_to_players(
+        let dropped_video = forward_to_players(
             &local.players,
             &mut self.sessions,
-            &mut self.egress,
-            &mut self.ring,
-            &self.stats,
+            &mut self.out,
             kind,
             what,
             packet,
@@ -850,8 +1381,12 @@ impl Core {
             };
             match self.mesh.push(self.index, worker, message) {
                 Ok(()) => self.wake_pending[worker] = true,
-                Err(_) => inc(&self.stats.drop_ring_full),
+                Err(_) => inc(&self.out.stats.drop_ring_full),
             }
+        }
+        if dropped_video {
+            // A player lost video frames: it cannot decode until the next keyframe.
+            self.request_keyframe(stream, now);
         }
     }
 
@@ -868,17 +1403,18 @@ impl Core {
                         what,
                         packet,
                     } => {
-                        if let Some(local) = self.streams.get(&stream) {
-                            forward_to_players(
-                                &local.players,
-                                &mut self.sessions,
-                                &mut self.egress,
-                                &mut self.ring,
-                                &self.stats,
-                                kind,
-                                what,
-                                &packet,
-                            );
+                        let Some(local) = self.streams.get(&stream) else {
+                            continue;
+                        };
+                        if forward_to_players(
+                            &local.players,
+                            &mut self.sessions,
+                            &mut self.out,
+                            kind,
+                            what,
+                            &packet,
+                        ) {
+                            self.request_keyframe(stream, now);
                         }
                     }
                     CrossMessage::KeyframeRequest { stream } => {
@@ -903,7 +1439,7 @@ impl Core {
                 CrossMessage::KeyframeRequest { stream },
             ) {
                 Ok(()) => self.wake_pending[publisher_worker] = true,
-                Err(_) => inc(&self.stats.drop_ring_full),
+                Err(_) => inc(&self.out.stats.drop_ring_full),
             }
         }
     }
@@ -919,7 +1455,7 @@ impl Core {
             return;
         };
         if publisher.keyframes.request(now) {
-            send_pli(session, &mut self.egress, &mut self.ring, &self.stats);
+            send_pli(session, &mut self.out);
         }
     }
 
@@ -939,13 +1475,28 @@ impl Core {
                     session: session.id,
                 });
             }
+            if let Some(listener) = &session.listener
+                && !session.accept_armed
+            {
+                session.accept_armed = true;
+                let ud = user_data(io::OP_ACCEPT, slot, session.generation);
+                io::arm_accept(&mut self.out.ring, listener.as_raw_fd(), ud);
+            }
             if let Role::Publisher(publisher) = &mut session.role
                 && publisher.keyframes.poll(now)
             {
-                send_pli(session, &mut self.egress, &mut self.ring, &self.stats);
+                send_pli(session, &mut self.out);
             }
         }
-        set(&self.stats.sessions, live);
+        set(&self.stats().sessions, live);
+        let conns = self
+            .out
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.closing)
+            .count();
+        set(&self.stats().tcp_connections, conns as u64);
         self.next_tick = now + TICK;
     }
 
@@ -958,35 +1509,34 @@ impl Core {
     }
 }
 
-/// Copies one publisher packet to each player: rewrite, protect, queue the send.
-#[allow(clippy::too_many_arguments)]
+/// Copies one publisher packet to each player: rewrite, protect, send. Returns whether a
+/// video packet had to be dropped for a slow TCP player (it then needs a keyframe).
 fn forward_to_players(
     players: &[usize],
     sessions: &mut [Option<Session>],
-    egress: &mut EgressPool,
-    ring: &mut Ring,
-    stats: &WorkerStats,
+    out: &mut Output,
     kind: MediaKind,
     what: Forwarded,
     packet: &[u8],
-) {
+) -> bool {
     if packet.len() > MAX_PACKET {
-        inc(&stats.drop_garbage);
-        return;
+        inc(&out.stats.drop_garbage);
+        return false;
     }
     let header = match what {
         Forwarded::Rtp => match RtpHeader::parse(packet) {
             Ok(h) => Some(h),
-            Err(_) => return,
+            Err(_) => return false,
         },
         Forwarded::SenderReport => None,
     };
+    let mut dropped_video = false;
     for &slot in players {
         let Some(Session {
-            remote: Some((_, to)),
+            remote: Some(peer),
             srtp_out: Some(srtp),
             role: Role::Player(tracks),
-            fd,
+            udp_fd,
             closing: false,
             ..
         }) = sessions[slot].as_mut()
@@ -996,11 +1546,11 @@ fn forward_to_players(
         let Some(track) = tracks[kind.index()].as_mut() else {
             continue;
         };
-        let Some(out) = egress.alloc() else {
-            inc(&stats.drop_no_buffer);
+        let Some(egress) = out.pool.alloc() else {
+            inc(&out.stats.drop_no_buffer);
             continue;
         };
-        let buffer = &mut egress.buffer(out)[EGRESS_HEADROOM..];
+        let buffer = &mut out.pool.buffer(egress)[EGRESS_HEADROOM..];
         let written = match &header {
             Some(h) if h.payload_type == track.publisher_payload_type => {
                 let rewrite = Rewrite {
@@ -1020,44 +1570,44 @@ fn forward_to_players(
                 .and_then(|sr| rtcp::write_sender_report(buffer, &sr, track.ssrc))
                 .and_then(|n| srtp.protect_rtcp(buffer, n).ok()),
         };
-        match written {
-            Some(len) => {
-                egress.send(ring, *fd, out, EGRESS_HEADROOM, len, to);
-                inc(&stats.tx_packets);
-                add(&stats.tx_bytes, len as u64);
-                if header.is_some() {
-                    inc(&stats.forwarded_packets);
-                }
-            }
-            None => egress.release(out),
+        let Some(len) = written else {
+            out.pool.release(egress);
+            continue;
+        };
+        let peer = *peer;
+        match out.transmit(*udp_fd, &peer, egress, len) {
+            Sent::Queued if header.is_some() => inc(&out.stats.forwarded_packets),
+            Sent::Dropped if kind == MediaKind::Video => dropped_video = true,
+            _ => {}
         }
     }
+    dropped_video
 }
 
 /// Sends a Picture Loss Indication to a publisher for its video SSRC.
-fn send_pli(session: &mut Session, egress: &mut EgressPool, ring: &mut Ring, stats: &WorkerStats) {
+fn send_pli(session: &mut Session, out: &mut Output) {
     let Role::Publisher(publisher) = &session.role else {
         return;
     };
-    let (Some(media_ssrc), Some((_, to)), Some(srtp)) = (
+    let (Some(media_ssrc), Some(peer), Some(srtp)) = (
         publisher.ssrc_by_kind[MediaKind::Video.index()],
-        session.remote.as_ref(),
+        session.remote,
         session.srtp_out.as_mut(),
     ) else {
         return;
     };
-    let Some(out) = egress.alloc() else {
-        inc(&stats.drop_no_buffer);
+    let Some(egress) = out.pool.alloc() else {
+        inc(&out.stats.drop_no_buffer);
         return;
     };
-    let buffer = &mut egress.buffer(out)[EGRESS_HEADROOM..];
+    let buffer = &mut out.pool.buffer(egress)[EGRESS_HEADROOM..];
     let len = rtcp::write_pli(buffer, publisher.rtcp_ssrc, media_ssrc);
     match srtp.protect_rtcp(buffer, len) {
         Ok(len) => {
-            egress.send(ring, session.fd, out, EGRESS_HEADROOM, len, to);
-            inc(&stats.keyframe_requests_sent);
-            inc(&stats.tx_packets);
+            if out.transmit(session.udp_fd, &peer, egress, len) == Sent::Queued {
+                inc(&out.stats.keyframe_requests_sent);
+            }
         }
-        Err(_) => egress.release(out),
+        Err(_) => out.pool.release(egress),
     }
 }

@@ -52,12 +52,24 @@ counters! {
     recv_no_buffer,
     /// Sends the kernel refused (socket buffer full, unreachable).
     send_errors,
+    /// ICE-TCP connections accepted.
+    tcp_accepted,
+    /// ICE-TCP connections refused at accept (session closing, too many, foreign source).
+    tcp_refused,
+    /// ICE-TCP connections closed, for any reason.
+    tcp_closed,
+    /// ICE-TCP connections closed for an impossible frame length, or non-STUN before ICE.
+    drop_tcp_framing,
+    /// Whole frames dropped because a TCP player's send queue was full (a slow player).
+    drop_slow_tcp,
     /// PLIs sent to publishers.
     keyframe_requests_sent,
     /// DTLS records passed to the control thread.
     dtls_records,
     /// Sessions currently owned.
     sessions,
+    /// ICE-TCP connections currently open.
+    tcp_connections,
 }
 
 /// Adds to a counter only this thread writes.

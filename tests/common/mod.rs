@@ -9,6 +9,47 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+/// Runs the calling test again inside a fresh network namespace whose only interface is
+/// loopback, so the browser and the relay can reach nothing else (and the kernel never answers
+/// a TCP handshake from a non-loopback candidate). Returns `true` when it did so and the
+/// caller should return; `false` inside the namespace, or where namespaces cannot be made
+/// (not root), in which case the test runs on the host's loopback.
+pub fn in_private_network(test: &str) -> bool {
+    if std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_some() {
+        return false;
+    }
+    let usable = Command::new("unshare")
+        .args(["-n", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!(
+            "note: cannot create a network namespace (needs root); running on the host's loopback"
+        );
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let status = Command::new("unshare")
+        .args([
+            "-n",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ])
+        .arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("IN_TEST_NETNS_OF_CORECAST", "1")
+        .status()
+        .expect("running the test in a network namespace");
+    assert!(
+        status.success(),
+        "{test} failed inside its network namespace"
+    );
+    true
+}
+
 /// A free TCP port on loopback (the OS picks it).
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
