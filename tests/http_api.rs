@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, Relay, answer_port, http, media_range, send_udp,
+    CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, Relay, answer_candidates, answer_port, http,
+    media_range, send_udp,
 };
 
 const SDP: Option<&str> = Some("application/sdp");
@@ -161,24 +162,46 @@ fn deleted_sessions_free_their_ports_and_a_full_range_answers_503() {
 }
 
 #[test]
-fn advertised_candidates_lie_inside_the_media_range() {
-    let range = media_range(3);
-    let (first, last) = range.split_once('-').unwrap();
-    let (first, last): (u16, u16) = (first.parse().unwrap(), last.parse().unwrap());
-    let relay = Relay::start(&[
-        ("CORECAST_WORKERS_COUNT", "1"),
-        ("CORECAST_MEDIA_PORTS", &range),
-    ]);
-    for i in 0..3 {
-        let r = http(
-            "POST",
-            &relay.url(&format!("/whip/p{i}")),
-            SDP,
-            CHROME_PUBLISH_OFFER,
-        );
-        assert_eq!(r.status, 201);
-        let port = answer_port(&r.body);
-        assert!((first..=last).contains(&port), "{port} outside {range}");
+fn advertised_candidates_follow_media_protocol_and_lie_inside_the_media_range() {
+    for (protocol, expected) in [
+        ("udp", vec!["udp"]),
+        ("tcp", vec!["tcp"]),
+        ("all", vec!["udp", "tcp"]),
+    ] {
+        let range = media_range(3);
+        let (first, last) = range.split_once('-').unwrap();
+        let (first, last): (u16, u16) = (first.parse().unwrap(), last.parse().unwrap());
+        let relay = Relay::start(&[
+            ("CORECAST_WORKERS_COUNT", "1"),
+            ("CORECAST_MEDIA_PORTS", &range),
+            ("CORECAST_MEDIA_PROTOCOL", protocol),
+        ]);
+        for i in 0..3 {
+            let r = http(
+                "POST",
+                &relay.url(&format!("/whip/p{i}")),
+                SDP,
+                CHROME_PUBLISH_OFFER,
+            );
+            assert_eq!(r.status, 201);
+            // Two m-sections, each with the same candidates.
+            let candidates = answer_candidates(&r.body);
+            let transports: Vec<&str> = candidates
+                .iter()
+                .take(expected.len())
+                .map(|(t, _)| t.as_str())
+                .collect();
+            assert_eq!(transports, expected, "{protocol}: {}", r.body);
+            for (transport, port) in &candidates {
+                assert!(
+                    (first..=last).contains(port),
+                    "{transport} port {port} outside {range}"
+                );
+            }
+            if protocol != "udp" {
+                assert!(r.body.contains("tcptype passive"), "{}", r.body);
+            }
+        }
     }
 }
 

@@ -243,6 +243,18 @@ pub fn answer_port(answer: &str) -> u16 {
         .expect("answer has a candidate")
 }
 
+/// Every candidate of an SDP answer: (transport, port).
+pub fn answer_candidates(answer: &str) -> Vec<(String, u16)> {
+    answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .map(|c| {
+            let fields: Vec<&str> = c.split_whitespace().collect();
+            (fields[2].to_ascii_lowercase(), fields[5].parse().unwrap())
+        })
+        .collect()
+}
+
 /// Sends one datagram from a fresh loopback socket.
 pub fn send_udp(port: u16, payload: &[u8]) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
