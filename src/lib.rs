@@ -1,6 +1,7 @@
 //! corecast: a WebRTC media relay (SFU) for bare-metal Linux. See DESIGN.md in the shared folder
 //! for the architecture; this crate's modules follow its layers.
 
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod negotiation;

@@ -1,0 +1,670 @@
+//! A WebRTC endpoint that publishes or plays through any WHIP/WHEP server: the load generator
+//! drives many of them, and a relay republishes a stream to another relay with one.
+//!
+//! It offers like a browser (Opus, VP8, H264; BUNDLE, rtcp-mux, `setup:actpass`), sends the
+//! offer with WHIP or WHEP, then acts as the controlling ICE agent towards the server's host
+//! candidate over UDP or ICE-TCP (RFC 4571 framing), runs the DTLS client (webrtc-dtls) and
+//! protects and unprotects SRTP in place with the relay's own [`crate::srtp`].
+
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use webrtc_dtls::config::{Config as DtlsConfig, ExtendedMasterSecretType};
+use webrtc_dtls::conn::DTLSConn;
+use webrtc_dtls::crypto::Certificate;
+use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use webrtc_util::KeyingMaterialExporter;
+use webrtc_util::conn::Conn;
+
+use crate::negotiation::format_fingerprint;
+use crate::srtp::{SrtpContext, SrtpProfile};
+use crate::wire::demux::{PacketKind, classify};
+use crate::wire::framing::{self, FrameReader};
+use crate::wire::stun::{self, BINDING_REQUEST, StunMessage, StunWriter};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publish,
+    Play,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Http(#[from] http::HttpError),
+    #[error("the server refused the offer: {status} {message}")]
+    Refused { status: u16, message: String },
+    #[error("unusable answer: {0}")]
+    Answer(String),
+    #[error("connecting the {0} transport: {1}")]
+    Transport(Transport, String),
+    #[error("ICE: no answer to connectivity checks within {0:?}")]
+    IceTimeout(Duration),
+    #[error("DTLS: {0}")]
+    Dtls(String),
+}
+
+/// What the offer and answer settled on.
+#[derive(Debug, Clone, Default)]
+pub struct Negotiated {
+    pub audio_payload_type: Option<u8>,
+    pub video_payload_type: Option<u8>,
+    pub video_codec: String,
+    pub server: Option<SocketAddr>,
+}
+
+/// Packets a session receives, decrypted, for the caller's handler.
+pub enum Incoming<'a> {
+    Rtp(&'a [u8]),
+    Rtcp(&'a [u8]),
+}
+
+/// Called on the session's reader task for every media packet, in arrival order.
+pub type Handler = Box<dyn FnMut(Incoming<'_>) + Send>;
+
+pub struct ClientOptions {
+    pub url: String,
+    pub role: Role,
+    pub transport: Transport,
+    pub certificate: Certificate,
+    /// For the offer, the handshakes, and the HTTP request each.
+    pub timeout: Duration,
+    /// `SO_RCVBUF` for an ICE-TCP connection; `None` leaves the kernel's autotuning. A small
+    /// value emulates a client on a thin link.
+    pub tcp_recv_buffer: Option<u32>,
+}
+
+/// Counters a session keeps about itself.
+#[derive(Default)]
+pub struct SessionCounters {
+    pub srtp_errors: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+/// A connected session.
+pub struct Session {
+    /// The resource to DELETE when done (the `Location` of the WHIP/WHEP answer).
+    pub location: Option<String>,
+    pub negotiated: Negotiated,
+    /// SSRCs this endpoint sends with (a publisher's audio and video).
+    pub audio_ssrc: u32,
+    pub video_ssrc: u32,
+    pub counters: Arc<SessionCounters>,
+    link: Link,
+    srtp_out: SrtpContext,
+    buffer: Vec<u8>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    dtls: Arc<DTLSConn>,
+    timeout: Duration,
+}
+
+/// The sending half of the transport.
+#[derive(Clone)]
+enum Link {
+    Udp(Arc<UdpSocket>),
+    Tcp(Arc<Mutex<OwnedWriteHalf>>),
+}
+
+impl Link {
+    async fn send(&self, packet: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Udp(socket) => socket.send(packet).await.map(|_| ()),
+            Link::Tcp(writer) => {
+                let mut w = writer.lock().await;
+                w.write_all(&(packet.len() as u16).to_be_bytes()).await?;
+                w.write_all(packet).await
+            }
+        }
+    }
+}
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The SHA-256 fingerprint of a certificate, as `a=fingerprint` writes it.
+pub fn fingerprint_of(certificate: &Certificate) -> String {
+    let der = certificate
+        .certificate
+        .first()
+        .map(|c| c.as_ref())
+        .unwrap_or_default();
+    format_fingerprint(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
+}
+
+/// An offer as a browser makes it: Opus, VP8 and H264, BUNDLE, rtcp-mux.
+pub fn write_offer(
+    role: Role,
+    ufrag: &str,
+    pwd: &str,
+    fingerprint: &str,
+    audio_ssrc: u32,
+    video_ssrc: u32,
+) -> String {
+    let direction = match role {
+        Role::Publish => "sendonly",
+        Role::Play => "recvonly",
+    };
+    let mut sdp = format!(
+        "v=0\r\no=- {} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\na=msid-semantic: WMS *\r\n",
+        rand::random::<u32>()
+    );
+    let common = |mid: &str| {
+        format!(
+            "c=IN IP4 0.0.0.0\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {fingerprint}\r\n\
+             a=setup:actpass\r\na=mid:{mid}\r\na={direction}\r\na=rtcp-mux\r\na=rtcp-rsize\r\n"
+        )
+    };
+    sdp.push_str("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n");
+    sdp.push_str(&common("0"));
+    sdp.push_str("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n");
+    sdp.push_str("a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n");
+    if role == Role::Publish {
+        sdp.push_str(&format!(
+            "a=msid:loadgen audio\r\na=ssrc:{audio_ssrc} cname:loadgen\r\n"
+        ));
+    }
+    sdp.push_str("m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\n");
+    sdp.push_str(&common("1"));
+    sdp.push_str("a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 ccm fir\r\n");
+    sdp.push_str("a=rtpmap:102 H264/90000\r\na=rtcp-fb:102 nack pli\r\na=rtcp-fb:102 ccm fir\r\n");
+    sdp.push_str(
+        "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n",
+    );
+    if role == Role::Publish {
+        sdp.push_str(&format!(
+            "a=msid:loadgen video\r\na=ssrc:{video_ssrc} cname:loadgen\r\n"
+        ));
+    }
+    sdp
+}
+
+/// The parts of an answer the client needs.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub ice_ufrag: String,
+    pub ice_pwd: String,
+    pub fingerprint: Vec<u8>,
+    /// (transport, address) of every host candidate.
+    pub candidates: Vec<(Transport, SocketAddr)>,
+    pub audio_payload_type: Option<u8>,
+    pub video_payload_type: Option<u8>,
+    pub video_codec: String,
+}
+
+pub fn parse_answer(text: &str) -> Result<Answer, ClientError> {
+    let mut answer = Answer::default();
+    let mut media = "";
+    let mut section_rejected = false;
+    for line in text.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            let fields: Vec<&str> = m.split_whitespace().collect();
+            media = if fields.first() == Some(&"audio") {
+                "audio"
+            } else if fields.first() == Some(&"video") {
+                "video"
+            } else {
+                ""
+            };
+            section_rejected = fields.get(1) == Some(&"0");
+            let pt = fields.get(3).and_then(|p| p.parse::<u8>().ok());
+            if !section_rejected {
+                match media {
+                    "audio" => answer.audio_payload_type = pt,
+                    "video" => answer.video_payload_type = pt,
+                    _ => {}
+                }
+            }
+        } else if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
+            answer.ice_ufrag = v.to_string();
+        } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {
+            answer.ice_pwd = v.to_string();
+        } else if let Some(v) = line.strip_prefix("a=fingerprint:") {
+            let hex = v.split_once(' ').map(|(_, h)| h).unwrap_or_default();
+            answer.fingerprint = hex
+                .split(':')
+                .filter_map(|b| u8::from_str_radix(b, 16).ok())
+                .collect();
+        } else if let Some(v) = line.strip_prefix("a=rtpmap:") {
+            if media == "video" && !section_rejected && answer.video_codec.is_empty() {
+                answer.video_codec = v.split_whitespace().nth(1).unwrap_or_default().to_string();
+            }
+        } else if let Some(v) = line.strip_prefix("a=candidate:") {
+            let f: Vec<&str> = v.split_whitespace().collect();
+            if f.len() >= 8 && f[6] == "typ" && f[7] == "host" {
+                let transport = match f[2].to_ascii_lowercase().as_str() {
+                    "udp" => Transport::Udp,
+                    "tcp" if v.contains("tcptype passive") => Transport::Tcp,
+                    _ => continue,
+                };
+                if let (Ok(ip), Ok(port)) = (f[4].parse(), f[5].parse()) {
+                    let addr = SocketAddr::new(ip, port);
+                    if !answer.candidates.contains(&(transport, addr)) {
+                        answer.candidates.push((transport, addr));
+                    }
+                }
+            }
+        }
+    }
+    if answer.ice_ufrag.is_empty() || answer.ice_pwd.is_empty() {
+        return Err(ClientError::Answer("no ICE credentials".into()));
+    }
+    if answer.fingerprint.len() != 32 {
+        return Err(ClientError::Answer("no SHA-256 fingerprint".into()));
+    }
+    Ok(answer)
+}
+
+/// A `Conn` for webrtc-dtls: records from the reader task in, the link out.
+struct DtlsLink {
+    link: Link,
+    records: Mutex<mpsc::Receiver<Vec<u8>>>,
+    remote: SocketAddr,
+}
+
+#[async_trait]
+impl Conn for DtlsLink {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        match self.records.lock().await.recv().await {
+            Some(r) => {
+                let n = r.len().min(buf.len());
+                buf[..n].copy_from_slice(&r[..n]);
+                Ok(n)
+            }
+            None => Err(webrtc_util::Error::ErrUseClosedNetworkConn),
+        }
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        Ok((self.recv(buf).await?, self.remote))
+    }
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.link
+            .send(buf)
+            .await
+            .map_err(|e| webrtc_util::Error::Other(e.to_string()))?;
+        Ok(buf.len())
+    }
+    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.send(buf).await
+    }
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.remote)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.remote)
+    }
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// Demultiplexes what arrives: STUN to ICE, DTLS to the handshake, SRTP to the handler once
+/// the keys are known.
+struct Demux {
+    ice_ok: watch::Sender<u64>,
+    dtls: mpsc::Sender<Vec<u8>>,
+    keys: Option<oneshot::Receiver<(SrtpContext, Handler)>>,
+    media: Option<(SrtpContext, Handler)>,
+    counters: Arc<SessionCounters>,
+}
+
+impl Demux {
+    fn packet(&mut self, data: &mut [u8]) {
+        if self.media.is_none()
+            && let Some(rx) = self.keys.as_mut()
+            && let Ok(media) = rx.try_recv()
+        {
+            self.media = Some(media);
+            self.keys = None;
+        }
+        match classify(data) {
+            PacketKind::Stun => {
+                if StunMessage::parse(data).is_ok_and(|m| m.is_binding_success()) {
+                    self.ice_ok.send_modify(|n| *n += 1);
+                }
+            }
+            PacketKind::Dtls => {
+                let _ = self.dtls.try_send(data.to_vec());
+            }
+            kind @ (PacketKind::Rtp | PacketKind::Rtcp) => {
+                let Some((srtp, handler)) = self.media.as_mut() else {
+                    return;
+                };
+                let plain = if kind == PacketKind::Rtp {
+                    srtp.unprotect_rtp(data)
+                } else {
+                    srtp.unprotect_rtcp(data)
+                };
+                match plain {
+                    Ok(n) if kind == PacketKind::Rtp => handler(Incoming::Rtp(&data[..n])),
+                    Ok(n) => {
+                        let rtcp = &data[..n];
+                        if crate::wire::rtcp::compound(rtcp)
+                            .map_while(Result::ok)
+                            .any(|p| p.is_keyframe_request())
+                        {
+                            self.counters
+                                .keyframe_requests
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        handler(Incoming::Rtcp(rtcp))
+                    }
+                    Err(_) => {
+                        self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            PacketKind::Unknown => {}
+        }
+    }
+}
+
+fn binding_request(answer: &Answer, local_ufrag: &str, tie_breaker: u64, out: &mut [u8]) -> usize {
+    let key = stun::short_term_key(&answer.ice_pwd);
+    let txid: [u8; 12] = rand::random();
+    let username = format!("{}:{local_ufrag}", answer.ice_ufrag);
+    let mut build = || -> Result<usize, stun::StunError> {
+        let mut w = StunWriter::new(out, BINDING_REQUEST, &txid)?;
+        w.username(username.as_bytes())?
+            .priority(1_845_501_695)?
+            .ice_controlling(tie_breaker)?
+            .use_candidate()?
+            .message_integrity(&key)?;
+        w.fingerprint()
+    };
+    build().unwrap_or(0)
+}
+
+/// Publishes or plays one stream: offer, answer, ICE, DTLS. `handler` sees every decrypted
+/// packet the server sends.
+pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Session, ClientError> {
+    let local_ufrag = random_token(8);
+    let local_pwd = random_token(24);
+    let (audio_ssrc, video_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
+    let offer = write_offer(
+        options.role,
+        &local_ufrag,
+        &local_pwd,
+        &fingerprint_of(&options.certificate),
+        audio_ssrc,
+        video_ssrc,
+    );
+    let response = http::request(
+        "POST",
+        &options.url,
+        Some("application/sdp"),
+        &offer,
+        options.timeout,
+    )
+    .await?;
+    if response.status != 201 {
+        return Err(ClientError::Refused {
+            status: response.status,
+            message: response.body.trim().to_string(),
+        });
+    }
+    let location = response
+        .header("location")
+        .map(|l| http::resolve(&options.url, l));
+    let answer = parse_answer(&response.body)?;
+    let server = answer
+        .candidates
+        .iter()
+        .find(|(t, _)| *t == options.transport)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| ClientError::Answer(format!("no {} candidate", options.transport)))?;
+
+    let (ice_tx, mut ice_rx) = watch::channel(0u64);
+    let (dtls_tx, dtls_rx) = mpsc::channel(64);
+    let (keys_tx, keys_rx) = oneshot::channel();
+    let counters = Arc::new(SessionCounters::default());
+    let mut demux = Demux {
+        ice_ok: ice_tx,
+        dtls: dtls_tx,
+        keys: Some(keys_rx),
+        media: None,
+        counters: counters.clone(),
+    };
+    let transport_error =
+        |e: std::io::Error| ClientError::Transport(options.transport, e.to_string());
+    let mut tasks = Vec::new();
+    let link = match options.transport {
+        Transport::Udp => {
+            let bind: SocketAddr = if server.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .expect("literal");
+            let bind = if server.ip().is_loopback() {
+                SocketAddr::new(server.ip(), 0)
+            } else {
+                bind
+            };
+            let socket = Arc::new(UdpSocket::bind(bind).await.map_err(transport_error)?);
+            socket.connect(server).await.map_err(transport_error)?;
+            let reader = socket.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok(n) = reader.recv(&mut buf).await {
+                    demux.packet(&mut buf[..n]);
+                }
+            }));
+            Link::Udp(socket)
+        }
+        Transport::Tcp => {
+            let socket = if server.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(transport_error)?;
+            if let Some(size) = options.tcp_recv_buffer {
+                socket.set_recv_buffer_size(size).map_err(transport_error)?;
+            }
+            let stream = tokio::time::timeout(options.timeout, socket.connect(server))
+                .await
+                .map_err(|_| ClientError::Transport(Transport::Tcp, "connect timed out".into()))?
+                .map_err(transport_error)?;
+            let _ = stream.set_nodelay(true);
+            let (mut read, write) = stream.into_split();
+            tasks.push(tokio::spawn(async move {
+                let mut frames = FrameReader::new(crate::worker::io::MAX_PACKET);
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if frames.feed(&mut buf[..n], |f| demux.packet(f)).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }));
+            Link::Tcp(Arc::new(Mutex::new(write)))
+        }
+    };
+
+    // ICE: checks with USE-CANDIDATE until one is answered (the server is ICE-lite).
+    let tie_breaker: u64 = rand::random();
+    let started = Instant::now();
+    let mut check = vec![0u8; 256];
+    loop {
+        let n = binding_request(&answer, &local_ufrag, tie_breaker, &mut check);
+        link.send(&check[..n]).await.map_err(transport_error)?;
+        let answered = tokio::time::timeout(Duration::from_millis(100), ice_rx.changed()).await;
+        if matches!(answered, Ok(Ok(()))) {
+            break;
+        }
+        if started.elapsed() > options.timeout {
+            return Err(ClientError::IceTimeout(options.timeout));
+        }
+    }
+    // Consent freshness (RFC 7675): a check every 2 s keeps the server's ICE timer fed.
+    let keepalive_link = link.clone();
+    let keepalive_answer = answer.clone();
+    let keepalive_ufrag = local_ufrag.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut buf = vec![0u8; 256];
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let n = binding_request(&keepalive_answer, &keepalive_ufrag, tie_breaker, &mut buf);
+            if keepalive_link.send(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    }));
+
+    let dtls_conn = Arc::new(DtlsLink {
+        link: link.clone(),
+        records: Mutex::new(dtls_rx),
+        remote: server,
+    });
+    let config = DtlsConfig {
+        certificates: vec![options.certificate.clone()],
+        srtp_protection_profiles: vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ],
+        // The server's certificate is self-signed: it is checked against the answer's
+        // fingerprint below.
+        insecure_skip_verify: true,
+        extended_master_secret: ExtendedMasterSecretType::Require,
+        ..Default::default()
+    };
+    let dtls = tokio::time::timeout(
+        options.timeout,
+        DTLSConn::new(dtls_conn, config, true, None),
+    )
+    .await
+    .map_err(|_| ClientError::Dtls("handshake timed out".into()))?
+    .map_err(|e| ClientError::Dtls(e.to_string()))?;
+    let state = dtls.connection_state().await;
+    let presented = state
+        .peer_certificates
+        .first()
+        .map(|der| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der));
+    if presented.as_ref().map(|d| d.as_ref()) != Some(&answer.fingerprint[..]) {
+        return Err(ClientError::Dtls(
+            "the server's certificate does not match the answer's fingerprint".into(),
+        ));
+    }
+    let profile = match dtls.selected_srtpprotection_profile() {
+        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => SrtpProfile::AeadAes128Gcm,
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => SrtpProfile::Aes128CmHmacSha1_80,
+        other => {
+            return Err(ClientError::Dtls(format!(
+                "unsupported SRTP profile {other:?}"
+            )));
+        }
+    };
+    let material = state
+        .export_keying_material("EXTRACTOR-dtls_srtp", &[], profile.keying_material_len())
+        .await
+        .map_err(|e| ClientError::Dtls(e.to_string()))?;
+    let (srtp_out, srtp_in) = SrtpContext::from_dtls_export(profile, &material, true)
+        .map_err(|e| ClientError::Dtls(e.to_string()))?;
+    let _ = keys_tx.send((srtp_in, handler));
+    Ok(Session {
+        location,
+        negotiated: Negotiated {
+            audio_payload_type: answer.audio_payload_type,
+            video_payload_type: answer.video_payload_type,
+            video_codec: answer.video_codec.clone(),
+            server: Some(server),
+        },
+        audio_ssrc,
+        video_ssrc,
+        counters,
+        link,
+        srtp_out,
+        buffer: vec![0u8; 2048],
+        tasks,
+        dtls: Arc::new(dtls),
+        timeout: options.timeout,
+    })
+}
+
+impl Session {
+    /// Protects and sends one RTP packet (at most 2000 bytes).
+    pub async fn send_rtp(&mut self, packet: &[u8]) -> std::io::Result<()> {
+        let len = packet.len();
+        if len + 32 > self.buffer.len() {
+            return Err(std::io::Error::other("packet too large"));
+        }
+        self.buffer[..len].copy_from_slice(packet);
+        let n = self
+            .srtp_out
+            .protect_rtp(&mut self.buffer, len)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.link.send(&self.buffer[..n]).await
+    }
+
+    /// Protects and sends one RTCP packet.
+    pub async fn send_rtcp(&mut self, packet: &[u8]) -> std::io::Result<()> {
+        let len = packet.len();
+        self.buffer[..len].copy_from_slice(packet);
+        let n = self
+            .srtp_out
+            .protect_rtcp(&mut self.buffer, len)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.link.send(&self.buffer[..n]).await
+    }
+
+    /// Ends the session: DELETE on its resource, DTLS close_notify, tasks stopped.
+    pub async fn close(self) {
+        if let Some(location) = &self.location {
+            let _ = http::request("DELETE", location, None, "", self.timeout).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.dtls.close()).await;
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+// The TCP framing prefix the link writes must stay what the relay reads.
+const _: () = assert!(framing::PREFIX_LEN == 2);
