@@ -1,0 +1,116 @@
+//! loadgen: real WebRTC publishers and players against any WHIP/WHEP server, end-to-end latency
+//! into HdrHistogram files, and comparisons of runs.
+
+mod compare;
+mod hgrm;
+mod payload;
+mod run;
+mod summary;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: run::RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a load scenario (the default when no subcommand is given).
+    Run(run::RunArgs),
+    /// Show runs side by side: percentiles with ratios to the first run.
+    Compare {
+        /// Output directories of earlier runs.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Also draw latency by percentile for all runs into this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Some(Command::Compare { dirs, plot }) => match compare::compare(&dirs, plot.as_deref()) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Run(args)) => run_scenario(args),
+        None => run_scenario(cli.run),
+    }
+}
+
+fn run_scenario(args: run::RunArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = args.out.clone();
+    match runtime.block_on(run::run(args)) {
+        Ok(summary) => {
+            let l = &summary.latency_ms;
+            let j = &summary.join_ms;
+            println!(
+                "players {}/{} joined ({} failed); loss {:.3}% ({} of {}); latency p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; join p50 {:.1} p99 {:.1} ms; loadgen CPU {:.0}%",
+                summary.players.joined,
+                summary.players.target,
+                summary.players.failed,
+                summary.totals.loss_percent,
+                summary.totals.lost_packets,
+                summary.totals.expected_packets,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                j.p50,
+                j.p99,
+                summary.loadgen.cpu_percent
+            );
+            if let Some(max) = summary.players.max_without_loss {
+                println!("find-max: the server carried {max} players without loss");
+            }
+            if let Some(note) = &summary.loadgen.bottleneck {
+                println!("note: {note}");
+            }
+            for e in summary.errors.iter().take(5) {
+                println!("error: {e}");
+            }
+            println!(
+                "wrote {}/summary.json, latency.hgrm, join.hgrm, intervals.json",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
