@@ -30,7 +30,7 @@ pub fn in_private_network(test: &str) -> bool {
         return false;
     }
     let exe = std::env::current_exe().expect("test executable");
-    let status = Command::new("unshare")
+    let output = Command::new("unshare")
         .args([
             "-n",
             "--",
@@ -41,11 +41,14 @@ pub fn in_private_network(test: &str) -> bool {
         .arg(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("IN_TEST_NETNS_OF_CORECAST", "1")
-        .status()
+        .output()
         .expect("running the test in a network namespace");
+    // The inner run's own report would read as a second test run: show it only on failure.
     assert!(
-        status.success(),
-        "{test} failed inside its network namespace"
+        output.status.success(),
+        "{test} failed inside its network namespace:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
     true
 }
