@@ -151,5 +151,53 @@ fn ice(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, srtp, rewrite, ice);
+/// The cross-worker queue: one shared packet handle per target worker, pushed by the
+/// publisher's worker and popped by the player's.
+fn fanout_ring(c: &mut Criterion) {
+    use crossbeam_queue::ArrayQueue;
+    use std::sync::Arc;
+    let queue: ArrayQueue<Arc<[u8]>> = ArrayQueue::new(8192);
+    let packet: Arc<[u8]> = Arc::from(vec![0u8; 1200]);
+    let mut group = c.benchmark_group("fanout_ring");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("push_pop_same_thread", |b| {
+        b.iter(|| {
+            queue.push(packet.clone()).unwrap();
+            black_box(queue.pop().unwrap());
+        })
+    });
+    // Producer and consumer on two threads, as between two workers: time per packet handed over.
+    group.bench_function("handoff_between_threads", |b| {
+        b.iter_custom(|iters| {
+            let queue = Arc::new(ArrayQueue::<Arc<[u8]>>::new(8192));
+            let consumer = {
+                let queue = queue.clone();
+                std::thread::spawn(move || {
+                    let mut got = 0;
+                    while got < iters {
+                        if queue.pop().is_some() {
+                            got += 1;
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                })
+            };
+            let start = Instant::now();
+            let mut sent = 0;
+            while sent < iters {
+                if queue.push(packet.clone()).is_ok() {
+                    sent += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            consumer.join().unwrap();
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, srtp, rewrite, ice, fanout_ring);
 criterion_main!(benches);
