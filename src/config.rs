@@ -14,6 +14,14 @@ pub struct Config {
     pub http: HttpConfig,
     pub media: MediaConfig,
     pub workers: WorkersConfig,
+    pub cascade: CascadeConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CascadeConfig {
+    /// `http://HOST:PORT` of an origin relay: a player asking for a stream this relay does not
+    /// have makes it pull the stream from there.
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +147,7 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("workers", &["count", "pin"]),
+    ("cascade", &["origin"]),
 ];
 
 impl Default for Config {
@@ -166,6 +175,7 @@ impl Default for Config {
                 count: 0,
                 pin: true,
             },
+            cascade: CascadeConfig::default(),
         }
     }
 }
@@ -307,6 +317,16 @@ impl Config {
                 other => return Err(bad("workers.pin", other, "must be true or false")),
             };
         }
+        if let Some(v) = get("cascade", "origin") {
+            const ALLOWED: &str = "must be the origin relay's base URL, like http://10.0.0.5:8080";
+            match v {
+                Value::String(s) if s.is_empty() => config.cascade.origin = None,
+                Value::String(s) if s.starts_with("http://") && s.len() > 7 => {
+                    config.cascade.origin = Some(s.trim_end_matches('/').to_string())
+                }
+                other => return Err(bad("cascade.origin", other, ALLOWED)),
+            }
+        }
         Ok(config)
     }
 
@@ -350,7 +370,25 @@ impl Config {
             self.media.ice_timeout.as_secs(),
             self.workers.count,
             self.workers.pin,
+        ) + &format!(
+            "\n[cascade]\norigin = \"{}\"\n",
+            self.cascade.origin.as_deref().unwrap_or("")
         )
+    }
+
+    /// The URL this relay's own HTTP server answers on, for bridges that talk to it.
+    pub fn self_url(&self) -> String {
+        let listen = self.http.listen;
+        let ip = if listen.ip().is_unspecified() {
+            if listen.is_ipv4() {
+                "127.0.0.1".parse().expect("literal")
+            } else {
+                "::1".parse().expect("literal")
+            }
+        } else {
+            listen.ip()
+        };
+        format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
     }
 }
 
@@ -451,6 +489,9 @@ mod tests {
     fn printed_config_loads_back_unchanged() {
         let mut c = Config::default();
         c.workers.count = 2;
+        c.media.protocol = MediaProtocol::Tcp;
+        c.media.tcp_send_queue = 64;
+        c.cascade.origin = Some("http://127.0.0.1:9000".into());
         c.media.ports = PortRange {
             first: 2000,
             last: 2001,

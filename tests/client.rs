@@ -28,6 +28,7 @@ fn options(
         certificate: certificate.clone(),
         timeout: Duration::from_secs(10),
         tcp_recv_buffer: None,
+        video_codec: None,
     }
 }
 

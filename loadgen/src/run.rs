@@ -412,6 +412,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
         certificate: certificate.clone(),
         timeout,
         tcp_recv_buffer: None,
+        video_codec: None,
     };
 
     // Publishers first: players need streams to play.
@@ -478,6 +479,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
                     certificate: certificate.clone(),
                     timeout: Duration::from_secs_f64(args.connect_timeout),
                     tcp_recv_buffer: None,
+                    video_codec: None,
                 };
                 let shared = shared.clone();
                 let sessions_tx = sessions_tx.clone();

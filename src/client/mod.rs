@@ -96,7 +96,22 @@ pub struct ClientOptions {
     /// `SO_RCVBUF` for an ICE-TCP connection; `None` leaves the kernel's autotuning. A small
     /// value emulates a client on a thin link.
     pub tcp_recv_buffer: Option<u32>,
+    /// Offer only this video codec (`VP8`, `H264`, `VP9` or `AV1`), e.g. to republish a stream
+    /// in the codec it has; `None` offers them all, VP8 first, as browsers do.
+    pub video_codec: Option<String>,
 }
+
+/// The video codecs the client offers: (payload type, rtpmap, fmtp).
+const VIDEO_CODECS: &[(u8, &str, &str)] = &[
+    (96, "VP8/90000", ""),
+    (
+        102,
+        "H264/90000",
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+    ),
+    (98, "VP9/90000", "profile-id=0"),
+    (45, "AV1/90000", ""),
+];
 
 /// Counters a session keeps about itself.
 #[derive(Default)]
@@ -119,6 +134,7 @@ pub struct Session {
     buffer: Vec<u8>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     dtls: Arc<DTLSConn>,
+    closed: watch::Receiver<bool>,
     timeout: Duration,
 }
 
@@ -159,7 +175,8 @@ pub fn fingerprint_of(certificate: &Certificate) -> String {
     format_fingerprint(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
 }
 
-/// An offer as a browser makes it: Opus, VP8 and H264, BUNDLE, rtcp-mux.
+/// An offer as a browser makes it: Opus; VP8, H264, VP9 and AV1 (or only `video_codec`);
+/// BUNDLE, rtcp-mux.
 pub fn write_offer(
     role: Role,
     ufrag: &str,
@@ -167,6 +184,7 @@ pub fn write_offer(
     fingerprint: &str,
     audio_ssrc: u32,
     video_ssrc: u32,
+    video_codec: Option<&str>,
 ) -> String {
     let direction = match role {
         Role::Publish => "sendonly",
@@ -191,13 +209,31 @@ pub fn write_offer(
             "a=msid:loadgen audio\r\na=ssrc:{audio_ssrc} cname:loadgen\r\n"
         ));
     }
-    sdp.push_str("m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\n");
+    let codecs: Vec<&(u8, &str, &str)> = VIDEO_CODECS
+        .iter()
+        .filter(|(_, rtpmap, _)| {
+            video_codec.is_none_or(|c| {
+                rtpmap
+                    .split('/')
+                    .next()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(c))
+            })
+        })
+        .collect();
+    let formats: Vec<String> = codecs.iter().map(|(pt, _, _)| pt.to_string()).collect();
+    sdp.push_str(&format!(
+        "m=video 9 UDP/TLS/RTP/SAVPF {}\r\n",
+        formats.join(" ")
+    ));
     sdp.push_str(&common("1"));
-    sdp.push_str("a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 ccm fir\r\n");
-    sdp.push_str("a=rtpmap:102 H264/90000\r\na=rtcp-fb:102 nack pli\r\na=rtcp-fb:102 ccm fir\r\n");
-    sdp.push_str(
-        "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n",
-    );
+    for (pt, rtpmap, fmtp) in codecs {
+        sdp.push_str(&format!(
+            "a=rtpmap:{pt} {rtpmap}\r\na=rtcp-fb:{pt} nack pli\r\na=rtcp-fb:{pt} ccm fir\r\n"
+        ));
+        if !fmtp.is_empty() {
+            sdp.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+        }
+    }
     if role == Role::Publish {
         sdp.push_str(&format!(
             "a=msid:loadgen video\r\na=ssrc:{video_ssrc} cname:loadgen\r\n"
@@ -421,6 +457,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         &fingerprint_of(&options.certificate),
         audio_ssrc,
         video_ssrc,
+        options.video_codec.as_deref(),
     );
     let response = http::request(
         "POST",
@@ -600,6 +637,15 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
     let (srtp_out, srtp_in) = SrtpContext::from_dtls_export(profile, &material, true)
         .map_err(|e| ClientError::Dtls(e.to_string()))?;
     let _ = keys_tx.send((srtp_in, handler));
+    let dtls = Arc::new(dtls);
+    // The server ends the session with a DTLS close_notify (or the link drops): note it.
+    let (closed_tx, closed) = watch::channel(false);
+    let watched = dtls.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while watched.read(&mut buf, None).await.is_ok() {}
+        let _ = closed_tx.send(true);
+    }));
     Ok(Session {
         location,
         negotiated: Negotiated {
@@ -615,7 +661,8 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         srtp_out,
         buffer: vec![0u8; 2048],
         tasks,
-        dtls: Arc::new(dtls),
+        dtls,
+        closed,
         timeout: options.timeout,
     })
 }
@@ -644,6 +691,14 @@ impl Session {
             .protect_rtcp(&mut self.buffer, len)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.link.send(&self.buffer[..n]).await
+    }
+
+    /// Resolves once the server has closed the session (DTLS close_notify or a dead link).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.closed.clone();
+        async move {
+            let _ = closed.wait_for(|c| *c).await;
+        }
     }
 
     /// Ends the session: DELETE on its resource, DTLS close_notify, tasks stopped.

@@ -35,7 +35,16 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/whip/{stream}", post(whip))
         .route("/whep/{stream}", post(whep))
         .route("/session/{id}", delete(delete_session))
+        .route("/api/sessions/{id}", delete(delete_session))
         .route("/api/streams", get(streams))
+        .route("/api/streams/{name}", get(stream).delete(terminate_stream))
+        .route("/rest-api/pull/push", post(pull_push))
+        .route(
+            "/rest-api/pull/find_all",
+            post(pull_find_all).get(pull_find_all),
+        )
+        .route("/rest-api/pull/terminate", post(pull_terminate))
+        .route("/ws", get(super::ws::upgrade))
         .route("/metrics", get(metrics))
         .layer(
             CorsLayer::new()
@@ -98,8 +107,11 @@ async fn whep(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    offer_text(&headers, &body)
-        .and_then(|offer| control.play(&stream, offer))
+    let result = match offer_text(&headers, &body) {
+        Ok(offer) => control.play_or_pull(&stream, offer).await,
+        Err(e) => Err(e),
+    };
+    result
         .map(created)
         .inspect_err(|_| control.count_rejected_offer())
 }
@@ -120,6 +132,109 @@ async fn delete_session(
 
 async fn streams(State(control): State<Arc<Control>>) -> Response {
     axum::Json(control.streams()).into_response()
+}
+
+async fn stream(
+    State(control): State<Arc<Control>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    control
+        .streams()
+        .into_iter()
+        .find(|s| s.stream == name)
+        .map(|s| axum::Json(s).into_response())
+        .ok_or_else(|| ApiError::new(404, format!("stream `{name}` does not exist")))
+}
+
+async fn terminate_stream(
+    State(control): State<Arc<Control>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if control.terminate_stream(&name).await {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::new(
+            404,
+            format!("stream `{name}` does not exist"),
+        ))
+    }
+}
+
+/// The JSON body of the republishing calls (WCS's names).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PullRequest {
+    uri: Option<String>,
+    local_stream_name: Option<String>,
+    remote_stream_name: Option<String>,
+    local_media_session_id: Option<String>,
+}
+
+fn pull_request(body: &Bytes) -> Result<PullRequest, ApiError> {
+    if body.is_empty() {
+        return Ok(PullRequest::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, format!("the body is not the expected JSON: {e}")))
+}
+
+async fn pull_push(State(control): State<Arc<Control>>, body: Bytes) -> Result<Response, ApiError> {
+    let request = pull_request(&body)?;
+    let (Some(uri), Some(local)) = (request.uri, request.local_stream_name) else {
+        return Err(ApiError::new(
+            400,
+            "`uri` and `localStreamName` are required",
+        ));
+    };
+    let remote = request.remote_stream_name.unwrap_or_else(|| local.clone());
+    let view = control.cascade.push(&control, &uri, &local, &remote)?;
+    Ok(axum::Json(view).into_response())
+}
+
+async fn pull_find_all(State(control): State<Arc<Control>>) -> Response {
+    axum::Json(control.cascade.find_all()).into_response()
+}
+
+async fn pull_terminate(
+    State(control): State<Arc<Control>>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let request = pull_request(&body)?;
+    let id = match request
+        .local_media_session_id
+        .as_deref()
+        .map(str::parse::<u64>)
+    {
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            return Err(ApiError::new(
+                400,
+                "`localMediaSessionId` is not a republishing id",
+            ));
+        }
+        None => None,
+    };
+    if id.is_none()
+        && request.uri.is_none()
+        && request.local_stream_name.is_none()
+        && request.remote_stream_name.is_none()
+    {
+        return Err(ApiError::new(
+            400,
+            "name what to terminate: `localMediaSessionId`, or `uri` and stream names",
+        ));
+    }
+    let stopped = control.cascade.terminate_matching(
+        id,
+        request.uri.as_deref(),
+        request.local_stream_name.as_deref(),
+        request.remote_stream_name.as_deref(),
+    );
+    if stopped == 0 {
+        Err(ApiError::new(404, "no republished stream matches"))
+    } else {
+        Ok(StatusCode::OK)
+    }
 }
 
 async fn metrics(State(control): State<Arc<Control>>) -> Response {

@@ -1,8 +1,10 @@
 //! The control thread: signaling (WHIP, WHEP, the stream API), the session registry, the media
 //! port range and DTLS handshakes. Nothing here runs per media packet.
 
+pub mod cascade;
 pub mod dtls;
 pub mod http;
+pub mod ws;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -57,6 +59,34 @@ struct SessionEntry {
     dtls_stop: Option<oneshot::Sender<()>>,
     dtls_task: Option<tokio::task::JoinHandle<()>>,
     closed_waiters: Vec<oneshot::Sender<()>>,
+    /// Signaling connections (WebSocket) told of this session's status.
+    watchers: Vec<mpsc::UnboundedSender<StatusEvent>>,
+}
+
+/// Why a session ends: a normal end (client, publisher gone) or a failure (ICE, DTLS).
+#[derive(Debug, Clone)]
+pub enum Ending {
+    Normal(String),
+    Failure(String),
+}
+
+impl Ending {
+    fn reason(&self) -> &str {
+        match self {
+            Ending::Normal(r) | Ending::Failure(r) => r,
+        }
+    }
+}
+
+/// A session's stream status, as WebSocket signaling reports it (the names WCS users know).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusEvent {
+    pub session: SessionId,
+    pub stream: String,
+    /// PUBLISHING, PLAYING, UNPUBLISHED, STOPPED or FAILED.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 struct StreamEntry {
@@ -65,6 +95,9 @@ struct StreamEntry {
     worker: usize,
     tracks: Vec<PublishedTrack>,
     players: BTreeSet<SessionId>,
+    /// Set when this relay pulls the stream from its origin: the bridge to stop once the last
+    /// player leaves.
+    pulled_by: Option<u64>,
 }
 
 #[derive(Default)]
@@ -116,6 +149,7 @@ pub struct Control {
     registry: Mutex<Registry>,
     ports: Mutex<PortAllocator>,
     pub counters: ControlCounters,
+    pub cascade: cascade::Cascade,
 }
 
 /// A created session, for the HTTP response.
@@ -145,6 +179,17 @@ pub struct StreamView {
     pub publisher: SessionView,
     pub tracks: Vec<TrackView>,
     pub players: Vec<SessionView>,
+}
+
+/// Tells a session's watchers its new status; watchers that went away are dropped.
+fn notify(entry: &mut SessionEntry, id: SessionId, status: &'static str, reason: Option<String>) {
+    let event = StatusEvent {
+        session: id,
+        stream: entry.stream.clone(),
+        status,
+        reason,
+    };
+    entry.watchers.retain(|w| w.send(event.clone()).is_ok());
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,7 +234,9 @@ impl Control {
         let fingerprint =
             format_fingerprint(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         let ports = PortAllocator::new(config.media.ports, workers.len());
+        let cascade = cascade::Cascade::new(&config, certificate.clone());
         Ok(Arc::new(Control {
+            cascade,
             config,
             workers,
             certificate,
@@ -329,6 +376,7 @@ impl Control {
                         worker,
                         tracks,
                         players: BTreeSet::new(),
+                        pulled_by: None,
                     },
                 );
             }
@@ -384,6 +432,7 @@ impl Control {
                 dtls_stop: Some(stop_tx),
                 dtls_task: Some(dtls_task),
                 closed_waiters: Vec::new(),
+                watchers: Vec::new(),
             },
         );
         self.counters
@@ -420,6 +469,11 @@ impl Control {
                 && s.state != SessionState::Closing
             {
                 s.state = SessionState::Connected;
+                let status = match s.role {
+                    Role::Publisher => "PUBLISHING",
+                    Role::Player => "PLAYING",
+                };
+                notify(s, id, status, None);
             }
             tracing::info!(session = id, "DTLS connected, media flowing");
         })
@@ -427,10 +481,10 @@ impl Control {
         match outcome {
             dtls::DtlsOutcome::Stopped => {}
             dtls::DtlsOutcome::Failed(reason) => {
-                tokio::spawn(self.end_session(id, reason));
+                tokio::spawn(self.end_session(id, Ending::Failure(reason)));
             }
             dtls::DtlsOutcome::PeerClosed => {
-                tokio::spawn(self.end_session(id, "the peer closed DTLS".to_string()));
+                tokio::spawn(self.end_session(id, Ending::Normal("the peer closed DTLS".into())));
             }
         }
     }
@@ -441,11 +495,11 @@ impl Control {
     pub fn end_session(
         self: Arc<Self>,
         id: SessionId,
-        reason: String,
+        ending: Ending,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         // Boxed: ending a publisher spawns the ends of its players, a recursive future.
         Box::pin(async move {
-            let (stop, task, worker, players) = {
+            let (stop, task, worker, players, pull_to_stop) = {
                 let mut guard = lock(&self.registry);
                 let registry = &mut *guard;
                 let Some(entry) = registry.sessions.get_mut(&id) else {
@@ -455,7 +509,14 @@ impl Control {
                     return;
                 }
                 entry.state = SessionState::Closing;
+                let status = match (&ending, entry.role) {
+                    (Ending::Failure(_), _) => "FAILED",
+                    (_, Role::Publisher) => "UNPUBLISHED",
+                    (_, Role::Player) => "STOPPED",
+                };
+                notify(entry, id, status, Some(ending.reason().to_string()));
                 let mut players = Vec::new();
+                let mut pull_to_stop = None;
                 match entry.role {
                     Role::Publisher => {
                         if registry
@@ -475,6 +536,9 @@ impl Control {
                             && stream.id == entry.stream_id
                         {
                             stream.players.remove(&id);
+                            if stream.players.is_empty() {
+                                pull_to_stop = stream.pulled_by;
+                            }
                             if stream.worker != entry.worker {
                                 self.workers[stream.worker].send(Command::RemoteInterest {
                                     stream: entry.stream_id,
@@ -490,9 +554,14 @@ impl Control {
                     entry.dtls_task.take(),
                     entry.worker,
                     players,
+                    pull_to_stop,
                 )
             };
-            tracing::info!(session = id, %reason, "session ending");
+            tracing::info!(session = id, reason = ending.reason(), "session ending");
+            if let Some(bridge) = pull_to_stop {
+                // The last player of a pulled stream left: stop pulling it from the origin.
+                self.cascade.terminate(bridge);
+            }
             self.counters.sessions_ended.fetch_add(1, Ordering::Relaxed);
             if let Some(stop) = stop {
                 let _ = stop.send(());
@@ -510,10 +579,56 @@ impl Control {
             for player in players {
                 tokio::spawn(
                     self.clone()
-                        .end_session(player, "the publisher left".to_string()),
+                        .end_session(player, Ending::Normal("the publisher left".into())),
                 );
             }
         })
+    }
+
+    /// Plays `stream`; when it is not here and an origin is configured, pulls it from the
+    /// origin first (`cascade.origin`).
+    pub async fn play_or_pull(
+        self: &Arc<Self>,
+        stream: &str,
+        offer_text: &str,
+    ) -> Result<Created, ApiError> {
+        match self.play(stream, offer_text) {
+            Err(e) if e.status == 404 && self.cascade.has_origin() => {
+                self.cascade.pull(self, stream).await.map_err(|reason| {
+                    ApiError::new(502, format!("stream `{stream}` is not here, and pulling it from the origin failed: {reason}"))
+                })?;
+                self.play(stream, offer_text)
+            }
+            other => other,
+        }
+    }
+
+    /// Sends `watcher` the status events of session `id` from now on.
+    pub fn watch_session(&self, id: SessionId, watcher: mpsc::UnboundedSender<StatusEvent>) {
+        if let Some(entry) = lock(&self.registry).sessions.get_mut(&id) {
+            entry.watchers.push(watcher);
+        }
+    }
+
+    /// Whether a stream is published here.
+    pub fn has_stream(&self, name: &str) -> bool {
+        lock(&self.registry).streams.contains_key(name)
+    }
+
+    /// Ends a stream: its publisher, and with it its players. `false` if there is none.
+    pub async fn terminate_stream(self: &Arc<Self>, name: &str) -> bool {
+        let publisher = lock(&self.registry).streams.get(name).map(|s| s.publisher);
+        match publisher {
+            Some(id) => self.delete_session(id).await,
+            None => false,
+        }
+    }
+
+    /// Marks a stream as pulled by `bridge`, so the pull stops when its last player leaves.
+    pub fn mark_pulled(&self, name: &str, bridge: u64) {
+        if let Some(stream) = lock(&self.registry).streams.get_mut(name) {
+            stream.pulled_by = Some(bridge);
+        }
     }
 
     /// Ends a session and waits until its port is free again. `false` if there is no such session.
@@ -527,7 +642,7 @@ impl Control {
             entry.closed_waiters.push(waiter_tx);
         }
         self.clone()
-            .end_session(id, "deleted by the client".to_string())
+            .end_session(id, Ending::Normal("deleted by the client".into()))
             .await;
         let _ = tokio::time::timeout(CLOSE_WAIT, waiter_rx).await;
         true
@@ -556,7 +671,7 @@ impl Control {
                         "ICE timeout: no valid connectivity check for {} s",
                         self.config.media.ice_timeout.as_secs()
                     );
-                    tokio::spawn(self.clone().end_session(session, reason));
+                    tokio::spawn(self.clone().end_session(session, Ending::Failure(reason)));
                 }
                 Event::Closed { session } => {
                     let entry = lock(&self.registry).sessions.remove(&session);
