@@ -390,3 +390,211 @@ fn mixed_transports_in_one_stream_udp_to_tcp_and_tcp_to_udp() {
         browser.close().await;
     });
 }
+
+/// Plays `stream` from another relay (its base URL) from the page of the first.
+async fn play_from(browser: &Browser, server: &str, stream: &str) -> Value {
+    let options = json!({ "server": server });
+    browser
+        .call(
+            "return await corecast.play(arguments[0], arguments[1])",
+            vec![json!(stream), options],
+        )
+        .await
+}
+
+fn two_relays(edge_origin: bool) -> (Relay, Relay) {
+    let origin = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", &media_range(16)),
+    ]);
+    let mut edge_env = vec![
+        ("CORECAST_WORKERS_COUNT", "2".to_string()),
+        ("CORECAST_MEDIA_PORTS", media_range(16)),
+    ];
+    if edge_origin {
+        edge_env.push(("CORECAST_CASCADE_ORIGIN", origin.http.clone()));
+    }
+    let edge_env: Vec<(&str, &str)> = edge_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let edge = Relay::start(&edge_env);
+    (origin, edge)
+}
+
+#[test]
+fn chromium_publishes_on_an_origin_and_plays_from_an_edge_by_push_and_by_pull() {
+    let _one = exclusive();
+    if common::in_private_network(
+        "chromium_publishes_on_an_origin_and_plays_from_an_edge_by_push_and_by_pull",
+    ) {
+        return;
+    }
+    runtime().block_on(async {
+        let (origin, edge) = two_relays(true);
+        let browser = Browser::start().await;
+        browser
+            .client
+            .goto(&origin.url("/"))
+            .await
+            .expect("loading the page");
+        publish(&browser, &origin, "show", None).await;
+
+        // Push: the origin republishes "show" to the edge as "show-pushed".
+        let body = format!(
+            r#"{{"uri":"{}","localStreamName":"show","remoteStreamName":"show-pushed"}}"#,
+            edge.http
+        );
+        let r = common::http(
+            "POST",
+            &origin.url("/rest-api/pull/push"),
+            Some("application/json"),
+            &body,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !common::http("GET", &edge.url("/api/streams"), None, "")
+            .body
+            .contains("show-pushed")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the push did not arrive:\n{}",
+                origin.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let pushed = play_from(&browser, &edge.http, "show-pushed").await;
+        // Pull: a player asks the edge for "show", which it does not have: it pulls it.
+        let pulled = play_from(&browser, &edge.http, "show").await;
+        let decoded = wait_decoding(&browser, &edge, &[pushed.clone(), pulled.clone()]).await;
+        for s in &decoded {
+            assert_transport(s, "udp");
+        }
+
+        // Terminating the push removes the stream from the edge.
+        let stop = format!(
+            r#"{{"uri":"{}","remoteStreamName":"show-pushed"}}"#,
+            edge.http
+        );
+        let r = common::http(
+            "POST",
+            &origin.url("/rest-api/pull/terminate"),
+            Some("application/json"),
+            &stop,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while common::http("GET", &edge.url("/api/streams"), None, "")
+            .body
+            .contains("show-pushed")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the pushed stream stayed on the edge"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The pulled stream plays on: it is a separate bridge.
+        let before = num(&browser.stats(&pulled).await, "videoFramesDecoded");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(num(&browser.stats(&pulled).await, "videoFramesDecoded") > before + 10);
+        browser.close().await;
+    });
+}
+
+#[test]
+fn websocket_publish_and_play_report_status_events_and_errors() {
+    let _one = exclusive();
+    if common::in_private_network("websocket_publish_and_play_report_status_events_and_errors") {
+        return;
+    }
+    runtime().block_on(async {
+        let relay = Relay::start(&[
+            ("CORECAST_WORKERS_COUNT", "2"),
+            ("CORECAST_MEDIA_PORTS", &media_range(16)),
+        ]);
+        let browser = Browser::start().await;
+        browser
+            .client
+            .goto(&relay.url("/"))
+            .await
+            .expect("loading the page");
+        let ws = json!({ "signaling": "ws" });
+        let publisher = browser
+            .call(
+                "return await corecast.publish('wscam', arguments[0])",
+                vec![ws.clone()],
+            )
+            .await;
+        let player = browser
+            .call(
+                "return await corecast.play('wscam', arguments[0])",
+                vec![ws.clone()],
+            )
+            .await;
+        wait_decoding(&browser, &relay, std::slice::from_ref(&player)).await;
+
+        // Bad commands get error events that say what is wrong.
+        let unknown = browser
+            .call("return await corecast.command({type: 'dance'})", vec![])
+            .await;
+        assert_eq!(unknown["type"], "error");
+        assert!(
+            unknown["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown command"),
+            "{unknown}"
+        );
+        let malformed = browser
+            .call(
+                "return await corecast.command({type: 'play', stream: 'wscam', sdp: 'nonsense'})",
+                vec![],
+            )
+            .await;
+        assert_eq!(malformed["status"], 400, "{malformed}");
+        let absent = browser
+            .call(
+                "return await corecast.command({type: 'publish', stream: 'x'})",
+                vec![],
+            )
+            .await;
+        assert!(
+            absent["message"]
+                .as_str()
+                .unwrap()
+                .contains("needs `stream` and `sdp`"),
+            "{absent}"
+        );
+
+        // Stopping the publisher: UNPUBLISHED for it, STOPPED for its player.
+        browser
+            .call("return await corecast.stop(arguments[0])", vec![publisher])
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let events = loop {
+            let events = browser.call("return corecast.events", vec![]).await;
+            let statuses: Vec<String> = events
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["status"].as_str().map(str::to_string))
+                .collect();
+            if statuses.iter().any(|s| s == "STOPPED") || Instant::now() > deadline {
+                break statuses;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        for expected in [
+            "ESTABLISHED",
+            "PUBLISHING",
+            "PLAYING",
+            "UNPUBLISHED",
+            "STOPPED",
+        ] {
+            assert!(
+                events.iter().any(|s| s == expected),
+                "no {expected} in {events:?}"
+            );
+        }
+        browser.close().await;
+    });
+}
