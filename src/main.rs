@@ -2,6 +2,11 @@ use std::process::ExitCode;
 
 use corecast::config::Config;
 
+/// mimalloc: per-thread heaps suit thread-per-core workers (the packet path itself allocates
+/// nothing; see tests/allocations.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 corecast: a WebRTC media relay (SFU) for bare-metal Linux
 

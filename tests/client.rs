@@ -184,6 +184,20 @@ async fn slow_tcp_player_drops_whole_frames_without_holding_back_others() {
         publisher.counters.keyframe_requests.load(Ordering::Relaxed) > 0,
         "the relay asked the publisher for a keyframe after dropping video"
     );
+    // The relay timed its forwarding: the latency histogram counts the packets it forwarded.
+    let metrics = common::http("GET", &relay.url("/metrics"), None, "").body;
+    assert!(
+        metrics.contains("corecast_relay_latency_seconds_bucket{worker=\"0\",le=\"0.0001\"}"),
+        "{metrics}"
+    );
+    assert!(
+        relay.metric_all_workers("corecast_relay_latency_seconds_count") >= sent,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("corecast_kernel_udp_rcvbuf_errors_total"),
+        "{metrics}"
+    );
     // The slow player is still connected and still served.
     assert_eq!(
         relay.metric_all_workers("corecast_worker_tcp_connections"),

@@ -55,6 +55,22 @@ pub fn table(runs: &[Run]) -> String {
         ),
         ("players joined", Box::new(|s| s.players.joined as f64)),
         ("loadgen CPU (%)", Box::new(|s| s.loadgen.cpu_percent)),
+        (
+            "relay fwd pkt/s",
+            Box::new(|s| s.relay.as_ref().map_or(0.0, |r| r.forwarded_pps.round())),
+        ),
+        (
+            "relay CPU ns/pkt",
+            Box::new(|s| {
+                s.relay
+                    .as_ref()
+                    .map_or(0.0, |r| r.cpu_ns_per_forwarded_packet.round())
+            }),
+        ),
+        (
+            "relay p99 <= (us)",
+            Box::new(|s| s.relay.as_ref().map_or(0.0, |r| r.latency_p99_us_at_most)),
+        ),
     ];
     let mut out = String::new();
     let width = runs.iter().map(|r| r.name.len()).max().unwrap_or(0).max(12);

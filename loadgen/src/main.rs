@@ -93,6 +93,17 @@ fn run_scenario(args: run::RunArgs) -> ExitCode {
                 j.p99,
                 summary.loadgen.cpu_percent
             );
+            if let Some(r) = &summary.relay {
+                println!(
+                    "relay: {:.0} forwarded packets/s on {} worker(s), {:.0} ns CPU per forwarded packet, relay latency p50 <= {} us, p99 <= {} us, p99.9 <= {} us",
+                    r.forwarded_pps,
+                    r.workers,
+                    r.cpu_ns_per_forwarded_packet,
+                    r.latency_p50_us_at_most,
+                    r.latency_p99_us_at_most,
+                    r.latency_p999_us_at_most
+                );
+            }
             if let Some(max) = summary.players.max_without_loss {
                 println!("find-max: the server carried {max} players without loss");
             }

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use webrtc_dtls::crypto::Certificate;
 
 use crate::payload::{self, Stamp};
-use crate::summary::{self, Cost, Percentiles, Players, Scenario, Summary, Totals};
+use crate::summary::{self, Cost, Percentiles, Players, RelayCost, Scenario, Summary, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportChoice {
@@ -82,6 +82,104 @@ pub struct RunArgs {
     /// Print nothing but the final summary.
     #[arg(long)]
     pub quiet: bool,
+    /// The relay's process id (on this machine): its CPU time over the steady phase is read
+    /// from /proc to report CPU per forwarded packet.
+    #[arg(long, requires = "relay_metrics")]
+    pub relay_pid: Option<u32>,
+    /// The relay's Prometheus endpoint (corecast's /metrics), for its packet counters and
+    /// latency histogram.
+    #[arg(long)]
+    pub relay_metrics: Option<String>,
+}
+
+/// What the relay says about itself at one moment.
+#[derive(Clone, Default)]
+struct RelaySample {
+    at: Option<Instant>,
+    cpu_seconds: f64,
+    forwarded: u64,
+    workers: usize,
+    /// Cumulative latency-bucket counts by upper bound (µs), summed over workers.
+    latency: Vec<(f64, u64)>,
+}
+
+async fn sample_relay(pid: Option<u32>, metrics: &str) -> Option<RelaySample> {
+    let body = corecast::client::http::request("GET", metrics, None, "", Duration::from_secs(5))
+        .await
+        .ok()?
+        .body;
+    let mut sample = RelaySample {
+        at: Some(Instant::now()),
+        ..Default::default()
+    };
+    let mut buckets: std::collections::BTreeMap<u64, u64> = Default::default();
+    for line in body.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if name.starts_with("corecast_forwarded_packets_total{") {
+            sample.forwarded += value.parse::<u64>().unwrap_or(0);
+            sample.workers += 1;
+        } else if let Some(rest) = name.strip_prefix("corecast_relay_latency_seconds_bucket{")
+            && let Some(le) = rest.split("le=\"").nth(1).and_then(|v| v.split('"').next())
+            && le != "+Inf"
+            && let Ok(seconds) = le.parse::<f64>()
+        {
+            *buckets.entry((seconds * 1e6).round() as u64).or_default() +=
+                value.parse::<u64>().unwrap_or(0);
+        }
+    }
+    sample.latency = buckets.into_iter().map(|(us, n)| (us as f64, n)).collect();
+    if let Some(pid) = pid {
+        sample.cpu_seconds = process_cpu_seconds(&format!("/proc/{pid}/stat"));
+    }
+    Some(sample)
+}
+
+fn relay_cost(start: &RelaySample, end: &RelaySample) -> RelayCost {
+    let seconds = match (start.at, end.at) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let forwarded = end.forwarded.saturating_sub(start.forwarded);
+    let cpu = (end.cpu_seconds - start.cpu_seconds).max(0.0);
+    let deltas: Vec<(f64, u64)> = end
+        .latency
+        .iter()
+        .map(|(us, n)| {
+            (
+                *us,
+                n - start
+                    .latency
+                    .iter()
+                    .find(|(u, _)| u == us)
+                    .map_or(0, |(_, m)| *m)
+                    .min(*n),
+            )
+        })
+        .collect();
+    let total = forwarded.max(1);
+    let at_most = |q: f64| {
+        deltas
+            .iter()
+            .find(|(_, cumulative)| *cumulative as f64 >= q * total as f64)
+            .map_or(f64::INFINITY, |(us, _)| *us)
+    };
+    RelayCost {
+        seconds,
+        cpu_seconds: cpu,
+        forwarded_packets: forwarded,
+        forwarded_pps: forwarded as f64 / seconds.max(0.001),
+        cpu_ns_per_forwarded_packet: if forwarded > 0 {
+            cpu * 1e9 / forwarded as f64
+        } else {
+            0.0
+        },
+        workers: end.workers,
+        latency_p50_us_at_most: at_most(0.5),
+        latency_p99_us_at_most: at_most(0.99),
+        latency_p999_us_at_most: at_most(0.999),
+    }
 }
 
 const LOSS_THRESHOLD_PERCENT: f64 = 0.1;
@@ -325,7 +423,12 @@ fn rand_u32() -> u32 {
 
 /// CPU time this process used so far, from /proc/self/stat.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    process_cpu_seconds("/proc/self/stat")
+}
+
+/// User and system CPU time of a process, from its /proc stat file.
+fn process_cpu_seconds(stat_file: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(stat_file) else {
         return 0.0;
     };
     let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
@@ -508,6 +611,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     let mut max_without_loss = None;
     let mut lossy_seconds = 0;
     let mut last_clean_players = 0;
+    let mut relay_start: Option<RelaySample> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         second += 1;
@@ -572,6 +676,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
                 ramp_done_at = Some(Instant::now());
             }
         }
+        if ramp_done_at.is_some()
+            && relay_start.is_none()
+            && let Some(metrics) = &args.relay_metrics
+        {
+            relay_start = sample_relay(args.relay_pid, metrics).await;
+        }
         let linger = if args.find_max {
             Duration::from_secs(1)
         } else {
@@ -582,6 +692,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
         }
     }
 
+    let relay = match (&relay_start, &args.relay_metrics) {
+        (Some(start), Some(metrics)) => sample_relay(args.relay_pid, metrics)
+            .await
+            .map(|end| relay_cost(start, &end)),
+        _ => None,
+    };
     // Stop the publishers, let packets in flight arrive, then read the players.
     shared.stop.store(true, Ordering::Relaxed);
     let mut publishers = Vec::new();
@@ -674,6 +790,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
             late_frames,
             bottleneck,
         },
+        relay,
         errors: lock(&shared.errors).clone(),
     };
 

@@ -14,7 +14,27 @@ pub struct Summary {
     pub join_ms: Percentiles,
     pub jitter_ms_mean: f64,
     pub loadgen: Cost,
+    /// The relay's own cost over the steady phase, with `--relay-pid` and `--relay-metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayCost>,
     pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RelayCost {
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    /// Packets the relay forwarded to players (its `corecast_forwarded_packets_total`).
+    pub forwarded_packets: u64,
+    pub forwarded_pps: f64,
+    /// Relay CPU time over forwarded packets.
+    pub cpu_ns_per_forwarded_packet: f64,
+    pub workers: usize,
+    /// Relay-added latency (receive completion to send submission), from the relay's
+    /// histogram: the upper bound of the bucket holding each percentile.
+    pub latency_p50_us_at_most: f64,
+    pub latency_p99_us_at_most: f64,
+    pub latency_p999_us_at_most: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

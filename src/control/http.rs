@@ -56,6 +56,33 @@ pub fn router(control: Arc<Control>) -> Router {
         .with_state(control)
 }
 
+/// The kernel's UDP error counters (`/proc/net/snmp`): datagrams dropped for full receive or
+/// send buffers, and receive errors. Host-wide, not only corecast's sockets.
+fn kernel_udp_errors() -> Vec<(&'static str, u64)> {
+    let Ok(snmp) = std::fs::read_to_string("/proc/net/snmp") else {
+        return Vec::new();
+    };
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Vec::new();
+    };
+    let pairs: Vec<(&str, &str)> = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .collect();
+    [
+        ("RcvbufErrors", "rcvbuf_errors"),
+        ("SndbufErrors", "sndbuf_errors"),
+        ("InErrors", "in_errors"),
+    ]
+    .into_iter()
+    .filter_map(|(key, name)| {
+        let value = pairs.iter().find(|(k, _)| *k == key)?.1.parse().ok()?;
+        Some((name, value))
+    })
+    .collect()
+}
+
 /// The offer from a request, or why it is not one.
 fn offer_text<'b>(headers: &HeaderMap, body: &'b Bytes) -> Result<&'b str, ApiError> {
     let content_type = headers
@@ -259,6 +286,46 @@ async fn metrics(State(control): State<Arc<Control>>) -> Response {
                 .map_or(0, |(_, v)| v);
             let _ = writeln!(out, "{metric}{{worker=\"{}\"}} {value}", w.index);
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corecast_relay_latency_seconds Receive completion to send submission, per forwarded packet.\n# TYPE corecast_relay_latency_seconds histogram"
+    );
+    for w in workers {
+        let h = &w.stats.relay_latency;
+        let mut cumulative = 0;
+        for (i, bound) in crate::worker::stats::LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += h.buckets[i].load(Ordering::Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "corecast_relay_latency_seconds_bucket{{worker=\"{}\",le=\"{le}\"}} {cumulative}",
+                w.index
+            );
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "corecast_relay_latency_seconds_bucket{{worker=\"{}\",le=\"+Inf\"}} {count}",
+            w.index
+        );
+        let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "corecast_relay_latency_seconds_sum{{worker=\"{}\"}} {sum}",
+            w.index
+        );
+        let _ = writeln!(
+            out,
+            "corecast_relay_latency_seconds_count{{worker=\"{}\"}} {count}",
+            w.index
+        );
+    }
+    for (name, value) in kernel_udp_errors() {
+        let _ = writeln!(
+            out,
+            "# TYPE corecast_kernel_udp_{name}_total counter\ncorecast_kernel_udp_{name}_total {value}"
+        );
     }
     let _ = writeln!(out, "# TYPE corecast_ring_occupancy gauge");
     for w in workers {

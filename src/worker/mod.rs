@@ -41,6 +41,16 @@ use stats::{WorkerStats, add, inc, set};
 
 pub type SessionId = u64;
 
+thread_local! {
+    static IS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a worker: lets a test's counting allocator attribute
+/// allocations to the packet path. Allocation-free.
+pub fn is_worker_thread() -> bool {
+    IS_WORKER.with(|w| w.get())
+}
+
 const RING_ENTRIES: u32 = 4096;
 const RECV_BUFFERS: u16 = 4096;
 const EGRESS_BUFFERS: u32 = 8192;
@@ -50,6 +60,9 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 /// ICE-TCP connections one session may hold at once; browsers open one or two per candidate
 /// pair they check, so more than this is abuse.
 const MAX_TCP_CONNECTIONS_PER_SESSION: u32 = 8;
+/// Cross-worker packets remembered per loop turn for the latency histogram (more are counted
+/// as local, from the turn's start).
+const TURN_CROSS_CAPACITY: usize = 4096;
 
 /// What the control thread asks of a worker.
 pub enum Command {
@@ -177,6 +190,7 @@ pub fn start_workers(
         std::thread::Builder::new()
             .name(format!("corecast-w{index}"))
             .spawn(move || {
+                IS_WORKER.with(|w| w.set(true));
                 let pinned = core_id.is_some_and(core_affinity::set_for_current);
                 match Worker::new(index, wake, c, m, s, e, st) {
                     Ok(mut worker) => {
@@ -465,6 +479,14 @@ struct Core {
     events: UnboundedSender<Event>,
     settings: WorkerSettings,
     wake_pending: Vec<bool>,
+    /// Packets handed to other workers, reused once they let go of them.
+    shared_pool: mesh::SharedPool,
+    /// The relay-latency bookkeeping of the current loop turn: when its completions were
+    /// reaped, the forwarded-packet counter then, and cross-worker packets with their receive
+    /// times and how many copies each became.
+    turn_start: Instant,
+    turn_forwarded: u64,
+    turn_cross: Vec<(Instant, u64)>,
     /// Closed (and reported) once nothing queued on the ring refers to them.
     to_close: Vec<ToClose>,
     next_tick: Instant,
@@ -519,6 +541,10 @@ impl Worker {
                 events,
                 settings,
                 wake_pending: vec![false; workers],
+                shared_pool: mesh::SharedPool::new(if workers > 1 { 1024 } else { 0 }),
+                turn_start: Instant::now(),
+                turn_forwarded: 0,
+                turn_cross: Vec::with_capacity(TURN_CROSS_CAPACITY),
                 to_close: Vec::new(),
                 next_tick: Instant::now(),
             },
@@ -531,6 +557,7 @@ impl Worker {
         self.core.wake.arm(&mut self.core.out.ring);
         loop {
             let now = Instant::now();
+            self.core.begin_turn(now);
             self.core.drain_commands(now);
             self.core.drain_mesh(now);
             self.process_completions(now);
@@ -538,6 +565,7 @@ impl Worker {
                 self.core.tick(now);
             }
             self.core.flush_wakes();
+            self.core.end_turn();
             if !self.core.to_close.is_empty() {
                 // Submit what may still refer to finished sockets, then close them before
                 // waiting, so the control thread hears of their ports at once. A socket is
@@ -642,6 +670,41 @@ impl Worker {
 }
 
 impl Core {
+    fn begin_turn(&mut self, now: Instant) {
+        self.turn_start = now;
+        self.turn_forwarded = self
+            .out
+            .stats
+            .forwarded_packets
+            .load(std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records this turn's forwarded packets in the relay-latency histogram: their sends are
+    /// about to be submitted.
+    fn end_turn(&mut self) {
+        let forwarded = self
+            .out
+            .stats
+            .forwarded_packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - self.turn_forwarded;
+        if forwarded == 0 {
+            self.turn_cross.clear();
+            return;
+        }
+        let now = Instant::now();
+        let histogram = &self.out.stats.relay_latency;
+        let mut cross = 0;
+        for (received_at, copies) in self.turn_cross.drain(..) {
+            histogram.record(now.duration_since(received_at).as_nanos() as u64, copies);
+            cross += copies;
+        }
+        histogram.record(
+            now.duration_since(self.turn_start).as_nanos() as u64,
+            forwarded.saturating_sub(cross),
+        );
+    }
+
     fn has_work(&mut self) -> bool {
         !self.commands.is_empty()
             || self.mesh.has_incoming(self.index)
@@ -1367,12 +1430,14 @@ impl Core {
             what,
             packet,
         );
-        let mut shared: Option<Arc<[u8]>> = None;
+        let mut shared: Option<Arc<mesh::SharedPacket>> = None;
         for (worker, &players) in local.remote_interest.iter().enumerate() {
             if players == 0 || worker == self.index {
                 continue;
             }
-            let packet = shared.get_or_insert_with(|| Arc::from(packet)).clone();
+            let packet = shared
+                .get_or_insert_with(|| self.shared_pool.share(packet, now))
+                .clone();
             let message = CrossMessage::Media {
                 stream,
                 kind,
@@ -1406,14 +1471,29 @@ impl Core {
                         let Some(local) = self.streams.get(&stream) else {
                             continue;
                         };
-                        if forward_to_players(
+                        let before = self
+                            .out
+                            .stats
+                            .forwarded_packets
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        let dropped_video = forward_to_players(
                             &local.players,
                             &mut self.sessions,
                             &mut self.out,
                             kind,
                             what,
-                            &packet,
-                        ) {
+                            packet.bytes(),
+                        );
+                        let copies = self
+                            .out
+                            .stats
+                            .forwarded_packets
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            - before;
+                        if self.turn_cross.len() < TURN_CROSS_CAPACITY {
+                            self.turn_cross.push((packet.received_at, copies));
+                        }
+                        if dropped_video {
                             self.request_keyframe(stream, now);
                         }
                     }

@@ -4,12 +4,45 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Upper bounds (µs) of the relay-latency histogram's buckets: receive completion to send
+/// submission, per forwarded packet.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 100_000,
+];
+
+/// The relay-latency histogram of one worker (single writer, like the counters).
+#[derive(Default)]
+pub struct LatencyHistogram {
+    /// Per bucket (not cumulative); the last slot counts what exceeds every bound.
+    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    pub sum_ns: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records `weight` packets that each took `ns`.
+    pub fn record(&self, ns: u64, weight: u64) {
+        if weight == 0 {
+            return;
+        }
+        let us = ns / 1000;
+        let slot = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us < b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        add(&self.buckets[slot], weight);
+        add(&self.sum_ns, ns * weight);
+        add(&self.count, weight);
+    }
+}
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         #[derive(Default)]
         #[repr(align(128))]
         pub struct WorkerStats {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            pub relay_latency: LatencyHistogram,
         }
 
         impl WorkerStats {

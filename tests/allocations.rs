@@ -1,0 +1,190 @@
+//! Zero heap allocations per forwarded packet: a relay runs in this process under a counting
+//! global allocator, a publisher feeds players on both workers (UDP and ICE-TCP, so the
+//! cross-worker path and the TCP send queues are in play), and once traffic is steady the
+//! workers forward thousands of packets without a single allocation.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use corecast::client::{self, ClientOptions, Incoming, Role, Transport};
+use webrtc_dtls::crypto::Certificate;
+
+/// Counts allocations made on relay worker threads; everything else goes straight through.
+struct CountingAllocator;
+
+static WORKER_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counting is a relaxed
+// atomic increment and a thread-local read, neither of which allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if corecast::worker::is_worker_thread() {
+            WORKER_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's layout contract is passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if corecast::worker::is_worker_thread() {
+            WORKER_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as for dealloc and alloc.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+fn start_relay() -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = 47000 + (std::process::id() % 40) as u16 * 50;
+    let config = corecast::config::Config::load(
+        None,
+        [
+            (
+                "CORECAST_HTTP_LISTEN".to_string(),
+                format!("127.0.0.1:{port}"),
+            ),
+            (
+                "CORECAST_MEDIA_PORTS".to_string(),
+                format!("{base}-{}", base + 49),
+            ),
+            ("CORECAST_WORKERS_COUNT".to_string(), "2".to_string()),
+            ("CORECAST_MEDIA_PROTOCOL".to_string(), "all".to_string()),
+        ],
+    )
+    .unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(corecast::server::run(config)).unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "relay did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    format!("http://127.0.0.1:{port}")
+}
+
+fn options(
+    url: String,
+    role: Role,
+    transport: Transport,
+    certificate: &Certificate,
+) -> ClientOptions {
+    ClientOptions {
+        url,
+        role,
+        transport,
+        certificate: certificate.clone(),
+        timeout: Duration::from_secs(10),
+        tcp_recv_buffer: None,
+        video_codec: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
+    let relay = start_relay();
+    let certificate = Certificate::generate_self_signed(vec!["test".into()]).unwrap();
+    let mut publisher = client::connect(
+        &options(
+            format!("{relay}/whip/steady"),
+            Role::Publish,
+            Transport::Udp,
+            &certificate,
+        ),
+        Box::new(|_| {}),
+    )
+    .await
+    .unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut players = Vec::new();
+    for transport in [
+        Transport::Udp,
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Udp,
+    ] {
+        let counter = received.clone();
+        let player = client::connect(
+            &options(
+                format!("{relay}/whep/steady"),
+                Role::Play,
+                transport,
+                &certificate,
+            ),
+            Box::new(move |incoming| {
+                if let Incoming::Rtp(_) = incoming {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }),
+        )
+        .await
+        .unwrap();
+        players.push(player);
+    }
+    let pt = publisher.negotiated.video_payload_type.unwrap();
+    let ssrc = publisher.video_ssrc;
+    let mut seq = 0u16;
+    let mut send = async |count: u32, seq: &mut u16| {
+        for i in 0..count {
+            let mut p = vec![0x80, pt];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&(*seq as u32 * 3000).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p.resize(1200, 1);
+            publisher.send_rtp(&p).await.unwrap();
+            *seq = seq.wrapping_add(1);
+            if i % 20 == 19 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let wait_for = async |target: u64| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while received.load(Ordering::Relaxed) < target {
+            assert!(
+                Instant::now() < deadline,
+                "players got {} of {target}",
+                received.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    // Warm up: pools, queues and tables reach their working size.
+    send(2000, &mut seq).await;
+    wait_for(4 * 2000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = WORKER_ALLOCATIONS.load(Ordering::Relaxed);
+    send(5000, &mut seq).await;
+    wait_for(4 * 7000).await;
+    let allocations = WORKER_ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        allocations, 0,
+        "the workers allocated {allocations} times while forwarding 20000 packets"
+    );
+    assert!(
+        WORKER_ALLOCATIONS.load(Ordering::Relaxed) > 0,
+        "the counter sees worker threads at all"
+    );
+}
