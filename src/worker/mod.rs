@@ -60,9 +60,10 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 /// ICE-TCP connections one session may hold at once; browsers open one or two per candidate
 /// pair they check, so more than this is abuse.
 const MAX_TCP_CONNECTIONS_PER_SESSION: u32 = 8;
-/// Cross-worker packets remembered per loop turn for the latency histogram (more are counted
-/// as local, from the turn's start).
-const TURN_CROSS_CAPACITY: usize = 4096;
+/// Forwarded packets submitted to the kernel together; see `Output::forwarded`.
+const SUBMIT_BATCH: u64 = 64;
+/// Runs of forwarded packets by receive time kept for the latency histogram per submission.
+const UNSUBMITTED_RUNS: usize = 256;
 
 /// What the control thread asks of a worker.
 pub enum Command {
@@ -394,6 +395,10 @@ struct Output {
     next_conn_generation: u32,
     stats: Arc<WorkerStats>,
     tcp_send_queue: usize,
+    /// Forwarded packets queued since the last submission, as runs of (receive time, count),
+    /// for the relay-latency histogram.
+    unsubmitted: Vec<(Instant, u64)>,
+    unsubmitted_count: u64,
 }
 
 /// Whether a packet was handed to the kernel (or a send queue) or dropped.
@@ -404,6 +409,36 @@ enum Sent {
 }
 
 impl Output {
+    /// Notes a forwarded packet received at `origin`; every `SUBMIT_BATCH` of them go to the
+    /// kernel at once rather than at the end of the loop turn, so a large fanout starts
+    /// leaving while the rest is prepared.
+    fn forwarded(&mut self, origin: Instant) {
+        let full = self.unsubmitted.len() == self.unsubmitted.capacity();
+        match self.unsubmitted.last_mut() {
+            Some((o, n)) if *o == origin || full => *n += 1,
+            _ => self.unsubmitted.push((origin, 1)),
+        }
+        self.unsubmitted_count += 1;
+        if self.unsubmitted_count >= SUBMIT_BATCH {
+            let _ = self.ring.submit();
+            self.record_submitted();
+        }
+    }
+
+    /// Records the forwarded packets just submitted in the relay-latency histogram.
+    fn record_submitted(&mut self) {
+        if self.unsubmitted_count == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for (origin, count) in self.unsubmitted.drain(..) {
+            self.stats
+                .relay_latency
+                .record(now.duration_since(origin).as_nanos() as u64, count);
+        }
+        self.unsubmitted_count = 0;
+    }
+
     fn conn(&mut self, slot: usize, generation: u32) -> Option<&mut TcpConn> {
         self.conns
             .get_mut(slot)?
@@ -481,12 +516,7 @@ struct Core {
     wake_pending: Vec<bool>,
     /// Packets handed to other workers, reused once they let go of them.
     shared_pool: mesh::SharedPool,
-    /// The relay-latency bookkeeping of the current loop turn: when its completions were
-    /// reaped, the forwarded-packet counter then, and cross-worker packets with their receive
-    /// times and how many copies each became.
-    turn_start: Instant,
-    turn_forwarded: u64,
-    turn_cross: Vec<(Instant, u64)>,
+
     /// Closed (and reported) once nothing queued on the ring refers to them.
     to_close: Vec<ToClose>,
     next_tick: Instant,
@@ -530,6 +560,8 @@ impl Worker {
                     next_conn_generation: 0,
                     stats,
                     tcp_send_queue: settings.tcp_send_queue,
+                    unsubmitted: Vec::with_capacity(UNSUBMITTED_RUNS),
+                    unsubmitted_count: 0,
                 },
                 sessions: Vec::new(),
                 free_slots: Vec::new(),
@@ -542,9 +574,7 @@ impl Worker {
                 settings,
                 wake_pending: vec![false; workers],
                 shared_pool: mesh::SharedPool::new(if workers > 1 { 1024 } else { 0 }),
-                turn_start: Instant::now(),
-                turn_forwarded: 0,
-                turn_cross: Vec::with_capacity(TURN_CROSS_CAPACITY),
+
                 to_close: Vec::new(),
                 next_tick: Instant::now(),
             },
@@ -557,7 +587,6 @@ impl Worker {
         self.core.wake.arm(&mut self.core.out.ring);
         loop {
             let now = Instant::now();
-            self.core.begin_turn(now);
             self.core.drain_commands(now);
             self.core.drain_mesh(now);
             self.process_completions(now);
@@ -565,7 +594,7 @@ impl Worker {
                 self.core.tick(now);
             }
             self.core.flush_wakes();
-            self.core.end_turn();
+            self.core.out.record_submitted();
             if !self.core.to_close.is_empty() {
                 // Submit what may still refer to finished sockets, then close them before
                 // waiting, so the control thread hears of their ports at once. A socket is
@@ -670,41 +699,6 @@ impl Worker {
 }
 
 impl Core {
-    fn begin_turn(&mut self, now: Instant) {
-        self.turn_start = now;
-        self.turn_forwarded = self
-            .out
-            .stats
-            .forwarded_packets
-            .load(std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Records this turn's forwarded packets in the relay-latency histogram: their sends are
-    /// about to be submitted.
-    fn end_turn(&mut self) {
-        let forwarded = self
-            .out
-            .stats
-            .forwarded_packets
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - self.turn_forwarded;
-        if forwarded == 0 {
-            self.turn_cross.clear();
-            return;
-        }
-        let now = Instant::now();
-        let histogram = &self.out.stats.relay_latency;
-        let mut cross = 0;
-        for (received_at, copies) in self.turn_cross.drain(..) {
-            histogram.record(now.duration_since(received_at).as_nanos() as u64, copies);
-            cross += copies;
-        }
-        histogram.record(
-            now.duration_since(self.turn_start).as_nanos() as u64,
-            forwarded.saturating_sub(cross),
-        );
-    }
-
     fn has_work(&mut self) -> bool {
         !self.commands.is_empty()
             || self.mesh.has_incoming(self.index)
@@ -1429,6 +1423,7 @@ impl Core {
             kind,
             what,
             packet,
+            now,
         );
         let mut shared: Option<Arc<mesh::SharedPacket>> = None;
         for (worker, &players) in local.remote_interest.iter().enumerate() {
@@ -1471,11 +1466,6 @@ impl Core {
                         let Some(local) = self.streams.get(&stream) else {
                             continue;
                         };
-                        let before = self
-                            .out
-                            .stats
-                            .forwarded_packets
-                            .load(std::sync::atomic::Ordering::Relaxed);
                         let dropped_video = forward_to_players(
                             &local.players,
                             &mut self.sessions,
@@ -1483,16 +1473,8 @@ impl Core {
                             kind,
                             what,
                             packet.bytes(),
+                            packet.received_at,
                         );
-                        let copies = self
-                            .out
-                            .stats
-                            .forwarded_packets
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                            - before;
-                        if self.turn_cross.len() < TURN_CROSS_CAPACITY {
-                            self.turn_cross.push((packet.received_at, copies));
-                        }
                         if dropped_video {
                             self.request_keyframe(stream, now);
                         }
@@ -1598,6 +1580,7 @@ fn forward_to_players(
     kind: MediaKind,
     what: Forwarded,
     packet: &[u8],
+    received_at: Instant,
 ) -> bool {
     if packet.len() > MAX_PACKET {
         inc(&out.stats.drop_garbage);
@@ -1656,7 +1639,10 @@ fn forward_to_players(
         };
         let peer = *peer;
         match out.transmit(*udp_fd, &peer, egress, len) {
-            Sent::Queued if header.is_some() => inc(&out.stats.forwarded_packets),
+            Sent::Queued if header.is_some() => {
+                inc(&out.stats.forwarded_packets);
+                out.forwarded(received_at);
+            }
             Sent::Dropped if kind == MediaKind::Video => dropped_video = true,
             _ => {}
         }
