@@ -420,12 +420,13 @@ impl Output {
         }
         self.unsubmitted_count += 1;
         if self.unsubmitted_count >= SUBMIT_BATCH {
-            let _ = self.ring.submit();
             self.record_submitted();
+            let _ = self.ring.submit();
         }
     }
 
-    /// Records the forwarded packets just submitted in the relay-latency histogram.
+    /// Records the forwarded packets about to be submitted in the relay-latency histogram
+    /// (receive completion to send submission; the kernel's own send time is not in it).
     fn record_submitted(&mut self) {
         if self.unsubmitted_count == 0 {
             return;
