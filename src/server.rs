@@ -65,6 +65,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a relay on a thread of its own (its control runtime; the workers are threads of their
+/// own as always), for programs and tests that embed one. Returns once `http.listen` accepts
+/// connections, with the thread's handle; the relay runs until the process ends.
+pub fn spawn(config: Config) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+    let listen = config.http.listen;
+    let handle = std::thread::Builder::new()
+        .name("corecast-control".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run(config))
+        })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(listen).is_err() {
+        if handle.is_finished() {
+            return match handle.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("the relay stopped during start-up")),
+            };
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the relay did not start listening on {listen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(handle)
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {

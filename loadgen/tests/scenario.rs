@@ -5,7 +5,6 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -35,18 +34,7 @@ fn start_relay() -> String {
         ],
     )
     .unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(corecast::server::run(config)).unwrap();
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "relay did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    corecast::server::spawn(config).expect("relay starts");
     format!("http://127.0.0.1:{port}")
 }
 
