@@ -909,6 +909,9 @@ impl Core {
         if let Some(local) = self.streams.get_mut(&stream) {
             if local.publisher == Some(slot) {
                 local.publisher = None;
+                // Without a publisher nothing is fanned out, and the players elsewhere end
+                // with the stream (their interest updates may never come): forget them.
+                local.remote_interest.fill(0);
             }
             local.players.retain(|&p| p != slot);
             if local.is_unused() {
