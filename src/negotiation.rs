@@ -394,12 +394,7 @@ pub fn negotiate_publish(
             answer.push(AnswerSection::Rejected);
             continue;
         };
-        if !section.rtcp_mux {
-            return Err(malformed(format!(
-                "section {} lacks a=rtcp-mux, which corecast requires",
-                section.mid
-            )));
-        }
+        require_rtcp_mux(section)?;
         let extensions: Vec<(u8, String)> = section
             .extensions
             .iter()
@@ -473,12 +468,7 @@ pub fn negotiate_play(
             answer.push(AnswerSection::Rejected);
             continue;
         };
-        if !section.rtcp_mux {
-            return Err(malformed(format!(
-                "section {} lacks a=rtcp-mux, which corecast requires",
-                section.mid
-            )));
-        }
+        require_rtcp_mux(section)?;
         let mut extension_ids = ExtensionIdMap::default();
         let mut extensions = Vec::new();
         for (player_id, uri) in &section.extensions {
@@ -527,6 +517,18 @@ pub fn negotiate_play(
     }
     check_bundle(offer, &answer)?;
     Ok((played, answer))
+}
+
+/// Media and RTCP share the session's one port, so every accepted section must use rtcp-mux.
+fn require_rtcp_mux(section: &OfferedSection) -> Result<(), NegotiationError> {
+    if section.rtcp_mux {
+        Ok(())
+    } else {
+        Err(malformed(format!(
+            "section {} lacks a=rtcp-mux, which corecast requires",
+            section.mid
+        )))
+    }
 }
 
 fn section_media(kind: MediaKind) -> &'static str {

@@ -408,10 +408,7 @@ impl Demux {
                     Ok(n) if kind == PacketKind::Rtp => handler(Incoming::Rtp(&data[..n])),
                     Ok(n) => {
                         let rtcp = &data[..n];
-                        if crate::wire::rtcp::compound(rtcp)
-                            .map_while(Result::ok)
-                            .any(|p| p.is_keyframe_request())
-                        {
+                        if crate::wire::rtcp::requests_keyframe(rtcp) {
                             self.counters
                                 .keyframe_requests
                                 .fetch_add(1, Ordering::Relaxed);

@@ -374,9 +374,7 @@ async fn run(
         &options(certificate, target_url.clone(), Role::Publish, codec),
         Box::new(move |incoming| {
             if let Incoming::Rtcp(packet) = incoming
-                && rtcp::compound(packet)
-                    .map_while(Result::ok)
-                    .any(|p| p.is_keyframe_request())
+                && rtcp::requests_keyframe(packet)
             {
                 let _ = keyframe_tx.try_send(());
             }

@@ -92,6 +92,13 @@ impl<'a> Iterator for CompoundIter<'a> {
     }
 }
 
+/// Whether a compound packet asks for a keyframe (PLI or FIR) anywhere in it.
+pub fn requests_keyframe(packet: &[u8]) -> bool {
+    compound(packet)
+        .map_while(Result::ok)
+        .any(|p| p.is_keyframe_request())
+}
+
 /// Writes a Picture Loss Indication (RFC 4585 §6.3.1); returns its length (12).
 pub fn write_pli(out: &mut [u8], sender_ssrc: u32, media_ssrc: u32) -> usize {
     out[0] = 0x80 | FMT_PLI;

@@ -1397,9 +1397,7 @@ impl Core {
                 }
             }
             Role::Player(_) => {
-                let wants_keyframe = rtcp::compound(packet)
-                    .map_while(Result::ok)
-                    .any(|p| p.is_keyframe_request());
+                let wants_keyframe = rtcp::requests_keyframe(packet);
                 if wants_keyframe {
                     self.request_keyframe(stream, now);
                 }
