@@ -356,6 +356,15 @@ impl SrtpContext {
         Ok(plain_len)
     }
 
+    /// Unprotects an SRTP packet (`rtcp` false) or an SRTCP packet (`rtcp` true) in place.
+    pub fn unprotect(&mut self, buf: &mut [u8], rtcp: bool) -> Result<usize, SrtpError> {
+        if rtcp {
+            self.unprotect_rtcp(buf)
+        } else {
+            self.unprotect_rtp(buf)
+        }
+    }
+
     /// Encrypts and authenticates the compound RTCP packet in `buf[..len]`, appending the
     /// SRTCP index and tag (`profile().rtcp_overhead()` bytes). Returns the protected length.
     pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {

@@ -151,6 +151,16 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     ONE_BROWSER.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Runs one browser test: one browser at a time, inside its own loopback-only network
+/// namespace (see `common::in_private_network`), on a runtime of its own.
+fn in_browser_network(test: &str, body: impl std::future::Future<Output = ()>) {
+    let _one = exclusive();
+    if common::in_private_network(test) {
+        return;
+    }
+    runtime().block_on(body);
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -340,55 +350,48 @@ async fn publisher_and_three_players(protocol: &str) {
 
 #[test]
 fn chromium_publisher_and_three_players_decode_over_udp_across_two_workers() {
-    let _one = exclusive();
-    if common::in_private_network(
+    in_browser_network(
         "chromium_publisher_and_three_players_decode_over_udp_across_two_workers",
-    ) {
-        return;
-    }
-    runtime().block_on(publisher_and_three_players("udp"));
+        publisher_and_three_players("udp"),
+    );
 }
 
 #[test]
 fn chromium_publisher_and_three_players_decode_over_ice_tcp_across_two_workers() {
-    let _one = exclusive();
-    if common::in_private_network(
+    in_browser_network(
         "chromium_publisher_and_three_players_decode_over_ice_tcp_across_two_workers",
-    ) {
-        return;
-    }
-    runtime().block_on(publisher_and_three_players("tcp"));
+        publisher_and_three_players("tcp"),
+    );
 }
 
 #[test]
 fn mixed_transports_in_one_stream_udp_to_tcp_and_tcp_to_udp() {
-    let _one = exclusive();
-    if common::in_private_network("mixed_transports_in_one_stream_udp_to_tcp_and_tcp_to_udp") {
-        return;
-    }
-    runtime().block_on(async {
-        let relay = Relay::start(&[
-            ("CORECAST_WORKERS_COUNT", "2"),
-            ("CORECAST_MEDIA_PORTS", &media_range(16)),
-            ("CORECAST_MEDIA_PROTOCOL", "all"),
-        ]);
-        let browser = Browser::start().await;
-        browser
-            .client
-            .goto(&relay.url("/"))
-            .await
-            .expect("loading the page");
-        let udp_publisher = publish(&browser, &relay, "from-udp", Some("udp")).await;
-        let tcp_publisher = publish(&browser, &relay, "from-tcp", Some("tcp")).await;
-        let tcp_player = play(&browser, "from-udp", Some("tcp")).await;
-        let udp_player = play(&browser, "from-tcp", Some("udp")).await;
-        let decoded = wait_decoding(&browser, &relay, &[tcp_player, udp_player]).await;
-        assert_transport(&browser.stats(&udp_publisher).await, "udp");
-        assert_transport(&browser.stats(&tcp_publisher).await, "tcp");
-        assert_transport(&decoded[0], "tcp");
-        assert_transport(&decoded[1], "udp");
-        browser.close().await;
-    });
+    in_browser_network(
+        "mixed_transports_in_one_stream_udp_to_tcp_and_tcp_to_udp",
+        async {
+            let relay = Relay::start(&[
+                ("CORECAST_WORKERS_COUNT", "2"),
+                ("CORECAST_MEDIA_PORTS", &media_range(16)),
+                ("CORECAST_MEDIA_PROTOCOL", "all"),
+            ]);
+            let browser = Browser::start().await;
+            browser
+                .client
+                .goto(&relay.url("/"))
+                .await
+                .expect("loading the page");
+            let udp_publisher = publish(&browser, &relay, "from-udp", Some("udp")).await;
+            let tcp_publisher = publish(&browser, &relay, "from-tcp", Some("tcp")).await;
+            let tcp_player = play(&browser, "from-udp", Some("tcp")).await;
+            let udp_player = play(&browser, "from-tcp", Some("udp")).await;
+            let decoded = wait_decoding(&browser, &relay, &[tcp_player, udp_player]).await;
+            assert_transport(&browser.stats(&udp_publisher).await, "udp");
+            assert_transport(&browser.stats(&tcp_publisher).await, "tcp");
+            assert_transport(&decoded[0], "tcp");
+            assert_transport(&decoded[1], "udp");
+            browser.close().await;
+        },
+    );
 }
 
 /// Plays `stream` from another relay (its base URL) from the page of the first.
@@ -421,180 +424,176 @@ fn two_relays(edge_origin: bool) -> (Relay, Relay) {
 
 #[test]
 fn chromium_publishes_on_an_origin_and_plays_from_an_edge_by_push_and_by_pull() {
-    let _one = exclusive();
-    if common::in_private_network(
+    in_browser_network(
         "chromium_publishes_on_an_origin_and_plays_from_an_edge_by_push_and_by_pull",
-    ) {
-        return;
-    }
-    runtime().block_on(async {
-        let (origin, edge) = two_relays(true);
-        let browser = Browser::start().await;
-        browser
-            .client
-            .goto(&origin.url("/"))
-            .await
-            .expect("loading the page");
-        publish(&browser, &origin, "show", None).await;
+        async {
+            let (origin, edge) = two_relays(true);
+            let browser = Browser::start().await;
+            browser
+                .client
+                .goto(&origin.url("/"))
+                .await
+                .expect("loading the page");
+            publish(&browser, &origin, "show", None).await;
 
-        // Push: the origin republishes "show" to the edge as "show-pushed".
-        let body = format!(
-            r#"{{"uri":"{}","localStreamName":"show","remoteStreamName":"show-pushed"}}"#,
-            edge.http
-        );
-        let r = common::http(
-            "POST",
-            &origin.url("/rest-api/pull/push"),
-            Some("application/json"),
-            &body,
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !common::http("GET", &edge.url("/api/streams"), None, "")
-            .body
-            .contains("show-pushed")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the push did not arrive:\n{}",
-                origin.log()
+            // Push: the origin republishes "show" to the edge as "show-pushed".
+            let body = format!(
+                r#"{{"uri":"{}","localStreamName":"show","remoteStreamName":"show-pushed"}}"#,
+                edge.http
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let pushed = play_from(&browser, &edge.http, "show-pushed").await;
-        // Pull: a player asks the edge for "show", which it does not have: it pulls it.
-        let pulled = play_from(&browser, &edge.http, "show").await;
-        let decoded = wait_decoding(&browser, &edge, &[pushed.clone(), pulled.clone()]).await;
-        for s in &decoded {
-            assert_transport(s, "udp");
-        }
+            let r = common::http(
+                "POST",
+                &origin.url("/rest-api/pull/push"),
+                Some("application/json"),
+                &body,
+            );
+            assert_eq!(r.status, 200, "{}", r.body);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !common::http("GET", &edge.url("/api/streams"), None, "")
+                .body
+                .contains("show-pushed")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the push did not arrive:\n{}",
+                    origin.log()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let pushed = play_from(&browser, &edge.http, "show-pushed").await;
+            // Pull: a player asks the edge for "show", which it does not have: it pulls it.
+            let pulled = play_from(&browser, &edge.http, "show").await;
+            let decoded = wait_decoding(&browser, &edge, &[pushed.clone(), pulled.clone()]).await;
+            for s in &decoded {
+                assert_transport(s, "udp");
+            }
 
-        // Terminating the push removes the stream from the edge.
-        let stop = format!(
-            r#"{{"uri":"{}","remoteStreamName":"show-pushed"}}"#,
-            edge.http
-        );
-        let r = common::http(
-            "POST",
-            &origin.url("/rest-api/pull/terminate"),
-            Some("application/json"),
-            &stop,
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while common::http("GET", &edge.url("/api/streams"), None, "")
-            .body
-            .contains("show-pushed")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the pushed stream stayed on the edge"
+            // Terminating the push removes the stream from the edge.
+            let stop = format!(
+                r#"{{"uri":"{}","remoteStreamName":"show-pushed"}}"#,
+                edge.http
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        // The pulled stream plays on: it is a separate bridge.
-        let before = num(&browser.stats(&pulled).await, "videoFramesDecoded");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(num(&browser.stats(&pulled).await, "videoFramesDecoded") > before + 10);
-        browser.close().await;
-    });
+            let r = common::http(
+                "POST",
+                &origin.url("/rest-api/pull/terminate"),
+                Some("application/json"),
+                &stop,
+            );
+            assert_eq!(r.status, 200, "{}", r.body);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while common::http("GET", &edge.url("/api/streams"), None, "")
+                .body
+                .contains("show-pushed")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the pushed stream stayed on the edge"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // The pulled stream plays on: it is a separate bridge.
+            let before = num(&browser.stats(&pulled).await, "videoFramesDecoded");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(num(&browser.stats(&pulled).await, "videoFramesDecoded") > before + 10);
+            browser.close().await;
+        },
+    );
 }
 
 #[test]
 fn websocket_publish_and_play_report_status_events_and_errors() {
-    let _one = exclusive();
-    if common::in_private_network("websocket_publish_and_play_report_status_events_and_errors") {
-        return;
-    }
-    runtime().block_on(async {
-        let relay = Relay::start(&[
-            ("CORECAST_WORKERS_COUNT", "2"),
-            ("CORECAST_MEDIA_PORTS", &media_range(16)),
-        ]);
-        let browser = Browser::start().await;
-        browser
-            .client
-            .goto(&relay.url("/"))
-            .await
-            .expect("loading the page");
-        let ws = json!({ "signaling": "ws" });
-        let publisher = browser
-            .call(
-                "return await corecast.publish('wscam', arguments[0])",
-                vec![ws.clone()],
-            )
-            .await;
-        let player = browser
-            .call(
-                "return await corecast.play('wscam', arguments[0])",
-                vec![ws.clone()],
-            )
-            .await;
-        wait_decoding(&browser, &relay, std::slice::from_ref(&player)).await;
+    in_browser_network(
+        "websocket_publish_and_play_report_status_events_and_errors",
+        async {
+            let relay = Relay::start(&[
+                ("CORECAST_WORKERS_COUNT", "2"),
+                ("CORECAST_MEDIA_PORTS", &media_range(16)),
+            ]);
+            let browser = Browser::start().await;
+            browser
+                .client
+                .goto(&relay.url("/"))
+                .await
+                .expect("loading the page");
+            let ws = json!({ "signaling": "ws" });
+            let publisher = browser
+                .call(
+                    "return await corecast.publish('wscam', arguments[0])",
+                    vec![ws.clone()],
+                )
+                .await;
+            let player = browser
+                .call(
+                    "return await corecast.play('wscam', arguments[0])",
+                    vec![ws.clone()],
+                )
+                .await;
+            wait_decoding(&browser, &relay, std::slice::from_ref(&player)).await;
 
-        // Bad commands get error events that say what is wrong.
-        let unknown = browser
-            .call("return await corecast.command({type: 'dance'})", vec![])
-            .await;
-        assert_eq!(unknown["type"], "error");
-        assert!(
-            unknown["message"]
-                .as_str()
-                .unwrap()
-                .contains("unknown command"),
-            "{unknown}"
-        );
-        let malformed = browser
+            // Bad commands get error events that say what is wrong.
+            let unknown = browser
+                .call("return await corecast.command({type: 'dance'})", vec![])
+                .await;
+            assert_eq!(unknown["type"], "error");
+            assert!(
+                unknown["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("unknown command"),
+                "{unknown}"
+            );
+            let malformed = browser
             .call(
                 "return await corecast.command({type: 'play', stream: 'wscam', sdp: 'nonsense'})",
                 vec![],
             )
             .await;
-        assert_eq!(malformed["status"], 400, "{malformed}");
-        let absent = browser
-            .call(
-                "return await corecast.command({type: 'publish', stream: 'x'})",
-                vec![],
-            )
-            .await;
-        assert!(
-            absent["message"]
-                .as_str()
-                .unwrap()
-                .contains("needs `stream` and `sdp`"),
-            "{absent}"
-        );
-
-        // Stopping the publisher: UNPUBLISHED for it, STOPPED for its player.
-        browser
-            .call("return await corecast.stop(arguments[0])", vec![publisher])
-            .await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let events = loop {
-            let events = browser.call("return corecast.events", vec![]).await;
-            let statuses: Vec<String> = events
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|e| e["status"].as_str().map(str::to_string))
-                .collect();
-            if statuses.iter().any(|s| s == "STOPPED") || Instant::now() > deadline {
-                break statuses;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        for expected in [
-            "ESTABLISHED",
-            "PUBLISHING",
-            "PLAYING",
-            "UNPUBLISHED",
-            "STOPPED",
-        ] {
+            assert_eq!(malformed["status"], 400, "{malformed}");
+            let absent = browser
+                .call(
+                    "return await corecast.command({type: 'publish', stream: 'x'})",
+                    vec![],
+                )
+                .await;
             assert!(
-                events.iter().any(|s| s == expected),
-                "no {expected} in {events:?}"
+                absent["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("needs `stream` and `sdp`"),
+                "{absent}"
             );
-        }
-        browser.close().await;
-    });
+
+            // Stopping the publisher: UNPUBLISHED for it, STOPPED for its player.
+            browser
+                .call("return await corecast.stop(arguments[0])", vec![publisher])
+                .await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let events = loop {
+                let events = browser.call("return corecast.events", vec![]).await;
+                let statuses: Vec<String> = events
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|e| e["status"].as_str().map(str::to_string))
+                    .collect();
+                if statuses.iter().any(|s| s == "STOPPED") || Instant::now() > deadline {
+                    break statuses;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            for expected in [
+                "ESTABLISHED",
+                "PUBLISHING",
+                "PLAYING",
+                "UNPUBLISHED",
+                "STOPPED",
+            ] {
+                assert!(
+                    events.iter().any(|s| s == expected),
+                    "no {expected} in {events:?}"
+                );
+            }
+            browser.close().await;
+        },
+    );
 }

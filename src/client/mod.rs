@@ -399,11 +399,7 @@ impl Demux {
                 let Some((srtp, handler)) = self.media.as_mut() else {
                     return;
                 };
-                let plain = if kind == PacketKind::Rtp {
-                    srtp.unprotect_rtp(data)
-                } else {
-                    srtp.unprotect_rtcp(data)
-                };
+                let plain = srtp.unprotect(data, kind == PacketKind::Rtcp);
                 match plain {
                     Ok(n) if kind == PacketKind::Rtp => handler(Incoming::Rtp(&data[..n])),
                     Ok(n) => {

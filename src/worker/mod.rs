@@ -1290,11 +1290,7 @@ impl Core {
                     inc(&self.out.stats.drop_not_ready);
                     return;
                 };
-                let plain = if kind == PacketKind::Rtp {
-                    srtp.unprotect_rtp(data)
-                } else {
-                    srtp.unprotect_rtcp(data)
-                };
+                let plain = srtp.unprotect(data, kind == PacketKind::Rtcp);
                 match plain {
                     Ok(len) if kind == PacketKind::Rtp => self.on_rtp(slot, &data[..len], now),
                     Ok(len) => self.on_rtcp(slot, &data[..len], now),
