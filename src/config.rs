@@ -48,6 +48,10 @@ pub struct MediaConfig {
     pub tcp_send_queue: usize,
     /// A session with no valid STUN for this long ends and frees its port.
     pub ice_timeout: Duration,
+    /// Send each UDP player a video frame's packets in one GSO send (`UDP_SEGMENT`).
+    pub gso: bool,
+    /// Longest a packet waits for the rest of its frame before its burst leaves anyway.
+    pub gso_hold: Duration,
 }
 
 /// `media.protocol`: the transports offered in ICE candidates.
@@ -144,6 +148,8 @@ const KEYS: &[(&str, &[&str])] = &[
             "tcp_send_buffer",
             "tcp_send_queue",
             "ice_timeout",
+            "gso",
+            "gso_hold_us",
         ],
     ),
     ("workers", &["count", "pin"]),
@@ -170,6 +176,8 @@ impl Default for Config {
                 tcp_send_buffer: 1 << 20,
                 tcp_send_queue: 512,
                 ice_timeout: Duration::from_secs(30),
+                gso: true,
+                gso_hold: Duration::from_micros(1000),
             },
             workers: WorkersConfig {
                 count: 0,
@@ -304,6 +312,23 @@ impl Config {
             }
             config.media.ice_timeout = Duration::from_secs(n as u64);
         }
+        if let Some(v) = get("media", "gso") {
+            config.media.gso = match v {
+                Value::Boolean(b) => *b,
+                other => return Err(bad("media.gso", other, "must be true or false")),
+            };
+        }
+        if let Some(v) = get("media", "gso_hold_us") {
+            let n = int(v, "media.gso_hold_us", "a number of microseconds")?;
+            if !(0..=20_000).contains(&n) {
+                return Err(bad(
+                    "media.gso_hold_us",
+                    n,
+                    "must be 0 to 20000 microseconds",
+                ));
+            }
+            config.media.gso_hold = Duration::from_micros(n as u64);
+        }
         if let Some(v) = get("workers", "count") {
             let n = int(v, "workers.count", "a number of threads")?;
             if !(0..=1024).contains(&n) {
@@ -356,7 +381,7 @@ impl Config {
         format!(
             "[http]\nlisten = \"{}\"\n\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
              udp_recv_buffer = {}\nudp_send_buffer = {}\ntcp_recv_buffer = {}\ntcp_send_buffer = {}\n\
-             tcp_send_queue = {}\nice_timeout = {}\n\n[workers]\ncount = {}\npin = {}\n",
+             tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\n\n[workers]\ncount = {}\npin = {}\n",
             self.http.listen,
             self.media.bind_ip,
             self.media.announced_ip,
@@ -368,6 +393,8 @@ impl Config {
             self.media.tcp_send_buffer,
             self.media.tcp_send_queue,
             self.media.ice_timeout.as_secs(),
+            self.media.gso,
+            self.media.gso_hold.as_micros(),
             self.workers.count,
             self.workers.pin,
         ) + &format!(

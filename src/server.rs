@@ -32,8 +32,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening a TCP socket on media.bind_ip {}", media.bind_ip))?
             .log("TCP");
     }
+    let gso = media.gso && media.protocol.udp() && crate::worker::io::udp_gso_supported();
+    match (media.gso, gso) {
+        (true, true) => tracing::info!(
+            hold_us = media.gso_hold.as_micros() as u64,
+            "UDP GSO on: each player's frame leaves in one send"
+        ),
+        (true, false) if media.protocol.udp() => tracing::warn!(
+            "UDP GSO unavailable (the kernel lacks UDP_SEGMENT): one send per packet"
+        ),
+        _ => tracing::info!("UDP GSO off: one send per packet"),
+    }
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let settings = WorkerSettings {
+        gso,
+        gso_hold: media.gso_hold,
         ice_timeout: media.ice_timeout,
         tcp_send_queue: media.tcp_send_queue,
         loopback_only: media.bind_ip.is_loopback(),

@@ -135,7 +135,9 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
     let mut seq = 0u16;
     let mut send = async |count: u32, seq: &mut u16| {
         for i in 0..count {
-            let mut p = vec![0x80, pt];
+            // Frames of five packets, the marker bit on the last: UDP players get GSO bursts.
+            let marker = if i % 5 == 4 { 0x80 } else { 0 };
+            let mut p = vec![0x80, pt | marker];
             p.extend_from_slice(&seq.to_be_bytes());
             p.extend_from_slice(&(*seq as u32 * 3000).to_be_bytes());
             p.extend_from_slice(&ssrc.to_be_bytes());
@@ -176,4 +178,30 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
         WORKER_ALLOCATIONS.load(Ordering::Relaxed) > 0,
         "the counter sees worker threads at all"
     );
+    if corecast::worker::io::udp_gso_supported() {
+        let metrics = http_get(&format!("{relay}/metrics"));
+        let segments: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("corecast_gso_segments_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert!(segments > 0, "the run went through GSO bursts\n{metrics}");
+    }
+}
+
+fn http_get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/"), |(h, _)| (h, &url[7 + h.len()..]));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

@@ -1,7 +1,8 @@
 //! corecast's own WebRTC client (the one the load generator and republishing use) against a
 //! real relay: media flows publisher to players over UDP and ICE-TCP, and a player on TCP that
 //! stops reading loses whole frames only, costs the other players nothing, and makes the relay
-//! ask the publisher for a keyframe.
+//! ask the publisher for a keyframe. Frames of every shape reach UDP players whole and in order
+//! through GSO bursts, and the same with GSO off.
 
 mod common;
 
@@ -216,4 +217,140 @@ async fn slow_tcp_player_drops_whole_frames_without_holding_back_others() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What one player received of the video: (RTP sequence, length, the publisher's counter).
+type Delivered = Arc<std::sync::Mutex<Vec<(u16, usize, u32)>>>;
+
+fn recording_handler(delivered: Delivered) -> client::Handler {
+    Box::new(move |incoming| {
+        let Incoming::Rtp(packet) = incoming else {
+            return;
+        };
+        if let Ok(h) = RtpHeader::parse(packet)
+            && packet[h.header_len..].starts_with(b"CCLG")
+        {
+            let at = h.header_len + 4;
+            let counter = u32::from_be_bytes(packet[at..at + 4].try_into().unwrap());
+            delivered
+                .lock()
+                .unwrap()
+                .push((h.sequence, packet.len(), counter));
+        }
+    })
+}
+
+/// Frames shaped to take every path of the burst logic: equal packets with a shorter last,
+/// sizes that grow inside a frame (a burst cannot take a longer packet), frames whose marker
+/// never comes (their hold runs out), and a frame larger than one GSO send may carry.
+fn frame_shapes() -> Vec<(Vec<usize>, bool)> {
+    let mut frames = Vec::new();
+    for _ in 0..10 {
+        frames.push((vec![1200, 1200, 1200, 1200, 1200, 700], true));
+    }
+    for _ in 0..5 {
+        frames.push((vec![1000, 1100, 1200], true));
+    }
+    for _ in 0..3 {
+        frames.push((vec![1200; 4], false));
+    }
+    frames.push((vec![1200; 60], true));
+    frames.push((vec![200], true));
+    frames
+}
+
+async fn forward_frame_shapes(gso: &str) {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", &media_range(8)),
+        ("CORECAST_MEDIA_PROTOCOL", "udp"),
+        ("CORECAST_MEDIA_GSO", gso),
+    ]);
+    let certificate = Certificate::generate_self_signed(vec!["gso".into()]).unwrap();
+    let mut publisher = client::connect(
+        &options(
+            &relay,
+            "/whip/gso",
+            Role::Publish,
+            Transport::Udp,
+            &certificate,
+        ),
+        Box::new(|_| {}),
+    )
+    .await
+    .expect("publisher connects");
+    let video_pt = publisher.negotiated.video_payload_type.unwrap();
+    let mut players = Vec::new();
+    // Three players on two workers: the stream reaches some of them through the mesh.
+    for _ in 0..3 {
+        let delivered = Delivered::default();
+        let player = client::connect(
+            &options(
+                &relay,
+                "/whep/gso",
+                Role::Play,
+                Transport::Udp,
+                &certificate,
+            ),
+            recording_handler(delivered.clone()),
+        )
+        .await
+        .expect("player connects");
+        players.push((player, delivered));
+    }
+    let mut expected = Vec::new();
+    let mut counter = 0u32;
+    for (sizes, marker) in frame_shapes() {
+        let last = sizes.len() - 1;
+        for (i, &len) in sizes.iter().enumerate() {
+            let mut packet = video_packet(video_pt, counter as u16, publisher.video_ssrc);
+            if marker && i == last {
+                packet[1] |= 0x80;
+            }
+            packet[16..20].copy_from_slice(&counter.to_be_bytes());
+            packet.truncate(len);
+            publisher.send_rtp(&packet).await.unwrap();
+            expected.push((len, counter));
+            counter += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while players
+        .iter()
+        .any(|(_, d)| d.lock().unwrap().len() < expected.len())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (n, (_, delivered)) in players.iter().enumerate() {
+        let delivered = delivered.lock().unwrap();
+        // The SRTP trailer is gone: lengths are the publisher's. Order is the publisher's.
+        let got: Vec<(usize, u32)> = delivered.iter().map(|&(_, l, c)| (l, c)).collect();
+        assert_eq!(got, expected, "player {n} (gso = {gso})");
+        for pair in delivered.windows(2) {
+            assert_eq!(pair[1].0, pair[0].0.wrapping_add(1), "player {n}: sequence");
+        }
+    }
+    let segments = relay.metric_all_workers("corecast_gso_segments_total");
+    if gso == "true" {
+        assert!(segments > 0, "GSO carried packets\n{}", relay.log());
+    } else {
+        assert_eq!(segments, 0, "GSO off sends packet by packet");
+    }
+    assert_eq!(relay.metric_all_workers("corecast_gso_refused_total"), 0);
+    for (player, _) in players {
+        player.close().await;
+    }
+    publisher.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn udp_players_get_every_frame_whole_and_in_order_through_gso_bursts() {
+    forward_frame_shapes("true").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn players_get_the_same_packets_with_gso_off() {
+    forward_frame_shapes("false").await;
 }

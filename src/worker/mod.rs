@@ -10,6 +10,7 @@
 //! submitted once per loop turn; a TCP player's frames go through its bounded send queue, one
 //! gathered `sendmsg` in flight per connection so frames are never reordered or torn.
 
+pub mod burst;
 pub mod io;
 pub mod mesh;
 pub mod stats;
@@ -33,8 +34,10 @@ use crate::wire::demux::{PacketKind, classify};
 use crate::wire::framing::{self, FrameReader};
 use crate::wire::rtcp::{self, SENDER_REPORT};
 use crate::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_into};
+use burst::{Append, BurstId, Bursts, Owner};
 use io::{
-    EGRESS_HEADROOM, EgressPool, MAX_PACKET, ProvidedBuffers, RawAddr, Ring, SendBatch, WakeFd,
+    EGRESS_HEADROOM, EgressPool, GsoSends, MAX_PACKET, ProvidedBuffers, RawAddr, Ring, SendBatch,
+    WakeFd,
 };
 use mesh::{CrossMessage, Forwarded, Mesh, StreamId, Waker};
 use stats::{WorkerStats, add, inc, set};
@@ -53,7 +56,11 @@ pub fn is_worker_thread() -> bool {
 
 const RING_ENTRIES: u32 = 4096;
 const RECV_BUFFERS: u16 = 4096;
-const EGRESS_BUFFERS: u32 = 8192;
+const EGRESS_BUFFERS: u32 = 16384;
+/// Frame bursts open or in flight at once; a player past this many sends packet by packet.
+const BURSTS: usize = 4096;
+/// GSO sends the kernel may refuse before a worker stops trying (it logs why).
+const GSO_REFUSALS_BEFORE_OFF: u32 = 16;
 const MESH_CAPACITY: usize = 8192;
 const TICK: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_millis(50);
@@ -131,6 +138,10 @@ pub enum Event {
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// Frame bursts go out as UDP GSO sends (already probed: the kernel has `UDP_SEGMENT`).
+    pub gso: bool,
+    /// Longest hold of a packet waiting for the rest of its frame's burst.
+    pub gso_hold: Duration,
     pub ice_timeout: Duration,
     /// Frames queued per ICE-TCP connection before whole frames are dropped.
     pub tcp_send_queue: usize,
@@ -332,6 +343,8 @@ struct Session {
     accept_armed: bool,
     closing: bool,
     timeout_reported: bool,
+    /// A player's open frame burst (UDP GSO).
+    burst: Option<BurstId>,
 }
 
 /// One accepted ICE-TCP connection.
@@ -395,10 +408,32 @@ struct Output {
     next_conn_generation: u32,
     stats: Arc<WorkerStats>,
     tcp_send_queue: usize,
-    /// Forwarded packets queued since the last submission, as runs of (receive time, count),
-    /// for the relay-latency histogram.
-    unsubmitted: Vec<(Instant, u64)>,
-    unsubmitted_count: u64,
+    unsubmitted: Unsubmitted,
+    /// Players' frame bursts and the GSO sends that carry them.
+    bursts: Bursts,
+    gso: GsoSends,
+    gso_enabled: bool,
+    gso_refusals: u32,
+}
+
+/// Forwarded packets queued on the ring since the last submission, as runs of (receive time,
+/// count), for the relay-latency histogram.
+struct Unsubmitted {
+    runs: Vec<(Instant, u64)>,
+    count: u64,
+}
+
+impl Unsubmitted {
+    /// Notes a packet received at `origin`; says whether `SUBMIT_BATCH` of them are waiting.
+    fn note(&mut self, origin: Instant) -> bool {
+        let full = self.runs.len() == self.runs.capacity();
+        match self.runs.last_mut() {
+            Some((o, n)) if *o == origin || full => *n += 1,
+            _ => self.runs.push((origin, 1)),
+        }
+        self.count += 1;
+        self.count >= SUBMIT_BATCH
+    }
 }
 
 /// Whether a packet was handed to the kernel (or a send queue) or dropped.
@@ -413,13 +448,7 @@ impl Output {
     /// kernel at once rather than at the end of the loop turn, so a large fanout starts
     /// leaving while the rest is prepared.
     fn forwarded(&mut self, origin: Instant) {
-        let full = self.unsubmitted.len() == self.unsubmitted.capacity();
-        match self.unsubmitted.last_mut() {
-            Some((o, n)) if *o == origin || full => *n += 1,
-            _ => self.unsubmitted.push((origin, 1)),
-        }
-        self.unsubmitted_count += 1;
-        if self.unsubmitted_count >= SUBMIT_BATCH {
+        if self.unsubmitted.note(origin) {
             self.record_submitted();
             let _ = self.ring.submit();
         }
@@ -428,16 +457,97 @@ impl Output {
     /// Records the forwarded packets about to be submitted in the relay-latency histogram
     /// (receive completion to send submission; the kernel's own send time is not in it).
     fn record_submitted(&mut self) {
-        if self.unsubmitted_count == 0 {
+        if self.unsubmitted.count == 0 {
             return;
         }
         let now = Instant::now();
-        for (origin, count) in self.unsubmitted.drain(..) {
+        for (origin, count) in self.unsubmitted.runs.drain(..) {
             self.stats
                 .relay_latency
                 .record(now.duration_since(origin).as_nanos() as u64, count);
         }
-        self.unsubmitted_count = 0;
+        self.unsubmitted.count = 0;
+    }
+
+    /// Sends a forwarded video packet to a UDP player, or holds it in the player's frame burst
+    /// so that the frame leaves in one GSO send; the frame's last packet (`end_of_frame`, the
+    /// marker bit) sends the burst at once.
+    #[allow(clippy::too_many_arguments)]
+    fn send_or_hold(
+        &mut self,
+        burst: &mut Option<BurstId>,
+        owner: Owner,
+        fd: RawFd,
+        to: SocketAddr,
+        raw: &RawAddr,
+        slot: u32,
+        len: usize,
+        received_at: Instant,
+        end_of_frame: bool,
+    ) {
+        inc(&self.stats.tx_packets);
+        add(&self.stats.tx_bytes, len as u64);
+        if let Some(id) = burst.take() {
+            match self
+                .bursts
+                .append(id, owner, fd, to, slot, len, received_at)
+            {
+                Append::Held if !end_of_frame => {
+                    *burst = Some(id);
+                    return;
+                }
+                Append::Held | Append::HeldAndFull => {
+                    self.send_burst(id);
+                    return;
+                }
+                Append::DoesNotFit => self.send_burst(id),
+            }
+        }
+        if !end_of_frame && let Some(id) = self.bursts.open(owner, fd, to, slot, len, received_at) {
+            *burst = Some(id);
+            return;
+        }
+        self.pool
+            .send(&mut self.ring, fd, slot, EGRESS_HEADROOM, len, raw);
+        self.forwarded(received_at);
+    }
+
+    /// Hands an open burst to the kernel: one GSO `sendmsg`, or a plain send for one packet.
+    fn send_burst(&mut self, id: BurstId) {
+        let burst = self.bursts.get(id);
+        let to = RawAddr::new(burst.to);
+        let fd = burst.fd;
+        if burst.packets() == 1 {
+            let first = burst.segments().next().zip(burst.received_at().next());
+            self.bursts.release(id);
+            if let Some(((slot, len), received_at)) = first {
+                self.pool
+                    .send(&mut self.ring, fd, slot, EGRESS_HEADROOM, len, &to);
+                self.forwarded(received_at);
+            }
+            return;
+        }
+        self.gso.submit(
+            id as usize,
+            &mut self.ring,
+            &self.pool,
+            fd,
+            &to,
+            burst.segment_size,
+            burst.segments(),
+            io::OP_GSO_SEND | id as u64,
+        );
+        inc(&self.stats.gso_sends);
+        add(&self.stats.gso_segments, burst.packets() as u64);
+        let mut batch_waiting = false;
+        for received_at in burst.received_at() {
+            batch_waiting |= self.unsubmitted.note(received_at);
+        }
+        self.bursts.sent(id);
+        if batch_waiting {
+            self.record_submitted();
+            let _ = self.ring.submit();
+        }
     }
 
     fn conn(&mut self, slot: usize, generation: u32) -> Option<&mut TcpConn> {
@@ -515,6 +625,8 @@ struct Core {
     events: UnboundedSender<Event>,
     settings: WorkerSettings,
     wake_pending: Vec<bool>,
+    /// Bursts whose hold ran out this turn (kept to reuse its memory).
+    due_bursts: Vec<(BurstId, Owner)>,
     /// Packets handed to other workers, reused once they let go of them.
     shared_pool: mesh::SharedPool,
 
@@ -561,8 +673,14 @@ impl Worker {
                     next_conn_generation: 0,
                     stats,
                     tcp_send_queue: settings.tcp_send_queue,
-                    unsubmitted: Vec::with_capacity(UNSUBMITTED_RUNS),
-                    unsubmitted_count: 0,
+                    unsubmitted: Unsubmitted {
+                        runs: Vec::with_capacity(UNSUBMITTED_RUNS),
+                        count: 0,
+                    },
+                    bursts: Bursts::new(BURSTS, settings.gso_hold, Instant::now()),
+                    gso: GsoSends::new(if settings.gso { BURSTS } else { 0 }),
+                    gso_enabled: settings.gso,
+                    gso_refusals: 0,
                 },
                 sessions: Vec::new(),
                 free_slots: Vec::new(),
@@ -574,6 +692,7 @@ impl Worker {
                 events,
                 settings,
                 wake_pending: vec![false; workers],
+                due_bursts: Vec::with_capacity(BURSTS),
                 shared_pool: mesh::SharedPool::new(if workers > 1 { 1024 } else { 0 }),
 
                 to_close: Vec::new(),
@@ -594,6 +713,7 @@ impl Worker {
             if now >= self.core.next_tick {
                 self.core.tick(now);
             }
+            self.core.send_due_bursts(Instant::now());
             self.core.flush_wakes();
             self.core.out.record_submitted();
             if !self.core.to_close.is_empty() {
@@ -614,7 +734,11 @@ impl Worker {
                 let r = if self.core.has_work() {
                     self.core.out.ring.submit()
                 } else {
-                    self.core.out.ring.submit_and_wait(MAX_WAIT)
+                    // Wake for the next burst's hold deadline; no timer operation needed.
+                    let wait = self.core.out.bursts.next_due().map_or(MAX_WAIT, |due| {
+                        due.saturating_duration_since(Instant::now()).min(MAX_WAIT)
+                    });
+                    self.core.out.ring.submit_and_wait(wait)
                 };
                 waker.unpark();
                 r
@@ -682,6 +806,7 @@ impl Worker {
                     }
                 }
                 io::OP_TCP_SEND => self.core.tcp_sent(slot, generation, result),
+                io::OP_GSO_SEND => self.core.gso_sent(slot as BurstId, result),
                 io::OP_SEND => {
                     self.core.out.pool.release(slot as u32);
                     if result < 0 {
@@ -838,6 +963,7 @@ impl Core {
             role,
             closing: false,
             timeout_reported: false,
+            burst: None,
         });
         self.by_id.insert(new.id, slot);
     }
@@ -894,6 +1020,9 @@ impl Core {
             return;
         }
         session.closing = true;
+        if let Some(id) = session.burst.take() {
+            self.out.send_burst(id);
+        }
         let stream = session.stream;
         let generation = session.generation;
         if session.recv_armed {
@@ -1560,6 +1689,66 @@ impl Core {
         self.next_tick = now + TICK;
     }
 
+    /// Sends the bursts whose hold ran out before their frame's last packet came.
+    fn send_due_bursts(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due_bursts);
+        self.out.bursts.take_due(now, &mut due);
+        for (id, (slot, generation)) in due.drain(..) {
+            if let Some(Some(session)) = self.sessions.get_mut(slot)
+                && session.generation == generation
+                && session.burst == Some(id)
+            {
+                session.burst = None;
+            }
+            self.out.send_burst(id);
+        }
+        self.due_bursts = due;
+    }
+
+    /// A GSO send completed: its egress slots are free again. Where the kernel refused the
+    /// send as such (no checksum offload on the route's device, a segment over the path MTU),
+    /// its packets go again one by one, and after `GSO_REFUSALS_BEFORE_OFF` refusals the
+    /// worker stops holding bursts.
+    fn gso_sent(&mut self, id: BurstId, result: i32) {
+        let out = &mut self.out;
+        let burst = out.bursts.get(id);
+        let refused = matches!(
+            -result,
+            libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::EMSGSIZE | libc::ENOPROTOOPT
+        );
+        let (slot, generation) = burst.owner;
+        let player_alive = self
+            .sessions
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.generation == generation && !s.closing && s.udp_fd == burst.fd);
+        if result >= 0 || !(refused && player_alive) {
+            if result < 0 {
+                add(&out.stats.send_errors, burst.packets() as u64);
+            }
+            for &egress in burst.slots() {
+                out.pool.release(egress);
+            }
+        } else {
+            inc(&out.stats.gso_refused);
+            out.gso_refusals += 1;
+            if out.gso_refusals == GSO_REFUSALS_BEFORE_OFF && out.gso_enabled {
+                out.gso_enabled = false;
+                tracing::warn!(
+                    worker = self.index,
+                    errno = -result,
+                    "the kernel keeps refusing UDP GSO sends; this worker now sends one packet per send"
+                );
+            }
+            let to = RawAddr::new(burst.to);
+            for (egress, len) in burst.segments() {
+                out.pool
+                    .send(&mut out.ring, burst.fd, egress, EGRESS_HEADROOM, len, &to);
+            }
+        }
+        out.bursts.release(id);
+    }
+
     fn flush_wakes(&mut self) {
         for (worker, pending) in self.wake_pending.iter_mut().enumerate() {
             if std::mem::take(pending) {
@@ -1592,6 +1781,8 @@ fn forward_to_players(
         Forwarded::SenderReport => None,
     };
     let mut dropped_video = false;
+    let end_of_frame = header.as_ref().is_some_and(|h| h.marker);
+    let bursting = out.gso_enabled && kind == MediaKind::Video && header.is_some();
     for &slot in players {
         let Some(Session {
             remote: Some(peer),
@@ -1599,6 +1790,8 @@ fn forward_to_players(
             role: Role::Player(tracks),
             udp_fd,
             closing: false,
+            generation,
+            burst,
             ..
         }) = sessions[slot].as_mut()
         else {
@@ -1635,14 +1828,30 @@ fn forward_to_players(
             out.pool.release(egress);
             continue;
         };
-        let peer = *peer;
-        match out.transmit(*udp_fd, &peer, egress, len) {
-            Sent::Queued if header.is_some() => {
+        match *peer {
+            Peer::Udp { addr, raw } if bursting && *udp_fd >= 0 => {
+                let owner = (slot, *generation);
+                out.send_or_hold(
+                    burst,
+                    owner,
+                    *udp_fd,
+                    addr,
+                    &raw,
+                    egress,
+                    len,
+                    received_at,
+                    end_of_frame,
+                );
                 inc(&out.stats.forwarded_packets);
-                out.forwarded(received_at);
             }
-            Sent::Dropped if kind == MediaKind::Video => dropped_video = true,
-            _ => {}
+            peer => match out.transmit(*udp_fd, &peer, egress, len) {
+                Sent::Queued if header.is_some() => {
+                    inc(&out.stats.forwarded_packets);
+                    out.forwarded(received_at);
+                }
+                Sent::Dropped if kind == MediaKind::Video => dropped_video = true,
+                _ => {}
+            },
         }
     }
     dropped_video

@@ -85,6 +85,12 @@ counters! {
     recv_no_buffer,
     /// Sends the kernel refused (socket buffer full, unreachable).
     send_errors,
+    /// GSO sends (one `sendmsg` carrying a player's frame burst).
+    gso_sends,
+    /// Packets that left in GSO sends.
+    gso_segments,
+    /// GSO sends the kernel refused; their packets were sent again one by one.
+    gso_refused,
     /// ICE-TCP connections accepted.
     tcp_accepted,
     /// ICE-TCP connections refused at accept (session closing, too many, foreign source).
