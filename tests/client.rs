@@ -354,3 +354,84 @@ async fn udp_players_get_every_frame_whole_and_in_order_through_gso_bursts() {
 async fn players_get_the_same_packets_with_gso_off() {
     forward_frame_shapes("false").await;
 }
+
+/// Packets over the path MTU (here a loopback MTU of 1280) reach a player whole through GSO
+/// bursts: the kernel either fragments each segment (6.x does) or refuses the send, and then
+/// the relay sends the packets again one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frames_over_the_path_mtu_arrive_whole_through_gso() {
+    if common::in_private_network_set_up(
+        "frames_over_the_path_mtu_arrive_whole_through_gso",
+        "ip link set lo mtu 1280",
+    ) {
+        return;
+    }
+    if std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_none() {
+        eprintln!("skipped: needs a network namespace (root) for its small loopback MTU");
+        return;
+    }
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "1"),
+        ("CORECAST_MEDIA_PORTS", &media_range(4)),
+        ("CORECAST_MEDIA_PROTOCOL", "udp"),
+    ]);
+    let certificate = Certificate::generate_self_signed(vec!["gso".into()]).unwrap();
+    let mut publisher = client::connect(
+        &options(
+            &relay,
+            "/whip/mtu",
+            Role::Publish,
+            Transport::Udp,
+            &certificate,
+        ),
+        Box::new(|_| {}),
+    )
+    .await
+    .expect("publisher connects");
+    let video_pt = publisher.negotiated.video_payload_type.unwrap();
+    let delivered = Delivered::default();
+    let player = client::connect(
+        &options(
+            &relay,
+            "/whep/mtu",
+            Role::Play,
+            Transport::Udp,
+            &certificate,
+        ),
+        recording_handler(delivered.clone()),
+    )
+    .await
+    .expect("player connects");
+    // Frames of four 1260-byte packets: with headers and the SRTP tag each is over the MTU.
+    let frames = 30u32;
+    for counter in 0..frames * 4 {
+        let mut packet = video_packet(video_pt, counter as u16, publisher.video_ssrc);
+        if counter % 4 == 3 {
+            packet[1] |= 0x80;
+        }
+        packet[16..20].copy_from_slice(&counter.to_be_bytes());
+        packet.truncate(1260);
+        publisher.send_rtp(&packet).await.unwrap();
+        if counter % 4 == 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered.lock().unwrap().len() < (frames * 4) as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counters: Vec<u32> = delivered.lock().unwrap().iter().map(|d| d.2).collect();
+    assert_eq!(
+        counters,
+        (0..frames * 4).collect::<Vec<_>>(),
+        "{}",
+        relay.log()
+    );
+    assert!(
+        relay.metric_all_workers("corecast_gso_sends_total") > 0,
+        "the frames went through GSO bursts\n{}",
+        relay.log()
+    );
+    player.close().await;
+    publisher.close().await;
+}

@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 /// caller should return; `false` inside the namespace, or where namespaces cannot be made
 /// (not root), in which case the test runs on the host's loopback.
 pub fn in_private_network(test: &str) -> bool {
+    in_private_network_set_up(test, "true")
+}
+
+/// As [`in_private_network`], with `setup` (shell commands, such as a smaller loopback MTU) run
+/// inside the namespace first.
+pub fn in_private_network_set_up(test: &str, setup: &str) -> bool {
     if std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_some() {
         return false;
     }
@@ -36,7 +42,7 @@ pub fn in_private_network(test: &str) -> bool {
             "--",
             "sh",
             "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
+            &format!("ip link set lo up && {setup} && exec \"$0\" \"$@\""),
         ])
         .arg(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
