@@ -115,6 +115,35 @@ fn rewrite(c: &mut Criterion) {
             })
         });
     }
+    // The same per player, round-robin over 200 players with their own keys and egress
+    // buffers, as a fanout touches them: what the worker's cache sees.
+    let players = 200;
+    let mut contexts: Vec<SrtpContext> = (0..players)
+        .map(|_| context(SrtpProfile::AeadAes128Gcm))
+        .collect();
+    let mut buffers = vec![0u8; players * 2048];
+    let mut seq = 0u16;
+    group.bench_function("rewrite_and_protect/aead_aes_128_gcm/200_players", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for i in 0..iters as usize {
+                let player = i % players;
+                if player == 0 {
+                    seq = seq.wrapping_add(1);
+                }
+                let rw = Rewrite {
+                    ssrc: 1,
+                    payload_type: 100,
+                    sequence: seq,
+                    extension_ids: &ids,
+                };
+                let out = &mut buffers[player * 2048..(player + 1) * 2048];
+                let n = rewrite_into(&plain, &header, &rw, out).unwrap();
+                black_box(contexts[player].protect_rtp(out, n).unwrap());
+            }
+            start.elapsed()
+        })
+    });
     group.finish();
 }
 

@@ -2,8 +2,15 @@
 # Runs the BENCHMARKS.md load scenarios: for each, a fresh release relay on core 0 and the load
 # generator on core 1 (on a machine with more cores, set RELAY_CORES and LOADGEN_CORES), then
 # `loadgen compare` over all runs. Loopback only. Usage: benches/scenarios.sh [OUT_DIR]
+#
 # RELAY_BIN=path runs another relay build (for before/after comparisons); SCENARIOS="udp-1w
 # tcp-1w" picks scenarios; PLAYERS and DURATION size them.
+#
+# STEER_RX=1 (the default where network namespaces can be made, i.e. as root) runs everything
+# in a network namespace of its own whose loopback hands received packets to the load
+# generator's cores (RPS). On loopback the kernel otherwise delivers each datagram into its
+# receiver's socket on the sending CPU, so the relay's CPU would include every player's receive
+# path; with a NIC those costs are on the players' machines. STEER_RX=0 measures plain loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs}
@@ -11,25 +18,69 @@ relay_cores=${RELAY_CORES:-0}
 loadgen_cores=${LOADGEN_CORES:-1}
 players=${PLAYERS:-200}
 relay_bin=${RELAY_BIN:-target/release/corecast}
-scenarios=${SCENARIOS:-udp-1w tcp-1w udp-2w udp-1w-sampled}
+scenarios=${SCENARIOS:-udp-1w udp-1w-nogso tcp-1w udp-2w udp-1w-hd udp-1w-hd-nogso}
 duration=${DURATION:-10}
+
+# A CPU list ("1", "8-15", "2,4-5") as the hex mask sysfs takes, in 32-bit groups.
+cpumask() {
+    python3 - "$1" <<'PY'
+import sys
+mask = 0
+for part in sys.argv[1].split(","):
+    first, _, last = part.partition("-")
+    for cpu in range(int(first), int(last or first) + 1):
+        mask |= 1 << cpu
+digits = format(mask, "x")
+groups = []
+while digits:
+    groups.insert(0, digits[-8:])
+    digits = digits[:-8]
+print(",".join(groups))
+PY
+}
+
+if [[ -z ${IN_BENCH_NETNS_OF_CORECAST:-} && ${STEER_RX:-auto} != 0 ]]; then
+    if unshare -n true 2>/dev/null; then
+        cargo build --release -p corecast -p loadgen >/dev/null
+        netns=corecast-bench-$$
+        ip netns add "$netns"
+        trap 'ip netns delete "$netns"' EXIT
+        ip netns exec "$netns" ip link set lo up
+        ip netns exec "$netns" sh -c "echo $(cpumask "$loadgen_cores") > /sys/class/net/lo/queues/rx-0/rps_cpus"
+        echo "network namespace $netns: loopback receive processing steered to cores $loadgen_cores"
+        IN_BENCH_NETNS_OF_CORECAST=$netns ip netns exec "$netns" "$0" "$@"
+        exit
+    elif [[ ${STEER_RX:-auto} == 1 ]]; then
+        echo "STEER_RX=1 needs network namespaces (root)" >&2
+        exit 2
+    fi
+    echo "note: no network namespace (not root): receivers' kernel work counts in the relay's CPU"
+fi
+
 cargo build --release -p corecast -p loadgen >/dev/null
 mkdir -p "$out"
 
-run() { # name workers protocol transport [extra loadgen args...]
-    local name=$1 workers=$2 protocol=$3 transport=$4
-    shift 4
+run() { # name workers protocol transport gso [extra loadgen args...]
+    local name=$1 workers=$2 protocol=$3 transport=$4 gso=$5
+    shift 5
     local port=18300
     CORECAST_HTTP_LISTEN=127.0.0.1:$port CORECAST_WORKERS_COUNT=$workers CORECAST_WORKERS_PIN=false \
-        CORECAST_MEDIA_PORTS=34000-35999 CORECAST_MEDIA_PROTOCOL=$protocol RUST_LOG=warn \
-        taskset -c "$relay_cores" "$relay_bin" >"$out/$name.relay.log" 2>&1 &
+        CORECAST_MEDIA_PORTS=34000-35999 CORECAST_MEDIA_PROTOCOL=$protocol CORECAST_MEDIA_GSO=$gso \
+        RUST_LOG=warn taskset -c "$relay_cores" "$relay_bin" >"$out/$name.relay.log" 2>&1 &
     local relay=$!
     for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/metrics" && break; sleep 0.1; done
-    echo "== $name: $workers worker(s), $transport, $players players"
+    if ! curl -s -o /dev/null "http://127.0.0.1:$port/metrics"; then
+        echo "the relay did not start:" >&2
+        cat "$out/$name.relay.log" >&2
+        exit 1
+    fi
+    echo "== $name: $workers worker(s), $transport, GSO $gso, $players players $*"
     taskset -c "$loadgen_cores" target/release/loadgen --whip "http://127.0.0.1:$port/whip/{stream}" \
         --whep "http://127.0.0.1:$port/whep/{stream}" --streams 1 --players "$players" --ramp 200 \
         --duration "$duration" --transport "$transport" --relay-pid "$relay" \
         --relay-metrics "http://127.0.0.1:$port/metrics" --out "$out/$name" --quiet "$@" | grep -E "^(players|relay|note)"
+    curl -s "http://127.0.0.1:$port/metrics" | grep -E "^corecast_(gso_sends|gso_segments|tx_packets|send_errors)_total" \
+        | awk '{ split($1, m, "{"); sum[m[1]] += $2 } END { for (k in sum) printf "%s %d  ", k, sum[k]; print "" }'
     kill "$relay"
     wait "$relay" 2>/dev/null || true
 }
@@ -37,10 +88,14 @@ run() { # name workers protocol transport [extra loadgen args...]
 dirs=()
 for scenario in $scenarios; do
     case $scenario in
-        udp-1w) run udp-1w 1 udp udp ;;
-        tcp-1w) run tcp-1w 1 tcp tcp ;;
-        udp-2w) run udp-2w 2 udp udp ;;
-        udp-1w-sampled) run udp-1w-sampled 1 udp udp --verify sample ;;
+        udp-1w) run udp-1w 1 udp udp true ;;
+        udp-1w-nogso) run udp-1w-nogso 1 udp udp false ;;
+        tcp-1w) run tcp-1w 1 tcp tcp true ;;
+        udp-2w) run udp-2w 2 udp udp true ;;
+        udp-1w-sampled) run udp-1w-sampled 1 udp udp true --verify sample ;;
+        # 4 Mbit/s video without audio: frames of 14 packets, the case GSO is built for.
+        udp-1w-hd) run udp-1w-hd 1 udp udp true --video-kbps 4000 --no-audio ;;
+        udp-1w-hd-nogso) run udp-1w-hd-nogso 1 udp udp false --video-kbps 4000 --no-audio ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
     dirs+=("$out/$scenario")

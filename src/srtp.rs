@@ -490,14 +490,18 @@ fn estimate_index(window: &ReplayWindow, sequence: u16) -> u64 {
     (guess << 16) | sequence as u64
 }
 
+/// RFC 7714 §8.1: salt XOR (0x0000 ‖ SSRC ‖ ROC ‖ SEQ). Built in two words rather than byte
+/// by byte: the cipher reads the nonce back in words at once, and a read the byte stores
+/// cannot forward waits for every earlier store to reach the cache (on the packet path, the
+/// packet copy just written into a cold egress buffer).
 fn gcm_rtp_nonce(salt: &[u8; 12], ssrc: u32, roc: u32, sequence: u16) -> Nonce {
+    let salt_high = u64::from_be_bytes(salt[..8].try_into().expect("8 bytes"));
+    let salt_low = u32::from_be_bytes(salt[8..].try_into().expect("4 bytes"));
+    let high = salt_high ^ ((ssrc as u64) << 16 | (roc >> 16) as u64);
+    let low = salt_low ^ ((roc << 16) | sequence as u32);
     let mut iv = [0u8; 12];
-    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-    iv[6..10].copy_from_slice(&roc.to_be_bytes());
-    iv[10..12].copy_from_slice(&sequence.to_be_bytes());
-    for (b, s) in iv.iter_mut().zip(salt) {
-        *b ^= s;
-    }
+    iv[..8].copy_from_slice(&high.to_be_bytes());
+    iv[8..].copy_from_slice(&low.to_be_bytes());
     Nonce::assume_unique_for_key(iv)
 }
 

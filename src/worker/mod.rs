@@ -13,6 +13,7 @@
 pub mod burst;
 pub mod io;
 pub mod mesh;
+mod staged;
 pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
@@ -40,6 +41,7 @@ use io::{
     WakeFd,
 };
 use mesh::{CrossMessage, Forwarded, Mesh, StreamId, Waker};
+use staged::Staged;
 use stats::{WorkerStats, add, inc, set};
 
 pub type SessionId = u64;
@@ -414,6 +416,9 @@ struct Output {
     gso: GsoSends,
     gso_enabled: bool,
     gso_refusals: u32,
+    /// Completions taken off the ring while reaping sends mid-turn that need the worker (a
+    /// receive, a refused GSO send...): handled first in the next turn, in order.
+    deferred: Vec<cqueue::Entry>,
 }
 
 /// Forwarded packets queued on the ring since the last submission, as runs of (receive time,
@@ -449,8 +454,52 @@ impl Output {
     /// leaving while the rest is prepared.
     fn forwarded(&mut self, origin: Instant) {
         if self.unsubmitted.note(origin) {
-            self.record_submitted();
-            let _ = self.ring.submit();
+            self.submit_batch();
+        }
+    }
+
+    /// Submits the queued sends and at once takes back the egress slots of those that
+    /// completed (UDP sends complete while they are submitted), so a fanout reuses a few
+    /// cache-hot slots instead of walking the whole pool, each write into a cold one a miss.
+    fn submit_batch(&mut self) {
+        self.record_submitted();
+        let _ = self.ring.submit();
+        let mut reaped = std::mem::take(&mut self.deferred);
+        let already_deferred = reaped.len();
+        self.ring.completions(&mut reaped);
+        let mut kept = already_deferred;
+        for i in already_deferred..reaped.len() {
+            let cqe = reaped[i].clone();
+            if !self.finish_send(&cqe) {
+                reaped[kept] = cqe;
+                kept += 1;
+            }
+        }
+        reaped.truncate(kept);
+        self.deferred = reaped;
+    }
+
+    /// Handles the completion of a UDP send (plain or GSO) that went through: its egress
+    /// slots are free again. Returns false for everything else, which the worker handles.
+    fn finish_send(&mut self, cqe: &cqueue::Entry) -> bool {
+        let (ud, result) = (cqe.user_data(), cqe.result());
+        match ud & io::OP_MASK {
+            io::OP_SEND => {
+                self.pool.release((ud & 0xffff_ffff) as u32);
+                if result < 0 {
+                    inc(&self.stats.send_errors);
+                }
+                true
+            }
+            io::OP_GSO_SEND if result >= 0 => {
+                let id = (ud & 0xffff_ffff) as BurstId;
+                for &egress in self.bursts.get(id).slots() {
+                    self.pool.release(egress);
+                }
+                self.bursts.release(id);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -545,8 +594,7 @@ impl Output {
         }
         self.bursts.sent(id);
         if batch_waiting {
-            self.record_submitted();
-            let _ = self.ring.submit();
+            self.submit_batch();
         }
     }
 
@@ -625,6 +673,8 @@ struct Core {
     events: UnboundedSender<Event>,
     settings: WorkerSettings,
     wake_pending: Vec<bool>,
+    /// This turn's publisher packets, fanned out player by player (see `staged`).
+    staged: Staged,
     /// Bursts whose hold ran out this turn (kept to reuse its memory).
     due_bursts: Vec<(BurstId, Owner)>,
     /// Packets handed to other workers, reused once they let go of them.
@@ -681,6 +731,7 @@ impl Worker {
                     gso: GsoSends::new(if settings.gso { BURSTS } else { 0 }),
                     gso_enabled: settings.gso,
                     gso_refusals: 0,
+                    deferred: Vec::with_capacity(RING_ENTRIES as usize * 4),
                 },
                 sessions: Vec::new(),
                 free_slots: Vec::new(),
@@ -692,6 +743,7 @@ impl Worker {
                 events,
                 settings,
                 wake_pending: vec![false; workers],
+                staged: Staged::default(),
                 due_bursts: Vec::with_capacity(BURSTS),
                 shared_pool: mesh::SharedPool::new(if workers > 1 { 1024 } else { 0 }),
 
@@ -709,7 +761,9 @@ impl Worker {
             let now = Instant::now();
             self.core.drain_commands(now);
             self.core.drain_mesh(now);
+            self.core.flush_staged(now);
             self.process_completions(now);
+            self.core.flush_staged(now);
             if now >= self.core.next_tick {
                 self.core.tick(now);
             }
@@ -752,8 +806,12 @@ impl Worker {
 
     fn process_completions(&mut self, now: Instant) {
         let mut completions = std::mem::take(&mut self.completions);
+        completions.append(&mut self.core.out.deferred);
         self.core.out.ring.completions(&mut completions);
         for cqe in completions.drain(..) {
+            if self.core.out.finish_send(&cqe) {
+                continue;
+            }
             let ud = cqe.user_data();
             let result = cqe.result();
             let flags = cqe.flags();
@@ -806,13 +864,7 @@ impl Worker {
                     }
                 }
                 io::OP_TCP_SEND => self.core.tcp_sent(slot, generation, result),
-                io::OP_GSO_SEND => self.core.gso_sent(slot as BurstId, result),
-                io::OP_SEND => {
-                    self.core.out.pool.release(slot as u32);
-                    if result < 0 {
-                        inc(&self.core.out.stats.send_errors);
-                    }
-                }
+                io::OP_GSO_SEND => self.core.gso_failed(slot as BurstId, result),
                 io::OP_ACCEPT => self
                     .core
                     .accepted(slot, generation, result, cqueue::more(flags)),
@@ -828,6 +880,7 @@ impl Core {
     fn has_work(&mut self) -> bool {
         !self.commands.is_empty()
             || self.mesh.has_incoming(self.index)
+            || !self.out.deferred.is_empty()
             || self.out.ring.has_completions()
     }
 
@@ -1543,15 +1596,12 @@ impl Core {
         let Some(local) = self.streams.get(&stream) else {
             return;
         };
-        let dropped_video = forward_to_players(
-            &local.players,
-            &mut self.sessions,
-            &mut self.out,
-            kind,
-            what,
-            packet,
-            now,
-        );
+        if !local.players.is_empty() {
+            self.stage(stream, kind, what, packet, now);
+        }
+        let Some(local) = self.streams.get(&stream) else {
+            return;
+        };
         let mut shared: Option<Arc<mesh::SharedPacket>> = None;
         for (worker, &players) in local.remote_interest.iter().enumerate() {
             if players == 0 || worker == self.index {
@@ -1571,10 +1621,50 @@ impl Core {
                 Err(_) => inc(&self.out.stats.drop_ring_full),
             }
         }
-        if dropped_video {
-            // A player lost video frames: it cannot decode until the next keyframe.
-            self.request_keyframe(stream, now);
+    }
+
+    /// Sets a packet aside for this worker's players of `stream`, fanning out what is set
+    /// aside first when there is no room.
+    fn stage(
+        &mut self,
+        stream: StreamId,
+        kind: MediaKind,
+        what: Forwarded,
+        packet: &[u8],
+        received_at: Instant,
+    ) {
+        if self.staged.is_full() {
+            self.flush_staged(Instant::now());
         }
+        if !self.staged.push(stream, kind, what, packet, received_at) {
+            inc(&self.out.stats.drop_garbage);
+        }
+    }
+
+    /// Fans the packets set aside out to this worker's players, each player getting all of
+    /// its stream's packets in a row.
+    fn flush_staged(&mut self, now: Instant) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let mut staged = std::mem::take(&mut self.staged);
+        staged.drain_by_stream(|staged, stream, group| {
+            let Some(local) = self.streams.get(&stream) else {
+                return;
+            };
+            let dropped_video = forward_to_players(
+                &local.players,
+                &mut self.sessions,
+                &mut self.out,
+                staged,
+                group,
+            );
+            if dropped_video {
+                // A player lost video frames: it cannot decode until the next keyframe.
+                self.request_keyframe(stream, now);
+            }
+        });
+        self.staged = staged;
     }
 
     fn drain_mesh(&mut self, now: Instant) {
@@ -1590,20 +1680,12 @@ impl Core {
                         what,
                         packet,
                     } => {
-                        let Some(local) = self.streams.get(&stream) else {
-                            continue;
-                        };
-                        let dropped_video = forward_to_players(
-                            &local.players,
-                            &mut self.sessions,
-                            &mut self.out,
-                            kind,
-                            what,
-                            packet.bytes(),
-                            packet.received_at,
-                        );
-                        if dropped_video {
-                            self.request_keyframe(stream, now);
+                        if self
+                            .streams
+                            .get(&stream)
+                            .is_some_and(|l| !l.players.is_empty())
+                        {
+                            self.stage(stream, kind, what, packet.bytes(), packet.received_at);
                         }
                     }
                     CrossMessage::KeyframeRequest { stream } => {
@@ -1705,11 +1787,11 @@ impl Core {
         self.due_bursts = due;
     }
 
-    /// A GSO send completed: its egress slots are free again. Where the kernel refused the
-    /// send as such (no checksum offload on the route's device, a segment over the path MTU),
-    /// its packets go again one by one, and after `GSO_REFUSALS_BEFORE_OFF` refusals the
-    /// worker stops holding bursts.
-    fn gso_sent(&mut self, id: BurstId, result: i32) {
+    /// A GSO send failed (those that went through are finished by `Output::finish_send`).
+    /// Where the kernel refused the send as such (older kernels: no checksum offload on the
+    /// route's device, a segment over the path MTU), its packets go again one by one, and
+    /// after `GSO_REFUSALS_BEFORE_OFF` refusals the worker stops holding bursts.
+    fn gso_failed(&mut self, id: BurstId, result: i32) {
         let out = &mut self.out;
         let burst = out.bursts.get(id);
         let refused = matches!(
@@ -1722,10 +1804,8 @@ impl Core {
             .get(slot)
             .and_then(Option::as_ref)
             .is_some_and(|s| s.generation == generation && !s.closing && s.udp_fd == burst.fd);
-        if result >= 0 || !(refused && player_alive) {
-            if result < 0 {
-                add(&out.stats.send_errors, burst.packets() as u64);
-            }
+        if !(refused && player_alive) {
+            add(&out.stats.send_errors, burst.packets() as u64);
             for &egress in burst.slots() {
                 out.pool.release(egress);
             }
@@ -1758,31 +1838,18 @@ impl Core {
     }
 }
 
-/// Copies one publisher packet to each player: rewrite, protect, send. Returns whether a
-/// video packet had to be dropped for a slow TCP player (it then needs a keyframe).
+/// Copies a stream's staged packets (`group`, indices into `staged`) to each of its players,
+/// player by player: rewrite, protect, send (UDP video through the player's frame burst).
+/// Returns whether a video packet had to be dropped for a slow TCP player (it then needs a
+/// keyframe).
 fn forward_to_players(
     players: &[usize],
     sessions: &mut [Option<Session>],
     out: &mut Output,
-    kind: MediaKind,
-    what: Forwarded,
-    packet: &[u8],
-    received_at: Instant,
+    staged: &Staged,
+    group: &[u8],
 ) -> bool {
-    if packet.len() > MAX_PACKET {
-        inc(&out.stats.drop_garbage);
-        return false;
-    }
-    let header = match what {
-        Forwarded::Rtp => match RtpHeader::parse(packet) {
-            Ok(h) => Some(h),
-            Err(_) => return false,
-        },
-        Forwarded::SenderReport => None,
-    };
     let mut dropped_video = false;
-    let end_of_frame = header.as_ref().is_some_and(|h| h.marker);
-    let bursting = out.gso_enabled && kind == MediaKind::Video && header.is_some();
     for &slot in players {
         let Some(Session {
             remote: Some(peer),
@@ -1797,61 +1864,69 @@ fn forward_to_players(
         else {
             continue; // not connected yet, or leaving
         };
-        let Some(track) = tracks[kind.index()].as_mut() else {
-            continue;
-        };
-        let Some(egress) = out.pool.alloc() else {
-            inc(&out.stats.drop_no_buffer);
-            continue;
-        };
-        let buffer = &mut out.pool.buffer(egress)[EGRESS_HEADROOM..];
-        let written = match &header {
-            Some(h) if h.payload_type == track.publisher_payload_type => {
-                let rewrite = Rewrite {
-                    ssrc: track.ssrc,
-                    payload_type: track.payload_type,
-                    sequence: track.sequence.map(h.ssrc, h.sequence),
-                    extension_ids: &track.extension_ids,
-                };
-                rewrite_into(packet, h, &rewrite, buffer)
-                    .ok()
-                    .and_then(|n| srtp.protect_rtp(buffer, n).ok())
-            }
-            Some(_) => None,
-            None => rtcp::compound(packet)
-                .next()
-                .and_then(Result::ok)
-                .and_then(|sr| rtcp::write_sender_report(buffer, &sr, track.ssrc))
-                .and_then(|n| srtp.protect_rtcp(buffer, n).ok()),
-        };
-        let Some(len) = written else {
-            out.pool.release(egress);
-            continue;
-        };
-        match *peer {
-            Peer::Udp { addr, raw } if bursting && *udp_fd >= 0 => {
-                let owner = (slot, *generation);
-                out.send_or_hold(
-                    burst,
-                    owner,
-                    *udp_fd,
-                    addr,
-                    &raw,
-                    egress,
-                    len,
-                    received_at,
-                    end_of_frame,
-                );
-                inc(&out.stats.forwarded_packets);
-            }
-            peer => match out.transmit(*udp_fd, &peer, egress, len) {
-                Sent::Queued if header.is_some() => {
-                    inc(&out.stats.forwarded_packets);
-                    out.forwarded(received_at);
+        for &index in group {
+            let staged_packet = staged.entry(index as usize);
+            let packet = staged.bytes(index as usize);
+            let kind = staged_packet.kind;
+            let Some(track) = tracks[kind.index()].as_mut() else {
+                continue;
+            };
+            let Some(egress) = out.pool.alloc() else {
+                inc(&out.stats.drop_no_buffer);
+                continue;
+            };
+            let buffer = &mut out.pool.buffer(egress)[EGRESS_HEADROOM..];
+            let header = &staged_packet.header;
+            let written = match header {
+                Some(h) if h.payload_type == track.publisher_payload_type => {
+                    let rewrite = Rewrite {
+                        ssrc: track.ssrc,
+                        payload_type: track.payload_type,
+                        sequence: track.sequence.map(h.ssrc, h.sequence),
+                        extension_ids: &track.extension_ids,
+                    };
+                    rewrite_into(packet, h, &rewrite, buffer)
+                        .ok()
+                        .and_then(|n| srtp.protect_rtp(buffer, n).ok())
                 }
-                Sent::Dropped if kind == MediaKind::Video => dropped_video = true,
-                _ => {}
-            },
+                Some(_) => None,
+                None => rtcp::compound(packet)
+                    .next()
+                    .and_then(Result::ok)
+                    .and_then(|sr| rtcp::write_sender_report(buffer, &sr, track.ssrc))
+                    .and_then(|n| srtp.protect_rtcp(buffer, n).ok()),
+            };
+            let Some(len) = written else {
+                out.pool.release(egress);
+                continue;
+            };
+            let received_at = staged_packet.received_at;
+            match (*peer, header) {
+                (Peer::Udp { addr, raw }, Some(h))
+                    if out.gso_enabled && kind == MediaKind::Video && *udp_fd >= 0 =>
+                {
+                    out.send_or_hold(
+                        burst,
+                        (slot, *generation),
+                        *udp_fd,
+                        addr,
+                        &raw,
+                        egress,
+                        len,
+                        received_at,
+                        h.marker,
+                    );
+                    inc(&out.stats.forwarded_packets);
+                }
+                (peer, _) => match out.transmit(*udp_fd, &peer, egress, len) {
+                    Sent::Queued if header.is_some() => {
+                        inc(&out.stats.forwarded_packets);
+                        out.forwarded(received_at);
+                    }
+                    Sent::Dropped if kind == MediaKind::Video => dropped_video = true,
+                    _ => {}
+                },
+            }
         }
     }
     dropped_video
