@@ -1647,24 +1647,22 @@ impl Core {
         if self.staged.is_empty() {
             return;
         }
-        let mut staged = std::mem::take(&mut self.staged);
-        staged.drain_by_stream(|staged, stream, group| {
-            let Some(local) = self.streams.get(&stream) else {
+        let mut needs_keyframe = [0 as StreamId; staged::CAPACITY];
+        let mut count = 0;
+        let (streams, sessions, out) = (&self.streams, &mut self.sessions, &mut self.out);
+        self.staged.drain_by_stream(|staged, stream, group| {
+            let Some(local) = streams.get(&stream) else {
                 return;
             };
-            let dropped_video = forward_to_players(
-                &local.players,
-                &mut self.sessions,
-                &mut self.out,
-                staged,
-                group,
-            );
-            if dropped_video {
-                // A player lost video frames: it cannot decode until the next keyframe.
-                self.request_keyframe(stream, now);
+            if forward_to_players(&local.players, sessions, out, staged, group) {
+                needs_keyframe[count] = stream;
+                count += 1;
             }
         });
-        self.staged = staged;
+        // A player lost video frames: it cannot decode until the next keyframe.
+        for &stream in &needs_keyframe[..count] {
+            self.request_keyframe(stream, now);
+        }
     }
 
     fn drain_mesh(&mut self, now: Instant) {
