@@ -64,8 +64,11 @@ run() { # name workers protocol transport gso [extra loadgen args...]
     local name=$1 workers=$2 protocol=$3 transport=$4 gso=$5
     shift 5
     local port=18300
-    CORECAST_HTTP_LISTEN=127.0.0.1:$port CORECAST_WORKERS_COUNT=$workers CORECAST_WORKERS_PIN=false \
-        CORECAST_MEDIA_PORTS=34000-35999 CORECAST_MEDIA_PROTOCOL=$protocol CORECAST_MEDIA_GSO=$gso \
+    # Only "off" is spelled out, so a RELAY_BIN from before media.gso existed still runs.
+    local gso_env=()
+    [[ $gso == false ]] && gso_env=(CORECAST_MEDIA_GSO=false)
+    env CORECAST_HTTP_LISTEN=127.0.0.1:$port CORECAST_WORKERS_COUNT=$workers CORECAST_WORKERS_PIN=false \
+        CORECAST_MEDIA_PORTS=34000-35999 CORECAST_MEDIA_PROTOCOL=$protocol "${gso_env[@]}" \
         RUST_LOG=warn taskset -c "$relay_cores" "$relay_bin" >"$out/$name.relay.log" 2>&1 &
     local relay=$!
     for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/metrics" && break; sleep 0.1; done
