@@ -608,6 +608,17 @@ impl Output {
     /// Sends the `len`-byte packet at `EGRESS_HEADROOM` in egress `slot` to `peer`; the slot
     /// is released here whatever happens.
     fn transmit(&mut self, udp_fd: RawFd, peer: &Peer, slot: u32, len: usize) -> Sent {
+        let sent = self.transmit_later(udp_fd, peer, slot, len);
+        if let Peer::Tcp { conn, .. } = peer {
+            self.flush_conn(*conn);
+        }
+        sent
+    }
+
+    /// As `transmit`, but a TCP frame only joins its connection's queue: the caller flushes
+    /// the connection once it has queued all it has for that player, so they leave in one
+    /// gathered `sendmsg`.
+    fn transmit_later(&mut self, udp_fd: RawFd, peer: &Peer, slot: u32, len: usize) -> Sent {
         match peer {
             Peer::Udp { raw, .. } => {
                 if udp_fd < 0 {
@@ -633,7 +644,6 @@ impl Output {
                 }
                 c.queue.push_back((slot, framing::PREFIX_LEN + len));
                 framing::write_prefix(self.pool.buffer(slot), len);
-                self.flush_conn(*conn);
             }
         }
         inc(&self.stats.tx_packets);
@@ -1916,7 +1926,7 @@ fn forward_to_players(
                     );
                     inc(&out.stats.forwarded_packets);
                 }
-                (peer, _) => match out.transmit(*udp_fd, &peer, egress, len) {
+                (peer, _) => match out.transmit_later(*udp_fd, &peer, egress, len) {
                     Sent::Queued if header.is_some() => {
                         inc(&out.stats.forwarded_packets);
                         out.forwarded(received_at);
@@ -1925,6 +1935,9 @@ fn forward_to_players(
                     _ => {}
                 },
             }
+        }
+        if let Peer::Tcp { conn, .. } = peer {
+            out.flush_conn(*conn);
         }
     }
     dropped_video
