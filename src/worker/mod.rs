@@ -4,11 +4,15 @@
 //!
 //! The packet path, publisher to players: a multishot receive lands the datagram (or a piece of
 //! an ICE-TCP stream, cut into RFC 4571 frames in place) in a provided buffer; it is classified
-//! by first byte; SRTP is removed in place; each local player gets a copy in an egress buffer,
-//! rewritten (SSRC, payload type, sequence, extension ids) and protected in place; players on
-//! other workers get one shared handle per worker. UDP sends are queued on the ring and
-//! submitted once per loop turn; a TCP player's frames go through its bounded send queue, one
-//! gathered `sendmsg` in flight per connection so frames are never reordered or torn.
+//! by first byte; SRTP is removed in place; players on other workers get one shared handle per
+//! worker; for local players the packet is staged, and at the end of the batch each player
+//! gets all of its stream's staged packets in a row (`staged`): a copy in an egress buffer,
+//! rewritten (SSRC, payload type, sequence, extension ids) and protected in place. A UDP
+//! player's video packets wait in its frame burst and leave in one GSO `sendmsg` at the
+//! frame's marker bit (`burst`); other UDP sends go one by one. Sends are submitted every
+//! `SUBMIT_BATCH` packets and their completions reaped at once, so egress buffers stay warm. A
+//! TCP player's frames go through its bounded send queue, one gathered `sendmsg` in flight per
+//! connection so frames are never reordered or torn.
 
 pub mod burst;
 pub mod io;
