@@ -33,6 +33,22 @@ fn options(
     }
 }
 
+/// Connects a client to `path` over UDP, or fails the test saying which client it was.
+async fn connect_udp(
+    relay: &Relay,
+    path: &str,
+    role: Role,
+    certificate: &Certificate,
+    handler: client::Handler,
+) -> client::Session {
+    client::connect(
+        &options(relay, path, role, Transport::Udp, certificate),
+        handler,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{role:?} client on {path} connects: {e}"))
+}
+
 /// Counts the video packets a player receives and checks each is whole: it parses, carries the
 /// player's payload type, and its payload holds the publisher's counter.
 #[derive(Default)]
@@ -94,34 +110,26 @@ async fn slow_tcp_player_drops_whole_frames_without_holding_back_others() {
         ("CORECAST_MEDIA_TCP_SEND_QUEUE", "16"),
     ]);
     let certificate = Certificate::generate_self_signed(vec!["loadgen".into()]).unwrap();
-    let mut publisher = client::connect(
-        &options(
-            &relay,
-            "/whip/load",
-            Role::Publish,
-            Transport::Udp,
-            &certificate,
-        ),
+    let mut publisher = connect_udp(
+        &relay,
+        "/whip/load",
+        Role::Publish,
+        &certificate,
         Box::new(|_| {}),
     )
-    .await
-    .expect("publisher connects");
+    .await;
     let video_pt = publisher.negotiated.video_payload_type.unwrap();
 
     let fast = Arc::new(Received::default());
     let slow = Arc::new(Received::default());
-    let fast_player = client::connect(
-        &options(
-            &relay,
-            "/whep/load",
-            Role::Play,
-            Transport::Udp,
-            &certificate,
-        ),
+    let fast_player = connect_udp(
+        &relay,
+        "/whep/load",
+        Role::Play,
+        &certificate,
         counting_handler(fast.clone(), 96, None),
     )
-    .await
-    .expect("UDP player connects");
+    .await;
     let mut slow_options = options(
         &relay,
         "/whep/load",
@@ -267,35 +275,27 @@ async fn forward_frame_shapes(gso: &str) {
         ("CORECAST_MEDIA_GSO", gso),
     ]);
     let certificate = Certificate::generate_self_signed(vec!["gso".into()]).unwrap();
-    let mut publisher = client::connect(
-        &options(
-            &relay,
-            "/whip/gso",
-            Role::Publish,
-            Transport::Udp,
-            &certificate,
-        ),
+    let mut publisher = connect_udp(
+        &relay,
+        "/whip/gso",
+        Role::Publish,
+        &certificate,
         Box::new(|_| {}),
     )
-    .await
-    .expect("publisher connects");
+    .await;
     let video_pt = publisher.negotiated.video_payload_type.unwrap();
     let mut players = Vec::new();
     // Three players on two workers: the stream reaches some of them through the mesh.
     for _ in 0..3 {
         let delivered = Delivered::default();
-        let player = client::connect(
-            &options(
-                &relay,
-                "/whep/gso",
-                Role::Play,
-                Transport::Udp,
-                &certificate,
-            ),
+        let player = connect_udp(
+            &relay,
+            "/whep/gso",
+            Role::Play,
+            &certificate,
             recording_handler(delivered.clone()),
         )
-        .await
-        .expect("player connects");
+        .await;
         players.push((player, delivered));
     }
     let mut expected = Vec::new();
@@ -376,32 +376,24 @@ async fn frames_over_the_path_mtu_arrive_whole_through_gso() {
         ("CORECAST_MEDIA_PROTOCOL", "udp"),
     ]);
     let certificate = Certificate::generate_self_signed(vec!["gso".into()]).unwrap();
-    let mut publisher = client::connect(
-        &options(
-            &relay,
-            "/whip/mtu",
-            Role::Publish,
-            Transport::Udp,
-            &certificate,
-        ),
+    let mut publisher = connect_udp(
+        &relay,
+        "/whip/mtu",
+        Role::Publish,
+        &certificate,
         Box::new(|_| {}),
     )
-    .await
-    .expect("publisher connects");
+    .await;
     let video_pt = publisher.negotiated.video_payload_type.unwrap();
     let delivered = Delivered::default();
-    let player = client::connect(
-        &options(
-            &relay,
-            "/whep/mtu",
-            Role::Play,
-            Transport::Udp,
-            &certificate,
-        ),
+    let player = connect_udp(
+        &relay,
+        "/whep/mtu",
+        Role::Play,
+        &certificate,
         recording_handler(delivered.clone()),
     )
-    .await
-    .expect("player connects");
+    .await;
     // Frames of four 1260-byte packets: with headers and the SRTP tag each is over the MTU.
     let frames = 30u32;
     for counter in 0..frames * 4 {
