@@ -104,7 +104,8 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
     )
     .await
     .unwrap();
-    let received = Arc::new(AtomicU64::new(0));
+    // Packets each player received.
+    let mut received: Vec<Arc<AtomicU64>> = Vec::new();
     let mut players = Vec::new();
     for transport in [
         Transport::Udp,
@@ -112,7 +113,8 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
         Transport::Tcp,
         Transport::Udp,
     ] {
-        let counter = received.clone();
+        let counter = Arc::new(AtomicU64::new(0));
+        received.push(counter.clone());
         let player = client::connect(
             &options(
                 format!("{relay}/whep/steady"),
@@ -149,26 +151,38 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
             }
         }
     };
+    let total = || -> u64 { received.iter().map(|r| r.load(Ordering::Relaxed)).sum() };
     let wait_for = async |target: u64| {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while received.load(Ordering::Relaxed) < target {
+        while total() < target {
             assert!(
                 Instant::now() < deadline,
                 "players got {} of {target}",
-                received.load(Ordering::Relaxed)
+                total()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
 
+    // A player's connect returns when DTLS ends on its side; the relay's worker gets its SRTP
+    // keys a moment later. Send frames until every player has media, then count from there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.iter().any(|r| r.load(Ordering::Relaxed) == 0) {
+        assert!(Instant::now() < deadline, "media reached every player");
+        send(5, &mut seq).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let primed = total();
+
     // Warm up: pools, queues and tables reach their working size.
     send(2000, &mut seq).await;
-    wait_for(4 * 2000).await;
+    wait_for(primed + 4 * 2000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let before = WORKER_ALLOCATIONS.load(Ordering::Relaxed);
     send(5000, &mut seq).await;
-    wait_for(4 * 7000).await;
+    wait_for(primed + 4 * 7000).await;
     let allocations = WORKER_ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(
         allocations, 0,

@@ -55,6 +55,7 @@ async fn connect_udp(
 struct Received {
     packets: AtomicU64,
     malformed: AtomicU64,
+    warm_ups: AtomicU64,
 }
 
 fn counting_handler(
@@ -75,6 +76,9 @@ fn counting_handler(
             {
                 received.packets.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(h) if packet[h.header_len..].starts_with(WARM_UP) => {
+                received.warm_ups.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(h) if h.payload_type != video_pt => {}
             _ => {
                 received.malformed.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +92,36 @@ fn counting_handler(
             std::thread::sleep(stall);
         }
     })
+}
+
+/// The payload that marks a warm-up packet (see [`warm_up`]).
+const WARM_UP: &[u8] = b"WARM";
+
+/// Sends one-packet video frames marked [`WARM_UP`] every 10 ms until `all_warm` says every
+/// player got one, and returns the first sequence number after them. A client's connect
+/// returns when the DTLS handshake ends on its side; the relay's worker gets that session's
+/// SRTP keys a moment later, and a packet sent in between reaches no one. Tests that check
+/// every packet start counting after this.
+async fn warm_up(
+    publisher: &mut client::Session,
+    video_pt: u8,
+    all_warm: impl Fn() -> bool,
+) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 0u16;
+    while !all_warm() {
+        assert!(
+            Instant::now() < deadline,
+            "no warm-up packet reached every player"
+        );
+        let mut packet = video_packet(video_pt, seq, publisher.video_ssrc);
+        packet[1] |= 0x80;
+        packet[12..16].copy_from_slice(WARM_UP);
+        publisher.send_rtp(&packet).await.unwrap();
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seq
 }
 
 fn video_packet(pt: u8, seq: u16, ssrc: u32) -> Vec<u8> {
@@ -146,10 +180,15 @@ async fn slow_tcp_player_drops_whole_frames_without_holding_back_others() {
     .expect("TCP player connects");
     assert_eq!(fast_player.negotiated.video_payload_type, Some(96));
 
+    // The slow player's stall begins at its first warm-up packet.
+    let first = warm_up(&mut publisher, video_pt, || {
+        fast.warm_ups.load(Ordering::Relaxed) > 0 && slow.warm_ups.load(Ordering::Relaxed) > 0
+    })
+    .await;
     // 3000 packets of 1200 bytes, in bursts of 30 (a frame) every 10 ms.
     let sent = 3000u64;
     for i in 0..sent {
-        let packet = video_packet(video_pt, i as u16, publisher.video_ssrc);
+        let packet = video_packet(video_pt, first.wrapping_add(i as u16), publisher.video_ssrc);
         publisher.send_rtp(&packet).await.unwrap();
         if i % 30 == 29 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -227,23 +266,42 @@ async fn slow_tcp_player_drops_whole_frames_without_holding_back_others() {
     }
 }
 
-/// What one player received of the video: (RTP sequence, length, the publisher's counter).
-type Delivered = Arc<std::sync::Mutex<Vec<(u16, usize, u32)>>>;
+/// What one player received of the video: (RTP sequence, length, the publisher's counter)
+/// for each counted packet, and how many warm-up packets came before them.
+#[derive(Default)]
+struct Delivered {
+    packets: std::sync::Mutex<Vec<(u16, usize, u32)>>,
+    warm_ups: AtomicU64,
+}
 
-fn recording_handler(delivered: Delivered) -> client::Handler {
+impl Delivered {
+    fn len(&self) -> usize {
+        self.packets.lock().unwrap().len()
+    }
+
+    fn is_warm(&self) -> bool {
+        self.warm_ups.load(Ordering::Relaxed) > 0
+    }
+}
+
+fn recording_handler(delivered: Arc<Delivered>) -> client::Handler {
     Box::new(move |incoming| {
         let Incoming::Rtp(packet) = incoming else {
             return;
         };
-        if let Ok(h) = RtpHeader::parse(packet)
-            && packet[h.header_len..].starts_with(b"CCLG")
-        {
-            let at = h.header_len + 4;
-            let counter = u32::from_be_bytes(packet[at..at + 4].try_into().unwrap());
+        let Ok(h) = RtpHeader::parse(packet) else {
+            return;
+        };
+        let payload = &packet[h.header_len..];
+        if payload.starts_with(b"CCLG") {
+            let counter = u32::from_be_bytes(payload[4..8].try_into().unwrap());
             delivered
+                .packets
                 .lock()
                 .unwrap()
                 .push((h.sequence, packet.len(), counter));
+        } else if payload.starts_with(WARM_UP) {
+            delivered.warm_ups.fetch_add(1, Ordering::Relaxed);
         }
     })
 }
@@ -287,7 +345,7 @@ async fn forward_frame_shapes(gso: &str) {
     let mut players = Vec::new();
     // Three players on two workers: the stream reaches some of them through the mesh.
     for _ in 0..3 {
-        let delivered = Delivered::default();
+        let delivered = Arc::new(Delivered::default());
         let player = connect_udp(
             &relay,
             "/whep/gso",
@@ -298,12 +356,17 @@ async fn forward_frame_shapes(gso: &str) {
         .await;
         players.push((player, delivered));
     }
+    let first = warm_up(&mut publisher, video_pt, || {
+        players.iter().all(|(_, d)| d.is_warm())
+    })
+    .await;
     let mut expected = Vec::new();
     let mut counter = 0u32;
     for (sizes, marker) in frame_shapes() {
         let last = sizes.len() - 1;
         for (i, &len) in sizes.iter().enumerate() {
-            let mut packet = video_packet(video_pt, counter as u16, publisher.video_ssrc);
+            let seq = first.wrapping_add(counter as u16);
+            let mut packet = video_packet(video_pt, seq, publisher.video_ssrc);
             if marker && i == last {
                 packet[1] |= 0x80;
             }
@@ -316,15 +379,11 @@ async fn forward_frame_shapes(gso: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while players
-        .iter()
-        .any(|(_, d)| d.lock().unwrap().len() < expected.len())
-        && Instant::now() < deadline
-    {
+    while players.iter().any(|(_, d)| d.len() < expected.len()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for (n, (_, delivered)) in players.iter().enumerate() {
-        let delivered = delivered.lock().unwrap();
+        let delivered = delivered.packets.lock().unwrap();
         // The SRTP trailer is gone: lengths are the publisher's. Order is the publisher's.
         let got: Vec<(usize, u32)> = delivered.iter().map(|&(_, l, c)| (l, c)).collect();
         assert_eq!(got, expected, "player {n} (gso = {gso})");
@@ -385,7 +444,7 @@ async fn frames_over_the_path_mtu_arrive_whole_through_gso() {
     )
     .await;
     let video_pt = publisher.negotiated.video_payload_type.unwrap();
-    let delivered = Delivered::default();
+    let delivered = Arc::new(Delivered::default());
     let player = connect_udp(
         &relay,
         "/whep/mtu",
@@ -394,10 +453,12 @@ async fn frames_over_the_path_mtu_arrive_whole_through_gso() {
         recording_handler(delivered.clone()),
     )
     .await;
+    let first = warm_up(&mut publisher, video_pt, || delivered.is_warm()).await;
     // Frames of four 1260-byte packets: with headers and the SRTP tag each is over the MTU.
     let frames = 30u32;
     for counter in 0..frames * 4 {
-        let mut packet = video_packet(video_pt, counter as u16, publisher.video_ssrc);
+        let seq = first.wrapping_add(counter as u16);
+        let mut packet = video_packet(video_pt, seq, publisher.video_ssrc);
         if counter % 4 == 3 {
             packet[1] |= 0x80;
         }
@@ -409,10 +470,16 @@ async fn frames_over_the_path_mtu_arrive_whole_through_gso() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered.lock().unwrap().len() < (frames * 4) as usize && Instant::now() < deadline {
+    while delivered.len() < (frames * 4) as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let counters: Vec<u32> = delivered.lock().unwrap().iter().map(|d| d.2).collect();
+    let counters: Vec<u32> = delivered
+        .packets
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.2)
+        .collect();
     assert_eq!(
         counters,
         (0..frames * 4).collect::<Vec<_>>(),
