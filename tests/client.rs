@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use common::{Relay, media_range};
 use corecast::client::{self, ClientOptions, Incoming, Role, Transport};
 use corecast::wire::rtp::RtpHeader;
@@ -391,6 +392,7 @@ async fn forward_frame_shapes(gso: &str) {
             assert_eq!(pair[1].0, pair[0].0.wrapping_add(1), "player {n}: sequence");
         }
     }
+    check_relay_latency_counts_every_forwarded_packet(&relay).await;
     let segments = relay.metric_all_workers("corecast_gso_segments_total");
     if gso == "true" {
         assert!(segments > 0, "GSO carried packets\n{}", relay.log());
@@ -402,6 +404,42 @@ async fn forward_frame_shapes(gso: &str) {
         player.close().await;
     }
     publisher.close().await;
+}
+
+/// `GET /api/relay-latency` accounts for every packet the relay forwarded (workers fold their
+/// recordings in at each 100 ms tick), per worker and in all, and its encoded histogram
+/// decodes to the counts and percentiles it reports.
+async fn check_relay_latency_counts_every_forwarded_packet(relay: &Relay) {
+    let forwarded = relay.metric_all_workers("corecast_forwarded_packets_total");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        let body = common::http("GET", &relay.url("/api/relay-latency"), None, "").body;
+        let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if report["all"]["count"] == forwarded || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["all"]["count"], forwarded, "{report:#}");
+    let workers = report["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    let per_worker: u64 = workers.iter().map(|w| w["count"].as_u64().unwrap()).sum();
+    assert_eq!(per_worker, forwarded);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(report["all"]["histogram"].as_str().unwrap())
+        .expect("base64");
+    let histogram: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .expect("an HdrHistogram V2 encoding");
+    assert_eq!(histogram.len(), forwarded);
+    let p99 = report["all"]["p99_us"].as_f64().unwrap();
+    assert_eq!(p99, histogram.value_at_quantile(0.99) as f64 / 1e3);
+    assert!(p99 > 0.0 && p99 <= report["all"]["max_us"].as_f64().unwrap());
+    // The Prometheus histogram is drawn from the same counts.
+    assert_eq!(
+        relay.metric_all_workers("corecast_relay_latency_seconds_count"),
+        forwarded
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use corecast::client::{self, ClientOptions, Incoming, Role, Session, Transport};
 use corecast::wire::rtp::RtpHeader;
 use hdrhistogram::Histogram;
@@ -86,8 +87,8 @@ pub struct RunArgs {
     /// from /proc to report CPU per forwarded packet.
     #[arg(long, requires = "relay_metrics")]
     pub relay_pid: Option<u32>,
-    /// The relay's Prometheus endpoint (corecast's /metrics), for its packet counters and
-    /// latency histogram.
+    /// The relay's Prometheus endpoint (corecast's /metrics), for its packet counters; its
+    /// relay-latency HdrHistogram is read from `/api/relay-latency` beside it.
     #[arg(long)]
     pub relay_metrics: Option<String>,
 }
@@ -99,8 +100,32 @@ struct RelaySample {
     cpu_seconds: f64,
     forwarded: u64,
     workers: usize,
-    /// Cumulative latency-bucket counts by upper bound (µs), summed over workers.
-    latency: Vec<(f64, u64)>,
+    /// The relay-latency histogram of all workers (ns), when the relay serves one.
+    latency: Option<Histogram<u64>>,
+}
+
+/// Where corecast serves its relay-latency HdrHistogram, beside its `/metrics`.
+fn relay_latency_url(metrics: &str) -> Option<String> {
+    metrics
+        .strip_suffix("/metrics")
+        .map(|base| format!("{base}/api/relay-latency"))
+}
+
+/// Reads corecast's relay-latency histogram: all workers together, decoded from
+/// HdrHistogram's interchange encoding.
+async fn fetch_relay_latency(url: &str) -> Option<Histogram<u64>> {
+    let body = corecast::client::http::request("GET", url, None, "", Duration::from_secs(5))
+        .await
+        .ok()?
+        .body;
+    let report: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let encoded = report["all"]["histogram"].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .ok()
 }
 
 async fn sample_relay(pid: Option<u32>, metrics: &str) -> Option<RelaySample> {
@@ -112,7 +137,6 @@ async fn sample_relay(pid: Option<u32>, metrics: &str) -> Option<RelaySample> {
         at: Some(Instant::now()),
         ..Default::default()
     };
-    let mut buckets: std::collections::BTreeMap<u64, u64> = Default::default();
     for line in body.lines() {
         let Some((name, value)) = line.rsplit_once(' ') else {
             continue;
@@ -120,52 +144,39 @@ async fn sample_relay(pid: Option<u32>, metrics: &str) -> Option<RelaySample> {
         if name.starts_with("corecast_forwarded_packets_total{") {
             sample.forwarded += value.parse::<u64>().unwrap_or(0);
             sample.workers += 1;
-        } else if let Some(rest) = name.strip_prefix("corecast_relay_latency_seconds_bucket{")
-            && let Some(le) = rest.split("le=\"").nth(1).and_then(|v| v.split('"').next())
-            && le != "+Inf"
-            && let Ok(seconds) = le.parse::<f64>()
-        {
-            *buckets.entry((seconds * 1e6).round() as u64).or_default() +=
-                value.parse::<u64>().unwrap_or(0);
         }
     }
-    sample.latency = buckets.into_iter().map(|(us, n)| (us as f64, n)).collect();
+    if let Some(url) = relay_latency_url(metrics) {
+        sample.latency = fetch_relay_latency(&url).await;
+    }
     if let Some(pid) = pid {
         sample.cpu_seconds = process_cpu_seconds(&format!("/proc/{pid}/stat"));
     }
     Some(sample)
 }
 
-fn relay_cost(start: &RelaySample, end: &RelaySample) -> RelayCost {
+/// The relay's cost between two samples, and its relay-latency histogram over that time.
+fn relay_cost(start: &RelaySample, end: &RelaySample) -> (RelayCost, Option<Histogram<u64>>) {
     let seconds = match (start.at, end.at) {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
         _ => 0.0,
     };
     let forwarded = end.forwarded.saturating_sub(start.forwarded);
     let cpu = (end.cpu_seconds - start.cpu_seconds).max(0.0);
-    let deltas: Vec<(f64, u64)> = end
-        .latency
-        .iter()
-        .map(|(us, n)| {
-            (
-                *us,
-                n - start
-                    .latency
-                    .iter()
-                    .find(|(u, _)| u == us)
-                    .map_or(0, |(_, m)| *m)
-                    .min(*n),
-            )
-        })
-        .collect();
-    let total = forwarded.max(1);
-    let at_most = |q: f64| {
-        deltas
-            .iter()
-            .find(|(_, cumulative)| *cumulative as f64 >= q * total as f64)
-            .map_or(f64::INFINITY, |(us, _)| *us)
+    // The relay's histogram only grows: the later reading less the earlier is this run.
+    let latency = match (&start.latency, &end.latency) {
+        (Some(before), Some(after)) => {
+            let mut run = after.clone();
+            run.subtract(before).ok().map(|_| run)
+        }
+        _ => None,
     };
-    RelayCost {
+    let us = |q: f64| {
+        latency
+            .as_ref()
+            .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3)
+    };
+    let cost = RelayCost {
         seconds,
         cpu_seconds: cpu,
         forwarded_packets: forwarded,
@@ -176,10 +187,12 @@ fn relay_cost(start: &RelaySample, end: &RelaySample) -> RelayCost {
             0.0
         },
         workers: end.workers,
-        latency_p50_us_at_most: at_most(0.5),
-        latency_p99_us_at_most: at_most(0.99),
-        latency_p999_us_at_most: at_most(0.999),
-    }
+        latency_p50_us: us(0.5),
+        latency_p99_us: us(0.99),
+        latency_p999_us: us(0.999),
+        latency_max_us: latency.as_ref().map_or(0.0, |h| h.max() as f64 / 1e3),
+    };
+    (cost, latency)
 }
 
 const LOSS_THRESHOLD_PERCENT: f64 = 0.1;
@@ -692,11 +705,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
         }
     }
 
-    let relay = match (&relay_start, &args.relay_metrics) {
-        (Some(start), Some(metrics)) => sample_relay(args.relay_pid, metrics)
-            .await
-            .map(|end| relay_cost(start, &end)),
-        _ => None,
+    let (relay, relay_latency) = match (&relay_start, &args.relay_metrics) {
+        (Some(start), Some(metrics)) => match sample_relay(args.relay_pid, metrics).await {
+            Some(end) => {
+                let (cost, latency) = relay_cost(start, &end);
+                (Some(cost), latency)
+            }
+            None => (None, None),
+        },
+        _ => (None, None),
     };
     // Stop the publishers, let packets in flight arrive, then read the players.
     shared.stop.store(true, Ordering::Relaxed);
@@ -803,6 +820,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     write("summary.json", serde_json::to_string_pretty(&summary)?)?;
     write("latency.hgrm", crate::hgrm::write(&latency, 1e6))?;
     write("join.hgrm", crate::hgrm::write(&join, 1e6))?;
+    if let Some(relay_latency) = &relay_latency {
+        // Microseconds: the relay's share is far below the end-to-end milliseconds.
+        write("relay-latency.hgrm", crate::hgrm::write(relay_latency, 1e3))?;
+    }
     write("intervals.json", serde_json::to_string_pretty(&intervals)?)?;
 
     // Leave cleanly: players, then publishers (their DELETE ends the streams).

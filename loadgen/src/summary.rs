@@ -30,11 +30,17 @@ pub struct RelayCost {
     /// Relay CPU time over forwarded packets.
     pub cpu_ns_per_forwarded_packet: f64,
     pub workers: usize,
-    /// Relay-added latency (receive completion to send submission), from the relay's
-    /// histogram: the upper bound of the bucket holding each percentile.
-    pub latency_p50_us_at_most: f64,
-    pub latency_p99_us_at_most: f64,
-    pub latency_p999_us_at_most: f64,
+    /// Relay-added latency (receive completion to send submission) over the steady phase:
+    /// the difference of two readings of corecast's HdrHistogram (`/api/relay-latency`),
+    /// to within 1 %. Summaries written before it was exact hold bucket bounds here.
+    #[serde(default, alias = "latency_p50_us_at_most")]
+    pub latency_p50_us: f64,
+    #[serde(default, alias = "latency_p99_us_at_most")]
+    pub latency_p99_us: f64,
+    #[serde(default, alias = "latency_p999_us_at_most")]
+    pub latency_p999_us: f64,
+    #[serde(default)]
+    pub latency_max_us: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

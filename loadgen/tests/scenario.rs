@@ -60,6 +60,9 @@ fn two_streams_of_twenty_players_over_udp_and_tcp_join_without_loss() {
     let relay = start_relay();
     let whip = format!("{relay}/whip/{{stream}}");
     let whep = format!("{relay}/whep/{{stream}}");
+    let metrics = format!("{relay}/metrics");
+    // The relay runs in this test process.
+    let relay_pid = std::process::id().to_string();
     let mut dirs = Vec::new();
     for transport in ["udp", "tcp"] {
         let out = scratch(transport);
@@ -82,6 +85,10 @@ fn two_streams_of_twenty_players_over_udp_and_tcp_join_without_loss() {
             transport,
             "--out",
             out.to_str().unwrap(),
+            "--relay-metrics",
+            &metrics,
+            "--relay-pid",
+            &relay_pid,
         ]);
         let stdout = String::from_utf8_lossy(&result.stdout);
         assert!(
@@ -108,6 +115,19 @@ fn two_streams_of_twenty_players_over_udp_and_tcp_join_without_loss() {
         assert!(s["join_ms"]["count"].as_u64().unwrap() == 40, "{s:#}");
         let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();
         assert!(hgrm.contains("#[Mean"), "{hgrm}");
+        // The relay's own view over the steady phase: its counters, its CPU, and its
+        // relay-latency HdrHistogram less what it held before this run (the relay served
+        // the previous transport's run too).
+        let relay = &s["relay"];
+        let forwarded = relay["forwarded_packets"].as_u64().unwrap();
+        assert!(forwarded > 1000, "{s:#}");
+        assert!(relay["cpu_ns_per_forwarded_packet"].as_f64().unwrap() > 0.0);
+        let p50 = relay["latency_p50_us"].as_f64().unwrap();
+        let p99 = relay["latency_p99_us"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= p99, "{s:#}");
+        assert!(p99 <= relay["latency_max_us"].as_f64().unwrap(), "{s:#}");
+        let relay_hgrm = std::fs::read_to_string(out.join("relay-latency.hgrm")).unwrap();
+        assert!(relay_hgrm.contains("#[Mean"), "{relay_hgrm}");
         let intervals: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("intervals.json")).unwrap())
                 .unwrap();

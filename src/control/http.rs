@@ -1,5 +1,5 @@
 //! HTTP: WHIP (`POST /whip/{stream}`), WHEP (`POST /whep/{stream}`), `DELETE /session/{id}`,
-//! `GET /api/streams`, `GET /metrics` and the demo page at `/`.
+//! `GET /api/streams`, `GET /metrics`, `GET /api/relay-latency` and the demo page at `/`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -46,6 +46,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/rest-api/pull/terminate", post(pull_terminate))
         .route("/ws", get(super::ws::upgrade))
         .route("/metrics", get(metrics))
+        .route("/api/relay-latency", get(relay_latency))
         .layer(
             CorsLayer::new()
                 .allow_origin(Any)
@@ -264,6 +265,10 @@ async fn pull_terminate(
     }
 }
 
+async fn relay_latency(State(control): State<Arc<Control>>) -> Response {
+    axum::Json(super::latency::report(control.workers())).into_response()
+}
+
 async fn metrics(State(control): State<Arc<Control>>) -> Response {
     let mut out = String::new();
     let workers = control.workers();
@@ -287,40 +292,7 @@ async fn metrics(State(control): State<Arc<Control>>) -> Response {
             let _ = writeln!(out, "{metric}{{worker=\"{}\"}} {value}", w.index);
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP corecast_relay_latency_seconds Receive completion to send submission, per forwarded packet.\n# TYPE corecast_relay_latency_seconds histogram"
-    );
-    for w in workers {
-        let h = &w.stats.relay_latency;
-        let mut cumulative = 0;
-        for (i, bound) in crate::worker::stats::LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += h.buckets[i].load(Ordering::Relaxed);
-            let le = *bound as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "corecast_relay_latency_seconds_bucket{{worker=\"{}\",le=\"{le}\"}} {cumulative}",
-                w.index
-            );
-        }
-        let count = h.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "corecast_relay_latency_seconds_bucket{{worker=\"{}\",le=\"+Inf\"}} {count}",
-            w.index
-        );
-        let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "corecast_relay_latency_seconds_sum{{worker=\"{}\"}} {sum}",
-            w.index
-        );
-        let _ = writeln!(
-            out,
-            "corecast_relay_latency_seconds_count{{worker=\"{}\"}} {count}",
-            w.index
-        );
-    }
+    super::latency::write_prometheus(workers, &mut out);
     for (name, value) in kernel_udp_errors() {
         let _ = writeln!(
             out,

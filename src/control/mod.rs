@@ -4,6 +4,7 @@
 pub mod cascade;
 pub mod dtls;
 pub mod http;
+pub mod latency;
 pub mod ws;
 
 use std::collections::{BTreeSet, HashMap};

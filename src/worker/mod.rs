@@ -40,6 +40,7 @@ use crate::wire::framing::{self, FrameReader};
 use crate::wire::rtcp::{self, SENDER_REPORT};
 use crate::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_into};
 use burst::{Append, BurstId, Bursts, Owner};
+use hdrhistogram::Histogram;
 use io::{
     EGRESS_HEADROOM, EgressPool, GsoSends, MAX_PACKET, ProvidedBuffers, RawAddr, Ring, SendBatch,
     WakeFd,
@@ -423,6 +424,8 @@ struct Output {
     /// Completions taken off the ring while reaping sends mid-turn that need the worker (a
     /// receive, a refused GSO send...): handled first in the next turn, in order.
     deferred: Vec<cqueue::Entry>,
+    /// Relay latency recorded since the last tick folded it into `stats.relay_latency`.
+    latency: Histogram<u64>,
 }
 
 /// Forwarded packets queued on the ring since the last submission, as runs of (receive time,
@@ -515,9 +518,8 @@ impl Output {
         }
         let now = Instant::now();
         for (origin, count) in self.unsubmitted.runs.drain(..) {
-            self.stats
-                .relay_latency
-                .record(now.duration_since(origin).as_nanos() as u64, count);
+            self.latency
+                .saturating_record_n(now.duration_since(origin).as_nanos() as u64, count);
         }
         self.unsubmitted.count = 0;
     }
@@ -746,6 +748,7 @@ impl Worker {
                     gso_enabled: settings.gso,
                     gso_refusals: 0,
                     deferred: Vec::with_capacity(RING_ENTRIES as usize * 4),
+                    latency: stats::latency_histogram(),
                 },
                 sessions: Vec::new(),
                 free_slots: Vec::new(),
@@ -1780,6 +1783,7 @@ impl Core {
             .filter(|c| !c.closing)
             .count();
         set(&self.stats().tcp_connections, conns as u64);
+        self.out.stats.relay_latency.fold(&mut self.out.latency);
         self.next_tick = now + TICK;
     }
 

@@ -2,37 +2,59 @@
 //! instruction), read by the control thread for `/metrics`. Padded so two workers' counters
 //! never share a cache line.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Upper bounds (µs) of the relay-latency histogram's buckets: receive completion to send
-/// submission, per forwarded packet.
-pub const LATENCY_BUCKETS_US: [u64; 14] = [
-    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 100_000,
+use hdrhistogram::Histogram;
+
+/// Upper bounds (µs) of the Prometheus buckets `/metrics` derives from the relay-latency
+/// histogram.
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
 ];
 
-/// The relay-latency histogram of one worker (single writer, like the counters).
-#[derive(Default)]
-pub struct LatencyHistogram {
-    /// Per bucket (not cumulative); the last slot counts what exceeds every bound.
-    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    pub sum_ns: AtomicU64,
-    pub count: AtomicU64,
+/// The largest relay latency the histogram holds (ns); longer ones count as this.
+const LATENCY_HIGHEST_NS: u64 = 60_000_000_000;
+
+/// Significant decimal digits the relay-latency histogram keeps: values are exact to 1 %,
+/// and its counts array (about 3 500 slots) folds in a few microseconds.
+pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 2;
+
+/// An empty relay-latency histogram: nanoseconds, receive completion to send submission.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_HIGHEST_NS, LATENCY_SIGNIFICANT_DIGITS)
+        .expect("constant bounds are valid")
 }
 
-impl LatencyHistogram {
-    /// Records `weight` packets that each took `ns`.
-    pub fn record(&self, ns: u64, weight: u64) {
-        if weight == 0 {
+/// A worker's relay-latency HdrHistogram as the control thread sees it. The worker records
+/// into a histogram of its own, with no lock, and folds it in here at each tick when the
+/// lock is free, so reading `/metrics` never makes a worker wait.
+pub struct RelayLatency(Mutex<Histogram<u64>>);
+
+impl Default for RelayLatency {
+    fn default() -> Self {
+        RelayLatency(Mutex::new(latency_histogram()))
+    }
+}
+
+impl RelayLatency {
+    /// Adds `recorded` to the shared histogram and empties it, unless the control thread
+    /// holds the lock (then it waits for the next tick). Allocates nothing: both histograms
+    /// have the same bounds.
+    pub fn fold(&self, recorded: &mut Histogram<u64>) {
+        if recorded.is_empty() {
             return;
         }
-        let us = ns / 1000;
-        let slot = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us < b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        add(&self.buckets[slot], weight);
-        add(&self.sum_ns, ns * weight);
-        add(&self.count, weight);
+        if let Ok(mut shared) = self.0.try_lock() {
+            // Same bounds on both sides: the addition cannot fail.
+            let _ = shared.add(&*recorded);
+            recorded.reset();
+        }
+    }
+
+    /// Everything folded in so far.
+    pub fn snapshot(&self) -> Histogram<u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -42,7 +64,7 @@ macro_rules! counters {
         #[repr(align(128))]
         pub struct WorkerStats {
             $($(#[$doc])* pub $name: AtomicU64,)*
-            pub relay_latency: LatencyHistogram,
+            pub relay_latency: RelayLatency,
         }
 
         impl WorkerStats {
