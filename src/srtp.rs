@@ -84,7 +84,7 @@ pub enum SrtpError {
 enum Cipher {
     Gcm {
         key: LessSafeKey,
-        salt: [u8; 12],
+        salt: GcmSalt,
     },
     Cm {
         key: EncryptingKey,
@@ -111,7 +111,7 @@ impl Cipher {
                     .map_err(|_| SrtpError::BadKeyLength)?;
                 Ok(Cipher::Gcm {
                     key: LessSafeKey::new(key),
-                    salt,
+                    salt: GcmSalt::new(&salt),
                 })
             }
             SrtpProfile::Aes128CmHmacSha1_80 => {
@@ -298,7 +298,7 @@ impl SrtpContext {
         let hdr_len = header.header_len;
         match &self.rtp {
             Cipher::Gcm { key, salt } => {
-                let nonce = gcm_rtp_nonce(salt, header.ssrc, roc, header.sequence);
+                let nonce = salt.rtp_nonce(header.ssrc, roc, header.sequence);
                 let (aad, rest) = buf.split_at_mut(hdr_len);
                 let payload_len = len - hdr_len;
                 let tag = key
@@ -334,7 +334,7 @@ impl SrtpContext {
         let plain_len = buf.len() - overhead;
         match &self.rtp {
             Cipher::Gcm { key, salt } => {
-                let nonce = gcm_rtp_nonce(salt, header.ssrc, roc, header.sequence);
+                let nonce = salt.rtp_nonce(header.ssrc, roc, header.sequence);
                 let (aad, rest) = buf.split_at_mut(hdr_len);
                 key.open_in_place(nonce, Aad::from(&*aad), rest)
                     .map_err(|_| SrtpError::AuthFailed)?;
@@ -382,7 +382,7 @@ impl SrtpContext {
         let e_index = (SRTCP_E_BIT | index).to_be_bytes();
         match &self.rtcp {
             Cipher::Gcm { key, salt } => {
-                let nonce = gcm_rtcp_nonce(salt, ssrc, index);
+                let nonce = salt.rtcp_nonce(ssrc, index);
                 let mut aad = [0u8; 12];
                 aad[..8].copy_from_slice(&buf[..8]);
                 aad[8..].copy_from_slice(&e_index);
@@ -425,7 +425,7 @@ impl SrtpContext {
         self.rtcp_ssrcs.get(ssrc).replay.check(index as u64)?;
         match &self.rtcp {
             Cipher::Gcm { key, salt } => {
-                let nonce = gcm_rtcp_nonce(salt, ssrc, index);
+                let nonce = salt.rtcp_nonce(ssrc, index);
                 let mut aad = [0u8; 12];
                 aad[..8].copy_from_slice(&buf[..8]);
                 aad[8..].copy_from_slice(&e_index.to_be_bytes());
@@ -490,29 +490,45 @@ fn estimate_index(window: &ReplayWindow, sequence: u16) -> u64 {
     (guess << 16) | sequence as u64
 }
 
-/// RFC 7714 §8.1: salt XOR (0x0000 ‖ SSRC ‖ ROC ‖ SEQ). Built in two words rather than byte
-/// by byte: the cipher reads the nonce back in words at once, and a read the byte stores
-/// cannot forward waits for every earlier store to reach the cache (on the packet path, the
-/// packet copy just written into a cold egress buffer).
-fn gcm_rtp_nonce(salt: &[u8; 12], ssrc: u32, roc: u32, sequence: u16) -> Nonce {
-    let salt_high = u64::from_be_bytes(salt[..8].try_into().expect("8 bytes"));
-    let salt_low = u32::from_be_bytes(salt[8..].try_into().expect("4 bytes"));
-    let high = salt_high ^ ((ssrc as u64) << 16 | (roc >> 16) as u64);
-    let low = salt_low ^ ((roc << 16) | sequence as u32);
-    let mut iv = [0u8; 12];
-    iv[..8].copy_from_slice(&high.to_be_bytes());
-    iv[8..].copy_from_slice(&low.to_be_bytes());
-    Nonce::assume_unique_for_key(iv)
+/// The AEAD_AES_128_GCM session salt as two big-endian words, taken apart once per session, so
+/// that a packet's nonce is two XORs and two word stores. (Built from the salt's bytes per
+/// packet, the compiler wrote the nonce with eight one-byte stores, which aws-lc's 8-byte read
+/// of it cannot be forwarded from.)
+#[derive(Clone, Copy)]
+struct GcmSalt {
+    high: u64,
+    low: u32,
 }
 
-fn gcm_rtcp_nonce(salt: &[u8; 12], ssrc: u32, index: u32) -> Nonce {
-    let mut iv = [0u8; 12];
-    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-    iv[8..12].copy_from_slice(&index.to_be_bytes());
-    for (b, s) in iv.iter_mut().zip(salt) {
-        *b ^= s;
+impl GcmSalt {
+    fn new(salt: &[u8; 12]) -> Self {
+        GcmSalt {
+            high: u64::from_be_bytes(salt[..8].try_into().expect("8 bytes")),
+            low: u32::from_be_bytes(salt[8..].try_into().expect("4 bytes")),
+        }
     }
-    Nonce::assume_unique_for_key(iv)
+
+    /// RFC 7714 §8.1: salt XOR (0x0000 ‖ SSRC ‖ ROC ‖ SEQ).
+    #[inline]
+    fn rtp_nonce(&self, ssrc: u32, roc: u32, sequence: u16) -> Nonce {
+        let high = self.high ^ ((ssrc as u64) << 16 | (roc >> 16) as u64);
+        let low = self.low ^ ((roc << 16) | sequence as u32);
+        Self::nonce(high, low)
+    }
+
+    /// RFC 7714 §9.1: salt XOR (0x0000 ‖ SSRC ‖ 0x0000 ‖ SRTCP index).
+    #[inline]
+    fn rtcp_nonce(&self, ssrc: u32, index: u32) -> Nonce {
+        Self::nonce(self.high ^ ((ssrc as u64) << 16), self.low ^ index)
+    }
+
+    #[inline]
+    fn nonce(high: u64, low: u32) -> Nonce {
+        let mut iv = [0u8; 12];
+        iv[..8].copy_from_slice(&high.to_be_bytes());
+        iv[8..].copy_from_slice(&low.to_be_bytes());
+        Nonce::assume_unique_for_key(iv)
+    }
 }
 
 /// AES-CM IV: (salt · 2^16) XOR (SSRC · 2^64) XOR (index · 2^16).
