@@ -318,6 +318,46 @@ impl SrtpContext {
         }
     }
 
+    /// Protects an RTP packet given as its header, already written at the start of `buf`
+    /// (`header_len` bytes), and its payload, still elsewhere. With AEAD_AES_128_GCM the
+    /// payload is encrypted straight from `payload` into `buf` after the header: one pass over
+    /// it, where copying it in and then encrypting in place is two. With AES-CM it is copied
+    /// in, then protected in place. `buf` needs room for header, payload and the SRTP
+    /// overhead; returns the protected length.
+    pub fn protect_rtp_from(
+        &mut self,
+        buf: &mut [u8],
+        header_len: usize,
+        payload: &[u8],
+    ) -> Result<usize, SrtpError> {
+        let len = header_len + payload.len();
+        if buf.len() < len + self.profile.rtp_overhead() {
+            return Err(SrtpError::BufferTooSmall);
+        }
+        let header = RtpHeader::parse(&buf[..header_len]).map_err(|_| SrtpError::BadHeader)?;
+        if header.header_len != header_len {
+            return Err(SrtpError::BadHeader);
+        }
+        let Cipher::Gcm { key, salt } = &self.rtp else {
+            buf[header_len..len].copy_from_slice(payload);
+            return self.protect_rtp(buf, len);
+        };
+        let index = outbound_rtp_index(self.rtp_ssrcs.get(header.ssrc), header.sequence);
+        let nonce = salt.rtp_nonce(header.ssrc, (index >> 16) as u32, header.sequence);
+        let (aad, rest) = buf.split_at_mut(header_len);
+        let (ciphertext, tail) = rest.split_at_mut(payload.len());
+        key.seal_out_of_place_scatter(
+            nonce,
+            Aad::from(&*aad),
+            payload,
+            ciphertext,
+            &[],
+            &mut tail[..GCM_TAG_LEN],
+        )
+        .map_err(|_| SrtpError::BufferTooSmall)?;
+        Ok(len + GCM_TAG_LEN)
+    }
+
     /// Authenticates and decrypts the SRTP packet in `buf` in place; returns the RTP length.
     pub fn unprotect_rtp(&mut self, buf: &mut [u8]) -> Result<usize, SrtpError> {
         let overhead = self.profile.rtp_overhead();
@@ -596,6 +636,36 @@ mod tests {
             let m = rx.unprotect_rtp(&mut buf).unwrap();
             assert_eq!(&buf[..m], &plain[..]);
             assert_eq!(rx.unprotect_rtp(&mut replay), Err(SrtpError::Replayed));
+        }
+    }
+
+    #[test]
+    fn protecting_from_a_separate_payload_matches_protecting_in_place() {
+        for profile in PROFILES {
+            let (mut in_place, mut from) = pair(profile);
+            for seq in [65535u16, 0, 1] {
+                let plain = rtp_packet(42, seq, 300);
+                let mut a = plain.clone();
+                a.resize(plain.len() + profile.rtp_overhead(), 0);
+                let n = in_place.protect_rtp(&mut a, plain.len()).unwrap();
+                let mut b = vec![0u8; a.len()];
+                b[..12].copy_from_slice(&plain[..12]);
+                assert_eq!(from.protect_rtp_from(&mut b, 12, &plain[12..]), Ok(n));
+                assert_eq!(a, b, "{profile:?} seq {seq}");
+            }
+            let plain = rtp_packet(42, 2, 300);
+            let mut short = plain[..12].to_vec();
+            short.resize(plain.len(), 0);
+            assert_eq!(
+                from.protect_rtp_from(&mut short, 12, &plain[12..]),
+                Err(SrtpError::BufferTooSmall),
+                "no room for the tag"
+            );
+            let mut garbage = vec![0u8; 400];
+            assert_eq!(
+                from.protect_rtp_from(&mut garbage, 12, &plain[12..]),
+                Err(SrtpError::BadHeader)
+            );
         }
     }
 

@@ -1,4 +1,6 @@
-//! Unprotecting arbitrary bytes as SRTP and SRTCP fails cleanly, for both profiles.
+//! Unprotecting arbitrary bytes as SRTP and SRTCP fails cleanly, for both profiles; so does
+//! protecting them, in place or from a separate payload (the first byte picks the header
+//! length, the buffer is sometimes too short for the tag).
 #![no_main]
 
 use corecast::srtp::{SrtpContext, SrtpProfile};
@@ -15,5 +17,12 @@ fuzz_target!(|data: &[u8]| {
         let mut buf = data.to_vec();
         buf.resize(data.len() + profile.rtcp_overhead(), 0);
         let _ = ctx.protect_rtp(&mut buf, data.len());
+        if let Some((&pick, rest)) = data.split_first() {
+            let header_len = (pick as usize & 0x7f).min(rest.len());
+            let room = if pick & 0x80 != 0 { profile.rtp_overhead() } else { 3 };
+            let mut buf = rest[..header_len].to_vec();
+            buf.resize(rest.len() + room, 0);
+            let _ = ctx.protect_rtp_from(&mut buf, header_len, &rest[header_len..]);
+        }
     }
 });

@@ -117,6 +117,25 @@ pub fn rewrite_into(
     if out.len() < packet.len() {
         return Err(RtpError::BufferTooSmall);
     }
+    let len = rewrite_header_into(packet, header, rewrite, out)?;
+    let payload = &packet[header.header_len..];
+    out[len..len + payload.len()].copy_from_slice(payload);
+    Ok(len + payload.len())
+}
+
+/// [`rewrite_into`] for the header alone: returns its rewritten length, where the payload
+/// (`packet[header.header_len..]`, unchanged) would go. The fanout encrypts the payload
+/// straight from the publisher's packet into place after it.
+pub fn rewrite_header_into(
+    packet: &[u8],
+    header: &RtpHeader,
+    rewrite: &Rewrite<'_>,
+    out: &mut [u8],
+) -> Result<usize, RtpError> {
+    // The rewritten header is never longer than the original.
+    if out.len() < header.header_len {
+        return Err(RtpError::BufferTooSmall);
+    }
     let csrc_end = FIXED_HEADER_LEN + 4 * (packet[0] & 0x0f) as usize;
     out[..csrc_end].copy_from_slice(&packet[..csrc_end]);
     out[0] &= !0x10; // X is set again below if any element survives
@@ -140,9 +159,7 @@ pub fn rewrite_into(
             len = csrc_end + 4 + padded;
         }
     }
-    let payload = &packet[header.header_len..];
-    out[len..len + payload.len()].copy_from_slice(payload);
-    Ok(len + payload.len())
+    Ok(len)
 }
 
 /// Rewrites extension elements (RFC 8285 one-byte or two-byte form) into `out`; returns the
@@ -257,6 +274,43 @@ mod tests {
         assert_eq!(&out[s..s + 6], &[0x50, 0x7f, 0x22, 0x01, 0x02, 0x03]);
         assert_eq!(e - s, 8);
         assert_eq!(&out[o.header_len..n], b"payload");
+    }
+
+    #[test]
+    fn rewritten_header_is_what_rewrite_into_writes_before_the_payload() {
+        let p = packet_with_one_byte_extensions();
+        let h = RtpHeader::parse(&p).unwrap();
+        let mut ids = ExtensionIdMap::default();
+        ids.insert(3, 4);
+        for ids in [ids, ExtensionIdMap::default()] {
+            let rw = Rewrite {
+                ssrc: 9,
+                payload_type: 100,
+                sequence: 3,
+                extension_ids: &ids,
+            };
+            let mut whole = [0u8; 64];
+            let n = rewrite_into(&p, &h, &rw, &mut whole).unwrap();
+            let mut header = [0u8; 64];
+            let header_len = rewrite_header_into(&p, &h, &rw, &mut header).unwrap();
+            assert_eq!(
+                header_len,
+                RtpHeader::parse(&whole[..n]).unwrap().header_len
+            );
+            assert_eq!(&header[..header_len], &whole[..header_len]);
+            assert_eq!(&whole[header_len..n], &p[h.header_len..]);
+        }
+        let mut short = [0u8; 8];
+        let rw = Rewrite {
+            ssrc: 9,
+            payload_type: 100,
+            sequence: 3,
+            extension_ids: &ExtensionIdMap::default(),
+        };
+        assert_eq!(
+            rewrite_header_into(&p, &h, &rw, &mut short),
+            Err(RtpError::BufferTooSmall)
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::wire::demux::{PacketKind, classify};
 use crate::wire::framing::{self, FrameReader};
 use crate::wire::rtcp::{self, SENDER_REPORT};
-use crate::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_into};
+use crate::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_header_into};
 use burst::{Append, BurstId, Bursts, Owner};
 use hdrhistogram::Histogram;
 use io::{
@@ -1901,9 +1901,12 @@ fn forward_to_players(
                         sequence: track.sequence.map(h.ssrc, h.sequence),
                         extension_ids: &track.extension_ids,
                     };
-                    rewrite_into(packet, h, &rewrite, buffer)
+                    rewrite_header_into(packet, h, &rewrite, buffer)
                         .ok()
-                        .and_then(|n| srtp.protect_rtp(buffer, n).ok())
+                        .and_then(|header_len| {
+                            let payload = &packet[h.header_len..];
+                            srtp.protect_rtp_from(buffer, header_len, payload).ok()
+                        })
                 }
                 Some(_) => None,
                 None => rtcp::compound(packet)
