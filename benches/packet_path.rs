@@ -77,6 +77,16 @@ fn srtp(c: &mut Criterion) {
     }
 }
 
+/// How a player's packets are rewritten in these benches.
+fn player_rewrite(sequence: u16, extension_ids: &ExtensionIdMap) -> Rewrite<'_> {
+    Rewrite {
+        ssrc: 1,
+        payload_type: 100,
+        sequence,
+        extension_ids,
+    }
+}
+
 /// One player's share of a fanout: from the publisher's packet to a protected packet in `out`.
 type PerPlayer = fn(&[u8], &RtpHeader, &Rewrite<'_>, &mut SrtpContext, &mut [u8]) -> usize;
 
@@ -91,12 +101,7 @@ fn rewrite(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("rewrite_into", |b| {
         b.iter(|| {
-            let rw = Rewrite {
-                ssrc: 1,
-                payload_type: 100,
-                sequence: 5,
-                extension_ids: &ids,
-            };
+            let rw = player_rewrite(5, &ids);
             black_box(rewrite_into(black_box(&plain), &header, &rw, &mut out).unwrap())
         })
     });
@@ -107,12 +112,7 @@ fn rewrite(c: &mut Criterion) {
         group.bench_function(format!("rewrite_and_protect/{name}"), |b| {
             b.iter(|| {
                 seq = seq.wrapping_add(1);
-                let rw = Rewrite {
-                    ssrc: 1,
-                    payload_type: 100,
-                    sequence: seq,
-                    extension_ids: &ids,
-                };
+                let rw = player_rewrite(seq, &ids);
                 let n = rewrite_into(&plain, &header, &rw, &mut out).unwrap();
                 black_box(tx.protect_rtp(&mut out, n).unwrap())
             })
@@ -152,12 +152,7 @@ fn rewrite(c: &mut Criterion) {
                     if player == 0 {
                         seq = seq.wrapping_add(1);
                     }
-                    let rw = Rewrite {
-                        ssrc: 1,
-                        payload_type: 100,
-                        sequence: seq,
-                        extension_ids: &ids,
-                    };
+                    let rw = player_rewrite(seq, &ids);
                     let out = &mut buffers[player * 2048..(player + 1) * 2048];
                     black_box(per_player(&plain, &header, &rw, &mut contexts[player], out));
                 }
