@@ -100,6 +100,7 @@ for scenario in $scenarios; do
         udp-1w-hd) run udp-1w-hd 1 udp udp true --video-kbps 4000 --no-audio ;;
         udp-1w-hd-nogso) run udp-1w-hd-nogso 1 udp udp false --video-kbps 4000 --no-audio ;;
         tcp-1w-hd) run tcp-1w-hd 1 tcp tcp true --video-kbps 4000 --no-audio ;;
+        udp-2w-hd) run udp-2w-hd 2 udp udp true --video-kbps 4000 --no-audio ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
     dirs+=("$out/$scenario")
