@@ -361,6 +361,13 @@ async fn forward_frame_shapes(gso: &str) {
         players.iter().all(|(_, d)| d.is_warm())
     })
     .await;
+    // The workers' gauges (refreshed every 100 ms) count the sessions and, of them, players.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while relay.metric_all_workers("corecast_worker_players") != 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(relay.metric_all_workers("corecast_worker_players"), 3);
+    assert_eq!(relay.metric_all_workers("corecast_worker_sessions"), 4);
     let mut expected = Vec::new();
     let mut counter = 0u32;
     for (sizes, marker) in frame_shapes() {

@@ -276,7 +276,7 @@ async fn metrics(State(control): State<Arc<Control>>) -> Response {
         return (StatusCode::OK, out).into_response();
     };
     for (name, _) in first.stats.snapshot() {
-        let (metric, kind) = if name == "sessions" || name == "tcp_connections" {
+        let (metric, kind) = if matches!(name, "sessions" | "players" | "tcp_connections") {
             (format!("corecast_worker_{name}"), "gauge")
         } else {
             (format!("corecast_{name}_total"), "counter")

@@ -1747,6 +1747,7 @@ impl Core {
 
     fn tick(&mut self, now: Instant) {
         let mut live = 0;
+        let mut players = 0;
         for slot in 0..self.sessions.len() {
             let Some(session) = self.sessions[slot].as_mut() else {
                 continue;
@@ -1768,6 +1769,9 @@ impl Core {
                 let ud = user_data(io::OP_ACCEPT, slot, session.generation);
                 io::arm_accept(&mut self.out.ring, listener.as_raw_fd(), ud);
             }
+            if matches!(session.role, Role::Player(_)) {
+                players += 1;
+            }
             if let Role::Publisher(publisher) = &mut session.role
                 && publisher.keyframes.poll(now)
             {
@@ -1775,6 +1779,7 @@ impl Core {
             }
         }
         set(&self.stats().sessions, live);
+        set(&self.stats().players, players);
         let conns = self
             .out
             .conns

@@ -129,6 +129,8 @@ counters! {
     dtls_records,
     /// Sessions currently owned.
     sessions,
+    /// Of those, players.
+    players,
     /// ICE-TCP connections currently open.
     tcp_connections,
 }
