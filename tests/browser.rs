@@ -332,15 +332,12 @@ async fn publisher_and_three_players(protocol: &str) {
     browser
         .call("return await corecast.stop(arguments[0])", vec![publisher])
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.metric("corecast_ports_in_use") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "ports still in use after the publisher left:\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ports_free = || relay.metric("corecast_ports_in_use") == 0;
+    assert!(
+        common::eventually(Duration::from_secs(10), ports_free).await,
+        "ports still in use after the publisher left:\n{}",
+        relay.log()
+    );
     assert_eq!(
         common::http("GET", &relay.url("/api/streams"), None, "").body,
         "[]"
@@ -448,18 +445,16 @@ fn chromium_publishes_on_an_origin_and_plays_from_an_edge_by_push_and_by_pull() 
                 &body,
             );
             assert_eq!(r.status, 200, "{}", r.body);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while !common::http("GET", &edge.url("/api/streams"), None, "")
-                .body
-                .contains("show-pushed")
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "the push did not arrive:\n{}",
-                    origin.log()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let edge_has_pushed = || {
+                common::http("GET", &edge.url("/api/streams"), None, "")
+                    .body
+                    .contains("show-pushed")
+            };
+            assert!(
+                common::eventually(Duration::from_secs(15), edge_has_pushed).await,
+                "the push did not arrive:\n{}",
+                origin.log()
+            );
             let pushed = play_from(&browser, &edge.http, "show-pushed").await;
             // Pull: a player asks the edge for "show", which it does not have: it pulls it.
             let pulled = play_from(&browser, &edge.http, "show").await;
@@ -480,17 +475,10 @@ fn chromium_publishes_on_an_origin_and_plays_from_an_edge_by_push_and_by_pull() 
                 &stop,
             );
             assert_eq!(r.status, 200, "{}", r.body);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while common::http("GET", &edge.url("/api/streams"), None, "")
-                .body
-                .contains("show-pushed")
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "the pushed stream stayed on the edge"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            assert!(
+                common::eventually(Duration::from_secs(10), || !edge_has_pushed()).await,
+                "the pushed stream stayed on the edge"
+            );
             // The pulled stream plays on: it is a separate bridge.
             let before = num(&browser.stats(&pulled).await, "videoFramesDecoded");
             tokio::time::sleep(Duration::from_secs(2)).await;

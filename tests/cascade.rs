@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Relay, http, media_range};
 use corecast::client::{self, ClientOptions, Incoming, Role, SessionCounters, Transport};
@@ -85,12 +85,11 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    assert!(
+        common::eventually(Duration::from_secs(15), done).await,
+        "timed out waiting for {what}"
+    );
 }
 
 fn relay(extra: &[(&str, &str)]) -> Relay {

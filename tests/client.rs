@@ -195,10 +195,10 @@ async fn slow_tcp_player_drops_whole_frames_without_holding_back_others() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while fast.packets.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(Duration::from_secs(15), || {
+        fast.packets.load(Ordering::Relaxed) >= sent
+    })
+    .await;
     assert_eq!(
         fast.packets.load(Ordering::Relaxed),
         sent,
@@ -256,15 +256,12 @@ async fn slow_tcp_player_drops_whole_frames_without_holding_back_others() {
     slow_player.close().await;
     fast_player.close().await;
     publisher.close().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.metric("corecast_ports_in_use") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "ports still in use\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ports_free = || relay.metric("corecast_ports_in_use") == 0;
+    assert!(
+        common::eventually(Duration::from_secs(10), ports_free).await,
+        "ports still in use\n{}",
+        relay.log()
+    );
 }
 
 /// What one player received of the video: (RTP sequence, length, the publisher's counter)
@@ -362,10 +359,10 @@ async fn forward_frame_shapes(gso: &str) {
     })
     .await;
     // The workers' gauges (refreshed every 100 ms) count the sessions and, of them, players.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while relay.metric_all_workers("corecast_worker_players") != 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(Duration::from_secs(2), || {
+        relay.metric_all_workers("corecast_worker_players") == 3
+    })
+    .await;
     assert_eq!(relay.metric_all_workers("corecast_worker_players"), 3);
     assert_eq!(relay.metric_all_workers("corecast_worker_sessions"), 4);
     let mut expected = Vec::new();
@@ -386,10 +383,10 @@ async fn forward_frame_shapes(gso: &str) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while players.iter().any(|(_, d)| d.len() < expected.len()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(Duration::from_secs(10), || {
+        players.iter().all(|(_, d)| d.len() >= expected.len())
+    })
+    .await;
     for (n, (_, delivered)) in players.iter().enumerate() {
         let delivered = delivered.packets.lock().unwrap();
         // The SRTP trailer is gone: lengths are the publisher's. Order is the publisher's.
@@ -514,10 +511,10 @@ async fn frames_over_the_path_mtu_arrive_whole_through_gso() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered.len() < (frames * 4) as usize && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(Duration::from_secs(10), || {
+        delivered.len() >= (frames * 4) as usize
+    })
+    .await;
     let counters: Vec<u32> = delivered
         .packets
         .lock()
