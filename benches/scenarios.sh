@@ -6,6 +6,14 @@
 # RELAY_BIN=path runs another relay build (for before/after comparisons); SCENARIOS="udp-1w
 # tcp-1w" picks scenarios; PLAYERS and DURATION size them.
 #
+# Scaling series: udp-<N>w-hd-scaled runs N workers (HD media, one stream) with N x PLAYERS
+# players, so each worker carries the same load and most players are fed across workers. On a
+# 16-core machine:
+#   RELAY_CORES=0-7 LOADGEN_CORES=8-15 SCENARIOS="udp-1w-hd-scaled udp-2w-hd-scaled
+#   udp-4w-hd-scaled udp-8w-hd-scaled" benches/scenarios.sh runs/scaling
+# N workers scale when forwarded packets/s grow N-fold with 0 loss and the relay's CPU per
+# forwarded packet stays within 1/0.8 of one worker's.
+#
 # STEER_RX=1 (the default where network namespaces can be made, i.e. as root) runs everything
 # in a network namespace of its own whose loopback hands received packets to the load
 # generator's cores (RPS). On loopback the kernel otherwise delivers each datagram into its
@@ -68,7 +76,7 @@ run() { # name workers protocol transport gso [extra loadgen args...]
     local gso_env=()
     [[ $gso == false ]] && gso_env=(CORECAST_MEDIA_GSO=false)
     env CORECAST_HTTP_LISTEN=127.0.0.1:$port CORECAST_WORKERS_COUNT=$workers CORECAST_WORKERS_PIN=false \
-        CORECAST_MEDIA_PORTS=34000-35999 CORECAST_MEDIA_PROTOCOL=$protocol "${gso_env[@]}" \
+        CORECAST_MEDIA_PORTS=30000-39999 CORECAST_MEDIA_PROTOCOL=$protocol "${gso_env[@]}" \
         RUST_LOG=warn taskset -c "$relay_cores" "$relay_bin" >"$out/$name.relay.log" 2>&1 &
     local relay=$!
     for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/metrics" && break; sleep 0.1; done
@@ -101,6 +109,12 @@ for scenario in $scenarios; do
         udp-1w-hd-nogso) run udp-1w-hd-nogso 1 udp udp false --video-kbps 4000 --no-audio ;;
         tcp-1w-hd) run tcp-1w-hd 1 tcp tcp true --video-kbps 4000 --no-audio ;;
         udp-2w-hd) run udp-2w-hd 2 udp udp true --video-kbps 4000 --no-audio ;;
+        udp-*w-hd-scaled)
+            n=${scenario#udp-}
+            n=${n%w-hd-scaled}
+            [[ $n =~ ^[0-9]+$ ]] || { echo "unknown scenario $scenario" >&2; exit 2; }
+            players=$((${PLAYERS:-200} * n)) run "$scenario" "$n" udp udp true --video-kbps 4000 --no-audio
+            ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
     dirs+=("$out/$scenario")
