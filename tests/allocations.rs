@@ -168,7 +168,10 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
     // keys a moment later. Send frames until every player has media, then count from there.
     let deadline = Instant::now() + Duration::from_secs(10);
     while received.iter().any(|r| r.load(Ordering::Relaxed) == 0) {
-        assert!(Instant::now() < deadline, "media reached every player");
+        assert!(
+            Instant::now() < deadline,
+            "media did not reach every player: {received:?}"
+        );
         send(5, &mut seq).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

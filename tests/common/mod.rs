@@ -59,7 +59,6 @@ pub fn in_private_network_set_up(test: &str, setup: &str) -> bool {
     true
 }
 
-/// A free TCP port on loopback (the OS picks it).
 /// Polls `done` every 20 ms for up to `within` and says whether it came true; the caller
 /// asserts on that with what it knows of the failure (a relay's log, say).
 pub async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -75,6 +74,7 @@ pub async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> boo
     }
 }
 
+/// A free TCP port on loopback (the OS picks it).
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
