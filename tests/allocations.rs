@@ -78,15 +78,7 @@ fn options(
     transport: Transport,
     certificate: &Certificate,
 ) -> ClientOptions {
-    ClientOptions {
-        url,
-        role,
-        transport,
-        certificate: certificate.clone(),
-        timeout: Duration::from_secs(10),
-        tcp_recv_buffer: None,
-        video_codec: None,
-    }
+    ClientOptions::new(url, role, transport, certificate)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

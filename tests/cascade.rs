@@ -14,15 +14,7 @@ use serde_json::Value;
 use webrtc_dtls::crypto::Certificate;
 
 fn options(url: String, role: Role, certificate: &Certificate) -> ClientOptions {
-    ClientOptions {
-        url,
-        role,
-        transport: Transport::Udp,
-        certificate: certificate.clone(),
-        timeout: Duration::from_secs(10),
-        tcp_recv_buffer: None,
-        video_codec: None,
-    }
+    ClientOptions::new(url, role, Transport::Udp, certificate)
 }
 
 /// Publishes `stream` and sends a 30 fps video packet train from a task (which owns the

@@ -23,15 +23,7 @@ fn options(
     transport: Transport,
     certificate: &Certificate,
 ) -> ClientOptions {
-    ClientOptions {
-        url: relay.url(path),
-        role,
-        transport,
-        certificate: certificate.clone(),
-        timeout: Duration::from_secs(10),
-        tcp_recv_buffer: None,
-        video_codec: None,
-    }
+    ClientOptions::new(relay.url(path), role, transport, certificate)
 }
 
 /// Connects a client to `path` over UDP, or fails the test saying which client it was.

@@ -69,7 +69,12 @@ pub fn table(runs: &[Run]) -> String {
         ),
         (
             "relay p99 (us)",
-            Box::new(|s| s.relay.as_ref().map_or(0.0, |r| r.latency_p99_us)),
+            Box::new(|s| {
+                s.relay
+                    .as_ref()
+                    .and_then(|r| r.latency_p99_us)
+                    .unwrap_or(0.0)
+            }),
         ),
     ];
     let mut out = String::new();

@@ -94,15 +94,21 @@ fn run_scenario(args: run::RunArgs) -> ExitCode {
                 summary.loadgen.cpu_percent
             );
             if let Some(r) = &summary.relay {
-                println!(
-                    "relay: {:.0} forwarded packets/s on {} worker(s), {:.0} ns CPU per forwarded packet, relay latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
-                    r.forwarded_pps,
-                    r.workers,
-                    r.cpu_ns_per_forwarded_packet,
+                let latency = match (
                     r.latency_p50_us,
                     r.latency_p99_us,
                     r.latency_p999_us,
-                    r.latency_max_us
+                    r.latency_max_us,
+                ) {
+                    (Some(p50), Some(p99), Some(p999), Some(max)) => format!(
+                        "relay latency p50 {p50:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us, max {max:.1} us"
+                    ),
+                    _ => "relay latency not served (no /api/relay-latency beside the metrics)"
+                        .to_string(),
+                };
+                println!(
+                    "relay: {:.0} forwarded packets/s on {} worker(s), {:.0} ns CPU per forwarded packet, {latency}",
+                    r.forwarded_pps, r.workers, r.cpu_ns_per_forwarded_packet,
                 );
             }
             if let Some(max) = summary.players.max_without_loss {

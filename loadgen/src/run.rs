@@ -174,7 +174,7 @@ fn relay_cost(start: &RelaySample, end: &RelaySample) -> (RelayCost, Option<Hist
     let us = |q: f64| {
         latency
             .as_ref()
-            .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3)
+            .map(|h| h.value_at_quantile(q) as f64 / 1e3)
     };
     let cost = RelayCost {
         seconds,
@@ -190,7 +190,7 @@ fn relay_cost(start: &RelaySample, end: &RelaySample) -> (RelayCost, Option<Hist
         latency_p50_us: us(0.5),
         latency_p99_us: us(0.99),
         latency_p999_us: us(0.999),
-        latency_max_us: latency.as_ref().map_or(0.0, |h| h.max() as f64 / 1e3),
+        latency_max_us: latency.as_ref().map(|h| h.max() as f64 / 1e3),
     };
     (cost, latency)
 }
@@ -522,13 +522,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     let wall_start = Instant::now();
     let timeout = Duration::from_secs_f64(args.connect_timeout);
     let options = |url: String, role: Role, transport: Transport| ClientOptions {
-        url,
-        role,
-        transport,
-        certificate: certificate.clone(),
         timeout,
-        tcp_recv_buffer: None,
-        video_codec: None,
+        ..ClientOptions::new(url, role, transport, &certificate)
     };
 
     // Publishers first: players need streams to play.
@@ -589,13 +584,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
                 }));
                 let handler = player_handler(shared.clone(), stats.clone());
                 let options = ClientOptions {
-                    url: url_for(&args.whep, &name),
-                    role: Role::Play,
-                    transport,
-                    certificate: certificate.clone(),
                     timeout: Duration::from_secs_f64(args.connect_timeout),
-                    tcp_recv_buffer: None,
-                    video_codec: None,
+                    ..ClientOptions::new(
+                        url_for(&args.whep, &name),
+                        Role::Play,
+                        transport,
+                        &certificate,
+                    )
                 };
                 let shared = shared.clone();
                 let sessions_tx = sessions_tx.clone();

@@ -32,15 +32,16 @@ pub struct RelayCost {
     pub workers: usize,
     /// Relay-added latency (receive completion to send submission) over the steady phase:
     /// the difference of two readings of corecast's HdrHistogram (`/api/relay-latency`),
-    /// to within 1 %. Summaries written before it was exact hold bucket bounds here.
+    /// to within 1 %; absent where the relay serves no such histogram. Summaries written
+    /// before it was exact hold bucket bounds here.
     #[serde(default, alias = "latency_p50_us_at_most")]
-    pub latency_p50_us: f64,
+    pub latency_p50_us: Option<f64>,
     #[serde(default, alias = "latency_p99_us_at_most")]
-    pub latency_p99_us: f64,
+    pub latency_p99_us: Option<f64>,
     #[serde(default, alias = "latency_p999_us_at_most")]
-    pub latency_p999_us: f64,
+    pub latency_p999_us: Option<f64>,
     #[serde(default)]
-    pub latency_max_us: f64,
+    pub latency_max_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -101,6 +101,27 @@ pub struct ClientOptions {
     pub video_codec: Option<String>,
 }
 
+impl ClientOptions {
+    /// A client with the usual settings: 10 s for each step, the kernel's TCP buffer
+    /// autotuning, every video codec offered.
+    pub fn new(
+        url: impl Into<String>,
+        role: Role,
+        transport: Transport,
+        certificate: &Certificate,
+    ) -> ClientOptions {
+        ClientOptions {
+            url: url.into(),
+            role,
+            transport,
+            certificate: certificate.clone(),
+            timeout: Duration::from_secs(10),
+            tcp_recv_buffer: None,
+            video_codec: None,
+        }
+    }
+}
+
 /// The video codecs the client offers: (payload type, rtpmap, fmtp).
 const VIDEO_CODECS: &[(u8, &str, &str)] = &[
     (96, "VP8/90000", ""),

@@ -324,13 +324,9 @@ fn options(
     video_codec: Option<String>,
 ) -> ClientOptions {
     ClientOptions {
-        url,
-        role,
-        transport: Transport::Udp,
-        certificate: certificate.clone(),
         timeout: CONNECT_TIMEOUT,
-        tcp_recv_buffer: None,
         video_codec,
+        ..ClientOptions::new(url, role, Transport::Udp, certificate)
     }
 }
 
