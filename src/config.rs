@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::control::limits::{AddressList, Cidr};
+
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -28,6 +30,21 @@ pub struct CascadeConfig {
 pub struct HttpConfig {
     /// Where the HTTP server (WHIP, WHEP, API, page) listens.
     pub listen: SocketAddr,
+    /// Time a client has to finish a request's header once it has sent its first byte.
+    pub header_timeout: Duration,
+    /// A connection on which nothing moves for this long closes (keep-alive between requests,
+    /// a silent new connection, a stalled request or response).
+    pub idle_timeout: Duration,
+    /// Open connections from addresses not in `limit_exempt`; more are refused.
+    pub max_connections: usize,
+    /// Sessions (WHIP, WHEP, WebSocket) one client address may hold at once; 0: no limit.
+    pub max_sessions_per_ip: usize,
+    /// Requests (and WebSocket commands) per second per client address; 0: no limit.
+    pub rate_limit: u32,
+    /// Requests a client may send at once before `rate_limit` applies.
+    pub rate_burst: u32,
+    /// Addresses and networks no per-client limit (nor `max_connections`) applies to.
+    pub limit_exempt: AddressList,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,7 +151,19 @@ const MAX_SOCKET_BUFFER: i64 = 1 << 30;
 
 /// Every key the relay knows, with its section; unknown keys are errors, so typos surface.
 const KEYS: &[(&str, &[&str])] = &[
-    ("http", &["listen"]),
+    (
+        "http",
+        &[
+            "listen",
+            "header_timeout_ms",
+            "idle_timeout_ms",
+            "max_connections",
+            "max_sessions_per_ip",
+            "rate_limit",
+            "rate_burst",
+            "limit_exempt",
+        ],
+    ),
     (
         "media",
         &[
@@ -161,6 +190,18 @@ impl Default for Config {
         Config {
             http: HttpConfig {
                 listen: "127.0.0.1:8080".parse().expect("valid literal"),
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(30),
+                max_connections: 10_000,
+                max_sessions_per_ip: 100,
+                rate_limit: 20,
+                rate_burst: 50,
+                // A load test from this machine runs unlimited; on the internet every other
+                // address is limited.
+                limit_exempt: AddressList(vec![
+                    Cidr::parse("127.0.0.0/8").expect("valid literal"),
+                    Cidr::parse("::1").expect("valid literal"),
+                ]),
             },
             media: MediaConfig {
                 bind_ip: "127.0.0.1".parse().expect("valid literal"),
@@ -186,6 +227,20 @@ impl Default for Config {
             cascade: CascadeConfig::default(),
         }
     }
+}
+
+/// The machine's memory (`MemTotal` in /proc/meminfo), when it can be read.
+fn memory_total() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 impl Config {
@@ -251,6 +306,63 @@ impl Config {
         if let Some(v) = get("http", "listen") {
             config.http.listen =
                 parse_str(v, "http.listen", "an address and port like 127.0.0.1:8080")?;
+        }
+        for (key, slot, max) in [
+            (
+                "header_timeout_ms",
+                &mut config.http.header_timeout,
+                600_000,
+            ),
+            // Above the longest a handler waits on others (a cascade pull: 20 s) is safest.
+            ("idle_timeout_ms", &mut config.http.idle_timeout, 3_600_000),
+        ] {
+            if let Some(v) = get("http", key) {
+                let name = format!("http.{key}");
+                let n = int(v, &name, "a number of milliseconds")?;
+                if !(100..=max).contains(&n) {
+                    return Err(bad(&name, n, &format!("must be 100 to {max} milliseconds")));
+                }
+                *slot = Duration::from_millis(n as u64);
+            }
+        }
+        if let Some(v) = get("http", "max_connections") {
+            let n = int(v, "http.max_connections", "a number of connections")?;
+            if !(1..=1_000_000).contains(&n) {
+                return Err(bad("http.max_connections", n, "must be 1 to 1000000"));
+            }
+            config.http.max_connections = n as usize;
+        }
+        if let Some(v) = get("http", "max_sessions_per_ip") {
+            let n = int(v, "http.max_sessions_per_ip", "a number of sessions")?;
+            if !(0..=1_000_000).contains(&n) {
+                return Err(bad(
+                    "http.max_sessions_per_ip",
+                    n,
+                    "must be 0 (no limit) to 1000000",
+                ));
+            }
+            config.http.max_sessions_per_ip = n as usize;
+        }
+        for (key, slot, min) in [
+            ("rate_limit", &mut config.http.rate_limit, 0),
+            ("rate_burst", &mut config.http.rate_burst, 1),
+        ] {
+            if let Some(v) = get("http", key) {
+                let name = format!("http.{key}");
+                let n = int(v, &name, "a number of requests")?;
+                if !(min..=1_000_000).contains(&n) {
+                    let allowed = if min == 0 {
+                        "must be 0 (no limit) to 1000000 requests per second"
+                    } else {
+                        "must be 1 to 1000000 requests"
+                    };
+                    return Err(bad(&name, n, allowed));
+                }
+                *slot = n as u32;
+            }
+        }
+        if let Some(v) = get("http", "limit_exempt") {
+            config.http.limit_exempt = parse_address_list(v, "http.limit_exempt")?;
         }
         if let Some(v) = get("media", "bind_ip") {
             config.media.bind_ip = parse_str(v, "media.bind_ip", "an IPv4 or IPv6 address")?;
@@ -331,8 +443,24 @@ impl Config {
         }
         if let Some(v) = get("workers", "count") {
             let n = int(v, "workers.count", "a number of threads")?;
-            if !(0..=1024).contains(&n) {
-                return Err(bad("workers.count", n, "must be 0 (one per core) to 1024"));
+            let max = crate::worker::MAX_WORKERS as i64;
+            if !(0..=max).contains(&n) {
+                let pairs = n.max(0) as usize * (n.max(1) as usize - 1);
+                let bytes = pairs
+                    * crate::worker::mesh::QUEUE_CAPACITY_MIN
+                    * crate::worker::mesh::QUEUE_SLOT_BYTES;
+                return Err(bad(
+                    "workers.count",
+                    n,
+                    &format!(
+                        "must be 0 (one per core) to {max}: the workers' cross-worker queues \
+                         number count × (count − 1) = {pairs}, which at {} slots of {} bytes \
+                         each would hold {} MiB before a packet flows",
+                        crate::worker::mesh::QUEUE_CAPACITY_MIN,
+                        crate::worker::mesh::QUEUE_SLOT_BYTES,
+                        bytes >> 20
+                    ),
+                ));
             }
             config.workers.count = n as usize;
         }
@@ -355,12 +483,15 @@ impl Config {
         Ok(config)
     }
 
-    /// Worker threads to start: `workers.count`, or one per available core when it is 0.
+    /// Worker threads to start: `workers.count`, or one per available core when it is 0
+    /// (at most `worker::MAX_WORKERS`).
     pub fn worker_count(&self) -> usize {
         if self.workers.count > 0 {
             self.workers.count
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(crate::worker::MAX_WORKERS)
         }
     }
 
@@ -373,16 +504,42 @@ impl Config {
                 &format!("needs at least one port per worker ({workers} workers)"),
             ));
         }
+        let (mesh, per_worker) = crate::worker::data_plane_memory(workers);
+        let needed = mesh + workers * per_worker;
+        if let Some(total) = memory_total()
+            && needed > total
+        {
+            return Err(bad(
+                "workers.count",
+                workers,
+                &format!(
+                    "needs {} MiB for the data plane ({} MiB of cross-worker queues + {workers} \
+                     workers × {} MiB of packet buffers) but this machine has {} MiB",
+                    needed >> 20,
+                    mesh >> 20,
+                    per_worker >> 20,
+                    total >> 20
+                ),
+            ));
+        }
         Ok(())
     }
 
     /// The configuration as TOML, as `--print-config` shows it.
     pub fn to_toml(&self) -> String {
         format!(
-            "[http]\nlisten = \"{}\"\n\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
+            "[http]\nlisten = \"{}\"\nheader_timeout_ms = {}\nidle_timeout_ms = {}\nmax_connections = {}\n\
+             max_sessions_per_ip = {}\nrate_limit = {}\nrate_burst = {}\nlimit_exempt = {}\n\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
              udp_recv_buffer = {}\nudp_send_buffer = {}\ntcp_recv_buffer = {}\ntcp_send_buffer = {}\n\
              tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\n\n[workers]\ncount = {}\npin = {}\n",
             self.http.listen,
+            self.http.header_timeout.as_millis(),
+            self.http.idle_timeout.as_millis(),
+            self.http.max_connections,
+            self.http.max_sessions_per_ip,
+            self.http.rate_limit,
+            self.http.rate_burst,
+            self.http.limit_exempt,
             self.media.bind_ip,
             self.media.announced_ip,
             self.media.ports,
@@ -454,6 +611,28 @@ fn parse_str<T: std::str::FromStr>(v: &Value, key: &str, allowed: &str) -> Resul
     }
 }
 
+/// A list of addresses and CIDR networks: a TOML array of strings, or (from the environment)
+/// one string with commas between them. Empty means none.
+fn parse_address_list(v: &Value, key: &str) -> Result<AddressList, ConfigError> {
+    const ALLOWED: &str = "must be a list of addresses or CIDR networks, like \
+                           [\"127.0.0.0/8\", \"::1\", \"203.0.113.7\"]";
+    let items: Vec<&str> = match v {
+        Value::String(s) => s.split(',').filter(|i| !i.trim().is_empty()).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().ok_or_else(|| bad(key, v, ALLOWED)))
+            .collect::<Result<_, _>>()?,
+        other => return Err(bad(key, other, ALLOWED)),
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            Cidr::parse(item).map_err(|e| bad(key, item.trim(), &format!("{e}; {ALLOWED}")))
+        })
+        .collect::<Result<_, _>>()
+        .map(AddressList)
+}
+
 fn parse_port_range(v: &Value) -> Result<PortRange, ConfigError> {
     const ALLOWED: &str = "must be a range FROM-TO with 1024 <= FROM <= TO <= 65535";
     let Value::String(s) = v else {
@@ -523,7 +702,54 @@ mod tests {
             first: 2000,
             last: 2001,
         };
+        c.http.header_timeout = Duration::from_millis(2500);
+        c.http.idle_timeout = Duration::from_secs(7);
+        c.http.max_connections = 50;
+        c.http.max_sessions_per_ip = 0;
+        c.http.rate_limit = 3;
+        c.http.rate_burst = 9;
+        c.http.limit_exempt = AddressList(vec![
+            Cidr::parse("10.0.0.0/8").unwrap(),
+            Cidr::parse("2001:db8::/32").unwrap(),
+        ]);
         assert_eq!(Config::load(Some(&c.to_toml()), env(&[])).unwrap(), c);
+        c.http.limit_exempt = AddressList::default();
+        assert_eq!(Config::load(Some(&c.to_toml()), env(&[])).unwrap(), c);
+    }
+
+    #[test]
+    fn http_limits_load_from_the_environment_and_refuse_nonsense() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CORECAST_HTTP_LIMIT_EXEMPT", "127.0.0.1, 10.1.0.0/16"),
+                ("CORECAST_HTTP_HEADER_TIMEOUT_MS", "1500"),
+                ("CORECAST_HTTP_RATE_LIMIT", "0"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.http.limit_exempt.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.http.limit_exempt.contains("127.0.0.2".parse().unwrap()));
+        assert_eq!(c.http.header_timeout, Duration::from_millis(1500));
+        assert_eq!(c.http.rate_limit, 0);
+        let none = Config::load(None, env(&[("CORECAST_HTTP_LIMIT_EXEMPT", "")])).unwrap();
+        assert_eq!(none.http.limit_exempt, AddressList::default());
+
+        let err =
+            Config::load(Some("[http]\nlimit_exempt = [\"10.0.0.0/40\"]\n"), env(&[])).unwrap_err();
+        assert!(
+            err.0.contains("http.limit_exempt") && err.0.contains("0 to 32"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("CORECAST_HTTP_MAX_CONNECTIONS", "0")])).unwrap_err();
+        assert!(err.0.contains("http.max_connections"), "{err}");
+        let err = Config::load(None, env(&[("CORECAST_HTTP_IDLE_TIMEOUT_MS", "5")])).unwrap_err();
+        assert!(
+            err.0.contains("http.idle_timeout_ms") && err.0.contains("100 to"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("CORECAST_HTTP_RATE_BURST", "0")])).unwrap_err();
+        assert!(err.0.contains("http.rate_burst"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod logging;
 pub mod negotiation;
 pub mod net;
 pub mod ports;

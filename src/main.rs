@@ -53,12 +53,7 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc_dtls=warn")),
-        )
-        .init();
+    corecast::logging::init();
     // webrtc-dtls verifies signatures through rustls; name its crypto provider explicitly so
     // that feature unification with other crates can never leave the choice ambiguous.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::config::Config;
+use crate::control::limits::HttpLimits;
 use crate::control::{Control, http};
 use crate::net::GrantedBuffers;
 use crate::worker::{WorkerSettings, start_workers};
@@ -61,6 +62,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::config::MediaProtocol::Tcp => "ICE-TCP",
         crate::config::MediaProtocol::All => "UDP and ICE-TCP",
     };
+    let limits = HttpLimits::new(&config.http);
+    let http_config = &config.http;
+    let limits_line = format!(
+        "  limits:  {} connections; per client {} sessions, {} requests/s (0: no limit); exempt: {}",
+        http_config.max_connections,
+        http_config.max_sessions_per_ip,
+        http_config.rate_limit,
+        http_config.limit_exempt
+    );
     let control: Arc<Control> = Control::new(config, handles)?;
     tokio::spawn(control.clone().dispatch_events(events_rx));
     let listener = tokio::net::TcpListener::bind(listen)
@@ -72,9 +82,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("  WHIP:    http://{addr}/whip/{{stream}}");
     println!("  WHEP:    http://{addr}/whep/{{stream}}");
     println!("  streams: http://{addr}/api/streams   metrics: http://{addr}/metrics");
-    axum::serve(listener, http::router(control))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    println!("{limits_line}");
+    crate::control::listener::serve(
+        listener,
+        http::router(control, limits.clone()),
+        limits,
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
 }
 

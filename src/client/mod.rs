@@ -442,7 +442,14 @@ impl Demux {
     }
 }
 
-fn binding_request(answer: &Answer, local_ufrag: &str, tie_breaker: u64, out: &mut [u8]) -> usize {
+/// A binding request to the relay, as the controlling agent nominating the pair: the check that
+/// ICE-lite answers and takes as nomination. Returns its length in `out`.
+pub fn binding_request(
+    answer: &Answer,
+    local_ufrag: &str,
+    tie_breaker: u64,
+    out: &mut [u8],
+) -> usize {
     let key = stun::short_term_key(&answer.ice_pwd);
     let txid: [u8; 12] = rand::random();
     let username = format!("{}:{local_ufrag}", answer.ice_ufrag);

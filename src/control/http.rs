@@ -2,17 +2,20 @@
 //! `GET /api/streams`, `GET /metrics`, `GET /api/relay-latency` and the demo page at `/`.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
 use tower_http::cors::{Any, CorsLayer};
 
+use super::limits::HttpLimits;
 use super::{ApiError, Control, Created};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -29,7 +32,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(control: Arc<Control>) -> Router {
+/// The routes. Requests carry the client's address (`ConnectInfo<SocketAddr>`), as
+/// `listener::serve` provides it.
+pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route("/whip/{stream}", post(whip))
@@ -47,6 +52,13 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/ws", get(super::ws::upgrade))
         .route("/metrics", get(metrics))
         .route("/api/relay-latency", get(relay_latency))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            limits.clone(),
+            rate_limit,
+        ))
+        .layer(Extension(limits))
         .layer(
             CorsLayer::new()
                 .allow_origin(Any)
@@ -55,6 +67,52 @@ pub fn router(control: Arc<Control>) -> Router {
                 .expose_headers(Any),
         )
         .with_state(control)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        404,
+        format!("nothing here at {}: see / for the API", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(405, format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// `http.rate_limit` for every request from a client that is not exempt.
+async fn rate_limit(
+    State(limits): State<Arc<HttpLimits>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match limits.check_rate(peer.ip()) {
+        Ok(()) => next.run(request).await,
+        Err(retry) => too_many_requests(&limits, peer, retry),
+    }
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1).
+fn too_many_requests(
+    limits: &HttpLimits,
+    peer: SocketAddr,
+    retry: std::time::Duration,
+) -> Response {
+    let seconds = super::limits::retry_after_seconds(retry);
+    let mut response = ApiError::new(
+        429,
+        format!(
+            "{} sends more than {} requests per second (http.rate_limit); retry in {seconds} s",
+            peer.ip(),
+            limits.rate_limit
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 /// The kernel's UDP error counters (`/proc/net/snmp`): datagrams dropped for full receive or
@@ -90,11 +148,9 @@ fn offer_text<'b>(headers: &HeaderMap, body: &'b Bytes) -> Result<&'b str, ApiEr
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type
-        .trim_start()
-        .to_ascii_lowercase()
-        .starts_with("application/sdp")
-    {
+    // The media type, without parameters (`application/sdp; charset=utf-8` is SDP too).
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/sdp") {
         return Err(ApiError::new(
             415,
             format!("Content-Type must be application/sdp, not `{content_type}`"),
@@ -119,24 +175,26 @@ fn created(created: Created) -> Response {
 
 async fn whip(
     State(control): State<Arc<Control>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     offer_text(&headers, &body)
-        .and_then(|offer| control.publish(&stream, offer))
+        .and_then(|offer| control.publish(&stream, offer, peer.ip()))
         .map(created)
         .inspect_err(|_| control.count_rejected_offer())
 }
 
 async fn whep(
     State(control): State<Arc<Control>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let result = match offer_text(&headers, &body) {
-        Ok(offer) => control.play_or_pull(&stream, offer).await,
+        Ok(offer) => control.play_or_pull(&stream, offer, peer.ip()).await,
         Err(e) => Err(e),
     };
     result
@@ -265,11 +323,52 @@ async fn pull_terminate(
     }
 }
 
+/// The HTTP limits' counters (see the README's "Limits and hardening").
+fn http_limit_metrics(limits: &HttpLimits) -> [(&'static str, &'static str, u64); 6] {
+    let c = &limits.counters;
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    [
+        (
+            "corecast_http_connections",
+            "gauge",
+            load(&c.connections_open),
+        ),
+        (
+            "corecast_http_connections_refused_total",
+            "counter",
+            load(&c.connections_refused),
+        ),
+        (
+            "corecast_http_header_timeouts_total",
+            "counter",
+            load(&c.header_timeouts),
+        ),
+        (
+            "corecast_http_idle_timeouts_total",
+            "counter",
+            load(&c.idle_timeouts),
+        ),
+        (
+            "corecast_http_rate_limited_total",
+            "counter",
+            load(&c.rate_limited),
+        ),
+        (
+            "corecast_ws_messages_too_large_total",
+            "counter",
+            load(&c.ws_messages_too_large),
+        ),
+    ]
+}
+
 async fn relay_latency(State(control): State<Arc<Control>>) -> Response {
     axum::Json(super::latency::report(control.workers())).into_response()
 }
 
-async fn metrics(State(control): State<Arc<Control>>) -> Response {
+async fn metrics(
+    State(control): State<Arc<Control>>,
+    Extension(limits): Extension<Arc<HttpLimits>>,
+) -> Response {
     let mut out = String::new();
     let workers = control.workers();
     let Some(first) = workers.first() else {
@@ -334,7 +433,15 @@ async fn metrics(State(control): State<Arc<Control>>) -> Response {
             "counter",
             counters.ports_exhausted.load(Ordering::Relaxed),
         ),
-    ] {
+        (
+            "corecast_sessions_refused_per_ip_total",
+            "counter",
+            counters.sessions_refused_per_ip.load(Ordering::Relaxed),
+        ),
+    ]
+    .into_iter()
+    .chain(http_limit_metrics(&limits))
+    {
         let _ = writeln!(out, "# TYPE {metric} {kind}\n{metric} {value}");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

@@ -5,10 +5,12 @@ pub mod cascade;
 pub mod dtls;
 pub mod http;
 pub mod latency;
+pub mod limits;
+pub mod listener;
 pub mod ws;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,6 +27,10 @@ use crate::negotiation::{
 use crate::ports::{PortAllocator, PortError};
 use crate::worker::mesh::StreamId;
 use crate::worker::{Command, Event, NewRole, NewSession, SessionId, WorkerHandle};
+
+/// DTLS records a session may have waiting for its handshake; the worker drops (and counts)
+/// what does not fit. A handshake flight is a handful of records.
+const DTLS_QUEUE: usize = 64;
 
 /// How long DELETE waits for the worker to close the session's socket.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -56,12 +62,13 @@ struct SessionEntry {
     port: u16,
     state: SessionState,
     remote: Option<SocketAddr>,
-    dtls_records: mpsc::Sender<Vec<u8>>,
     dtls_stop: Option<oneshot::Sender<()>>,
     dtls_task: Option<tokio::task::JoinHandle<()>>,
     closed_waiters: Vec<oneshot::Sender<()>>,
     /// Signaling connections (WebSocket) told of this session's status.
     watchers: Vec<mpsc::UnboundedSender<StatusEvent>>,
+    /// The client it counts against (`http.max_sessions_per_ip`); `None` when exempt.
+    client: Option<IpAddr>,
 }
 
 /// Why a session ends: a normal end (client, publisher gone) or a failure (ICE, DTLS).
@@ -107,6 +114,8 @@ struct Registry {
     sessions: HashMap<SessionId, SessionEntry>,
     next_session: SessionId,
     next_stream: StreamId,
+    /// Sessions per client key (`limits::client_key`), for `http.max_sessions_per_ip`.
+    sessions_per_ip: HashMap<IpAddr, usize>,
 }
 
 /// An error for an HTTP client: status and a message that says what is wrong.
@@ -140,6 +149,7 @@ pub struct ControlCounters {
     pub sessions_ended: AtomicU64,
     pub offers_rejected: AtomicU64,
     pub ports_exhausted: AtomicU64,
+    pub sessions_refused_per_ip: AtomicU64,
 }
 
 pub struct Control {
@@ -212,16 +222,24 @@ fn check_stream_name(name: &str) -> Result<(), ApiError> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
+    if !ok {
+        return Err(ApiError::new(
             400,
             format!(
                 "stream name `{name}` is not allowed: use 1-128 letters, digits, '-', '_' or '.'"
             ),
-        ))
+        ));
     }
+    // `.` and `..` are path segments to every URL resolver and file system on the way.
+    if name.bytes().all(|b| b == b'.') {
+        return Err(ApiError::new(
+            400,
+            format!(
+                "stream name `{name}` is not allowed: a name needs a letter, digit, '-' or '_'"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Control {
@@ -261,14 +279,52 @@ impl Control {
         lock(&self.registry).streams.len()
     }
 
-    /// Creates a publishing session (WHIP).
-    pub fn publish(self: &Arc<Self>, stream: &str, offer_text: &str) -> Result<Created, ApiError> {
-        self.create(stream, offer_text, Role::Publisher)
+    /// Creates a publishing session (WHIP) for the client at `client`.
+    pub fn publish(
+        self: &Arc<Self>,
+        stream: &str,
+        offer_text: &str,
+        client: IpAddr,
+    ) -> Result<Created, ApiError> {
+        self.create(stream, offer_text, Role::Publisher, client)
     }
 
-    /// Creates a playing session (WHEP).
-    pub fn play(self: &Arc<Self>, stream: &str, offer_text: &str) -> Result<Created, ApiError> {
-        self.create(stream, offer_text, Role::Player)
+    /// Creates a playing session (WHEP) for the client at `client`.
+    pub fn play(
+        self: &Arc<Self>,
+        stream: &str,
+        offer_text: &str,
+        client: IpAddr,
+    ) -> Result<Created, ApiError> {
+        self.create(stream, offer_text, Role::Player, client)
+    }
+
+    /// The key `client`'s sessions count under, `None` when no limit applies to it; refuses
+    /// (and counts) a client that holds `http.max_sessions_per_ip` sessions already.
+    fn check_sessions_per_ip(&self, client: IpAddr) -> Result<Option<IpAddr>, ApiError> {
+        let http = &self.config.http;
+        if http.max_sessions_per_ip == 0 || http.limit_exempt.contains(client) {
+            return Ok(None);
+        }
+        let key = limits::client_key(client);
+        let held = lock(&self.registry)
+            .sessions_per_ip
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        if held >= http.max_sessions_per_ip {
+            self.counters
+                .sessions_refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                429,
+                format!(
+                    "{client} already holds {held} sessions, the most http.max_sessions_per_ip \
+                     allows; end one first"
+                ),
+            ));
+        }
+        Ok(Some(key))
     }
 
     pub fn count_rejected_offer(&self) {
@@ -282,8 +338,12 @@ impl Control {
         stream: &str,
         offer_text: &str,
         role: Role,
+        client: IpAddr,
     ) -> Result<Created, ApiError> {
         check_stream_name(stream)?;
+        // Before the offer is parsed, so a client at its limit costs next to nothing. `create`
+        // runs whole on the control thread: nothing adds a session between here and the insert.
+        let counted_as = self.check_sessions_per_ip(client)?;
         let offer = Offer::parse(offer_text)?;
         let mut registry = lock(&self.registry);
         let local_ufrag = random_token(8);
@@ -394,7 +454,8 @@ impl Control {
                 }
             }
         }
-        let (records_tx, records_rx) = mpsc::channel(64);
+        // The worker sends the session's DTLS records straight into this bounded queue.
+        let (records_tx, records_rx) = mpsc::channel(DTLS_QUEUE);
         let (stop_tx, stop_rx) = oneshot::channel();
         let local = SocketAddr::new(media.bind_ip, port);
         self.workers[worker].send(Command::AddSession(Box::new(NewSession {
@@ -407,6 +468,7 @@ impl Control {
             local_pwd,
             remote_ufrag: offer.ice_ufrag.clone(),
             role: new_role,
+            dtls_records: records_tx,
         })));
         let dtls_task = tokio::spawn(self.clone().run_dtls(
             dtls::DtlsParams {
@@ -429,13 +491,16 @@ impl Control {
                 port,
                 state: SessionState::Connecting,
                 remote: None,
-                dtls_records: records_tx,
                 dtls_stop: Some(stop_tx),
                 dtls_task: Some(dtls_task),
                 closed_waiters: Vec::new(),
                 watchers: Vec::new(),
+                client: counted_as,
             },
         );
+        if let Some(key) = counted_as {
+            *registry.sessions_per_ip.entry(key).or_default() += 1;
+        }
         self.counters
             .sessions_created
             .fetch_add(1, Ordering::Relaxed);
@@ -592,13 +657,14 @@ impl Control {
         self: &Arc<Self>,
         stream: &str,
         offer_text: &str,
+        client: IpAddr,
     ) -> Result<Created, ApiError> {
-        match self.play(stream, offer_text) {
+        match self.play(stream, offer_text, client) {
             Err(e) if e.status == 404 && self.cascade.has_origin() => {
                 self.cascade.pull(self, stream).await.map_err(|reason| {
                     ApiError::new(502, format!("stream `{stream}` is not here, and pulling it from the origin failed: {reason}"))
                 })?;
-                self.play(stream, offer_text)
+                self.play(stream, offer_text, client)
             }
             other => other,
         }
@@ -653,11 +719,13 @@ impl Control {
     pub async fn dispatch_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Event>) {
         while let Some(event) = events.recv().await {
             match event {
-                Event::Dtls { session, data } => {
-                    if let Some(entry) = lock(&self.registry).sessions.get(&session) {
-                        // A full queue means a flood: dropping is what UDP would do.
-                        let _ = entry.dtls_records.try_send(data);
-                    }
+                Event::DtlsFlood { session } => {
+                    tracing::warn!(session, "ending a session that floods its DTLS queue");
+                    let reason = "DTLS records arrived faster than the handshake takes them (a flood)";
+                    tokio::spawn(
+                        self.clone()
+                            .end_session(session, Ending::Failure(reason.into())),
+                    );
                 }
                 Event::IceConnected { session, remote } => {
                     if let Some(entry) = lock(&self.registry).sessions.get_mut(&session) {
@@ -675,7 +743,19 @@ impl Control {
                     tokio::spawn(self.clone().end_session(session, Ending::Failure(reason)));
                 }
                 Event::Closed { session } => {
-                    let entry = lock(&self.registry).sessions.remove(&session);
+                    let entry = {
+                        let mut registry = lock(&self.registry);
+                        let entry = registry.sessions.remove(&session);
+                        if let Some(key) = entry.as_ref().and_then(|e| e.client)
+                            && let Some(held) = registry.sessions_per_ip.get_mut(&key)
+                        {
+                            *held -= 1;
+                            if *held == 0 {
+                                registry.sessions_per_ip.remove(&key);
+                            }
+                        }
+                        entry
+                    };
                     if let Some(entry) = entry {
                         lock(&self.ports).release(entry.port);
                         for waiter in entry.closed_waiters {

@@ -12,17 +12,24 @@
 //! <- {"type":"error","id":4,"status":404,"message":"stream `x` is not being published"}
 //! ```
 //!
-//! Closing the WebSocket ends every session it started.
+//! Closing the WebSocket ends every session it started. The HTTP limits hold here too: every
+//! message counts against `http.rate_limit` (an error with `retry_after` when over it), every
+//! session against `http.max_sessions_per_ip`, and a message over `limits::WS_MAX_MESSAGE`
+//! closes the connection with code 1009 (message too big).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::Extension;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::limits::{HttpLimits, WS_MAX_MESSAGE, retry_after_seconds};
 use super::{ApiError, Control, Ending};
 use crate::worker::SessionId;
 
@@ -37,15 +44,36 @@ struct Request {
     session: Option<SessionId>,
 }
 
-pub async fn upgrade(ws: WebSocketUpgrade, State(control): State<Arc<Control>>) -> Response {
-    ws.on_upgrade(move |socket| serve(socket, control))
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(control): State<Arc<Control>>,
+    Extension(limits): Extension<Arc<HttpLimits>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    ws.max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| serve(socket, control, limits, peer.ip()))
+}
+
+/// Whether a read failed because the message was over [`WS_MAX_MESSAGE`].
+fn is_too_large(error: &axum::Error) -> bool {
+    let cause = std::error::Error::source(error);
+    matches!(
+        cause.and_then(|c| c.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }
 
 fn error(id: &Value, status: u16, message: impl Into<String>) -> Value {
     json!({"type": "error", "id": id, "status": status, "message": message.into()})
 }
 
-async fn serve(mut socket: WebSocket, control: Arc<Control>) {
+async fn serve(
+    mut socket: WebSocket,
+    control: Arc<Control>,
+    limits: Arc<HttpLimits>,
+    peer: IpAddr,
+) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut owned: Vec<SessionId> = Vec::new();
     let hello = json!({"type": "session", "status": "ESTABLISHED"});
@@ -59,9 +87,27 @@ async fn serve(mut socket: WebSocket, control: Arc<Control>) {
     loop {
         let reply = tokio::select! {
             message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => handle(&control, &text, &events_tx, &mut owned).await,
-                Some(Ok(Message::Binary(_))) => error(&Value::Null, 400, "send JSON text messages"),
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    match (limits.check_rate(peer), message) {
+                        (Err(wait), _) => {
+                            let seconds = retry_after_seconds(wait);
+                            json!({"type": "error", "id": Value::Null, "status": 429, "retry_after": seconds,
+                                   "message": format!("more than {} messages per second (http.rate_limit); retry in {seconds} s", limits.rate_limit)})
+                        }
+                        (Ok(()), Message::Text(text)) => handle(&control, &text, peer, &events_tx, &mut owned).await,
+                        (Ok(()), _) => error(&Value::Null, 400, "send JSON text messages"),
+                    }
+                }
                 Some(Ok(_)) => continue,
+                Some(Err(e)) if is_too_large(&e) => {
+                    limits.counters.ws_messages_too_large.fetch_add(1, Ordering::Relaxed);
+                    let close = CloseFrame {
+                        code: close_code::SIZE,
+                        reason: format!("message over {WS_MAX_MESSAGE} bytes").into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(close))).await;
+                    break;
+                }
                 _ => break,
             },
             Some(event) = events.recv() => {
@@ -90,6 +136,7 @@ async fn serve(mut socket: WebSocket, control: Arc<Control>) {
 async fn handle(
     control: &Arc<Control>,
     text: &str,
+    peer: IpAddr,
     events: &mpsc::UnboundedSender<super::StatusEvent>,
     owned: &mut Vec<SessionId>,
 ) -> Value {
@@ -104,9 +151,9 @@ async fn handle(
                 return error(id, 400, format!("`{kind}` needs `stream` and `sdp`"));
             };
             let created = if kind == "publish" {
-                control.publish(stream, sdp)
+                control.publish(stream, sdp, peer)
             } else {
-                control.play_or_pull(stream, sdp).await
+                control.play_or_pull(stream, sdp, peer).await
             };
             match created {
                 Ok(created) => {

@@ -33,7 +33,7 @@ pub const EGRESS_BUFFER_SIZE: usize = 2048;
 /// Largest packet accepted from the receive side for relaying.
 pub const MAX_PACKET: usize = EGRESS_BUFFER_SIZE - EGRESS_HEADROOM - 32;
 
-const RECV_BUFFER_SIZE: usize = 2048;
+pub const RECV_BUFFER_SIZE: usize = 2048;
 /// `struct io_uring_recvmsg_out`: name length, control length, payload length, flags.
 const RECVMSG_OUT_LEN: usize = 16;
 const NAME_LEN: usize = mem::size_of::<libc::sockaddr_in6>();

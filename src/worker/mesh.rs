@@ -142,19 +142,51 @@ impl Waker {
     }
 }
 
-/// The queues between every ordered pair of workers, and their wakers.
+/// Slots of one cross-worker queue, at most: enough for a loop turn's packets of many HD
+/// streams between two workers.
+pub const QUEUE_CAPACITY_MAX: usize = 8192;
+/// Slots of one cross-worker queue, at least, however many workers share the budget.
+pub const QUEUE_CAPACITY_MIN: usize = 256;
+/// Slots of all the queues together. The queues grow with the square of the worker count, so
+/// each pair's queue shrinks as workers are added, keeping the mesh near this many slots
+/// (about 100 MB) until every queue is at its minimum.
+const MESH_SLOT_BUDGET: usize = 4 << 20;
+/// Bytes one queue slot takes: the message and the queue's sequence stamp.
+pub const QUEUE_SLOT_BYTES: usize =
+    std::mem::size_of::<CrossMessage>() + std::mem::size_of::<usize>();
+
+/// Slots of each queue of a mesh of `workers`: the budget shared by the ordered pairs, as a
+/// power of two within the bounds.
+pub fn queue_capacity(workers: usize) -> usize {
+    let pairs = workers * workers.saturating_sub(1);
+    if pairs == 0 {
+        return 0;
+    }
+    let share = (MESH_SLOT_BUDGET / pairs).clamp(QUEUE_CAPACITY_MIN, QUEUE_CAPACITY_MAX);
+    // Round down to a power of two (the bounds are powers of two, so it stays within them).
+    1 << share.ilog2()
+}
+
+/// Bytes the queues of a mesh of `workers` hold, allocated at start.
+pub fn memory_bytes(workers: usize) -> usize {
+    workers * workers.saturating_sub(1) * queue_capacity(workers) * QUEUE_SLOT_BYTES
+}
+
+/// The queues between every ordered pair of distinct workers, and their wakers.
 pub struct Mesh {
     workers: usize,
+    /// `workers × (workers − 1)` queues: a worker never queues to itself.
     queues: Vec<ArrayQueue<CrossMessage>>,
     pub wakers: Vec<Waker>,
 }
 
 impl Mesh {
-    pub fn new(wakers: Vec<Waker>, capacity: usize) -> Mesh {
+    pub fn new(wakers: Vec<Waker>) -> Mesh {
         let workers = wakers.len();
+        let capacity = queue_capacity(workers);
         Mesh {
             workers,
-            queues: (0..workers * workers)
+            queues: (0..workers * workers.saturating_sub(1))
                 .map(|_| ArrayQueue::new(capacity))
                 .collect(),
             wakers,
@@ -166,7 +198,10 @@ impl Mesh {
     }
 
     fn queue(&self, from: usize, to: usize) -> &ArrayQueue<CrossMessage> {
-        &self.queues[from * self.workers + to]
+        debug_assert_ne!(from, to, "a worker has no queue to itself");
+        // Row `from` skips its own column.
+        let column = if to > from { to - 1 } else { to };
+        &self.queues[from * (self.workers - 1) + column]
     }
 
     /// Queues a message; a full queue gives it back (the caller counts the drop).
@@ -186,6 +221,7 @@ impl Mesh {
     /// Messages queued towards `to`, for the occupancy metric.
     pub fn occupancy(&self, to: usize) -> usize {
         (0..self.workers)
+            .filter(|&from| from != to)
             .map(|from| self.queue(from, to).len())
             .sum()
     }
@@ -194,6 +230,48 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mesh_memory_stays_bounded_as_workers_grow() {
+        assert_eq!(queue_capacity(1), 0);
+        assert_eq!(queue_capacity(2), QUEUE_CAPACITY_MAX);
+        assert_eq!(queue_capacity(16), QUEUE_CAPACITY_MAX);
+        // 16 workers: 240 queues of 8192 slots.
+        assert!(memory_bytes(16) < 100 << 20, "{}", memory_bytes(16));
+        // 128 workers: 16 256 queues, each at the minimum; well under 1 GB.
+        assert_eq!(queue_capacity(128), QUEUE_CAPACITY_MIN);
+        assert!(memory_bytes(128) < 256 << 20, "{}", memory_bytes(128));
+        for w in 1..300 {
+            assert!(queue_capacity(w) == 0 || queue_capacity(w).is_power_of_two());
+        }
+    }
+
+    #[test]
+    fn every_ordered_pair_of_distinct_workers_has_its_own_queue() {
+        let wakers = (0..3)
+            .map(|_| Waker::new(std::fs::File::open("/dev/null").unwrap().into()))
+            .collect();
+        let mesh = Mesh::new(wakers);
+        for from in 0..3 {
+            for to in (0..3).filter(|&t| t != from) {
+                let message = CrossMessage::KeyframeRequest {
+                    stream: (from * 10 + to) as StreamId,
+                };
+                assert!(mesh.push(from, to, message).is_ok());
+            }
+        }
+        for from in 0..3 {
+            for to in (0..3).filter(|&t| t != from) {
+                match mesh.pop(from, to) {
+                    Some(CrossMessage::KeyframeRequest { stream }) => {
+                        assert_eq!(stream, (from * 10 + to) as StreamId)
+                    }
+                    _ => panic!("queue {from}->{to} lost its message"),
+                }
+                assert!(mesh.pop(from, to).is_none());
+            }
+        }
+    }
 
     #[test]
     fn packets_are_reused_once_released_and_the_pool_grows_only_when_all_are_held() {

@@ -68,16 +68,39 @@ const EGRESS_BUFFERS: u32 = 16384;
 const BURSTS: usize = 4096;
 /// GSO sends the kernel may refuse before a worker stops trying (it logs why).
 const GSO_REFUSALS_BEFORE_OFF: u32 = 16;
-const MESH_CAPACITY: usize = 8192;
 const TICK: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_millis(50);
 /// ICE-TCP connections one session may hold at once; browsers open one or two per candidate
-/// pair they check, so more than this is abuse.
-const MAX_TCP_CONNECTIONS_PER_SESSION: u32 = 8;
+/// pair they check, so more than this is abuse. When a session is full, a new connection takes
+/// the place of the oldest one that has not sent a valid ICE check.
+const MAX_TCP_CONNECTIONS_PER_SESSION: usize = 8;
+/// Connections still closing (operations in flight) count too, up to this many in all, so
+/// churning connections cannot pile up descriptors either.
+const MAX_TCP_OPEN_PER_SESSION: u32 = 2 * MAX_TCP_CONNECTIONS_PER_SESSION as u32;
+/// An ICE-TCP connection must carry a valid ICE check for its session this soon after it is
+/// accepted, or it is closed: an idle connection must not hold one of the session's places.
+/// Browsers send their first check within milliseconds of connecting.
+const TCP_VALIDATION_DEADLINE: Duration = Duration::from_secs(3);
+/// DTLS records dropped because the session's handshake queue was full before the session is
+/// ended as a flood. A real handshake queues a handful of records at most.
+const DTLS_FLOOD_DROPS: u32 = 256;
 /// Forwarded packets submitted to the kernel together; see `Output::forwarded`.
 const SUBMIT_BATCH: u64 = 64;
 /// Runs of forwarded packets by receive time kept for the latency histogram per submission.
 const UNSUBMITTED_RUNS: usize = 256;
+
+/// Most workers one relay runs: the cross-worker queues grow with the square of the count
+/// (at 256 workers, 65 280 queues of 256 slots, about 0.5 GB), and past this a relay is better
+/// split into several (cascade).
+pub const MAX_WORKERS: usize = 256;
+
+/// Memory a relay of `workers` allocates at start for its data plane: the cross-worker
+/// queues, and each worker's receive and egress buffers.
+pub fn data_plane_memory(workers: usize) -> (usize, usize) {
+    let per_worker = RECV_BUFFERS as usize * io::RECV_BUFFER_SIZE
+        + EGRESS_BUFFERS as usize * io::EGRESS_BUFFER_SIZE;
+    (mesh::memory_bytes(workers), per_worker)
+}
 
 /// What the control thread asks of a worker.
 pub enum Command {
@@ -116,6 +139,10 @@ pub struct NewSession {
     pub local_pwd: String,
     pub remote_ufrag: String,
     pub role: NewRole,
+    /// The session's DTLS records go here, to its handshake on the control thread. Bounded:
+    /// when it is full the worker drops the record and counts it, so a flood costs the relay
+    /// a fixed amount of memory per session.
+    pub dtls_records: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 pub enum NewRole {
@@ -126,15 +153,15 @@ pub enum NewRole {
 /// What a worker tells the control thread.
 #[derive(Debug)]
 pub enum Event {
-    Dtls {
-        session: SessionId,
-        data: Vec<u8>,
-    },
     IceConnected {
         session: SessionId,
         remote: SocketAddr,
     },
     IceTimeout {
+        session: SessionId,
+    },
+    /// The session kept sending DTLS records faster than its handshake takes them.
+    DtlsFlood {
         session: SessionId,
     },
     /// The session's socket is closed: its port may be reused.
@@ -191,7 +218,7 @@ pub fn start_workers(
         .iter()
         .map(|w| w.notifier().map(Waker::new))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let mesh = Arc::new(Mesh::new(wakers, MESH_CAPACITY));
+    let mesh = Arc::new(Mesh::new(wakers));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::with_capacity(count);
     for (index, wake) in wake_fds.into_iter().enumerate() {
@@ -343,6 +370,9 @@ struct Session {
     remote: Option<Peer>,
     /// Where DTLS records came from, for replies before nomination.
     dtls_peer: Option<Peer>,
+    dtls_records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Records dropped for a full DTLS queue; at `DTLS_FLOOD_DROPS` the session is reported.
+    dtls_dropped: u32,
     srtp_in: Option<SrtpContext>,
     srtp_out: Option<SrtpContext>,
     role: Role,
@@ -365,6 +395,8 @@ struct TcpConn {
     reader: FrameReader,
     /// A valid ICE check arrived on it; before that only STUN is accepted.
     validated: bool,
+    /// Unvalidated connections are closed `TCP_VALIDATION_DEADLINE` after this.
+    accepted_at: Instant,
     /// Frames waiting to be sent: (egress slot, bytes including the length prefix).
     queue: VecDeque<(u32, usize)>,
     /// Frames of the one `sendmsg` in flight.
@@ -602,6 +634,17 @@ impl Output {
         if batch_waiting {
             self.submit_batch();
         }
+    }
+
+    /// Of `conns`, the connection accepted first that has not sent a valid ICE check.
+    fn oldest_unvalidated(&self, conns: &[usize]) -> Option<usize> {
+        conns
+            .iter()
+            .copied()
+            .filter_map(|slot| Some((slot, self.conns.get(slot)?.as_ref()?)))
+            .filter(|(_, c)| !c.validated && !c.closing)
+            .min_by_key(|(_, c)| c.accepted_at)
+            .map(|(slot, _)| slot)
     }
 
     fn conn(&mut self, slot: usize, generation: u32) -> Option<&mut TcpConn> {
@@ -884,7 +927,7 @@ impl Worker {
                 io::OP_GSO_SEND => self.core.gso_failed(slot as BurstId, result),
                 io::OP_ACCEPT => self
                     .core
-                    .accepted(slot, generation, result, cqueue::more(flags)),
+                    .accepted(slot, generation, result, cqueue::more(flags), now),
                 io::OP_WAKE => self.core.wake.arm(&mut self.core.out.ring),
                 _ => {}
             }
@@ -1028,6 +1071,8 @@ impl Core {
             ),
             remote: None,
             dtls_peer: None,
+            dtls_records: new.dtls_records,
+            dtls_dropped: 0,
             srtp_in: None,
             srtp_out: None,
             role,
@@ -1174,7 +1219,7 @@ impl Core {
         }
     }
 
-    fn accepted(&mut self, slot: usize, generation: u32, result: i32, more: bool) {
+    fn accepted(&mut self, slot: usize, generation: u32, result: i32, more: bool, now: Instant) {
         let Some(session) = self
             .sessions
             .get_mut(slot)
@@ -1193,15 +1238,28 @@ impl Core {
         if result >= 0 {
             let stream = io::adopt_stream(result);
             let peer = stream.peer_addr().ok();
+            let full = session.conns.len() >= MAX_TCP_CONNECTIONS_PER_SESSION;
+            // A full session makes room by closing its oldest connection that has not sent a
+            // valid check; only validated connections keep their places.
+            let evict = if full {
+                self.out.oldest_unvalidated(&session.conns)
+            } else {
+                None
+            };
             let refuse = session.closing
-                || session.open_conns >= MAX_TCP_CONNECTIONS_PER_SESSION
+                || (full && evict.is_none())
+                || session.open_conns >= MAX_TCP_OPEN_PER_SESSION
                 || peer.is_none_or(|p| self.settings.loopback_only && !p.ip().is_loopback());
             match peer {
                 Some(peer) if !refuse => {
                     let _ = stream.set_nodelay(true);
                     let session_generation = session.generation;
                     session.open_conns += 1;
-                    let conn = self.add_conn(stream, peer, slot, session_generation);
+                    if let Some(old) = evict {
+                        inc(&self.out.stats.tcp_evicted);
+                        self.close_conn(old);
+                    }
+                    let conn = self.add_conn(stream, peer, slot, session_generation, now);
                     if let Some(s) = self.sessions[slot].as_mut() {
                         s.conns.push(conn);
                     }
@@ -1224,6 +1282,7 @@ impl Core {
         peer: SocketAddr,
         session: usize,
         session_generation: u32,
+        now: Instant,
     ) -> usize {
         let out = &mut self.out;
         let slot = out.free_conns.pop().unwrap_or_else(|| {
@@ -1248,6 +1307,7 @@ impl Core {
             peer,
             reader: FrameReader::new(MAX_PACKET),
             validated: false,
+            accepted_at: now,
             queue: VecDeque::with_capacity(out.tcp_send_queue),
             in_flight: Vec::with_capacity(io::MAX_SEND_BATCH),
             in_flight_bytes: 0,
@@ -1471,11 +1531,23 @@ impl Core {
             PacketKind::Dtls => {
                 if session.ice.is_validated(via.addr()) {
                     session.dtls_peer = Some(via);
-                    inc(&self.out.stats.dtls_records);
-                    let _ = self.events.send(Event::Dtls {
-                        session: session.id,
-                        data: data.to_vec(),
-                    });
+                    // Reserve before copying: a dropped record costs no allocation.
+                    match session.dtls_records.try_reserve() {
+                        Ok(permit) => {
+                            inc(&self.out.stats.dtls_records);
+                            permit.send(data.to_vec());
+                        }
+                        Err(_) => {
+                            inc(&self.out.stats.drop_dtls_flood);
+                            session.dtls_dropped = session.dtls_dropped.saturating_add(1);
+                            if session.dtls_dropped == DTLS_FLOOD_DROPS {
+                                inc(&self.out.stats.dtls_flood_sessions);
+                                let _ = self.events.send(Event::DtlsFlood {
+                                    session: session.id,
+                                });
+                            }
+                        }
+                    }
                 } else {
                     inc(&self.out.stats.drop_not_ready);
                 }
@@ -1788,8 +1860,24 @@ impl Core {
             .filter(|c| !c.closing)
             .count();
         set(&self.stats().tcp_connections, conns as u64);
+        self.close_unvalidated_conns(now);
         self.out.stats.relay_latency.fold(&mut self.out.latency);
         self.next_tick = now + TICK;
+    }
+
+    /// Closes the connections that sent no valid ICE check within `TCP_VALIDATION_DEADLINE`.
+    fn close_unvalidated_conns(&mut self, now: Instant) {
+        for slot in 0..self.out.conns.len() {
+            let overdue = self.out.conns[slot].as_ref().is_some_and(|c| {
+                !c.closing
+                    && !c.validated
+                    && now.saturating_duration_since(c.accepted_at) >= TCP_VALIDATION_DEADLINE
+            });
+            if overdue {
+                inc(&self.out.stats.tcp_unvalidated_closed);
+                self.close_conn(slot);
+            }
+        }
     }
 
     /// Sends the bursts whose hold ran out before their frame's last packet came.

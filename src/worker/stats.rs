@@ -127,6 +127,15 @@ counters! {
     keyframe_requests_sent,
     /// DTLS records passed to the control thread.
     dtls_records,
+    /// Dropped: DTLS records beyond what the session's handshake queue holds (a flood).
+    drop_dtls_flood,
+    /// Sessions ended for flooding their DTLS queue.
+    dtls_flood_sessions,
+    /// ICE-TCP connections closed for sending no valid ICE check within the deadline.
+    tcp_unvalidated_closed,
+    /// ICE-TCP connections closed to make room for a newer one (the session's oldest that
+    /// had not sent a valid ICE check).
+    tcp_evicted,
     /// Sessions currently owned.
     sessions,
     /// Of those, players.
