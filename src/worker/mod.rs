@@ -90,7 +90,7 @@ const SUBMIT_BATCH: u64 = 64;
 const UNSUBMITTED_RUNS: usize = 256;
 
 /// Most workers one relay runs: the cross-worker queues grow with the square of the count
-/// (at 256 workers, 65 280 queues of 256 slots, about 0.5 GB), and past this a relay is better
+/// (at 256 workers, 65 280 queues of 256 slots, 383 MiB), and past this a relay is better
 /// split into several (cascade).
 pub const MAX_WORKERS: usize = 256;
 
