@@ -330,20 +330,34 @@ impl SrtpContext {
         header_len: usize,
         payload: &[u8],
     ) -> Result<usize, SrtpError> {
-        let len = header_len + payload.len();
-        if buf.len() < len + self.profile.rtp_overhead() {
-            return Err(SrtpError::BufferTooSmall);
-        }
         let header = RtpHeader::parse(&buf[..header_len]).map_err(|_| SrtpError::BadHeader)?;
         if header.header_len != header_len {
             return Err(SrtpError::BadHeader);
+        }
+        self.protect_rtp_written(buf, header_len, header.ssrc, header.sequence, payload)
+    }
+
+    /// [`Self::protect_rtp_from`] for a header its caller has just written, so knows: its
+    /// SSRC and sequence number are given rather than parsed again (the per-player path of the
+    /// fanout, where the header was parsed once on receipt).
+    pub fn protect_rtp_written(
+        &mut self,
+        buf: &mut [u8],
+        header_len: usize,
+        ssrc: u32,
+        sequence: u16,
+        payload: &[u8],
+    ) -> Result<usize, SrtpError> {
+        let len = header_len + payload.len();
+        if buf.len() < len + self.profile.rtp_overhead() {
+            return Err(SrtpError::BufferTooSmall);
         }
         let Cipher::Gcm { key, salt } = &self.rtp else {
             buf[header_len..len].copy_from_slice(payload);
             return self.protect_rtp(buf, len);
         };
-        let index = outbound_rtp_index(self.rtp_ssrcs.get(header.ssrc), header.sequence);
-        let nonce = salt.rtp_nonce(header.ssrc, (index >> 16) as u32, header.sequence);
+        let index = outbound_rtp_index(self.rtp_ssrcs.get(ssrc), sequence);
+        let nonce = salt.rtp_nonce(ssrc, (index >> 16) as u32, sequence);
         let (aad, rest) = buf.split_at_mut(header_len);
         let (ciphertext, tail) = rest.split_at_mut(payload.len());
         key.seal_out_of_place_scatter(
@@ -360,6 +374,15 @@ impl SrtpContext {
 
     /// Authenticates and decrypts the SRTP packet in `buf` in place; returns the RTP length.
     pub fn unprotect_rtp(&mut self, buf: &mut [u8]) -> Result<usize, SrtpError> {
+        self.unprotect_rtp_parsed(buf).map(|(len, _)| len)
+    }
+
+    /// [`Self::unprotect_rtp`], also returning the RTP header it parsed (the header is not
+    /// encrypted, so it is the plain packet's), so the packet path parses it once.
+    pub fn unprotect_rtp_parsed(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<(usize, RtpHeader), SrtpError> {
         let overhead = self.profile.rtp_overhead();
         if buf.len() < overhead + crate::wire::rtp::FIXED_HEADER_LEN {
             return Err(SrtpError::TooShort);
@@ -393,7 +416,7 @@ impl SrtpContext {
             }
         }
         self.rtp_ssrcs.get(header.ssrc).replay.accept(index);
-        Ok(plain_len)
+        Ok((plain_len, header))
     }
 
     /// Unprotects an SRTP packet (`rtcp` false) or an SRTCP packet (`rtcp` true) in place.

@@ -18,12 +18,12 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc_dtls::crypto::Certificate;
 
 use crate::config::Config;
+use crate::media::StreamId;
 use crate::negotiation::{
     AnswerTransport, MediaKind, NegotiationError, Offer, PublishedTrack, format_fingerprint,
     negotiate_play, negotiate_publish, write_answer,
 };
 use crate::ports::{PortAllocator, PortError};
-use crate::worker::mesh::StreamId;
 use crate::worker::{Command, Event, NewRole, NewSession, SessionId, WorkerHandle};
 
 /// How long DELETE waits for the worker to close the session's socket.

@@ -9,15 +9,19 @@ use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::negotiation::MediaKind;
-use crate::worker::io::notify;
+use crate::io::notify;
+use crate::media::MediaKind;
+use crate::wire::rtp::RtpHeader;
 
-pub type StreamId = u32;
+/// Re-exported from [`crate::media`], its home.
+pub use crate::media::StreamId;
 
-/// What a relayed packet is, so the receiving worker need not guess.
+/// What a relayed packet is, so the receiving worker need not guess: RTP with its header as
+/// the publisher's worker parsed it on receipt (no worker parses it again), or one sender
+/// report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
-    Rtp,
+    Rtp(RtpHeader),
     SenderReport,
 }
 
