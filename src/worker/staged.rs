@@ -14,21 +14,21 @@ use crate::wire::rtp::RtpHeader;
 use crate::worker::mesh::Forwarded;
 
 /// Packets set aside before they must be fanned out.
-pub const CAPACITY: usize = 64;
+pub(super) const CAPACITY: usize = 64;
 /// Room per packet; larger ones are not relayed (see `media::MAX_PACKET`).
 const SLOT: usize = 2048;
 
 /// One packet set aside.
-pub struct StagedPacket {
-    pub stream: StreamId,
-    pub kind: MediaKind,
+pub(super) struct StagedPacket {
+    pub(super) stream: StreamId,
+    pub(super) kind: MediaKind,
     /// Parsed once here for every player; `None` for an RTCP sender report.
-    pub header: Option<RtpHeader>,
-    pub received_at: Instant,
+    pub(super) header: Option<RtpHeader>,
+    pub(super) received_at: Instant,
     len: usize,
 }
 
-pub struct Staged {
+pub(super) struct Staged {
     entries: Vec<StagedPacket>,
     data: Box<[u8]>,
 }
@@ -43,17 +43,17 @@ impl Default for Staged {
 }
 
 impl Staged {
-    pub fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.entries.len() == CAPACITY
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Copies `packet` aside; the caller makes room first (`is_full`). Returns false, and
     /// keeps nothing, for a packet too large to relay or RTP shorter than its parsed header.
-    pub fn push(
+    pub(super) fn push(
         &mut self,
         stream: StreamId,
         kind: MediaKind,
@@ -82,11 +82,11 @@ impl Staged {
         true
     }
 
-    pub fn entry(&self, index: usize) -> &StagedPacket {
+    pub(super) fn entry(&self, index: usize) -> &StagedPacket {
         &self.entries[index]
     }
 
-    pub fn bytes(&self, index: usize) -> &[u8] {
+    pub(super) fn bytes(&self, index: usize) -> &[u8] {
         let at = index * SLOT;
         &self.data[at..at + self.entries[index].len]
     }
@@ -94,7 +94,7 @@ impl Staged {
     /// The staged packets by stream, in the order each stream first appears, each stream's
     /// packets in arrival order: [`Groups::next_group`] gives one stream's indices at a time.
     /// Every packet is forgotten when the groups are dropped.
-    pub fn drain_by_stream(&mut self) -> Groups<'_> {
+    pub(super) fn drain_by_stream(&mut self) -> Groups<'_> {
         Groups {
             staged: self,
             next: 0,
@@ -105,7 +105,7 @@ impl Staged {
 }
 
 /// The staged packets, one stream at a time (see [`Staged::drain_by_stream`]).
-pub struct Groups<'s> {
+pub(super) struct Groups<'s> {
     staged: &'s mut Staged,
     next: usize,
     done: [bool; CAPACITY],
@@ -114,7 +114,7 @@ pub struct Groups<'s> {
 
 impl Groups<'_> {
     /// The next stream's packets: the staged packets, the stream and their indices.
-    pub fn next_group(&mut self) -> Option<(&Staged, StreamId, &[u8])> {
+    pub(super) fn next_group(&mut self) -> Option<(&Staged, StreamId, &[u8])> {
         let entries = &self.staged.entries;
         let first = (self.next..entries.len()).find(|&i| !self.done[i])?;
         let stream = entries[first].stream;
