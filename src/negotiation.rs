@@ -18,26 +18,8 @@ use serde::Serialize;
 
 use crate::wire::rtp::ExtensionIdMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MediaKind {
-    Audio,
-    Video,
-}
-
-impl MediaKind {
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    fn from_media(media: &str) -> Option<Self> {
-        match media {
-            "audio" => Some(MediaKind::Audio),
-            "video" => Some(MediaKind::Video),
-            _ => None,
-        }
-    }
-}
+/// Re-exported from its home in [`crate::media`], where the other layers find it.
+pub use crate::media::MediaKind;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Codec {

@@ -18,6 +18,7 @@ static WORKER_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: every call is forwarded unchanged to the system allocator; the counting is a relaxed
 // atomic increment and a thread-local read, neither of which allocates.
+#[allow(unsafe_code)] // a global allocator cannot be written without it
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if corecast::worker::is_worker_thread() {
@@ -187,7 +188,7 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
         WORKER_ALLOCATIONS.load(Ordering::Relaxed) > 0,
         "the counter sees worker threads at all"
     );
-    if corecast::worker::io::udp_gso_supported() {
+    if corecast::io::udp_gso_supported() {
         let metrics = http_get(&format!("{relay}/metrics"));
         let segments: u64 = metrics
             .lines()

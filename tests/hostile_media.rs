@@ -18,7 +18,15 @@ use corecast::client::{self, Answer, Role, Transport};
 /// attackers never finish DTLS).
 fn offer(role: Role, ufrag: &str) -> String {
     let fingerprint = vec!["AB"; 32].join(":");
-    client::write_offer(role, ufrag, "attackerpassword123456", &fingerprint, 1, 2, None)
+    client::write_offer(
+        role,
+        ufrag,
+        "attackerpassword123456",
+        &fingerprint,
+        1,
+        2,
+        None,
+    )
 }
 
 /// Creates a session by WHIP or WHEP and returns its answer and resource path.
@@ -113,7 +121,10 @@ async fn a_dtls_record_flood_is_held_to_a_fixed_queue_and_ends_the_flooding_sess
         "the flood of {sent} records grew the relay from {rss_before} KiB to {rss_after} KiB"
     );
     let delivery = live.finish().await;
-    assert_eq!(delivery.received, delivery.sent, "the live stream lost nothing");
+    assert_eq!(
+        delivery.received, delivery.sent,
+        "the live stream lost nothing"
+    );
 }
 
 /// One RFC 4571 frame.
@@ -193,7 +204,10 @@ async fn idle_tcp_connections_cannot_lock_a_client_out_of_its_ice_tcp_session() 
         .expect("the validated connection stays open");
 
     let delivery = live.finish().await;
-    assert_eq!(delivery.received, delivery.sent, "the live stream lost nothing");
+    assert_eq!(
+        delivery.received, delivery.sent,
+        "the live stream lost nothing"
+    );
 }
 
 #[test]
@@ -252,7 +266,15 @@ async fn two_thousand_sessions_joining_and_leaving_leave_the_memory_where_it_was
         rss_end <= rss_start + 4 * 1024,
         "2 000 joins and leaves grew the relay from {rss_start} KiB to {rss_end} KiB"
     );
-    assert!(common::eventually(Duration::from_secs(5), || relay.metric("corecast_ports_in_use") == 2).await);
+    assert!(
+        common::eventually(Duration::from_secs(5), || relay
+            .metric("corecast_ports_in_use")
+            == 2)
+        .await
+    );
     let delivery = live.finish().await;
-    assert_eq!(delivery.received, delivery.sent, "the live stream lost nothing");
+    assert_eq!(
+        delivery.received, delivery.sent,
+        "the live stream lost nothing"
+    );
 }

@@ -454,8 +454,7 @@ fn process_cpu_seconds(stat_file: &str) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = corecast::io::sys::clock_ticks_per_second() as f64;
     (ticks(11) + ticks(12)) / hz
 }
 

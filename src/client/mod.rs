@@ -561,7 +561,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
             let _ = stream.set_nodelay(true);
             let (mut read, write) = stream.into_split();
             tasks.push(tokio::spawn(async move {
-                let mut frames = FrameReader::new(crate::worker::io::MAX_PACKET);
+                let mut frames = FrameReader::new(crate::media::MAX_PACKET);
                 let mut buf = vec![0u8; 65536];
                 loop {
                     match read.read(&mut buf).await {

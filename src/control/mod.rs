@@ -20,12 +20,12 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc_dtls::crypto::Certificate;
 
 use crate::config::Config;
+use crate::media::StreamId;
 use crate::negotiation::{
     AnswerTransport, MediaKind, NegotiationError, Offer, PublishedTrack, format_fingerprint,
     negotiate_play, negotiate_publish, write_answer,
 };
 use crate::ports::{PortAllocator, PortError};
-use crate::worker::mesh::StreamId;
 use crate::worker::{Command, Event, NewRole, NewSession, SessionId, WorkerHandle};
 
 /// DTLS records a session may have waiting for its handshake; the worker drops (and counts)
@@ -721,7 +721,8 @@ impl Control {
             match event {
                 Event::DtlsFlood { session } => {
                     tracing::warn!(session, "ending a session that floods its DTLS queue");
-                    let reason = "DTLS records arrived faster than the handshake takes them (a flood)";
+                    let reason =
+                        "DTLS records arrived faster than the handshake takes them (a flood)";
                     tokio::spawn(
                         self.clone()
                             .end_session(session, Ending::Failure(reason.into())),

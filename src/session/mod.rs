@@ -3,4 +3,6 @@
 
 pub mod ice;
 pub mod keyframe;
+pub mod player;
+pub mod publisher;
 pub mod sequence;

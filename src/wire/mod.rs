@@ -5,4 +5,5 @@ pub mod demux;
 pub mod framing;
 pub mod rtcp;
 pub mod rtp;
+pub mod srtp;
 pub mod stun;

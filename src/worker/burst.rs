@@ -17,7 +17,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// Most datagrams one GSO send carries (the kernel's `UDP_MAX_SEGMENTS`).
-pub const MAX_SEGMENTS: usize = 64;
+pub const MAX_SEGMENTS: usize = crate::io::MAX_GSO_SEGMENTS;
 /// Most bytes one GSO send carries: one UDP datagram's payload limit (65 535 less the IPv6
 /// and UDP headers), rounded down.
 pub const MAX_BYTES: usize = 65_000;

@@ -9,15 +9,19 @@ use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::negotiation::MediaKind;
-use crate::worker::io::notify;
+use crate::io::notify;
+use crate::media::MediaKind;
+use crate::wire::rtp::RtpHeader;
 
-pub type StreamId = u32;
+/// Re-exported from [`crate::media`], its home.
+pub use crate::media::StreamId;
 
-/// What a relayed packet is, so the receiving worker need not guess.
+/// What a relayed packet is, so the receiving worker need not guess: RTP with its header as
+/// the publisher's worker parsed it on receipt (no worker parses it again), or one sender
+/// report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
-    Rtp,
+    Rtp(RtpHeader),
     SenderReport,
 }
 
@@ -30,6 +34,9 @@ pub struct SharedPacket {
     len: usize,
     /// When the packet's receive completed, for the relay-latency histogram.
     pub received_at: Instant,
+    /// What the packet is, with its RTP header as ingress parsed it. Kept here rather than in
+    /// the queue message so that each queue slot stays small (the mesh's memory is slots).
+    pub what: Forwarded,
     data: [u8; SHARED_PACKET_SIZE],
 }
 
@@ -62,12 +69,18 @@ impl SharedPool {
         Arc::new(SharedPacket {
             len: 0,
             received_at: Instant::now(),
+            what: Forwarded::SenderReport,
             data: [0; SHARED_PACKET_SIZE],
         })
     }
 
     /// A shared packet holding `bytes` (at most `SHARED_PACKET_SIZE`).
-    pub fn share(&mut self, bytes: &[u8], received_at: Instant) -> Arc<SharedPacket> {
+    pub fn share(
+        &mut self,
+        bytes: &[u8],
+        what: Forwarded,
+        received_at: Instant,
+    ) -> Arc<SharedPacket> {
         let len = bytes.len().min(SHARED_PACKET_SIZE);
         for _ in 0..POOL_PROBE.min(self.packets.len()) {
             let i = self.cursor;
@@ -75,6 +88,7 @@ impl SharedPool {
             if let Some(p) = Arc::get_mut(&mut self.packets[i]) {
                 p.len = len;
                 p.received_at = received_at;
+                p.what = what;
                 p.data[..len].copy_from_slice(&bytes[..len]);
                 return self.packets[i].clone();
             }
@@ -83,6 +97,7 @@ impl SharedPool {
         let fill = Arc::get_mut(&mut p).expect("a fresh Arc has one owner");
         fill.len = len;
         fill.received_at = received_at;
+        fill.what = what;
         fill.data[..len].copy_from_slice(&bytes[..len]);
         self.packets.push(p.clone());
         p
@@ -102,7 +117,6 @@ pub enum CrossMessage {
     Media {
         stream: StreamId,
         kind: MediaKind,
-        what: Forwarded,
         packet: Arc<SharedPacket>,
     },
     /// A player on the sending worker wants a keyframe from the stream's publisher.
@@ -277,16 +291,16 @@ mod tests {
     fn packets_are_reused_once_released_and_the_pool_grows_only_when_all_are_held() {
         let mut pool = SharedPool::new(2);
         let now = Instant::now();
-        let a = pool.share(b"first", now);
-        let b = pool.share(b"second", now);
+        let a = pool.share(b"first", Forwarded::SenderReport, now);
+        let b = pool.share(b"second", Forwarded::SenderReport, now);
         assert_eq!(a.bytes(), b"first");
         assert_eq!(pool.len(), 2);
         // Both held elsewhere: a third packet needs a new buffer.
-        let c = pool.share(b"third", now);
+        let c = pool.share(b"third", Forwarded::SenderReport, now);
         assert_eq!(pool.len(), 3);
         drop((a, b, c));
         for i in 0..100u8 {
-            let p = pool.share(&[i; 10], now);
+            let p = pool.share(&[i; 10], Forwarded::SenderReport, now);
             assert_eq!(p.bytes(), &[i; 10]);
         }
         assert_eq!(pool.len(), 3, "released packets are reused");

@@ -9,26 +9,26 @@
 
 use std::time::Instant;
 
-use crate::negotiation::MediaKind;
+use crate::media::{MediaKind, StreamId};
 use crate::wire::rtp::RtpHeader;
-use crate::worker::mesh::{Forwarded, StreamId};
+use crate::worker::mesh::Forwarded;
 
 /// Packets set aside before they must be fanned out.
-pub const CAPACITY: usize = 64;
-/// Room per packet; larger ones are not relayed (see `io::MAX_PACKET`).
+pub(super) const CAPACITY: usize = 64;
+/// Room per packet; larger ones are not relayed (see `media::MAX_PACKET`).
 const SLOT: usize = 2048;
 
 /// One packet set aside.
-pub struct StagedPacket {
-    pub stream: StreamId,
-    pub kind: MediaKind,
+pub(super) struct StagedPacket {
+    pub(super) stream: StreamId,
+    pub(super) kind: MediaKind,
     /// Parsed once here for every player; `None` for an RTCP sender report.
-    pub header: Option<RtpHeader>,
-    pub received_at: Instant,
+    pub(super) header: Option<RtpHeader>,
+    pub(super) received_at: Instant,
     len: usize,
 }
 
-pub struct Staged {
+pub(super) struct Staged {
     entries: Vec<StagedPacket>,
     data: Box<[u8]>,
 }
@@ -43,17 +43,17 @@ impl Default for Staged {
 }
 
 impl Staged {
-    pub fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.entries.len() == CAPACITY
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Copies `packet` aside; the caller makes room first (`is_full`). Returns false, and
-    /// keeps nothing, for a packet too large to relay or RTP that does not parse.
-    pub fn push(
+    /// keeps nothing, for a packet too large to relay or RTP shorter than its parsed header.
+    pub(super) fn push(
         &mut self,
         stream: StreamId,
         kind: MediaKind,
@@ -66,10 +66,8 @@ impl Staged {
             return false;
         }
         let header = match what {
-            Forwarded::Rtp => match RtpHeader::parse(packet) {
-                Ok(h) => Some(h),
-                Err(_) => return false,
-            },
+            Forwarded::Rtp(h) if h.header_len <= packet.len() => Some(h),
+            Forwarded::Rtp(_) => return false,
             Forwarded::SenderReport => None,
         };
         let at = self.entries.len() * SLOT;
@@ -84,38 +82,58 @@ impl Staged {
         true
     }
 
-    pub fn entry(&self, index: usize) -> &StagedPacket {
+    pub(super) fn entry(&self, index: usize) -> &StagedPacket {
         &self.entries[index]
     }
 
-    pub fn bytes(&self, index: usize) -> &[u8] {
+    pub(super) fn bytes(&self, index: usize) -> &[u8] {
         let at = index * SLOT;
         &self.data[at..at + self.entries[index].len]
     }
 
     /// The staged packets by stream, in the order each stream first appears, each stream's
-    /// packets in arrival order: fills `group` with one stream's indices at a time and calls
-    /// `each(stream, indices)`. Then forgets every packet.
-    pub fn drain_by_stream(&mut self, mut each: impl FnMut(&Staged, StreamId, &[u8])) {
-        let count = self.entries.len();
-        let mut done = [false; CAPACITY];
-        let mut group = [0u8; CAPACITY];
-        for first in 0..count {
-            if done[first] {
-                continue;
-            }
-            let stream = self.entries[first].stream;
-            let mut members = 0;
-            for (i, entry) in self.entries.iter().enumerate().skip(first) {
-                if !done[i] && entry.stream == stream {
-                    done[i] = true;
-                    group[members] = i as u8;
-                    members += 1;
-                }
-            }
-            each(self, stream, &group[..members]);
+    /// packets in arrival order: [`Groups::next_group`] gives one stream's indices at a time.
+    /// Every packet is forgotten when the groups are dropped.
+    pub(super) fn drain_by_stream(&mut self) -> Groups<'_> {
+        Groups {
+            staged: self,
+            next: 0,
+            done: [false; CAPACITY],
+            group: [0; CAPACITY],
         }
-        self.entries.clear();
+    }
+}
+
+/// The staged packets, one stream at a time (see [`Staged::drain_by_stream`]).
+pub(super) struct Groups<'s> {
+    staged: &'s mut Staged,
+    next: usize,
+    done: [bool; CAPACITY],
+    group: [u8; CAPACITY],
+}
+
+impl Groups<'_> {
+    /// The next stream's packets: the staged packets, the stream and their indices.
+    pub(super) fn next_group(&mut self) -> Option<(&Staged, StreamId, &[u8])> {
+        let entries = &self.staged.entries;
+        let first = (self.next..entries.len()).find(|&i| !self.done[i])?;
+        let stream = entries[first].stream;
+        let mut members = 0;
+        for (i, entry) in entries.iter().enumerate().skip(first) {
+            if !self.done[i] && entry.stream == stream {
+                self.done[i] = true;
+                self.group[members] = i as u8;
+                members += 1;
+            }
+        }
+        self.next = first + 1;
+        Some((&*self.staged, stream, &self.group[..members]))
+    }
+}
+
+impl Drop for Groups<'_> {
+    fn drop(&mut self) {
+        self.staged.entries.clear();
     }
 }
 
@@ -129,34 +147,41 @@ mod tests {
         p
     }
 
+    fn parsed(packet: &[u8]) -> Forwarded {
+        Forwarded::Rtp(RtpHeader::parse(packet).unwrap())
+    }
+
+    fn drain(staged: &mut Staged) -> Vec<(StreamId, Vec<u8>)> {
+        let mut seen = Vec::new();
+        let mut groups = staged.drain_by_stream();
+        while let Some((staged, stream, group)) = groups.next_group() {
+            let seqs = group.iter().map(|&i| staged.bytes(i as usize)[3]).collect();
+            seen.push((stream, seqs));
+        }
+        seen
+    }
+
     #[test]
     fn packets_come_out_grouped_by_stream_in_arrival_order() {
         let mut staged = Staged::default();
         let now = Instant::now();
         for (stream, seq) in [(7, 1), (9, 2), (7, 3), (9, 4), (8, 5)] {
-            assert!(staged.push(stream, MediaKind::Video, Forwarded::Rtp, &rtp(seq), now));
+            let packet = rtp(seq);
+            assert!(staged.push(stream, MediaKind::Video, parsed(&packet), &packet, now));
         }
-        let mut seen = Vec::new();
-        staged.drain_by_stream(|staged, stream, group| {
-            let seqs: Vec<u8> = group.iter().map(|&i| staged.bytes(i as usize)[3]).collect();
-            seen.push((stream, seqs));
-        });
+        let seen = drain(&mut staged);
         assert_eq!(seen, vec![(7, vec![1, 3]), (9, vec![2, 4]), (8, vec![5])]);
         assert!(staged.is_empty());
     }
 
     #[test]
-    fn unparsable_rtp_and_oversized_packets_are_not_kept() {
+    fn truncated_rtp_and_oversized_packets_are_not_kept() {
         let mut staged = Staged::default();
         let now = Instant::now();
-        assert!(!staged.push(1, MediaKind::Video, Forwarded::Rtp, &[0x80, 96], now));
-        assert!(!staged.push(
-            1,
-            MediaKind::Video,
-            Forwarded::Rtp,
-            &vec![0x80; SLOT + 1],
-            now
-        ));
+        let packet = rtp(1);
+        let what = parsed(&packet);
+        assert!(!staged.push(1, MediaKind::Video, what, &packet[..8], now));
+        assert!(!staged.push(1, MediaKind::Video, what, &vec![0x80; SLOT + 1], now));
         assert!(staged.push(
             1,
             MediaKind::Video,
@@ -165,8 +190,7 @@ mod tests {
             now
         ));
         assert!(staged.entry(0).header.is_none());
-        let mut kept = 0;
-        staged.drain_by_stream(|_, _, group| kept += group.len());
+        let kept: usize = drain(&mut staged).iter().map(|(_, g)| g.len()).sum();
         assert_eq!(kept, 1);
     }
 }

@@ -142,6 +142,9 @@ counters! {
     players,
     /// ICE-TCP connections currently open.
     tcp_connections,
+    /// Loop turns that stopped at a bound on their work (commands, cross-worker packets,
+    /// completions) or ran past their time budget: the worker is saturated or stalled.
+    loop_overruns,
 }
 
 /// Adds to a counter only this thread writes.

@@ -5,11 +5,15 @@
 //! protection is a 64-packet sliding window per SSRC (RFC 3711 §3.3.2). Keys come from DTLS
 //! (RFC 5764) through [`SrtpContext::from_dtls_export`].
 
-use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
-use aws_lc_rs::hmac;
+mod index;
+mod keys;
+
+use aws_lc_rs::aead::Aad;
+use aws_lc_rs::cipher::EncryptionContext;
 
 use crate::wire::rtp::RtpHeader;
+use index::{SsrcTable, estimate_index, outbound_rtp_index};
+use keys::{Cipher, cm_iv, constant_time_eq, hmac_tag};
 
 /// The protection profiles negotiated in DTLS's use_srtp extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,9 +30,6 @@ const HMAC_TAG_LEN: usize = 10;
 const HMAC_KEY_LEN: usize = 20;
 const SRTCP_INDEX_LEN: usize = 4;
 const SRTCP_E_BIT: u32 = 0x8000_0000;
-const REPLAY_WINDOW: u64 = 64;
-/// SSRCs remembered per direction; a session carries a handful (audio, video, RTX).
-const MAX_TRACKED_SSRCS: usize = 16;
 
 impl SrtpProfile {
     pub fn master_salt_len(self) -> usize {
@@ -76,159 +77,6 @@ pub enum SrtpError {
     Unencrypted,
     #[error("bad key material length")]
     BadKeyLength,
-}
-
-// One per session and direction, kept inline: boxing the larger variant would add a pointer
-// chase per packet to save memory that does not matter.
-#[allow(clippy::large_enum_variant)]
-enum Cipher {
-    Gcm {
-        key: LessSafeKey,
-        salt: GcmSalt,
-    },
-    Cm {
-        key: EncryptingKey,
-        auth: hmac::Key,
-        salt: [u8; 14],
-    },
-}
-
-impl Cipher {
-    /// Derives session keys (RFC 3711 §4.3) for RTP (labels 0, 1, 2) or RTCP (3, 4, 5).
-    fn derive(
-        profile: SrtpProfile,
-        master_key: &[u8],
-        master_salt: &[u8],
-        first_label: u8,
-    ) -> Result<Self, SrtpError> {
-        let mut session_key = [0u8; MASTER_KEY_LEN];
-        kdf(master_key, master_salt, first_label, &mut session_key)?;
-        match profile {
-            SrtpProfile::AeadAes128Gcm => {
-                let mut salt = [0u8; 12];
-                kdf(master_key, master_salt, first_label + 2, &mut salt)?;
-                let key = UnboundKey::new(&aead::AES_128_GCM, &session_key)
-                    .map_err(|_| SrtpError::BadKeyLength)?;
-                Ok(Cipher::Gcm {
-                    key: LessSafeKey::new(key),
-                    salt: GcmSalt::new(&salt),
-                })
-            }
-            SrtpProfile::Aes128CmHmacSha1_80 => {
-                let mut auth = [0u8; HMAC_KEY_LEN];
-                kdf(master_key, master_salt, first_label + 1, &mut auth)?;
-                let mut salt = [0u8; 14];
-                kdf(master_key, master_salt, first_label + 2, &mut salt)?;
-                let key = UnboundCipherKey::new(&AES_128, &session_key)
-                    .and_then(EncryptingKey::ctr)
-                    .map_err(|_| SrtpError::BadKeyLength)?;
-                Ok(Cipher::Cm {
-                    key,
-                    auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
-                    salt,
-                })
-            }
-        }
-    }
-}
-
-/// The SRTP key derivation function with a key derivation rate of 0: AES-CM keystream over
-/// `label` XORed into byte 7 of the (left-aligned) master salt.
-fn kdf(master_key: &[u8], master_salt: &[u8], label: u8, out: &mut [u8]) -> Result<(), SrtpError> {
-    let mut iv = [0u8; 16];
-    iv[..master_salt.len()].copy_from_slice(master_salt);
-    iv[7] ^= label;
-    let key = UnboundCipherKey::new(&AES_128, master_key)
-        .and_then(EncryptingKey::ctr)
-        .map_err(|_| SrtpError::BadKeyLength)?;
-    out.fill(0);
-    key.less_safe_encrypt(out, EncryptionContext::Iv128(iv.into()))
-        .map_err(|_| SrtpError::BadKeyLength)?;
-    Ok(())
-}
-
-/// Highest index seen and a bitmap of the 64 indices below it.
-#[derive(Debug, Clone, Copy, Default)]
-struct ReplayWindow {
-    highest: u64,
-    seen: u64,
-    started: bool,
-}
-
-impl ReplayWindow {
-    fn check(&self, index: u64) -> Result<(), SrtpError> {
-        if !self.started || index > self.highest {
-            return Ok(());
-        }
-        let delta = self.highest - index;
-        if delta >= REPLAY_WINDOW {
-            Err(SrtpError::TooOld)
-        } else if self.seen & (1 << delta) != 0 {
-            Err(SrtpError::Replayed)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Records an authenticated index.
-    fn accept(&mut self, index: u64) {
-        if !self.started {
-            *self = ReplayWindow {
-                highest: index,
-                seen: 1,
-                started: true,
-            };
-        } else if index > self.highest {
-            let shift = index - self.highest;
-            self.seen = if shift >= REPLAY_WINDOW {
-                1
-            } else {
-                (self.seen << shift) | 1
-            };
-            self.highest = index;
-        } else {
-            self.seen |= 1 << (self.highest - index);
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct SsrcState {
-    ssrc: u32,
-    /// Received packets: replay window over the 48-bit packet index (RTP) or SRTCP index.
-    replay: ReplayWindow,
-    /// Sent packets: the highest index sent (RTP) or the next SRTCP index.
-    sent: u64,
-    sent_started: bool,
-}
-
-/// Per-SSRC state in a small vector: a session carries a handful of SSRCs, so a linear search
-/// beats hashing, and nothing is allocated once the vector has its capacity.
-struct SsrcTable(Vec<SsrcState>);
-
-impl SsrcTable {
-    fn new() -> Self {
-        SsrcTable(Vec::with_capacity(MAX_TRACKED_SSRCS))
-    }
-
-    fn get(&mut self, ssrc: u32) -> &mut SsrcState {
-        let pos = match self.0.iter().position(|s| s.ssrc == ssrc) {
-            Some(pos) => pos,
-            None => {
-                if self.0.len() == MAX_TRACKED_SSRCS {
-                    self.0.remove(0);
-                }
-                self.0.push(SsrcState {
-                    ssrc,
-                    replay: ReplayWindow::default(),
-                    sent: 0,
-                    sent_started: false,
-                });
-                self.0.len() - 1
-            }
-        };
-        &mut self.0[pos]
-    }
 }
 
 /// One direction of SRTP and SRTCP for one DTLS association.
@@ -330,20 +178,34 @@ impl SrtpContext {
         header_len: usize,
         payload: &[u8],
     ) -> Result<usize, SrtpError> {
-        let len = header_len + payload.len();
-        if buf.len() < len + self.profile.rtp_overhead() {
-            return Err(SrtpError::BufferTooSmall);
-        }
         let header = RtpHeader::parse(&buf[..header_len]).map_err(|_| SrtpError::BadHeader)?;
         if header.header_len != header_len {
             return Err(SrtpError::BadHeader);
+        }
+        self.protect_rtp_written(buf, header_len, header.ssrc, header.sequence, payload)
+    }
+
+    /// [`Self::protect_rtp_from`] for a header its caller has just written, so knows: its
+    /// SSRC and sequence number are given rather than parsed again (the per-player path of the
+    /// fanout, where the header was parsed once on receipt).
+    pub fn protect_rtp_written(
+        &mut self,
+        buf: &mut [u8],
+        header_len: usize,
+        ssrc: u32,
+        sequence: u16,
+        payload: &[u8],
+    ) -> Result<usize, SrtpError> {
+        let len = header_len + payload.len();
+        if buf.len() < len + self.profile.rtp_overhead() {
+            return Err(SrtpError::BufferTooSmall);
         }
         let Cipher::Gcm { key, salt } = &self.rtp else {
             buf[header_len..len].copy_from_slice(payload);
             return self.protect_rtp(buf, len);
         };
-        let index = outbound_rtp_index(self.rtp_ssrcs.get(header.ssrc), header.sequence);
-        let nonce = salt.rtp_nonce(header.ssrc, (index >> 16) as u32, header.sequence);
+        let index = outbound_rtp_index(self.rtp_ssrcs.get(ssrc), sequence);
+        let nonce = salt.rtp_nonce(ssrc, (index >> 16) as u32, sequence);
         let (aad, rest) = buf.split_at_mut(header_len);
         let (ciphertext, tail) = rest.split_at_mut(payload.len());
         key.seal_out_of_place_scatter(
@@ -360,6 +222,15 @@ impl SrtpContext {
 
     /// Authenticates and decrypts the SRTP packet in `buf` in place; returns the RTP length.
     pub fn unprotect_rtp(&mut self, buf: &mut [u8]) -> Result<usize, SrtpError> {
+        self.unprotect_rtp_parsed(buf).map(|(len, _)| len)
+    }
+
+    /// [`Self::unprotect_rtp`], also returning the RTP header it parsed (the header is not
+    /// encrypted, so it is the plain packet's), so the packet path parses it once.
+    pub fn unprotect_rtp_parsed(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<(usize, RtpHeader), SrtpError> {
         let overhead = self.profile.rtp_overhead();
         if buf.len() < overhead + crate::wire::rtp::FIXED_HEADER_LEN {
             return Err(SrtpError::TooShort);
@@ -393,7 +264,7 @@ impl SrtpContext {
             }
         }
         self.rtp_ssrcs.get(header.ssrc).replay.accept(index);
-        Ok(plain_len)
+        Ok((plain_len, header))
     }
 
     /// Unprotects an SRTP packet (`rtcp` false) or an SRTCP packet (`rtcp` true) in place.
@@ -487,118 +358,9 @@ impl SrtpContext {
     }
 }
 
-/// The 48-bit index of a packet this side sends: the rollover counter rises when the sequence
-/// number wraps (RFC 3711 §3.3.1).
-fn outbound_rtp_index(state: &mut SsrcState, sequence: u16) -> u64 {
-    if !state.sent_started {
-        state.sent_started = true;
-        state.sent = sequence as u64;
-        return state.sent;
-    }
-    let roc = state.sent >> 16;
-    let last = state.sent as u16;
-    let index = if sequence < last && last - sequence > 0x8000 {
-        ((roc + 1) << 16) | sequence as u64
-    } else if sequence > last && sequence - last > 0x8000 && roc > 0 {
-        ((roc - 1) << 16) | sequence as u64 // a late packet from before the wrap
-    } else {
-        (roc << 16) | sequence as u64
-    };
-    state.sent = state.sent.max(index);
-    index
-}
-
-/// Guesses the index of a received packet from the highest index seen (RFC 3711 Appendix A).
-fn estimate_index(window: &ReplayWindow, sequence: u16) -> u64 {
-    if !window.started {
-        return sequence as u64;
-    }
-    let roc = window.highest >> 16;
-    let s_l = window.highest as u16;
-    let seq = sequence as i64;
-    let guess = if s_l < 0x8000 {
-        if seq - s_l as i64 > 0x8000 && roc > 0 {
-            roc - 1
-        } else {
-            roc
-        }
-    } else if (s_l as i64 - 0x8000) > seq {
-        roc + 1
-    } else {
-        roc
-    };
-    (guess << 16) | sequence as u64
-}
-
-/// The AEAD_AES_128_GCM session salt as two big-endian words, taken apart once per session, so
-/// that a packet's nonce is two XORs and two word stores. (Built from the salt's bytes per
-/// packet, the compiler wrote the nonce with eight one-byte stores, which aws-lc's 8-byte read
-/// of it cannot be forwarded from.)
-#[derive(Clone, Copy)]
-struct GcmSalt {
-    high: u64,
-    low: u32,
-}
-
-impl GcmSalt {
-    fn new(salt: &[u8; 12]) -> Self {
-        GcmSalt {
-            high: u64::from_be_bytes(salt[..8].try_into().expect("8 bytes")),
-            low: u32::from_be_bytes(salt[8..].try_into().expect("4 bytes")),
-        }
-    }
-
-    /// RFC 7714 §8.1: salt XOR (0x0000 ‖ SSRC ‖ ROC ‖ SEQ).
-    #[inline]
-    fn rtp_nonce(&self, ssrc: u32, roc: u32, sequence: u16) -> Nonce {
-        let high = self.high ^ ((ssrc as u64) << 16 | (roc >> 16) as u64);
-        let low = self.low ^ ((roc << 16) | sequence as u32);
-        Self::nonce(high, low)
-    }
-
-    /// RFC 7714 §9.1: salt XOR (0x0000 ‖ SSRC ‖ 0x0000 ‖ SRTCP index).
-    #[inline]
-    fn rtcp_nonce(&self, ssrc: u32, index: u32) -> Nonce {
-        Self::nonce(self.high ^ ((ssrc as u64) << 16), self.low ^ index)
-    }
-
-    #[inline]
-    fn nonce(high: u64, low: u32) -> Nonce {
-        let mut iv = [0u8; 12];
-        iv[..8].copy_from_slice(&high.to_be_bytes());
-        iv[8..].copy_from_slice(&low.to_be_bytes());
-        Nonce::assume_unique_for_key(iv)
-    }
-}
-
-/// AES-CM IV: (salt · 2^16) XOR (SSRC · 2^64) XOR (index · 2^16).
-fn cm_iv(salt: &[u8; 14], ssrc: u32, index: u64) -> [u8; 16] {
-    let mut iv = [0u8; 16];
-    iv[..14].copy_from_slice(salt);
-    for (b, s) in iv[4..8].iter_mut().zip(ssrc.to_be_bytes()) {
-        *b ^= s;
-    }
-    for (b, s) in iv[8..14].iter_mut().zip(&index.to_be_bytes()[2..8]) {
-        *b ^= s;
-    }
-    iv
-}
-
-fn hmac_tag(key: &hmac::Key, data: &[u8], roc: Option<u32>) -> hmac::Tag {
-    let mut ctx = hmac::Context::with_key(key);
-    ctx.update(data);
-    if let Some(roc) = roc {
-        ctx.update(&roc.to_be_bytes());
-    }
-    ctx.sign()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
+    use super::index::ReplayWindow;
     use super::*;
 
     fn rtp_packet(ssrc: u32, seq: u16, payload_len: usize) -> Vec<u8> {

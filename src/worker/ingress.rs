@@ -1,0 +1,270 @@
+//! Ingress: what a receive brings in, classified and handed on. STUN is answered here (ICE),
+//! DTLS goes up to the control thread, SRTP is removed in place and the RTP header parsed
+//! once, and a publisher's media goes on to the fanout with that parsed header; a player's
+//! RTCP may ask the publisher for a keyframe.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::Event;
+use super::egress::Peer;
+use super::event_loop::Core;
+use super::mesh::Forwarded;
+use super::stats::{add, inc};
+use super::table::Role;
+use crate::session::player::Player;
+use crate::wire::demux::{PacketKind, classify};
+use crate::wire::rtp::RtpHeader;
+
+/// DTLS records dropped because the session's handshake queue was full before the session is
+/// ended as a flood. A real handshake queues a handful of records at most.
+const DTLS_FLOOD_DROPS: u32 = 256;
+
+impl Core {
+    /// A datagram arrived on session `slot`'s UDP socket.
+    pub(super) fn on_datagram(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        from: SocketAddr,
+        data: &mut [u8],
+        now: Instant,
+    ) {
+        inc(&self.out.stats.rx_packets);
+        add(&self.out.stats.rx_bytes, data.len() as u64);
+        if self.table.loopback_only && !from.ip().is_loopback() {
+            inc(&self.out.stats.drop_foreign_source);
+            return;
+        }
+        self.on_packet(slot, generation, Peer::udp(from), data, now);
+    }
+
+    /// Cuts one read of a connection into frames and handles each in place.
+    pub(super) fn on_tcp_data(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        data: &mut [u8],
+        now: Instant,
+    ) {
+        let Some(conn) = self.out.conns.get(slot, generation).filter(|c| !c.closing) else {
+            return;
+        };
+        let mut reader = std::mem::take(&mut conn.reader);
+        let peer = Peer::Tcp {
+            conn: slot,
+            generation,
+            addr: conn.peer,
+        };
+        let (session, session_generation) = (conn.session, conn.session_generation);
+        let result = reader.feed(data, |frame| {
+            self.on_tcp_frame(peer, (session, session_generation), frame, now)
+        });
+        if let Some(conn) = self.out.conns.get(slot, generation) {
+            conn.reader = reader;
+        }
+        if result.is_err() {
+            inc(&self.out.stats.drop_tcp_framing);
+            self.table.close_conn(slot, &mut self.out);
+        }
+    }
+
+    /// One RFC 4571 frame of connection `peer`, for session `(slot, generation)`.
+    fn on_tcp_frame(
+        &mut self,
+        peer: Peer,
+        (session, session_generation): (usize, u32),
+        frame: &mut [u8],
+        now: Instant,
+    ) {
+        let Some((conn_slot, conn_generation)) = peer.tcp_conn() else {
+            return;
+        };
+        let Some(conn) = self
+            .out
+            .conns
+            .get(conn_slot, conn_generation)
+            .filter(|c| !c.closing)
+        else {
+            return;
+        };
+        let validated = conn.validated;
+        inc(&self.out.stats.rx_packets);
+        add(&self.out.stats.rx_bytes, frame.len() as u64);
+        if !validated && classify(frame) != PacketKind::Stun {
+            // Before ICE, a connection carries connectivity checks and nothing else.
+            inc(&self.out.stats.drop_tcp_framing);
+            self.table.close_conn(conn_slot, &mut self.out);
+            return;
+        }
+        self.on_packet(session, session_generation, peer, frame, now);
+    }
+
+    /// A packet for session `(slot, generation)` that came `via` a path: demultiplexed by its
+    /// first byte (RFC 7983).
+    fn on_packet(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        via: Peer,
+        data: &mut [u8],
+        now: Instant,
+    ) {
+        let Some(session) = self.table.session(slot, generation) else {
+            return;
+        };
+        let stats = &self.out.stats;
+        match classify(data) {
+            PacketKind::Stun => self.on_stun(slot, via, data, now),
+            PacketKind::Dtls => {
+                if session.ice.is_validated(via.addr()) {
+                    session.dtls_peer = Some(via);
+                    // Reserve before copying: a dropped record costs no allocation.
+                    match session.dtls_records.try_reserve() {
+                        Ok(permit) => {
+                            inc(&stats.dtls_records);
+                            permit.send(data.to_vec());
+                        }
+                        Err(_) => {
+                            inc(&stats.drop_dtls_flood);
+                            session.dtls_dropped = session.dtls_dropped.saturating_add(1);
+                            if session.dtls_dropped == DTLS_FLOOD_DROPS {
+                                inc(&stats.dtls_flood_sessions);
+                                let _ = self.events.send(Event::DtlsFlood {
+                                    session: session.id,
+                                });
+                            }
+                        }
+                    }
+                } else {
+                    inc(&stats.drop_not_ready);
+                }
+            }
+            kind @ (PacketKind::Rtp | PacketKind::Rtcp) => {
+                if !session.remote.is_some_and(|r| r.same_path(&via)) {
+                    inc(&stats.drop_not_ready);
+                    return;
+                }
+                let Some(srtp) = session.srtp_in.as_mut() else {
+                    inc(&stats.drop_not_ready);
+                    return;
+                };
+                if kind == PacketKind::Rtp {
+                    match srtp.unprotect_rtp_parsed(data) {
+                        Ok((len, header)) => self.on_rtp(slot, &data[..len], header, now),
+                        Err(_) => inc(&stats.drop_srtp),
+                    }
+                } else {
+                    match srtp.unprotect_rtcp(data) {
+                        Ok(len) => self.on_rtcp(slot, &data[..len], now),
+                        Err(_) => inc(&stats.drop_srtp),
+                    }
+                }
+            }
+            PacketKind::Unknown => inc(&stats.drop_garbage),
+        }
+    }
+
+    /// An ICE connectivity check: answered, and a nominated path becomes the session's media
+    /// path (its other ICE-TCP connections close).
+    fn on_stun(&mut self, slot: usize, via: Peer, data: &[u8], now: Instant) {
+        let Some(out) = self.out.ring.alloc_egress() else {
+            inc(&self.out.stats.drop_no_buffer);
+            return;
+        };
+        let Some(session) = self.table.sessions[slot].as_mut() else {
+            self.out.ring.release_egress(out);
+            return;
+        };
+        let buffer = &mut self.out.ring.egress_buffer(out)[crate::io::EGRESS_HEADROOM..];
+        let outcome = match session.ice.handle_check(now, data, via.addr(), buffer) {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.out.ring.release_egress(out);
+                inc(&self.out.stats.drop_stun_invalid);
+                return;
+            }
+        };
+        inc(&self.out.stats.stun_answered);
+        let udp_fd = session.udp_fd;
+        let mut to_close = Vec::new();
+        if let Some((conn, generation)) = via.tcp_conn()
+            && let Some(c) = self.out.conns.get(conn, generation)
+        {
+            c.validated = true;
+        }
+        if outcome.use_candidate && !session.remote.is_some_and(|r| r.same_path(&via)) {
+            session.remote = Some(via);
+            // One path carries the media: the session's other connections are closed cleanly.
+            let nominated_conn = via.tcp_conn().map(|(conn, _)| conn);
+            to_close.extend(
+                session
+                    .conns
+                    .iter()
+                    .copied()
+                    .filter(|&c| Some(c) != nominated_conn),
+            );
+            let _ = self.events.send(Event::IceConnected {
+                session: session.id,
+                remote: via.addr(),
+            });
+        }
+        self.out.transmit(udp_fd, &via, out, outcome.response_len);
+        for conn in to_close {
+            self.table.close_conn(conn, &mut self.out);
+        }
+    }
+
+    /// Plain RTP from a session, its header parsed once (by SRTP): a publisher's goes to the
+    /// fanout with that header.
+    fn on_rtp(&mut self, slot: usize, packet: &[u8], header: RtpHeader, now: Instant) {
+        let Some(session) = self.table.sessions[slot].as_mut() else {
+            return;
+        };
+        let stream = session.stream;
+        let Role::Publisher(publisher) = &mut session.role else {
+            inc(&self.out.stats.drop_garbage); // players do not send media here
+            return;
+        };
+        let Some(kind) = publisher.on_rtp(&header) else {
+            inc(&self.out.stats.drop_unknown_payload_type);
+            return;
+        };
+        let what = Forwarded::Rtp(header);
+        let (table, out) = (&mut self.table, &mut self.out);
+        self.fanout
+            .fanout(stream, kind, what, packet, now, table, out);
+    }
+
+    /// Plain RTCP from a session: a publisher's sender reports go to its players; a player's
+    /// keyframe request goes to the publisher.
+    fn on_rtcp(&mut self, slot: usize, packet: &[u8], now: Instant) {
+        let Some(session) = self.table.sessions[slot].as_mut() else {
+            return;
+        };
+        let stream = session.stream;
+        match &session.role {
+            Role::Publisher(publisher) => {
+                let reports = publisher.sender_reports(packet);
+                for (kind, report) in reports.into_iter().flatten() {
+                    let (table, out) = (&mut self.table, &mut self.out);
+                    self.fanout.fanout(
+                        stream,
+                        kind,
+                        Forwarded::SenderReport,
+                        report,
+                        now,
+                        table,
+                        out,
+                    );
+                }
+            }
+            Role::Player(_) => {
+                if Player::wants_keyframe(packet) {
+                    let (table, out) = (&mut self.table, &mut self.out);
+                    self.fanout.request_keyframe(stream, now, table, out);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The worker's tables: its sessions (with their sockets, ICE, SRTP and media role) and the
+//! streams it carries, and their lifecycles (ICE-TCP connections: `connections`). A session
+//! is added, its operations armed, closed on request or on error, and freed (its sockets
+//! closed, the control thread told) once no operation on the ring still refers to it.
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::burst::{BurstId, Owner};
+use super::egress::{Output, Peer, send_pli};
+use super::{Event, NewRole, NewSession, WorkerSettings};
+use crate::io::{Pending, Token};
+use crate::media::{MAX_PACKET, SessionId, StreamId};
+use crate::session::ice::IceLite;
+use crate::session::player::{Player, PlayerTrack};
+use crate::session::publisher::Publisher;
+use crate::srtp::{SrtpContext, SrtpProfile};
+
+pub(super) enum Role {
+    Publisher(Box<Publisher>),
+    Player(Player),
+}
+
+pub(super) struct Session {
+    pub(super) id: SessionId,
+    pub(super) generation: u32,
+    udp: Option<UdpSocket>,
+    /// The UDP socket's descriptor, or -1 without one.
+    pub(super) udp_fd: RawFd,
+    listener: Option<TcpListener>,
+    /// Open ICE-TCP connections (slots in the connection table).
+    pub(super) conns: Vec<usize>,
+    /// Connections accepted and not yet fully closed; the session ends after the last.
+    pub(super) open_conns: u32,
+    pub(super) stream: StreamId,
+    pub(super) ice: IceLite,
+    /// The path ICE nominated; media goes only there.
+    pub(super) remote: Option<Peer>,
+    /// Where DTLS records came from, for replies before nomination.
+    pub(super) dtls_peer: Option<Peer>,
+    /// The session's DTLS records go here, to its handshake on the control thread.
+    pub(super) dtls_records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Records dropped for a full DTLS queue; at `DTLS_FLOOD_DROPS` the session is reported.
+    pub(super) dtls_dropped: u32,
+    pub(super) srtp_in: Option<SrtpContext>,
+    pub(super) srtp_out: Option<SrtpContext>,
+    pub(super) role: Role,
+    recv_armed: bool,
+    pub(super) accept_armed: bool,
+    pub(super) closing: bool,
+    timeout_reported: bool,
+    /// A player's open frame burst (UDP GSO).
+    pub(super) burst: Option<BurstId>,
+}
+
+/// What the worker closes once nothing queued on its ring refers to it any more.
+pub(super) enum ToClose {
+    Session {
+        id: SessionId,
+        udp: Option<UdpSocket>,
+        listener: Option<TcpListener>,
+    },
+    Connection(TcpStream),
+}
+
+/// A stream as one worker sees it.
+pub(super) struct LocalStream {
+    pub(super) publisher_worker: usize,
+    /// The publisher's session slot, when the publisher is on this worker.
+    pub(super) publisher: Option<usize>,
+    /// Session slots of this worker's players.
+    pub(super) players: Vec<usize>,
+    /// Players per other worker, kept on the publisher's worker.
+    pub(super) remote_interest: Vec<u32>,
+}
+
+impl LocalStream {
+    fn new(publisher_worker: usize, workers: usize) -> LocalStream {
+        LocalStream {
+            publisher_worker,
+            publisher: None,
+            players: Vec::new(),
+            remote_interest: vec![0; workers],
+        }
+    }
+
+    fn is_unused(&self) -> bool {
+        self.publisher.is_none()
+            && self.players.is_empty()
+            && self.remote_interest.iter().all(|&n| n == 0)
+    }
+}
+
+/// Sessions currently live and, of those, players: the tick's gauges.
+pub(super) struct Census {
+    pub(super) sessions: u64,
+    pub(super) players: u64,
+    pub(super) tcp_connections: u64,
+}
+
+pub(super) struct Table {
+    index: usize,
+    workers: usize,
+    ice_timeout: Duration,
+    /// Media binds loopback: packets from other sources are dropped, never answered.
+    pub(super) loopback_only: bool,
+    pub(super) sessions: Vec<Option<Session>>,
+    free_slots: Vec<usize>,
+    next_generation: u32,
+    by_id: HashMap<SessionId, usize>,
+    pub(super) streams: HashMap<StreamId, LocalStream>,
+    /// Closed (and reported) once nothing queued on the ring refers to them.
+    pub(super) to_close: Vec<ToClose>,
+}
+
+impl Table {
+    pub(super) fn new(index: usize, workers: usize, settings: &WorkerSettings) -> Table {
+        Table {
+            index,
+            workers,
+            ice_timeout: settings.ice_timeout,
+            loopback_only: settings.loopback_only,
+            sessions: Vec::new(),
+            free_slots: Vec::new(),
+            next_generation: 0,
+            by_id: HashMap::new(),
+            streams: HashMap::new(),
+            to_close: Vec::new(),
+        }
+    }
+
+    /// The live session in `slot` if it is still the one of `generation`.
+    pub(super) fn session(&mut self, slot: usize, generation: u32) -> Option<&mut Session> {
+        self.sessions
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|s| s.generation == generation && !s.closing)
+    }
+
+    pub(super) fn add_session(&mut self, new: NewSession, now: Instant, out: &mut Output) {
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.sessions.push(None);
+            self.sessions.len() - 1
+        });
+        self.next_generation = self.next_generation.wrapping_add(1) & 0xff_ffff;
+        let generation = self.next_generation;
+        let role = match new.role {
+            NewRole::Publisher { payload_types } => {
+                Role::Publisher(Box::new(Publisher::new(&payload_types, rand::random())))
+            }
+            NewRole::Player { tracks } => Role::Player(Player::new(tracks.into_iter().map(|t| {
+                let track = PlayerTrack::new(
+                    t.publisher_payload_type,
+                    t.payload_type,
+                    t.ssrc,
+                    t.extension_ids,
+                    rand::random(),
+                );
+                (t.kind, track)
+            }))),
+        };
+        let workers = self.workers;
+        let local = self
+            .streams
+            .entry(new.stream)
+            .or_insert_with(|| LocalStream::new(new.publisher_worker, workers));
+        match role {
+            Role::Publisher(_) => local.publisher = Some(slot),
+            Role::Player(_) => local.players.push(slot),
+        }
+        let udp_fd = new.udp.as_ref().map_or(-1, |s| s.as_raw_fd());
+        let token = Token { slot, generation };
+        if udp_fd >= 0 {
+            out.ring.arm_recv(udp_fd, token);
+        }
+        if let Some(listener) = &new.tcp {
+            out.ring.arm_accept(listener.as_raw_fd(), token);
+        }
+        self.sessions[slot] = Some(Session {
+            id: new.id,
+            generation,
+            recv_armed: new.udp.is_some(),
+            accept_armed: new.tcp.is_some(),
+            udp: new.udp,
+            udp_fd,
+            listener: new.tcp,
+            conns: Vec::new(),
+            open_conns: 0,
+            stream: new.stream,
+            ice: IceLite::new(
+                now,
+                &new.local_ufrag,
+                &new.local_pwd,
+                &new.remote_ufrag,
+                self.ice_timeout,
+            ),
+            remote: None,
+            dtls_peer: None,
+            dtls_records: new.dtls_records,
+            dtls_dropped: 0,
+            srtp_in: None,
+            srtp_out: None,
+            role,
+            closing: false,
+            timeout_reported: false,
+            burst: None,
+        });
+        self.by_id.insert(new.id, slot);
+    }
+
+    /// DTLS finished: the session's SRTP contexts. Returns the stream of a player that joined
+    /// with them: it needs a keyframe to start decoding.
+    pub(super) fn set_keys(
+        &mut self,
+        id: SessionId,
+        profile: SrtpProfile,
+        material: &[u8],
+    ) -> Option<StreamId> {
+        let slot = *self.by_id.get(&id)?;
+        let session = self.sessions[slot].as_mut()?;
+        match SrtpContext::from_dtls_export(profile, material, false) {
+            Ok((outbound, inbound)) => {
+                session.srtp_out = Some(outbound);
+                session.srtp_in = Some(inbound);
+                matches!(session.role, Role::Player(_)).then_some(session.stream)
+            }
+            Err(e) => {
+                tracing::warn!(session = id, error = %e, "unusable SRTP keys");
+                None
+            }
+        }
+    }
+
+    /// Sends a DTLS record from the control thread to the session's peer.
+    pub(super) fn send_dtls(&mut self, id: SessionId, data: &[u8], out: &mut Output) {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        let Some(session) = self.sessions[slot].as_ref() else {
+            return;
+        };
+        let Some(peer) = session.remote.or(session.dtls_peer) else {
+            return;
+        };
+        if data.len() > MAX_PACKET {
+            return;
+        }
+        out.send_copy(session.udp_fd, &peer, data);
+    }
+
+    /// A player of `stream` on `worker` came (+1) or went (-1).
+    pub(super) fn remote_interest(&mut self, stream: StreamId, worker: usize, delta: i32) {
+        let (index, workers) = (self.index, self.workers);
+        let local = self
+            .streams
+            .entry(stream)
+            .or_insert_with(|| LocalStream::new(index, workers));
+        if let Some(n) = local.remote_interest.get_mut(worker) {
+            *n = n.saturating_add_signed(delta);
+        }
+        if local.is_unused() {
+            self.streams.remove(&stream);
+        }
+    }
+
+    pub(super) fn remove_session(&mut self, id: SessionId, out: &mut Output) {
+        if let Some(&slot) = self.by_id.get(&id) {
+            self.begin_close(slot, out);
+        }
+    }
+
+    fn begin_close(&mut self, slot: usize, out: &mut Output) {
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return;
+        };
+        if session.closing {
+            return;
+        }
+        session.closing = true;
+        if let Some(id) = session.burst.take() {
+            out.send_burst(id);
+        }
+        let stream = session.stream;
+        let token = Token {
+            slot,
+            generation: session.generation,
+        };
+        if session.recv_armed {
+            out.ring.cancel(Pending::Recv(token));
+        }
+        if session.accept_armed {
+            out.ring.cancel(Pending::Accept(token));
+        }
+        let conns = std::mem::take(&mut session.conns);
+        if let Some(local) = self.streams.get_mut(&stream) {
+            if local.publisher == Some(slot) {
+                local.publisher = None;
+                // Without a publisher nothing is fanned out, and the players elsewhere end
+                // with the stream (their interest updates may never come): forget them.
+                local.remote_interest.fill(0);
+            }
+            local.players.retain(|&p| p != slot);
+            if local.is_unused() {
+                self.streams.remove(&stream);
+            }
+        }
+        for conn in conns {
+            self.close_conn(conn, out);
+        }
+        self.maybe_finish_session(slot);
+    }
+
+    /// Frees a closing session once its receive, its accept and its connections are done.
+    pub(super) fn maybe_finish_session(&mut self, slot: usize) {
+        let done = self.sessions[slot]
+            .as_ref()
+            .is_some_and(|s| s.closing && !s.recv_armed && !s.accept_armed && s.open_conns == 0);
+        if !done {
+            return;
+        }
+        let Some(session) = self.sessions[slot].take() else {
+            return;
+        };
+        self.free_slots.push(slot);
+        self.by_id.remove(&session.id);
+        self.to_close.push(ToClose::Session {
+            id: session.id,
+            udp: session.udp,
+            listener: session.listener,
+        });
+    }
+
+    pub(super) fn has_finished(&self) -> bool {
+        !self.to_close.is_empty()
+    }
+
+    /// Closes finished sockets and connections, and only then reports sessions closed, so the
+    /// control thread never hands out a port whose sockets still exist.
+    pub(super) fn close_finished(&mut self, events: &UnboundedSender<Event>) {
+        for item in self.to_close.drain(..) {
+            match item {
+                ToClose::Session { id, udp, listener } => {
+                    drop((udp, listener));
+                    let _ = events.send(Event::Closed { session: id });
+                }
+                ToClose::Connection(stream) => drop(stream),
+            }
+        }
+    }
+
+    /// A session's multishot receive ended: re-armed, or the session may finish.
+    pub(super) fn recv_ended(&mut self, token: Token, out: &mut Output) {
+        let Some(session) = self.sessions.get_mut(token.slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if session.generation != token.generation {
+            return;
+        }
+        session.recv_armed = false;
+        if session.closing {
+            self.maybe_finish_session(token.slot);
+        } else {
+            session.recv_armed = true;
+            out.ring.arm_recv(session.udp_fd, token);
+        }
+    }
+
+    /// The timer's rounds: ICE timeouts reported, accepts re-armed, deferred keyframe
+    /// requests sent, ICE-TCP connections past their validation deadline closed; returns the
+    /// gauges.
+    pub(super) fn tick(
+        &mut self,
+        now: Instant,
+        out: &mut Output,
+        events: &UnboundedSender<Event>,
+    ) -> Census {
+        let mut census = Census {
+            sessions: 0,
+            players: 0,
+            tcp_connections: out.conns.open_count() as u64,
+        };
+        for slot in 0..self.sessions.len() {
+            let Some(session) = self.sessions[slot].as_mut() else {
+                continue;
+            };
+            if session.closing {
+                continue;
+            }
+            census.sessions += 1;
+            if session.ice.is_expired(now) && !session.timeout_reported {
+                session.timeout_reported = true;
+                let _ = events.send(Event::IceTimeout {
+                    session: session.id,
+                });
+            }
+            if let Some(listener) = &session.listener
+                && !session.accept_armed
+            {
+                session.accept_armed = true;
+                let token = Token {
+                    slot,
+                    generation: session.generation,
+                };
+                out.ring.arm_accept(listener.as_raw_fd(), token);
+            }
+            let deferred_keyframe = match &mut session.role {
+                Role::Player(_) => {
+                    census.players += 1;
+                    false
+                }
+                Role::Publisher(publisher) => publisher.poll(now),
+            };
+            if deferred_keyframe {
+                send_pli(session, out);
+            }
+        }
+        self.close_unvalidated_conns(now, out);
+        census
+    }
+
+    /// A burst left on its own (its hold ran out): the player no longer has it open.
+    pub(super) fn forget_burst(&mut self, (slot, generation): Owner, id: BurstId) {
+        if let Some(Some(session)) = self.sessions.get_mut(slot)
+            && session.generation == generation
+            && session.burst == Some(id)
+        {
+            session.burst = None;
+        }
+    }
+
+    /// Whether a burst's owner is still the live player sending on `fd`.
+    pub(super) fn is_live_udp(&self, (slot, generation): Owner, fd: RawFd) -> bool {
+        self.sessions
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.generation == generation && !s.closing && s.udp_fd == fd)
+    }
+}
