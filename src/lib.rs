@@ -5,11 +5,14 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod logging;
-pub mod negotiation;
 pub mod net;
 pub mod ports;
+pub mod sdp;
 pub mod server;
 pub mod session;
 pub mod srtp;
 pub mod wire;
 pub mod worker;
+
+// The module's old name, for code on other branches that still says `negotiation`.
+pub use self::sdp as negotiation;

@@ -3,4 +3,8 @@
 
 pub mod ice;
 pub mod keyframe;
+pub mod nack;
+pub mod receive_stats;
+pub mod retransmit;
 pub mod sequence;
+pub mod twcc;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::negotiation::MediaKind;
+use crate::sdp::MediaKind;
 use crate::worker::io::notify;
 
 pub type StreamId = u32;

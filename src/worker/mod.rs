@@ -30,7 +30,7 @@ use crossbeam_queue::SegQueue;
 use io_uring::cqueue;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::negotiation::{MediaKind, PlayedTrack};
+use crate::sdp::{MediaKind, PlayedTrack};
 use crate::session::ice::IceLite;
 use crate::session::keyframe::{DEFAULT_KEYFRAME_INTERVAL, KeyframeThrottle};
 use crate::session::sequence::SequenceMapper;

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use crate::negotiation::MediaKind;
+use crate::sdp::MediaKind;
 use crate::wire::rtp::RtpHeader;
 use crate::worker::mesh::{Forwarded, StreamId};
 
