@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::control::auth::{AuthConfig, Secret};
 use crate::control::limits::{AddressList, Cidr};
+use crate::control::tls::TlsSetting;
 
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +19,8 @@ pub struct Config {
     pub media: MediaConfig,
     pub workers: WorkersConfig,
     pub cascade: CascadeConfig,
+    /// Tokens, JWTs and the admission webhook (`[auth]`); none configured: open as before.
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,6 +28,12 @@ pub struct CascadeConfig {
     /// `http://HOST:PORT` of an origin relay: a player asking for a stream this relay does not
     /// have makes it pull the stream from there.
     pub origin: Option<String>,
+    /// Bearer token sent to other relays (the origin, push targets).
+    pub token: Option<Secret>,
+    /// PEM certificates trusted for https:// relays besides the system's CAs.
+    pub ca_file: Option<String>,
+    /// Accept any certificate from other relays (self-signed trials only).
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +55,12 @@ pub struct HttpConfig {
     pub rate_burst: u32,
     /// Addresses and networks no per-client limit (nor `max_connections`) applies to.
     pub limit_exempt: AddressList,
+    /// TLS on the listener: off, self-signed, or certificate and key files.
+    pub tls: TlsSetting,
+    /// A plain-HTTP listener that only redirects to the HTTPS one.
+    pub redirect_listen: Option<SocketAddr>,
+    /// Sessions one token may hold at once; 0: no limit.
+    pub max_sessions_per_token: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +178,11 @@ const KEYS: &[(&str, &[&str])] = &[
             "rate_limit",
             "rate_burst",
             "limit_exempt",
+            "tls",
+            "tls_cert",
+            "tls_key",
+            "redirect_listen",
+            "max_sessions_per_token",
         ],
     ),
     (
@@ -182,7 +203,16 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("workers", &["count", "pin"]),
-    ("cascade", &["origin"]),
+    ("cascade", &["origin", "token", "ca_file", "insecure"]),
+    ("auth", crate::control::auth::KEYS),
+];
+
+/// Keys of tables inside a section, reachable from the environment as
+/// `CORECAST_<SECTION>_<TABLE>_<KEY>` (`CORECAST_AUTH_JWT_SECRET`). Arrays of tables
+/// (`[[auth.tokens]]`) are for the file only.
+const NESTED_KEYS: &[(&str, &str, &[&str])] = &[
+    ("auth", "jwt", &["secret", "public_key"]),
+    ("auth", "webhook", &["url", "timeout_ms", "ca_file"]),
 ];
 
 impl Default for Config {
@@ -202,6 +232,9 @@ impl Default for Config {
                     Cidr::parse("127.0.0.0/8").expect("valid literal"),
                     Cidr::parse("::1").expect("valid literal"),
                 ]),
+                tls: TlsSetting::Off,
+                redirect_listen: None,
+                max_sessions_per_token: 0,
             },
             media: MediaConfig {
                 bind_ip: "127.0.0.1".parse().expect("valid literal"),
@@ -225,6 +258,7 @@ impl Default for Config {
                 pin: true,
             },
             cascade: CascadeConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -260,6 +294,24 @@ impl Config {
                 continue;
             };
             let lower = rest.to_ascii_lowercase();
+            if let Some((section, inner, key)) = NESTED_KEYS.iter().find_map(|(s, t, keys)| {
+                let key = lower.strip_prefix(s)?.strip_prefix('_')?;
+                let key = key.strip_prefix(t)?.strip_prefix('_')?;
+                keys.contains(&key).then_some((*s, *t, key))
+            }) {
+                let entry = table
+                    .entry(section)
+                    .or_insert_with(|| Value::Table(Table::new()));
+                let inner_entry = match entry {
+                    Value::Table(t) => t.entry(inner).or_insert_with(|| Value::Table(Table::new())),
+                    _ => return Err(ConfigError(format!("`{section}` must be a table"))),
+                };
+                let Value::Table(inner_table) = inner_entry else {
+                    return Err(ConfigError(format!("`{section}.{inner}` must be a table")));
+                };
+                inner_table.insert(key.to_string(), env_value(&value));
+                continue;
+            }
             let Some((section, key)) = KEYS.iter().find_map(|(section, keys)| {
                 let key = lower.strip_prefix(section)?.strip_prefix('_')?;
                 keys.contains(&key).then_some((*section, key))
@@ -363,6 +415,46 @@ impl Config {
         }
         if let Some(v) = get("http", "limit_exempt") {
             config.http.limit_exempt = parse_address_list(v, "http.limit_exempt")?;
+        }
+        config.http.tls = TlsSetting::parse(
+            get("http", "tls"),
+            get("http", "tls_cert"),
+            get("http", "tls_key"),
+        )
+        .map_err(ConfigError)?;
+        match get("http", "redirect_listen") {
+            None => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(v) => {
+                let addr: SocketAddr = parse_str(
+                    v,
+                    "http.redirect_listen",
+                    "an address and port like 0.0.0.0:80",
+                )?;
+                if !config.http.tls.is_on() {
+                    return Err(bad(
+                        "http.redirect_listen",
+                        addr,
+                        "redirects to HTTPS, so it needs http.tls (or http.tls_cert and \
+                         http.tls_key)",
+                    ));
+                }
+                config.http.redirect_listen = Some(addr);
+            }
+        }
+        if let Some(v) = get("http", "max_sessions_per_token") {
+            let n = int(v, "http.max_sessions_per_token", "a number of sessions")?;
+            if !(0..=1_000_000).contains(&n) {
+                return Err(bad(
+                    "http.max_sessions_per_token",
+                    n,
+                    "must be 0 (no limit) to 1000000",
+                ));
+            }
+            config.http.max_sessions_per_token = n as usize;
+        }
+        if let Some(v) = table.get("auth") {
+            config.auth = AuthConfig::parse(v).map_err(ConfigError)?;
         }
         if let Some(v) = get("media", "bind_ip") {
             config.media.bind_ip = parse_str(v, "media.bind_ip", "an IPv4 or IPv6 address")?;
@@ -471,14 +563,45 @@ impl Config {
             };
         }
         if let Some(v) = get("cascade", "origin") {
-            const ALLOWED: &str = "must be the origin relay's base URL, like http://10.0.0.5:8080";
+            const ALLOWED: &str = "must be the origin relay's base URL, like https://10.0.0.5:8443 or http://10.0.0.5:8080";
             match v {
                 Value::String(s) if s.is_empty() => config.cascade.origin = None,
-                Value::String(s) if s.starts_with("http://") && s.len() > 7 => {
+                Value::String(s)
+                    if (s.starts_with("http://") && s.len() > 7)
+                        || (s.starts_with("https://") && s.len() > 8) =>
+                {
                     config.cascade.origin = Some(s.trim_end_matches('/').to_string())
                 }
                 other => return Err(bad("cascade.origin", other, ALLOWED)),
             }
+        }
+        match get("cascade", "token") {
+            None => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(Value::String(s)) => config.cascade.token = Some(Secret(s.clone())),
+            Some(_) => {
+                return Err(ConfigError(
+                    "configuration key `cascade.token` must be a string".into(),
+                ));
+            }
+        }
+        match get("cascade", "ca_file") {
+            None => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(Value::String(s)) => config.cascade.ca_file = Some(s.clone()),
+            Some(other) => {
+                return Err(bad(
+                    "cascade.ca_file",
+                    other,
+                    "must be the path of a PEM file",
+                ));
+            }
+        }
+        if let Some(v) = get("cascade", "insecure") {
+            config.cascade.insecure = match v {
+                Value::Boolean(b) => *b,
+                other => return Err(bad("cascade.insecure", other, "must be true or false")),
+            };
         }
         Ok(config)
     }
@@ -529,7 +652,7 @@ impl Config {
     pub fn to_toml(&self) -> String {
         format!(
             "[http]\nlisten = \"{}\"\nheader_timeout_ms = {}\nidle_timeout_ms = {}\nmax_connections = {}\n\
-             max_sessions_per_ip = {}\nrate_limit = {}\nrate_burst = {}\nlimit_exempt = {}\n\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
+             max_sessions_per_ip = {}\nrate_limit = {}\nrate_burst = {}\nlimit_exempt = {}\n{}\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
              udp_recv_buffer = {}\nudp_send_buffer = {}\ntcp_recv_buffer = {}\ntcp_send_buffer = {}\n\
              tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\n\n[workers]\ncount = {}\npin = {}\n",
             self.http.listen,
@@ -540,6 +663,7 @@ impl Config {
             self.http.rate_limit,
             self.http.rate_burst,
             self.http.limit_exempt,
+            self.front_door_http_toml(),
             self.media.bind_ip,
             self.media.announced_ip,
             self.media.ports,
@@ -557,6 +681,35 @@ impl Config {
         ) + &format!(
             "\n[cascade]\norigin = \"{}\"\n",
             self.cascade.origin.as_deref().unwrap_or("")
+        ) + &self.front_door_toml()
+    }
+
+    /// The `[http]` keys of TLS and tokens, as `--print-config` writes them.
+    fn front_door_http_toml(&self) -> String {
+        let http = &self.http;
+        let redirect = http
+            .redirect_listen
+            .map_or(String::new(), |a| a.to_string());
+        format!(
+            "{}redirect_listen = \"{redirect}\"\nmax_sessions_per_token = {}\n",
+            http.tls.to_toml(),
+            http.max_sessions_per_token
+        )
+    }
+
+    /// The rest of `[cascade]` and `[auth]`; tokens and secrets are not printed.
+    fn front_door_toml(&self) -> String {
+        let cascade = &self.cascade;
+        let token = if cascade.token.is_some() {
+            "# token set (not shown)\n"
+        } else {
+            ""
+        };
+        format!(
+            "ca_file = \"{}\"\ninsecure = {}\n{token}{}",
+            cascade.ca_file.as_deref().unwrap_or(""),
+            cascade.insecure,
+            self.auth.to_toml()
         )
     }
 
@@ -572,7 +725,15 @@ impl Config {
         } else {
             listen.ip()
         };
-        format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
+        let scheme = if self.http.tls.is_on() {
+            "https"
+        } else {
+            "http"
+        };
+        format!(
+            "{scheme}://{}",
+            std::net::SocketAddr::new(ip, listen.port())
+        )
     }
 }
 
@@ -780,6 +941,48 @@ mod tests {
         );
         let err = Config::load(None, env(&[("CORECAST_WORKERS_PIN", "sometimes")])).unwrap_err();
         assert!(err.0.contains("workers.pin"), "{err}");
+    }
+
+    #[test]
+    fn front_door_keys_load_from_file_and_environment() {
+        let file = "[http]\ntls = \"self-signed\"\nredirect_listen = \"127.0.0.1:8081\"\n\
+                    max_sessions_per_token = 3\n[cascade]\norigin = \"https://10.0.0.5:8443\"\n\
+                    insecure = true\n[[auth.tokens]]\ntoken = \"a-long-enough-token\"\n\
+                    allow = [\"play\"]\n";
+        let c = Config::load(
+            Some(file),
+            env(&[
+                (
+                    "CORECAST_AUTH_JWT_SECRET",
+                    "0123456789abcdef0123456789abcdef",
+                ),
+                ("CORECAST_AUTH_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+                ("CORECAST_AUTH_WEBHOOK_TIMEOUT_MS", "500"),
+                ("CORECAST_CASCADE_TOKEN", "edge-token"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.tls, TlsSetting::SelfSigned);
+        assert_eq!(c.http.max_sessions_per_token, 3);
+        assert_eq!(c.auth.tokens.len(), 1);
+        assert!(c.auth.jwt.is_some() && c.auth.enabled());
+        assert_eq!(c.auth.webhook.as_ref().unwrap().timeout.as_millis(), 500);
+        assert_eq!(c.cascade.token, Some(Secret("edge-token".into())));
+        assert!(c.self_url().starts_with("https://"));
+        // Secrets stay out of the printed configuration, which still loads.
+        let printed = c.to_toml();
+        assert!(!printed.contains("a-long-enough-token") && !printed.contains("edge-token"));
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
+        assert!(Config::load(Some(&printed), env(&[])).is_ok(), "{printed}");
+
+        let err = Config::load(
+            None,
+            env(&[("CORECAST_HTTP_REDIRECT_LISTEN", "0.0.0.0:80")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("needs http.tls"), "{err}");
+        let err = Config::load(None, env(&[("CORECAST_AUTH_TOKENS", "x")])).unwrap_err();
+        assert!(err.0.contains("[[auth.tokens]]"), "{err}");
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub mod control;
 pub mod io;
 pub mod logging;
 pub mod media;
-pub mod negotiation;
 pub mod ports;
+pub mod sdp;
 pub mod server;
 pub mod session;
 pub mod wire;
@@ -31,3 +31,5 @@ pub mod worker;
 pub use io::socket as net;
 /// SRTP's old path: it lives with the other wire formats in [`wire::srtp`] now.
 pub use wire::srtp;
+/// The SDP module's old name, for code on other branches that still says `negotiation`.
+pub use self::sdp as negotiation;

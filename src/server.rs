@@ -4,8 +4,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::client::http::{HttpClient, Trust};
 use crate::config::Config;
+use crate::control::cascade::Clients;
+use crate::control::gate::Gate;
 use crate::control::limits::HttpLimits;
+use crate::control::tls::{TlsServer, redirect_router};
 use crate::control::{Control, http};
 use crate::net::GrantedBuffers;
 use crate::worker::{WorkerSettings, start_workers};
@@ -71,26 +75,143 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http_config.rate_limit,
         http_config.limit_exempt
     );
+    let tls = TlsServer::new(&config.http.tls, listen)
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new);
+    let gate =
+        Gate::new(&config.auth, config.http.max_sessions_per_token).map_err(anyhow::Error::msg)?;
+    let front_door_line = front_door_summary(&config, tls.as_deref(), &gate);
+    let remote = HttpClient::new(&Trust {
+        ca_file: config.cascade.ca_file.clone(),
+        insecure: config.cascade.insecure,
+    })
+    .context("cascade.ca_file")?;
+    let redirect_listen = config.http.redirect_listen;
+    let cascade_token = config.cascade.token.clone();
     let control: Arc<Control> = Control::new(config, handles)?;
+    control.cascade.set_clients(Clients {
+        remote: remote.with_token(cascade_token.as_ref().map(|t| t.0.as_str())),
+        local: HttpClient::new(&Trust {
+            ca_file: None,
+            insecure: true,
+        })?
+        .with_token(Some(gate.internal_token())),
+    });
     tokio::spawn(control.clone().dispatch_events(events_rx));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding http.listen {listen}"))?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!("corecast is up: {workers} worker(s), media ports {ports} ({transports})");
-    println!("  page:    http://{addr}/");
-    println!("  WHIP:    http://{addr}/whip/{{stream}}");
-    println!("  WHEP:    http://{addr}/whep/{{stream}}");
-    println!("  streams: http://{addr}/api/streams   metrics: http://{addr}/metrics");
+    println!("  page:    {scheme}://{addr}/");
+    println!("  WHIP:    {scheme}://{addr}/whip/{{stream}}");
+    println!("  WHEP:    {scheme}://{addr}/whep/{{stream}}");
+    println!("  streams: {scheme}://{addr}/api/streams   metrics: {scheme}://{addr}/metrics");
     println!("{limits_line}");
+    println!("{front_door_line}");
+    // One shutdown signal for every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    if let Some(redirect) = redirect_listen {
+        let plain = tokio::net::TcpListener::bind(redirect)
+            .await
+            .with_context(|| format!("binding http.redirect_listen {redirect}"))?;
+        println!(
+            "  redirect: http://{} -> https port {}",
+            plain.local_addr()?,
+            addr.port()
+        );
+        tokio::spawn(crate::control::listener::serve(
+            plain,
+            redirect_router(addr.port()),
+            limits.clone(),
+            None,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    if let Some(tls) = &tls {
+        tokio::spawn(reload_on_sighup(tls.clone()));
+    }
     crate::control::listener::serve(
         listener,
-        http::router(control, limits.clone()),
+        http::router(control, limits.clone(), gate),
         limits,
-        shutdown_signal(),
+        tls,
+        stopped(stop_rx),
     )
     .await;
     Ok(())
+}
+
+/// The start-up lines about TLS and tokens, and warnings where the relay is open to more than
+/// this machine.
+fn front_door_summary(config: &Config, tls: Option<&TlsServer>, gate: &Gate) -> String {
+    let listen = config.http.listen;
+    let beyond_loopback = !listen.ip().is_loopback();
+    let auth = &config.auth;
+    if beyond_loopback && !gate.enabled() {
+        tracing::warn!(
+            "http.listen {listen} is reachable beyond this machine and no tokens are configured: \
+             anyone who reaches it may publish, play, end streams and republish; set \
+             [[auth.tokens]] or [auth.jwt] (README, \"Public deployment\")"
+        );
+    }
+    if beyond_loopback && gate.enabled() && tls.is_none() {
+        tracing::warn!(
+            "tokens are required but http.listen {listen} is plain HTTP: they cross the network \
+             readable by anyone on the path; set http.tls_cert and http.tls_key"
+        );
+    }
+    let tls_line = match tls {
+        None => "off (plain HTTP)".to_string(),
+        Some(t) if t.is_self_signed() => format!(
+            "self-signed certificate (browsers warn), SHA-256 fingerprint {}",
+            t.fingerprint()
+        ),
+        Some(t) => format!(
+            "certificate SHA-256 fingerprint {} (SIGHUP reloads it)",
+            t.fingerprint()
+        ),
+    };
+    let jwt = match &auth.jwt {
+        None => "",
+        Some(crate::control::auth::JwtConfig::Secret(_)) => ", JWT HS256",
+        Some(crate::control::auth::JwtConfig::PublicKey(_)) => ", JWT with a public key",
+    };
+    let tokens = if gate.enabled() {
+        format!("required ({} static{jwt})", auth.tokens.len())
+    } else {
+        "none required (open)".to_string()
+    };
+    let webhook = auth
+        .webhook
+        .as_ref()
+        .map_or(String::new(), |w| format!("; admission webhook {}", w.url));
+    format!("  TLS:     {tls_line}\n  tokens:  {tokens}{webhook}")
+}
+
+/// Reads the certificate and key again on each SIGHUP; connections already open keep theirs.
+async fn reload_on_sighup(tls: Arc<TlsServer>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(fingerprint) => {
+                tracing::info!(%fingerprint, "SIGHUP: TLS certificate reloaded for new connections")
+            }
+            Err(e) => tracing::warn!("SIGHUP: keeping the TLS certificate in use: {e}"),
+        }
+    }
 }
 
 /// Runs a relay on a thread of its own (its control runtime; the workers are threads of their

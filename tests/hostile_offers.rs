@@ -4,7 +4,7 @@
 //! published and played by corecast's own client loses nothing meanwhile.
 //!
 //! The offers are the `sdp_offer` fuzz target's seeds (fuzz/seeds/sdp_offer), which the
-//! negotiation module's unit tests build and check.
+//! sdp module's unit tests build and check.
 
 mod common;
 

@@ -5,7 +5,7 @@
 //! fuzzer's own corpus: `cargo fuzz run sdp_offer corpus/sdp_offer seeds/sdp_offer`.
 #![no_main]
 
-use corecast::negotiation::{
+use corecast::sdp::{
     MAX_FORMATS_PER_SECTION, MAX_SECTIONS, Offer, negotiate_play, negotiate_publish,
 };
 use libfuzzer_sys::fuzz_target;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use base64::Engine as _;
+use corecast::client::http::{HttpClient, Trust};
 use corecast::client::{self, ClientOptions, Incoming, Role, Session, Transport};
 use corecast::wire::rtp::RtpHeader;
 use hdrhistogram::Histogram;
@@ -91,6 +92,28 @@ pub struct RunArgs {
     /// relay-latency HdrHistogram is read from `/api/relay-latency` beside it.
     #[arg(long)]
     pub relay_metrics: Option<String>,
+    /// Bearer token sent with every WHIP, WHEP, DELETE and metrics request (or from
+    /// LOADGEN_TOKEN, which other users of the machine cannot read in the process list).
+    #[arg(long, env = "LOADGEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM certificates to trust for https:// (a CA, or the relay's self-signed certificate),
+    /// besides the system's CAs.
+    #[arg(long)]
+    pub ca_file: Option<String>,
+    /// Accept any certificate (a relay with `http.tls = "self-signed"`).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl RunArgs {
+    /// The one HTTP client of the run: its connections are reused across clients.
+    fn http_client(&self) -> anyhow::Result<HttpClient> {
+        let trust = Trust {
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+        };
+        Ok(HttpClient::new(&trust)?.with_token(self.token.as_deref()))
+    }
 }
 
 /// What the relay says about itself at one moment.
@@ -113,8 +136,9 @@ fn relay_latency_url(metrics: &str) -> Option<String> {
 
 /// Reads corecast's relay-latency histogram: all workers together, decoded from
 /// HdrHistogram's interchange encoding.
-async fn fetch_relay_latency(url: &str) -> Option<Histogram<u64>> {
-    let body = corecast::client::http::request("GET", url, None, "", Duration::from_secs(5))
+async fn fetch_relay_latency(http: &HttpClient, url: &str) -> Option<Histogram<u64>> {
+    let body = http
+        .request("GET", url, None, "", Duration::from_secs(5))
         .await
         .ok()?
         .body;
@@ -128,8 +152,9 @@ async fn fetch_relay_latency(url: &str) -> Option<Histogram<u64>> {
         .ok()
 }
 
-async fn sample_relay(pid: Option<u32>, metrics: &str) -> Option<RelaySample> {
-    let body = corecast::client::http::request("GET", metrics, None, "", Duration::from_secs(5))
+async fn sample_relay(http: &HttpClient, pid: Option<u32>, metrics: &str) -> Option<RelaySample> {
+    let body = http
+        .request("GET", metrics, None, "", Duration::from_secs(5))
         .await
         .ok()?
         .body;
@@ -147,7 +172,7 @@ async fn sample_relay(pid: Option<u32>, metrics: &str) -> Option<RelaySample> {
         }
     }
     if let Some(url) = relay_latency_url(metrics) {
-        sample.latency = fetch_relay_latency(&url).await;
+        sample.latency = fetch_relay_latency(http, &url).await;
     }
     if let Some(pid) = pid {
         sample.cpu_seconds = process_cpu_seconds(&format!("/proc/{pid}/stat"));
@@ -520,8 +545,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     let cpu_start = cpu_seconds();
     let wall_start = Instant::now();
     let timeout = Duration::from_secs_f64(args.connect_timeout);
+    let http = args.http_client()?;
     let options = |url: String, role: Role, transport: Transport| ClientOptions {
         timeout,
+        http: http.clone(),
         ..ClientOptions::new(url, role, transport, &certificate)
     };
 
@@ -556,6 +583,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
         let shared = shared.clone();
         let args = args.clone();
         let certificate = certificate.clone();
+        let http = http.clone();
         tokio::spawn(async move {
             let gap = Duration::from_secs_f64(1.0 / args.ramp.max(0.001));
             let mut next = Instant::now();
@@ -584,6 +612,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
                 let handler = player_handler(shared.clone(), stats.clone());
                 let options = ClientOptions {
                     timeout: Duration::from_secs_f64(args.connect_timeout),
+                    http: http.clone(),
                     ..ClientOptions::new(
                         url_for(&args.whep, &name),
                         Role::Play,
@@ -687,7 +716,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
             && relay_start.is_none()
             && let Some(metrics) = &args.relay_metrics
         {
-            relay_start = sample_relay(args.relay_pid, metrics).await;
+            relay_start = sample_relay(&http, args.relay_pid, metrics).await;
         }
         let linger = if args.find_max {
             Duration::from_secs(1)
@@ -700,7 +729,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     }
 
     let (relay, relay_latency) = match (&relay_start, &args.relay_metrics) {
-        (Some(start), Some(metrics)) => match sample_relay(args.relay_pid, metrics).await {
+        (Some(start), Some(metrics)) => match sample_relay(&http, args.relay_pid, metrics).await {
             Some(end) => {
                 let (cost, latency) = relay_cost(start, &end);
                 (Some(cost), latency)

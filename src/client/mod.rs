@@ -25,7 +25,7 @@ use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use webrtc_util::KeyingMaterialExporter;
 use webrtc_util::conn::Conn;
 
-use crate::negotiation::format_fingerprint;
+use crate::sdp::format_fingerprint;
 use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::wire::demux::{PacketKind, classify};
 use crate::wire::framing::{self, FrameReader};
@@ -99,6 +99,8 @@ pub struct ClientOptions {
     /// Offer only this video codec (`VP8`, `H264`, `VP9` or `AV1`), e.g. to republish a stream
     /// in the codec it has; `None` offers them all, VP8 first, as browsers do.
     pub video_codec: Option<String>,
+    /// The HTTP client for the offer and the DELETE: its TLS trust and bearer token.
+    pub http: http::HttpClient,
 }
 
 impl ClientOptions {
@@ -118,6 +120,7 @@ impl ClientOptions {
             timeout: Duration::from_secs(10),
             tcp_recv_buffer: None,
             video_codec: None,
+            http: http::HttpClient::default(),
         }
     }
 }
@@ -157,6 +160,7 @@ pub struct Session {
     dtls: Arc<DTLSConn>,
     closed: watch::Receiver<bool>,
     timeout: Duration,
+    http: http::HttpClient,
 }
 
 /// The sending half of the transport.
@@ -480,14 +484,16 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         video_ssrc,
         options.video_codec.as_deref(),
     );
-    let response = http::request(
-        "POST",
-        &options.url,
-        Some("application/sdp"),
-        &offer,
-        options.timeout,
-    )
-    .await?;
+    let response = options
+        .http
+        .request(
+            "POST",
+            &options.url,
+            Some("application/sdp"),
+            &offer,
+            options.timeout,
+        )
+        .await?;
     if response.status != 201 {
         return Err(ClientError::Refused {
             status: response.status,
@@ -496,7 +502,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
     }
     let location = response
         .header("location")
-        .map(|l| http::resolve(&options.url, l));
+        .map(|l| http::resolve(&response.url, l));
     let answer = parse_answer(&response.body)?;
     let server = answer
         .candidates
@@ -685,6 +691,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         dtls,
         closed,
         timeout: options.timeout,
+        http: options.http.clone(),
     })
 }
 
@@ -725,7 +732,10 @@ impl Session {
     /// Ends the session: DELETE on its resource, DTLS close_notify, tasks stopped.
     pub async fn close(self) {
         if let Some(location) = &self.location {
-            let _ = http::request("DELETE", location, None, "", self.timeout).await;
+            let _ = self
+                .http
+                .request("DELETE", location, None, "", self.timeout)
+                .await;
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), self.dtls.close()).await;
         for task in &self.tasks {

@@ -4,10 +4,14 @@
 //! and publishes it to another relay with WHIP; pull (on demand, `cascade.origin`) plays the
 //! stream from the origin with WHEP and publishes it into this relay. Keyframe requests from
 //! the target side are sent upstream as PLIs, so a player on an edge reaches the publisher.
+//!
+//! Other relays are reached over http:// or https:// with `cascade.token` as the bearer token
+//! (and `cascade.ca_file` or `cascade.insecure` for their certificates); this relay itself with
+//! its own internal token (`gate::Gate::internal_token`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use webrtc_dtls::crypto::Certificate;
 
 use super::{ApiError, Control};
+use crate::client::http::{HttpClient, Trust};
 use crate::client::{self, ClientOptions, Incoming, Role, Session, Transport};
 use crate::config::Config;
 use crate::wire::rtcp;
@@ -89,10 +94,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type PullResult = Option<Result<u64, String>>;
 
+/// The HTTP clients of the bridges: to other relays, and to this one.
+#[derive(Clone)]
+pub struct Clients {
+    pub remote: HttpClient,
+    pub local: HttpClient,
+}
+
 struct Inner {
     self_url: String,
     origin: Option<String>,
     certificate: Certificate,
+    clients: RwLock<Clients>,
     bridges: Mutex<Vec<Bridge>>,
     next_id: AtomicU64,
     /// Pulls under way or running, by stream: their outcome once known.
@@ -122,6 +135,16 @@ impl Cascade {
                 self_url: config.self_url(),
                 origin: config.cascade.origin.clone(),
                 certificate,
+                clients: RwLock::new(Clients {
+                    remote: HttpClient::default()
+                        .with_token(config.cascade.token.as_ref().map(|t| t.0.as_str())),
+                    // This relay over loopback: its certificate may be self-signed.
+                    local: HttpClient::new(&Trust {
+                        ca_file: None,
+                        insecure: true,
+                    })
+                    .unwrap_or_default(),
+                }),
                 bridges: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
                 pulls: Mutex::new(HashMap::new()),
@@ -133,6 +156,24 @@ impl Cascade {
         self.inner.origin.is_some()
     }
 
+    /// Sets the clients the bridges use from now on (at start-up, once the configured trust
+    /// and the relay's own token are known).
+    pub fn set_clients(&self, clients: Clients) {
+        *self
+            .inner
+            .clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = clients;
+    }
+
+    fn clients(&self) -> Clients {
+        self.inner
+            .clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Starts republishing local stream `local` to the relay at `uri` as `remote`. The bridge
     /// starts as NEW; `find_all` shows it PUBLISHING, or FAILED with the reason.
     pub fn push(
@@ -142,10 +183,10 @@ impl Cascade {
         local: &str,
         remote: &str,
     ) -> Result<BridgeView, ApiError> {
-        if !uri.starts_with("http://") {
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
             return Err(ApiError::new(
                 400,
-                format!("uri `{uri}` must be the other relay's http:// URL"),
+                format!("uri `{uri}` must be the other relay's http:// or https:// URL"),
             ));
         }
         if !control.has_stream(local) {
@@ -167,7 +208,16 @@ impl Cascade {
         bridges.retain(|b| !(b.direction == Direction::Push && b.uri == uri && b.remote == remote));
         let source = endpoint(&self.inner.self_url, "whep", local);
         let target = endpoint(uri, "whip", remote);
-        let bridge = self.start(Direction::Push, uri, local, remote, source, target, None);
+        let clients = self.clients();
+        let bridge = self.start(
+            Direction::Push,
+            uri,
+            local,
+            remote,
+            (source, clients.local),
+            (target, clients.remote),
+            None,
+        );
         let view = bridge.view();
         bridges.push(bridge);
         Ok(view)
@@ -188,13 +238,14 @@ impl Cascade {
                     pulls.insert(stream.to_string(), rx.clone());
                     let source = endpoint(&origin, "whep", stream);
                     let target = endpoint(&self.inner.self_url, "whip", stream);
+                    let clients = self.clients();
                     let bridge = self.start(
                         Direction::Pull,
                         &origin,
                         stream,
                         stream,
-                        source,
-                        target,
+                        (source, clients.remote),
+                        (target, clients.local),
                         Some(tx),
                     );
                     lock(&self.inner.bridges).push(bridge);
@@ -224,8 +275,8 @@ impl Cascade {
         uri: &str,
         local: &str,
         remote: &str,
-        source: String,
-        target: String,
+        source: (String, HttpClient),
+        target: (String, HttpClient),
         pulled: Option<watch::Sender<PullResult>>,
     ) -> Bridge {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -234,7 +285,7 @@ impl Cascade {
         let inner = self.inner.clone();
         let task_state = state.clone();
         let pulled_stream = (direction == Direction::Pull).then(|| local.to_string());
-        tracing::info!(bridge = id, ?direction, %source, %target, "republishing");
+        tracing::info!(bridge = id, ?direction, source = %source.0, target = %target.0, "republishing");
         tokio::spawn(async move {
             let outcome = run(
                 &inner.certificate,
@@ -319,13 +370,14 @@ impl Cascade {
 
 fn options(
     certificate: &Certificate,
-    url: String,
+    (url, http): (String, HttpClient),
     role: Role,
     video_codec: Option<String>,
 ) -> ClientOptions {
     ClientOptions {
         timeout: CONNECT_TIMEOUT,
         video_codec,
+        http,
         ..ClientOptions::new(url, role, Transport::Udp, certificate)
     }
 }
@@ -333,15 +385,16 @@ fn options(
 /// Runs one bridge until it is stopped (`Ok`) or breaks (`Err` with the reason).
 async fn run(
     certificate: &Certificate,
-    source_url: String,
-    target_url: String,
+    source: (String, HttpClient),
+    target: (String, HttpClient),
     state: Arc<Mutex<(BridgeStatus, Option<String>)>>,
     mut stop: oneshot::Receiver<()>,
     ready: impl FnOnce(Result<(), String>),
 ) -> Result<(), String> {
     let (packets_tx, mut packets) = mpsc::channel::<Vec<u8>>(4096);
+    let (source_url, target_url) = (source.0.clone(), target.0.clone());
     let source = client::connect(
-        &options(certificate, source_url.clone(), Role::Play, None),
+        &options(certificate, source, Role::Play, None),
         Box::new(move |incoming| {
             if let Incoming::Rtp(packet) = incoming {
                 // A full queue means the target cannot keep up: drop, as the network would.
@@ -367,7 +420,7 @@ async fn run(
         .map(str::to_string);
     let (keyframe_tx, mut keyframes) = mpsc::channel::<()>(8);
     let target = client::connect(
-        &options(certificate, target_url.clone(), Role::Publish, codec),
+        &options(certificate, target, Role::Publish, codec),
         Box::new(move |incoming| {
             if let Incoming::Rtcp(packet) = incoming
                 && rtcp::requests_keyframe(packet)

@@ -1,5 +1,6 @@
 //! HTTP: WHIP (`POST /whip/{stream}`), WHEP (`POST /whep/{stream}`), `DELETE /session/{id}`,
-//! `GET /api/streams`, `GET /metrics`, `GET /api/relay-latency` and the demo page at `/`.
+//! `GET /api/streams`, `GET /metrics`, `GET /api/relay-latency`, the demo page at `/` and the
+//! dashboard (`dashboard::routes`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use tower_http::cors::{Any, CorsLayer};
 
+use super::gate::Gate;
 use super::limits::HttpLimits;
 use super::{ApiError, Control, Created};
 
@@ -34,7 +36,7 @@ impl IntoResponse for ApiError {
 
 /// The routes. Requests carry the client's address (`ConnectInfo<SocketAddr>`), as
 /// `listener::serve` provides it.
-pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>) -> Router {
+pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>, gate: Arc<Gate>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route("/whip/{stream}", post(whip))
@@ -52,8 +54,15 @@ pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>) -> Router {
         .route("/ws", get(super::ws::upgrade))
         .route("/metrics", get(metrics))
         .route("/api/relay-latency", get(relay_latency))
+        .merge(super::dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Tokens and the webhook (`gate`), inside the rate limit: guessing tokens costs requests.
+        .layer(axum::middleware::from_fn_with_state(
+            (gate.clone(), control.clone()),
+            super::gate::guard,
+        ))
+        .layer(Extension(gate))
         .layer(axum::middleware::from_fn_with_state(
             limits.clone(),
             rate_limit,
@@ -324,7 +333,7 @@ async fn pull_terminate(
 }
 
 /// The HTTP limits' counters (see the README's "Limits and hardening").
-fn http_limit_metrics(limits: &HttpLimits) -> [(&'static str, &'static str, u64); 6] {
+fn http_limit_metrics(limits: &HttpLimits) -> [(&'static str, &'static str, u64); 7] {
     let c = &limits.counters;
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     [
@@ -358,6 +367,11 @@ fn http_limit_metrics(limits: &HttpLimits) -> [(&'static str, &'static str, u64)
             "counter",
             load(&c.ws_messages_too_large),
         ),
+        (
+            "corecast_tls_handshake_failures_total",
+            "counter",
+            load(&c.tls_handshake_failures),
+        ),
     ]
 }
 
@@ -368,6 +382,7 @@ async fn relay_latency(State(control): State<Arc<Control>>) -> Response {
 async fn metrics(
     State(control): State<Arc<Control>>,
     Extension(limits): Extension<Arc<HttpLimits>>,
+    Extension(gate): Extension<Arc<Gate>>,
 ) -> Response {
     let mut out = String::new();
     let workers = control.workers();
@@ -444,5 +459,6 @@ async fn metrics(
     {
         let _ = writeln!(out, "# TYPE {metric} {kind}\n{metric} {value}");
     }
+    gate.write_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

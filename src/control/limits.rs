@@ -279,6 +279,8 @@ pub struct HttpCounters {
     pub idle_timeouts: AtomicU64,
     pub rate_limited: AtomicU64,
     pub ws_messages_too_large: AtomicU64,
+    /// TLS handshakes that failed (a client that distrusts the certificate, or no TLS at all).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// The HTTP server's limits and their state, shared by the listener and the handlers.

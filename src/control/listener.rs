@@ -1,7 +1,10 @@
 //! The HTTP server's connection loop: accepts connections up to `http.max_connections`, holds
 //! each to its header and idle timeouts (`limits::ConnectionClock`), hands requests to the
-//! router with the client's address, and keeps WebSocket upgrades working. On shutdown it stops
-//! accepting, lets requests under way finish, and closes the rest.
+//! router with the client's address, and keeps WebSocket upgrades working. With TLS
+//! (`tls::TlsServer`) each connection's handshake comes first and counts against the header
+//! timeout: the first request's header must be complete within `http.header_timeout_ms` of the
+//! TCP accept, handshake included. On shutdown it stops accepting, lets requests under way
+//! finish, and closes the rest.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::limits::{ConnectionClock, ConnectionSlot, HttpLimits};
+use super::limits::{ConnectionClock, ConnectionSlot, Expiry, HttpLimits};
+use super::tls::TlsServer;
 
 /// How long shutdown waits for requests under way before the process goes on without them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -67,11 +71,12 @@ impl Timers {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener`, over TLS when `tls` is given, until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Arc<HttpLimits>,
+    tls: Option<Arc<TlsServer>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -94,16 +99,20 @@ pub async fn serve(
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let Some(slot) = limits.admit_connection(peer.ip()) else {
             // Nothing is read: the answer goes out if the socket takes it, and the close follows.
-            let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            // A TLS client could not read a plain answer: it only sees the close.
+            if tls.is_none() {
+                let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            }
             tracing::debug!(%peer, "refused a connection: http.max_connections are open");
             continue;
         };
-        connections.spawn(serve_connection(
+        connections.spawn(accept_connection(
             stream,
             peer,
             slot,
             router.clone(),
             limits.clone(),
+            tls.clone(),
             stop_rx.clone(),
         ));
     }
@@ -120,21 +129,66 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
+/// Runs the TLS handshake when the listener has TLS, within the header timeout, then serves
+/// the connection.
+async fn accept_connection(
     stream: TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
     router: Router,
     limits: Arc<HttpLimits>,
-    mut stop: watch::Receiver<bool>,
+    tls: Option<Arc<TlsServer>>,
+    stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let accepted = Instant::now();
+    let Some(tls) = tls else {
+        return serve_connection(stream, peer, slot, router, limits, None, stop).await;
+    };
+    let handshake = tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(stream));
+    let mut stopping = stop.clone();
+    let done = tokio::select! {
+        done = handshake => done,
+        _ = stopping.wait_for(|stopping| *stopping) => return,
+    };
+    match done {
+        Ok(Ok(stream)) => {
+            serve_connection(stream, peer, slot, router, limits, Some(accepted), stop).await
+        }
+        Ok(Err(e)) => {
+            limits
+                .counters
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+        }
+        Err(_) => {
+            limits.count_expiry(Expiry::HeaderTimeout);
+            tracing::debug!(%peer, "closing a connection whose TLS handshake took too long");
+        }
+    }
+}
+
+/// Serves one connection. `started` is when a TLS connection was accepted: its handshake is
+/// part of the first request's time to send its header.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    router: Router,
+    limits: Arc<HttpLimits>,
+    started: Option<Instant>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut clock =
+        ConnectionClock::new(Instant::now(), limits.header_timeout, limits.idle_timeout);
+    if let Some(accepted) = started {
+        clock.on_read(accepted);
+    }
     let timers = Arc::new(Timers {
-        clock: Mutex::new(ConnectionClock::new(
-            Instant::now(),
-            limits.header_timeout,
-            limits.idle_timeout,
-        )),
+        clock: Mutex::new(clock),
         earlier: Notify::new(),
         dispatched: AtomicBool::new(false),
     });
@@ -225,10 +279,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
     }
 }
 
-/// The connection's socket, telling its clock when bytes move; it holds the connection's slot,
-/// so an upgraded WebSocket keeps the slot until it closes.
-struct Watched {
-    stream: TcpStream,
+/// The connection's socket (over TLS: its plaintext side), telling its clock when bytes move;
+/// it holds the connection's slot, so an upgraded WebSocket keeps the slot until it closes.
+struct Watched<S> {
+    stream: S,
     timers: Arc<Timers>,
     /// hyper answers a request it cannot parse (400, 414, 431) with an empty body and closes.
     /// Once such an answer is seen, this is what goes out instead (what is left to send), and
@@ -265,7 +319,7 @@ fn answer_with_a_body(written: &[u8]) -> Option<Vec<u8>> {
     )
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -280,7 +334,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl Watched {
+impl<S: AsyncWrite + Unpin> Watched<S> {
     fn wrote(&self, result: &Poll<io::Result<usize>>) {
         if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
             self.timers.update(ConnectionClock::on_write);
@@ -300,7 +354,7 @@ impl Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

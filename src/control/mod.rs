@@ -1,19 +1,24 @@
 //! The control thread: signaling (WHIP, WHEP, the stream API), the session registry, the media
 //! port range and DTLS handshakes. Nothing here runs per media packet.
 
+pub mod auth;
 pub mod cascade;
+pub mod dashboard;
 pub mod dtls;
+pub mod gate;
 pub mod http;
 pub mod latency;
 pub mod limits;
 pub mod listener;
+pub mod tls;
+pub mod webhook;
 pub mod ws;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -21,7 +26,7 @@ use webrtc_dtls::crypto::Certificate;
 
 use crate::config::Config;
 use crate::media::StreamId;
-use crate::negotiation::{
+use crate::sdp::{
     AnswerTransport, MediaKind, NegotiationError, Offer, PublishedTrack, format_fingerprint,
     negotiate_play, negotiate_publish, write_answer,
 };
@@ -69,6 +74,10 @@ struct SessionEntry {
     watchers: Vec<mpsc::UnboundedSender<StatusEvent>>,
     /// The client it counts against (`http.max_sessions_per_ip`); `None` when exempt.
     client: Option<IpAddr>,
+    /// When the answer went out, for the dashboard's ages.
+    created: Instant,
+    /// The transports the answer offered: (UDP, TCP).
+    offered: (bool, bool),
 }
 
 /// Why a session ends: a normal end (client, publisher gone) or a failure (ICE, DTLS).
@@ -161,6 +170,13 @@ pub struct Control {
     ports: Mutex<PortAllocator>,
     pub counters: ControlCounters,
     pub cascade: cascade::Cascade,
+}
+
+/// What `Control::session_facts` says of one session.
+pub struct SessionFacts {
+    pub age: Duration,
+    pub offers_udp: bool,
+    pub offers_tcp: bool,
 }
 
 /// A created session, for the HTTP response.
@@ -277,6 +293,23 @@ impl Control {
 
     pub fn stream_count(&self) -> usize {
         lock(&self.registry).streams.len()
+    }
+
+    /// Every session's age at `now` and the transports its answer offered, for the dashboard.
+    /// Which transport ICE chose is the worker's to know; when only one was offered, it is that.
+    pub fn session_facts(&self, now: Instant) -> HashMap<SessionId, SessionFacts> {
+        lock(&self.registry)
+            .sessions
+            .iter()
+            .map(|(&id, s)| {
+                let facts = SessionFacts {
+                    age: now.saturating_duration_since(s.created),
+                    offers_udp: s.offered.0,
+                    offers_tcp: s.offered.1,
+                };
+                (id, facts)
+            })
+            .collect()
     }
 
     /// Creates a publishing session (WHIP) for the client at `client`.
@@ -412,6 +445,7 @@ impl Control {
             }
         };
         let publisher_worker = publisher_worker.unwrap_or(worker);
+        let offered = (sockets.udp.is_some(), sockets.tcp.is_some());
         let answer = write_answer(
             &offer,
             &sections,
@@ -496,6 +530,8 @@ impl Control {
                 closed_waiters: Vec::new(),
                 watchers: Vec::new(),
                 client: counted_as,
+                created: Instant::now(),
+                offered,
             },
         );
         if let Some(key) = counted_as {

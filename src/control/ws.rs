@@ -12,6 +12,10 @@
 //! <- {"type":"error","id":4,"status":404,"message":"stream `x` is not being published"}
 //! ```
 //!
+//! With tokens configured (`[auth]`), the connection carries one: `/ws?token=...`, or a
+//! `token` field in a message (the first, or `{"type":"auth","token":"..."}`); each publish and
+//! play is checked against it as WHIP and WHEP are (401, 403 as `status` in the error).
+//!
 //! Closing the WebSocket ends every session it started. The HTTP limits hold here too: every
 //! message counts against `http.rate_limit` (an error with `retry_after` when over it), every
 //! session against `http.max_sessions_per_ip`, and a message over `limits::WS_MAX_MESSAGE`
@@ -24,11 +28,14 @@ use std::sync::atomic::Ordering;
 use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::auth::{Grant, Right};
+use super::gate::Gate;
 use super::limits::{HttpLimits, WS_MAX_MESSAGE, retry_after_seconds};
 use super::{ApiError, Control, Ending};
 use crate::worker::SessionId;
@@ -42,17 +49,46 @@ struct Request {
     stream: Option<String>,
     sdp: Option<String>,
     session: Option<SessionId>,
+    token: Option<String>,
+}
+
+/// What a connection knows of its client.
+struct Client {
+    peer: IpAddr,
+    gate: Arc<Gate>,
+    /// The token's grant, once one was given (`None` too when no tokens are required).
+    grant: Option<Grant>,
 }
 
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(control): State<Arc<Control>>,
     Extension(limits): Extension<Arc<HttpLimits>>,
+    Extension(gate): Extension<Arc<Gate>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
 ) -> Response {
+    // A browser's WebSocket cannot send headers: the token comes in the query, or later.
+    let token = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .map(super::gate::decode)
+    });
+    let grant = match token {
+        Some(token) => match gate.authenticate(Some(&token), peer.ip()) {
+            Ok(grant) => grant,
+            Err(denied) => return denied.into_response(),
+        },
+        None => None,
+    };
+    let client = Client {
+        peer: peer.ip(),
+        gate,
+        grant,
+    };
     ws.max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, control, limits, peer.ip()))
+        .on_upgrade(move |socket| serve(socket, control, limits, client))
 }
 
 /// Whether a read failed because the message was over [`WS_MAX_MESSAGE`].
@@ -72,8 +108,9 @@ async fn serve(
     mut socket: WebSocket,
     control: Arc<Control>,
     limits: Arc<HttpLimits>,
-    peer: IpAddr,
+    mut client: Client,
 ) {
+    let peer = client.peer;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut owned: Vec<SessionId> = Vec::new();
     let hello = json!({"type": "session", "status": "ESTABLISHED"});
@@ -94,7 +131,7 @@ async fn serve(
                             json!({"type": "error", "id": Value::Null, "status": 429, "retry_after": seconds,
                                    "message": format!("more than {} messages per second (http.rate_limit); retry in {seconds} s", limits.rate_limit)})
                         }
-                        (Ok(()), Message::Text(text)) => handle(&control, &text, peer, &events_tx, &mut owned).await,
+                        (Ok(()), Message::Text(text)) => handle(&control, &text, &mut client, &events_tx, &mut owned).await,
                         (Ok(()), _) => error(&Value::Null, 400, "send JSON text messages"),
                     }
                 }
@@ -136,24 +173,58 @@ async fn serve(
 async fn handle(
     control: &Arc<Control>,
     text: &str,
-    peer: IpAddr,
+    client: &mut Client,
     events: &mpsc::UnboundedSender<super::StatusEvent>,
     owned: &mut Vec<SessionId>,
 ) -> Value {
+    let peer = client.peer;
     let request: Request = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(e) => return error(&Value::Null, 400, format!("not a command: {e}")),
     };
     let id = &request.id;
+    if let Some(token) = &request.token {
+        match client.gate.authenticate(Some(token), peer) {
+            Ok(grant) => client.grant = grant,
+            Err(denied) => return error(id, denied.error.status, denied.error.message),
+        }
+    }
     match request.kind.as_str() {
+        "auth" if request.token.is_some() => json!({"type": "authenticated", "id": id}),
+        "auth" => error(id, 400, "`auth` needs `token`"),
         kind @ ("publish" | "play") => {
             let (Some(stream), Some(sdp)) = (&request.stream, &request.sdp) else {
                 return error(id, 400, format!("`{kind}` needs `stream` and `sdp`"));
+            };
+            let right = if kind == "publish" {
+                Right::Publish
+            } else {
+                Right::Play
+            };
+            let gate = client.gate.clone();
+            let reservation = match gate.open_session(client.grant.as_ref(), right, stream, peer) {
+                Ok(reservation) => reservation,
+                Err(denied) => return error(id, denied.error.status, denied.error.message),
             };
             let created = if kind == "publish" {
                 control.publish(stream, sdp, peer)
             } else {
                 control.play_or_pull(stream, sdp, peer).await
+            };
+            let created = match created {
+                Ok(created) => {
+                    let new = super::gate::Created {
+                        right,
+                        stream,
+                        session: created.session,
+                        peer,
+                        grant: client.grant.as_ref(),
+                    };
+                    gate.admit(control, reservation, new)
+                        .await
+                        .map(|()| created)
+                }
+                Err(e) => Err(e),
             };
             match created {
                 Ok(created) => {
@@ -188,7 +259,7 @@ async fn handle(
         other => error(
             id,
             400,
-            format!("unknown command `{other}`: use publish, play or stop"),
+            format!("unknown command `{other}`: use publish, play, stop or auth"),
         ),
     }
 }

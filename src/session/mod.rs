@@ -3,6 +3,10 @@
 
 pub mod ice;
 pub mod keyframe;
+pub mod nack;
 pub mod player;
 pub mod publisher;
+pub mod receive_stats;
+pub mod retransmit;
 pub mod sequence;
+pub mod twcc;

@@ -3,7 +3,12 @@
 
 pub mod demux;
 pub mod framing;
+pub mod nack;
+pub mod remb;
 pub mod rtcp;
+pub mod rtcp_report;
 pub mod rtp;
+pub mod rtx;
 pub mod srtp;
 pub mod stun;
+pub mod twcc;

@@ -42,7 +42,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::io::WakeFd;
 use crate::media::{MediaKind, StreamId};
-use crate::negotiation::PlayedTrack;
+use crate::sdp::PlayedTrack;
 use crate::srtp::SrtpProfile;
 use event_loop::Worker;
 use mesh::{Mesh, Waker};

@@ -103,9 +103,15 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(env: &[(&str, &str)]) -> Relay {
+        Relay::start_with_args(env, &[])
+    }
+
+    /// As [`Relay::start`], with command-line arguments (`--config FILE`).
+    pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Relay {
         let port = free_tcp_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
-        cmd.env("CORECAST_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        cmd.args(args)
+            .env("CORECAST_HTTP_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info,webrtc_dtls=warn")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

@@ -1,0 +1,45 @@
+//! SDP offer/answer for WHIP and WHEP (RFC 8829 JSEP, RFC 8866 SDP, RFC 9429). Offers are parsed
+//! with the `sdp` crate into a small model; answers are ICE-lite, `setup:passive`, BUNDLE and
+//! rtcp-mux, with one host candidate on the session's port.
+//!
+//! A publisher's offer fixes the stream's tracks (one audio, one video, each with one codec and
+//! the header extensions the relay forwards). A player's offer is matched against those tracks:
+//! the player gets the publisher's codec under the player's own payload type and extension ids.
+//!
+//! The parts, in the order an offer meets them: `limits` caps the offer's text before anything
+//! is parsed, `offer` reads it into a model, `codec` says which codecs, header extensions and
+//! feedback the relay forwards, `negotiate` decides the tracks, and `answer` writes the answer.
+//! (`::sdp` in them is the `sdp` crate, whose name this module shares.)
+
+mod answer;
+mod codec;
+#[cfg(test)]
+mod fixtures;
+mod limits;
+mod negotiate;
+mod offer;
+
+pub use answer::{AnswerTransport, format_fingerprint, write_answer};
+pub use codec::Codec;
+pub use limits::{
+    MAX_ATTRIBUTES_PER_SECTION, MAX_FORMATS_PER_SECTION, MAX_OFFER_BYTES, MAX_SECTIONS,
+};
+pub use negotiate::{
+    AnswerSection, PlayedTrack, PublishedTrack, negotiate_play, negotiate_publish,
+};
+pub use offer::{Direction, Offer, OfferedSection};
+/// Re-exported from its home in [`crate::media`], where the other layers find it.
+pub use crate::media::MediaKind;
+
+/// Why an offer was refused; each maps to an HTTP status with the message as body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NegotiationError {
+    #[error("malformed SDP offer: {0}")]
+    Malformed(String),
+    #[error("no codec in common: {0}")]
+    NoCommonCodec(String),
+}
+
+fn malformed(msg: impl Into<String>) -> NegotiationError {
+    NegotiationError::Malformed(msg.into())
+}

@@ -1,0 +1,288 @@
+//! Negotiation proper: which tracks a publisher's offer fixes, and how a player's offer receives
+//! them.
+
+use serde::Serialize;
+
+use super::codec::{Codec, FORWARDED_EXTENSIONS};
+use super::offer::{Direction, Offer, OfferedSection};
+use super::{MediaKind, NegotiationError, malformed};
+use crate::wire::rtp::ExtensionIdMap;
+
+/// One track a publisher sends, as the relay forwards it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishedTrack {
+    pub kind: MediaKind,
+    /// The codec under the publisher's payload type.
+    pub codec: Codec,
+    /// Forwarded header extensions under the publisher's ids.
+    #[serde(skip)]
+    pub extensions: Vec<(u8, String)>,
+}
+
+/// One track a player receives: what the worker needs to rewrite the publisher's packets.
+#[derive(Debug, Clone)]
+pub struct PlayedTrack {
+    pub kind: MediaKind,
+    pub publisher_payload_type: u8,
+    pub payload_type: u8,
+    pub ssrc: u32,
+    pub extension_ids: ExtensionIdMap,
+}
+
+/// What the answer says for one offered section.
+#[derive(Debug, Clone)]
+pub enum AnswerSection {
+    Rejected,
+    Accepted {
+        direction: &'static str,
+        codec: Codec,
+        feedback: Vec<String>,
+        extensions: Vec<(u8, String)>,
+        /// `(ssrc, stream id, track id)` announced for a player's receiving side.
+        source: Option<(u32, String, String)>,
+    },
+}
+
+/// Decides what a publisher may send: the first forwardable codec of the first audio and the
+/// first video section that send. Everything else is rejected in the answer.
+pub fn negotiate_publish(
+    offer: &Offer,
+) -> Result<(Vec<PublishedTrack>, Vec<AnswerSection>), NegotiationError> {
+    let mut tracks: Vec<PublishedTrack> = Vec::new();
+    let mut answer = Vec::new();
+    for section in &offer.sections {
+        let kind = MediaKind::from_media(&section.media);
+        let sends = matches!(section.direction, Direction::SendOnly | Direction::SendRecv);
+        let chosen = kind
+            .filter(|k| sends && !section.port_zero && !tracks.iter().any(|t| t.kind == *k))
+            .and_then(|k| {
+                section
+                    .codecs
+                    .iter()
+                    .find(|c| c.is_forwardable(k))
+                    .map(|c| (k, c))
+            });
+        let Some((kind, codec)) = chosen else {
+            answer.push(AnswerSection::Rejected);
+            continue;
+        };
+        require_rtcp_mux(section)?;
+        let extensions: Vec<(u8, String)> = section
+            .extensions
+            .iter()
+            .filter(|(_, uri)| FORWARDED_EXTENSIONS.contains(&uri.as_str()))
+            .cloned()
+            .collect();
+        let feedback = accepted_feedback(kind, codec);
+        tracks.push(PublishedTrack {
+            kind,
+            codec: Codec {
+                feedback: feedback.clone(),
+                ..codec.clone()
+            },
+            extensions: extensions.clone(),
+        });
+        answer.push(AnswerSection::Accepted {
+            direction: "recvonly",
+            codec: codec.clone(),
+            feedback,
+            extensions,
+            source: None,
+        });
+    }
+    if tracks.is_empty() {
+        let offered: Vec<String> = offer
+            .sections
+            .iter()
+            .flat_map(|s| {
+                s.codecs
+                    .iter()
+                    .map(|c| format!("{}/{}", c.name, c.clock_rate))
+            })
+            .collect();
+        return Err(NegotiationError::NoCommonCodec(format!(
+            "no sending audio or video section offers Opus, PCMU, PCMA, G722, VP8, VP9, AV1 or H264 \
+             (packetization-mode=1); offered: {}",
+            if offered.is_empty() {
+                "nothing".to_string()
+            } else {
+                offered.join(", ")
+            }
+        )));
+    }
+    check_bundle(offer, &answer)?;
+    Ok((tracks, answer))
+}
+
+/// Matches a player's offer against a stream's tracks. `ssrc_for` gives the SSRC the player
+/// will see for each kind.
+pub fn negotiate_play(
+    offer: &Offer,
+    published: &[PublishedTrack],
+    stream_name: &str,
+    ssrc_for: impl Fn(MediaKind) -> u32,
+) -> Result<(Vec<PlayedTrack>, Vec<AnswerSection>), NegotiationError> {
+    let mut played: Vec<PlayedTrack> = Vec::new();
+    let mut answer = Vec::new();
+    for section in &offer.sections {
+        let receives = matches!(section.direction, Direction::RecvOnly | Direction::SendRecv);
+        let matched = MediaKind::from_media(&section.media)
+            .filter(|k| receives && !section.port_zero && !played.iter().any(|p| p.kind == *k))
+            .and_then(|k| published.iter().find(|t| t.kind == k))
+            .and_then(|track| {
+                section
+                    .codecs
+                    .iter()
+                    .find(|c| track.codec.is_compatible(c))
+                    .map(|c| (track, c))
+            });
+        let Some((track, codec)) = matched else {
+            answer.push(AnswerSection::Rejected);
+            continue;
+        };
+        require_rtcp_mux(section)?;
+        let mut extension_ids = ExtensionIdMap::default();
+        let mut extensions = Vec::new();
+        for (player_id, uri) in &section.extensions {
+            if let Some((publisher_id, _)) = track.extensions.iter().find(|(_, u)| u == uri) {
+                extension_ids.insert(*publisher_id, *player_id);
+                extensions.push((*player_id, uri.clone()));
+            }
+        }
+        let ssrc = ssrc_for(track.kind);
+        let feedback = accepted_feedback(track.kind, codec);
+        played.push(PlayedTrack {
+            kind: track.kind,
+            publisher_payload_type: track.codec.payload_type,
+            payload_type: codec.payload_type,
+            ssrc,
+            extension_ids,
+        });
+        answer.push(AnswerSection::Accepted {
+            direction: "sendonly",
+            codec: codec.clone(),
+            feedback,
+            extensions,
+            source: Some((
+                ssrc,
+                format!("corecast-{stream_name}"),
+                format!("{stream_name}-{}", section.media),
+            )),
+        });
+    }
+    if played.is_empty() {
+        let wanted: Vec<String> = published
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}/{}",
+                    section_media(t.kind),
+                    t.codec.name,
+                    t.codec.clock_rate
+                )
+            })
+            .collect();
+        return Err(NegotiationError::NoCommonCodec(format!(
+            "the stream sends {}, and no receiving section of the offer accepts it",
+            wanted.join(" and ")
+        )));
+    }
+    check_bundle(offer, &answer)?;
+    Ok((played, answer))
+}
+
+/// Media and RTCP share the session's one port, so every accepted section must use rtcp-mux.
+fn require_rtcp_mux(section: &OfferedSection) -> Result<(), NegotiationError> {
+    if section.rtcp_mux {
+        Ok(())
+    } else {
+        Err(malformed(format!(
+            "section {} lacks a=rtcp-mux, which corecast requires",
+            section.mid
+        )))
+    }
+}
+
+fn section_media(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
+}
+
+fn accepted_feedback(kind: MediaKind, codec: &Codec) -> Vec<String> {
+    match kind {
+        MediaKind::Audio => Vec::new(),
+        // Parsing kept only the feedback the relay honours.
+        MediaKind::Video => codec.feedback.clone(),
+    }
+}
+
+/// All accepted sections share one port and one DTLS association, so with more than one they
+/// must be in the offer's BUNDLE group.
+fn check_bundle(offer: &Offer, answer: &[AnswerSection]) -> Result<(), NegotiationError> {
+    let accepted: Vec<&str> = offer
+        .sections
+        .iter()
+        .zip(answer)
+        .filter(|(_, a)| matches!(a, AnswerSection::Accepted { .. }))
+        .map(|(s, _)| s.mid.as_str())
+        .collect();
+    if accepted.len() > 1
+        && let Some(mid) = accepted
+            .iter()
+            .find(|mid| !offer.bundle.iter().any(|b| b == *mid))
+    {
+        return Err(malformed(format!(
+            "section {mid} is not in an a=group:BUNDLE; corecast carries all media on one port"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdp::fixtures::{CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, transport};
+    use crate::sdp::write_answer;
+
+    #[test]
+    fn player_gets_publisher_codec_under_its_own_payload_type_and_ids() {
+        let publish = Offer::parse(CHROME_PUBLISH_OFFER).unwrap();
+        let (mut tracks, _) = negotiate_publish(&publish).unwrap();
+        // Pretend the publisher used other numbers than the player will.
+        tracks[1].codec.payload_type = 120;
+        tracks[1].extensions = vec![(9, "urn:3gpp:video-orientation".into())];
+        let play = Offer::parse(CHROME_PLAY_OFFER).unwrap();
+        let (played, sections) =
+            negotiate_play(&play, &tracks, "cam", |k| 1000 + k.index() as u32).unwrap();
+        let video = played.iter().find(|p| p.kind == MediaKind::Video).unwrap();
+        assert_eq!(video.publisher_payload_type, 120);
+        assert_eq!(video.payload_type, 96);
+        assert_eq!(video.ssrc, 1001);
+        let player_id = play.sections[1]
+            .extensions
+            .iter()
+            .find(|(_, u)| u == "urn:3gpp:video-orientation")
+            .unwrap()
+            .0;
+        assert_eq!(video.extension_ids.get(9), player_id);
+        let answer = write_answer(&play, &sections, &transport());
+        assert!(answer.contains("a=sendonly"));
+        assert!(answer.contains("a=ssrc:1001 cname:corecast-cam"));
+    }
+
+    #[test]
+    fn player_without_the_stream_codec_is_refused_with_reason() {
+        let publish = Offer::parse(CHROME_PUBLISH_OFFER).unwrap();
+        let (mut tracks, _) = negotiate_publish(&publish).unwrap();
+        tracks.retain(|t| t.kind == MediaKind::Video);
+        tracks[0].codec.name = "AV1".into();
+        let play = Offer::parse(&CHROME_PLAY_OFFER.replace("AV1", "XX1")).unwrap();
+        let err = negotiate_play(&play, &tracks, "cam", |_| 1).unwrap_err();
+        assert!(
+            matches!(err, NegotiationError::NoCommonCodec(ref m) if m.contains("AV1")),
+            "{err}"
+        );
+    }
+}

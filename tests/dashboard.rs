@@ -1,0 +1,432 @@
+//! The operator's dashboard in a real headless Chromium, against a real relay with two workers
+//! while corecast's own client publishes two streams with players on both workers: the page
+//! shows both streams with their player counts, both workers' rows with non-zero rates, and a
+//! drawn latency chart; "watch" plays a stream from the page; "end" on a player ends that
+//! session. The test leaves a screenshot of the dashboard under load at `docs/dashboard.png`
+//! for the README. Needs Debian's `chromium` and `chromium-driver`, as `tests/browser.rs` does.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::live::LiveStream;
+use common::{Relay, free_tcp_port, media_range};
+use corecast::client::{self, ClientOptions, Role, Transport};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use webrtc_dtls::crypto::Certificate;
+
+/// A headless Chromium driven through chromedriver (as in `tests/browser.rs`), with a window
+/// large enough for the whole dashboard in one screenshot.
+struct Browser {
+    client: Client,
+    driver: Child,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let chromium =
+            std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let chromedriver = std::env::var("CORECAST_CHROMEDRIVER")
+            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        for binary in [&chromium, &chromedriver] {
+            assert!(
+                Path::new(binary).exists(),
+                "{binary} is missing: install Debian's chromium and chromium-driver \
+                 (the README's test command does)"
+            );
+        }
+        let port = free_tcp_port();
+        let mut driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            if let Ok(Some(status)) = driver.try_wait() {
+                panic!("chromedriver exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = std::env::temp_dir().join(format!(
+            "corecast-dashboard-chromium-{}-{port}",
+            std::process::id()
+        ));
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1400,1250", "--force-device-scale-factor=1",
+                    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                    "--autoplay-policy=no-user-gesture-required",
+                    // The relay listens on loopback; let the page's player use loopback candidates.
+                    "--allow-loopback-in-peer-connection",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--disable-quic",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connecting to chromedriver");
+        Browser {
+            client,
+            driver,
+            profile,
+        }
+    }
+
+    async fn call(&self, script: &str) -> Value {
+        self.client
+            .execute(script, Vec::new())
+            .await
+            .expect("script in the page")
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}` in the page: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking `{css}`: {e}"));
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
+        let mut driver = self.driver;
+        let _ = driver.kill();
+        let _ = driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// What the dashboard shows, read from its DOM.
+const READ_PAGE: &str = r##"
+const all = (css) => [...document.querySelectorAll(css)];
+return {
+  polls: Number(document.body.dataset.polls || 0),
+  error: document.getElementById("error").textContent,
+  streams: all("tr.stream").map((r) => ({
+    stream: r.dataset.stream,
+    players: Number(r.dataset.players),
+    players_cell: r.querySelector(".players").textContent.trim(),
+  })),
+  players: all("tr.player").map((r) => Number(r.dataset.session)),
+  workers: all("#workers tr").map((r) => ({
+    worker: Number(r.dataset.worker),
+    rx_bps: Number(r.dataset.rxBps || 0),
+    tx_bps: Number(r.dataset.txBps || 0),
+    forwarded_pps: Number(r.dataset.forwardedPps || 0),
+  })),
+  chart_drawn: document.getElementById("latency-chart").dataset.drawn === "true",
+  curves: all("#latency-chart polyline").map((p) => ({
+    series: p.dataset.series,
+    points: p.getAttribute("points").trim().split(/\s+/).length,
+  })),
+  latency_text: document.getElementById("latency-text").textContent,
+};
+"##;
+
+/// Reads the page until `done` holds, or fails after `within` with what it showed last.
+async fn page_until(
+    browser: &Browser,
+    relay: &Relay,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let page = browser.call(READ_PAGE).await;
+        if done(&page) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard did not show {what} within {within:?}: {page:#}\n/api/dashboard: {}\nrelay log:\n{}",
+            common::http("GET", &relay.url("/api/dashboard"), None, "").body,
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn streams(relay: &Relay) -> Value {
+    serde_json::from_str(&common::http("GET", &relay.url("/api/streams"), None, "").body).unwrap()
+}
+
+fn player_sessions(streams: &Value, stream: &str) -> Vec<(u64, u64)> {
+    streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stream"] == stream)
+        .flat_map(|s| s["players"].as_array().unwrap())
+        .map(|p| {
+            (
+                p["session"].as_u64().unwrap(),
+                p["worker"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A player of `stream` that only keeps its session up.
+async fn extra_player(relay: &Relay, stream: &str, certificate: &Certificate) -> client::Session {
+    let options = ClientOptions::new(
+        relay.url(&format!("/whep/{stream}")),
+        Role::Play,
+        Transport::Udp,
+        certificate,
+    );
+    client::connect(&options, Box::new(|_| {}))
+        .await
+        .unwrap_or_else(|e| panic!("an extra player of {stream} connects: {e}"))
+}
+
+fn session_id(session: &client::Session) -> u64 {
+    session
+        .location
+        .as_deref()
+        .and_then(|l| l.rsplit('/').next()?.parse().ok())
+        .expect("the session's Location ends in its id")
+}
+
+async fn dashboard_under_load() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", &media_range(16)),
+    ]);
+    // Each live stream is a publisher sending 100 packets/s and one player; sessions go to the
+    // least loaded worker, so the extra players below spread both streams over both workers.
+    let alpha = LiveStream::start(&relay, "alpha").await;
+    let beta = LiveStream::start(&relay, "beta").await;
+    let certificate = Certificate::generate_self_signed(vec!["dashboard".into()]).unwrap();
+    let alpha_extra = extra_player(&relay, "alpha", &certificate).await;
+    let beta_extras = [
+        extra_player(&relay, "beta", &certificate).await,
+        extra_player(&relay, "beta", &certificate).await,
+    ];
+    let listed = streams(&relay);
+    let player_workers: std::collections::BTreeSet<u64> = ["alpha", "beta"]
+        .iter()
+        .flat_map(|s| player_sessions(&listed, s))
+        .map(|(_, worker)| worker)
+        .collect();
+    assert_eq!(
+        player_workers,
+        [0, 1].into(),
+        "players on both workers: {listed:#}"
+    );
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&relay.url("/dashboard"))
+        .await
+        .expect("loading the dashboard");
+
+    // Two polls at least: rates need two readings.
+    let page = page_until(
+        &browser,
+        &relay,
+        Duration::from_secs(10),
+        "both streams, both workers' rates and the latency chart",
+        |p| {
+            let stream = |name: &str| {
+                p["streams"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["stream"] == name)
+                    .cloned()
+            };
+            let workers = p["workers"].as_array().unwrap();
+            stream("alpha").is_some_and(|s| s["players"] == 2)
+                && stream("beta").is_some_and(|s| s["players"] == 3)
+                && workers.len() == 2
+                && workers.iter().all(|w| {
+                    w["rx_bps"].as_f64().unwrap() > 0.0 && w["tx_bps"].as_f64().unwrap() > 0.0
+                })
+                && p["chart_drawn"] == true
+        },
+    )
+    .await;
+    assert_eq!(page["error"], "", "{page:#}");
+    for (name, players) in [("alpha", "2"), ("beta", "3")] {
+        let row = page["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stream"] == name)
+            .unwrap();
+        assert_eq!(row["players_cell"], players, "{page:#}");
+    }
+    assert_eq!(page["players"].as_array().unwrap().len(), 5, "{page:#}");
+    let workers: Vec<u64> = page["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["worker"].as_u64().unwrap())
+        .collect();
+    assert_eq!(workers, [0, 1], "{page:#}");
+    // Each stream is 100 packets/s of 600 bytes (~0.5 Mbit/s) in, and out once per player:
+    // both workers forward.
+    assert!(
+        page["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["forwarded_pps"].as_f64().unwrap() > 50.0),
+        "{page:#}"
+    );
+    let since_start = page["curves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["series"] == "since-start")
+        .unwrap_or_else(|| panic!("no since-start curve: {page:#}"));
+    assert!(since_start["points"].as_u64().unwrap() >= 2, "{page:#}");
+    assert!(
+        page["latency_text"].as_str().unwrap().contains("p99"),
+        "{page:#}"
+    );
+
+    // The README's picture of the dashboard under load.
+    let png = browser.client.screenshot().await.expect("a screenshot");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("dashboard.png"), png).unwrap();
+
+    // "watch" plays beta from the page: a fourth player whose session connects. Chromium
+    // gathers candidates for a page without media permission only on the default route's
+    // interface, and this namespace has no route but loopback: a grant of the fake
+    // microphone lets it use loopback, as a real machine's default route would.
+    browser
+        .call(
+            "const m = await navigator.mediaDevices.getUserMedia({ audio: true }); \
+             m.getTracks().forEach((t) => t.stop()); return true;",
+        )
+        .await;
+    browser
+        .click(r#"button[data-action="watch"][data-stream="beta"]"#)
+        .await;
+    let connected_players = |name: &str| {
+        streams(&relay)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["stream"] == name)
+            .flat_map(|s| s["players"].as_array().unwrap().clone())
+            .filter(|p| p["state"] == "connected")
+            .count()
+    };
+    assert!(
+        common::eventually(Duration::from_secs(10), || connected_players("beta") == 4).await,
+        "the page's player did not connect: {:#}\n{}",
+        streams(&relay),
+        relay.log()
+    );
+    browser.click("#player-close").await;
+    assert!(
+        common::eventually(Duration::from_secs(5), || player_sessions(
+            &streams(&relay),
+            "beta"
+        )
+        .len()
+            == 3)
+        .await,
+        "closing the page's player left its session: {:#}",
+        streams(&relay)
+    );
+
+    // "end" on a player ends that session: gone from /api/streams, and from the page.
+    let ended = session_id(&alpha_extra);
+    browser
+        .click(&format!(
+            r#"button[data-action="end-session"][data-session="{ended}"]"#
+        ))
+        .await;
+    let gone = || {
+        !player_sessions(&streams(&relay), "alpha")
+            .iter()
+            .any(|&(s, _)| s == ended)
+    };
+    assert!(
+        common::eventually(Duration::from_secs(5), gone).await,
+        "session {ended} is still listed: {:#}",
+        streams(&relay)
+    );
+    page_until(
+        &browser,
+        &relay,
+        Duration::from_secs(5),
+        "the ended session gone",
+        |p| {
+            !p["players"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s.as_u64() == Some(ended))
+        },
+    )
+    .await;
+    assert_eq!(player_sessions(&streams(&relay), "alpha").len(), 1);
+
+    // The publish/play page lists the live streams to pick from.
+    browser
+        .client
+        .goto(&relay.url("/"))
+        .await
+        .expect("loading the page");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = browser
+            .call("return [...document.querySelectorAll('#live-streams button')].map((b) => b.dataset.stream);")
+            .await;
+        if listed == json!(["alpha", "beta"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the page lists {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    browser.close().await;
+    for player in beta_extras {
+        player.close().await;
+    }
+    alpha_extra.close().await;
+    // Watching, ending and polling cost the live streams' own players nothing.
+    for (name, live) in [("alpha", alpha), ("beta", beta)] {
+        let delivery = live.finish().await;
+        assert_eq!(delivery.received, delivery.sent, "{name}: {delivery:?}");
+    }
+}
+
+#[test]
+fn dashboard_shows_streams_workers_and_latency_and_ends_a_session() {
+    if common::in_private_network("dashboard_shows_streams_workers_and_latency_and_ends_a_session")
+    {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(dashboard_under_load());
+}
