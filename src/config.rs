@@ -85,6 +85,8 @@ pub struct MediaConfig {
     pub gso: bool,
     /// Longest a packet waits for the rest of its frame before its burst leaves anyway.
     pub gso_hold: Duration,
+    /// A cap on what each publisher sends (kbit/s), told to it as REMB; 0 = none.
+    pub max_publish_kbps: u32,
 }
 
 /// `media.protocol`: the transports offered in ICE candidates.
@@ -200,6 +202,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "ice_timeout",
             "gso",
             "gso_hold_us",
+            "max_publish_kbps",
         ],
     ),
     ("workers", &["count", "pin"]),
@@ -252,6 +255,7 @@ impl Default for Config {
                 ice_timeout: Duration::from_secs(30),
                 gso: true,
                 gso_hold: Duration::from_micros(1000),
+                max_publish_kbps: 0,
             },
             workers: WorkersConfig {
                 count: 0,
@@ -533,6 +537,17 @@ impl Config {
             }
             config.media.gso_hold = Duration::from_micros(n as u64);
         }
+        if let Some(v) = get("media", "max_publish_kbps") {
+            let n = int(v, "media.max_publish_kbps", "a bitrate in kbit/s")?;
+            if !(0..=1_000_000).contains(&n) {
+                return Err(bad(
+                    "media.max_publish_kbps",
+                    n,
+                    "must be 0 (no cap) to 1000000 kbit/s",
+                ));
+            }
+            config.media.max_publish_kbps = n as u32;
+        }
         if let Some(v) = get("workers", "count") {
             let n = int(v, "workers.count", "a number of threads")?;
             let max = crate::worker::MAX_WORKERS as i64;
@@ -654,7 +669,7 @@ impl Config {
             "[http]\nlisten = \"{}\"\nheader_timeout_ms = {}\nidle_timeout_ms = {}\nmax_connections = {}\n\
              max_sessions_per_ip = {}\nrate_limit = {}\nrate_burst = {}\nlimit_exempt = {}\n{}\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
              udp_recv_buffer = {}\nudp_send_buffer = {}\ntcp_recv_buffer = {}\ntcp_send_buffer = {}\n\
-             tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\n\n[workers]\ncount = {}\npin = {}\n",
+             tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\nmax_publish_kbps = {}\n\n[workers]\ncount = {}\npin = {}\n",
             self.http.listen,
             self.http.header_timeout.as_millis(),
             self.http.idle_timeout.as_millis(),
@@ -676,6 +691,7 @@ impl Config {
             self.media.ice_timeout.as_secs(),
             self.media.gso,
             self.media.gso_hold.as_micros(),
+            self.media.max_publish_kbps,
             self.workers.count,
             self.workers.pin,
         ) + &format!(

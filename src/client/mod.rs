@@ -5,12 +5,18 @@
 //! offer with WHIP or WHEP, then acts as the controlling ICE agent towards the server's host
 //! candidate over UDP or ICE-TCP (RFC 4571 framing), runs the DTLS client (webrtc-dtls) and
 //! protects and unprotects SRTP in place with the relay's own [`crate::srtp`].
+//!
+//! It repairs loss as a browser does ([`repair`]): it offers generic NACK and RTX for video; as
+//! a player it NACKs the gaps in the video stream and restores the RTX packets that answer, as
+//! a publisher it keeps the last second of video and resends what the server NACKs.
 
 pub mod http;
+pub mod repair;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex as SyncMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -30,6 +36,7 @@ use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::wire::demux::{PacketKind, classify};
 use crate::wire::framing::{self, FrameReader};
 use crate::wire::stun::{self, BINDING_REQUEST, StunMessage, StunWriter};
+use repair::{LossGate, PlayRepair, PublishRepair};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -75,6 +82,14 @@ pub struct Negotiated {
     pub video_payload_type: Option<u8>,
     pub video_codec: String,
     pub server: Option<SocketAddr>,
+    /// The answer keeps generic NACK for the video codec: loss is repaired both ways.
+    pub video_nack: bool,
+    /// The answer's RTX payload type for the video codec (`apt=` it), when RTX was negotiated.
+    pub video_rtx_payload_type: Option<u8>,
+    /// The video SSRC the server announces it sends with (to a player), and its RTX SSRC
+    /// (`a=ssrc-group:FID`).
+    pub remote_video_ssrc: Option<u32>,
+    pub remote_video_rtx_ssrc: Option<u32>,
 }
 
 /// Packets a session receives, decrypted, for the caller's handler.
@@ -101,7 +116,27 @@ pub struct ClientOptions {
     pub video_codec: Option<String>,
     /// The HTTP client for the offer and the DELETE: its TLS trust and bearer token.
     pub http: http::HttpClient,
+    /// Offer generic NACK and RTX for video, and repair loss when the answer keeps them;
+    /// `false` offers keyframe requests alone, as before loss repair.
+    pub repair: bool,
+    /// As a publisher, the sent video packets kept for retransmission (rounded up to a power
+    /// of two; 1500 bytes each): enough for [`RETRANSMIT_AGE`] at the stream's packet rate.
+    pub retransmit_packets: usize,
+    /// Drops this share of the SRTP and SRTCP that arrives, before anything else looks at it:
+    /// a lossy downlink, repeatable from its seed (the load generator's `--loss`).
+    pub arrival_loss: Option<ArrivalLoss>,
 }
+
+/// A share of arrivals to drop, and the seed that picks which.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArrivalLoss {
+    pub percent: f64,
+    pub seed: u64,
+}
+
+/// How long a publisher keeps a sent video packet for retransmission: NACKs for older ones
+/// come too late for the receiver to use them.
+pub const RETRANSMIT_AGE: Duration = Duration::from_secs(1);
 
 impl ClientOptions {
     /// A client with the usual settings: 10 s for each step, the kernel's TCP buffer
@@ -121,11 +156,15 @@ impl ClientOptions {
             tcp_recv_buffer: None,
             video_codec: None,
             http: http::HttpClient::default(),
+            repair: true,
+            retransmit_packets: 1024,
+            arrival_loss: None,
         }
     }
 }
 
-/// The video codecs the client offers: (payload type, rtpmap, fmtp).
+/// The video codecs the client offers: (payload type, rtpmap, fmtp). Each one's RTX goes under
+/// the next payload type (97, 103, 99, 46), free here, as Chromium numbers them.
 const VIDEO_CODECS: &[(u8, &str, &str)] = &[
     (96, "VP8/90000", ""),
     (
@@ -142,6 +181,61 @@ const VIDEO_CODECS: &[(u8, &str, &str)] = &[
 pub struct SessionCounters {
     pub srtp_errors: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// SRTP and SRTCP packets dropped on arrival by [`ClientOptions::arrival_loss`].
+    pub dropped_on_arrival: AtomicU64,
+    /// Playing: NACK packets sent, the sequence numbers they asked for (retries included),
+    /// RTX packets received and their bytes, missing packets that arrived after a NACK,
+    /// retransmissions of packets not missing (not delivered), and missing packets given up.
+    pub nacks_sent: AtomicU64,
+    pub nacked_packets: AtomicU64,
+    pub rtx_received: AtomicU64,
+    pub rtx_received_bytes: AtomicU64,
+    pub repaired: AtomicU64,
+    pub rtx_duplicates: AtomicU64,
+    pub given_up: AtomicU64,
+    /// Publishing: NACKs received for our video, packets resent and their bytes (before
+    /// SRTP), and packets asked for that were no longer kept.
+    pub nacks_received: AtomicU64,
+    pub retransmitted: AtomicU64,
+    pub retransmitted_bytes: AtomicU64,
+    pub retransmit_misses: AtomicU64,
+}
+
+impl SessionCounters {
+    fn record_play(&self, c: &repair::PlayCounters) {
+        self.nacks_sent.store(c.nacks_sent, Ordering::Relaxed);
+        self.nacked_packets
+            .store(c.nacked_packets, Ordering::Relaxed);
+        self.rtx_received.store(c.rtx_received, Ordering::Relaxed);
+        self.rtx_received_bytes
+            .store(c.rtx_received_bytes, Ordering::Relaxed);
+        self.repaired.store(c.repaired, Ordering::Relaxed);
+        self.rtx_duplicates
+            .store(c.rtx_duplicates, Ordering::Relaxed);
+        self.given_up.store(c.given_up, Ordering::Relaxed);
+    }
+
+    fn record_publish(&self, c: &repair::PublishCounters) {
+        self.nacks_received
+            .store(c.nacks_received, Ordering::Relaxed);
+        self.retransmitted.store(c.retransmitted, Ordering::Relaxed);
+        self.retransmitted_bytes
+            .store(c.retransmitted_bytes, Ordering::Relaxed);
+        self.retransmit_misses
+            .store(c.missed + c.overflowed, Ordering::Relaxed);
+    }
+}
+
+/// What sends SRTP, shared by the session's owner (media) and its reader task (NACKs and
+/// retransmissions): one SRTP context, so the SRTCP index and each SSRC's rollover counter
+/// stay single, and the publisher's kept packets beside it.
+struct Outbound {
+    srtp: SrtpContext,
+    publish: Option<PublishRepair>,
+}
+
+fn lock<T>(m: &SyncMutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A connected session.
@@ -152,9 +246,11 @@ pub struct Session {
     /// SSRCs this endpoint sends with (a publisher's audio and video).
     pub audio_ssrc: u32,
     pub video_ssrc: u32,
+    /// The SSRC a publisher's video retransmissions go under (announced with FID).
+    pub video_rtx_ssrc: u32,
     pub counters: Arc<SessionCounters>,
     link: Link,
-    srtp_out: SrtpContext,
+    outbound: Arc<SyncMutex<Outbound>>,
     buffer: Vec<u8>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     dtls: Arc<DTLSConn>,
@@ -200,8 +296,15 @@ pub fn fingerprint_of(certificate: &Certificate) -> String {
     format_fingerprint(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
 }
 
-/// An offer as a browser makes it: Opus; VP8, H264, VP9 and AV1 (or only `video_codec`);
-/// BUNDLE, rtcp-mux.
+/// The SSRC of a publisher's video retransmissions: derived from the video SSRC, so that
+/// [`write_offer`] can announce it without another argument, and never equal to it.
+pub fn rtx_ssrc_of(video_ssrc: u32) -> u32 {
+    let rtx = video_ssrc.rotate_left(16) ^ 0x5254_5831;
+    if rtx == video_ssrc { !video_ssrc } else { rtx }
+}
+
+/// An offer as a browser makes it: Opus; VP8, H264, VP9 and AV1 (or only `video_codec`), each
+/// with RTX and generic NACK; BUNDLE, rtcp-mux.
 pub fn write_offer(
     role: Role,
     ufrag: &str,
@@ -210,6 +313,30 @@ pub fn write_offer(
     audio_ssrc: u32,
     video_ssrc: u32,
     video_codec: Option<&str>,
+) -> String {
+    write_offer_with(
+        role,
+        ufrag,
+        pwd,
+        fingerprint,
+        audio_ssrc,
+        video_ssrc,
+        video_codec,
+        true,
+    )
+}
+
+/// [`write_offer`], with loss repair (NACK and RTX) offered only when `repair` says so.
+#[allow(clippy::too_many_arguments)]
+pub fn write_offer_with(
+    role: Role,
+    ufrag: &str,
+    pwd: &str,
+    fingerprint: &str,
+    audio_ssrc: u32,
+    video_ssrc: u32,
+    video_codec: Option<&str>,
+    repair: bool,
 ) -> String {
     let direction = match role {
         Role::Publish => "sendonly",
@@ -245,24 +372,48 @@ pub fn write_offer(
             })
         })
         .collect();
-    let formats: Vec<String> = codecs.iter().map(|(pt, _, _)| pt.to_string()).collect();
+    // Each codec followed by its RTX, as Chromium lists them.
+    let formats: Vec<String> = codecs
+        .iter()
+        .flat_map(|(pt, _, _)| {
+            let rtx = repair.then(|| (pt + 1).to_string());
+            std::iter::once(pt.to_string()).chain(rtx)
+        })
+        .collect();
     sdp.push_str(&format!(
         "m=video 9 UDP/TLS/RTP/SAVPF {}\r\n",
         formats.join(" ")
     ));
     sdp.push_str(&common("1"));
     for (pt, rtpmap, fmtp) in codecs {
+        sdp.push_str(&format!("a=rtpmap:{pt} {rtpmap}\r\n"));
+        if repair {
+            sdp.push_str(&format!("a=rtcp-fb:{pt} nack\r\n"));
+        }
         sdp.push_str(&format!(
-            "a=rtpmap:{pt} {rtpmap}\r\na=rtcp-fb:{pt} nack pli\r\na=rtcp-fb:{pt} ccm fir\r\n"
+            "a=rtcp-fb:{pt} nack pli\r\na=rtcp-fb:{pt} ccm fir\r\n"
         ));
         if !fmtp.is_empty() {
             sdp.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
         }
+        if repair {
+            let rtx = pt + 1;
+            sdp.push_str(&format!(
+                "a=rtpmap:{rtx} rtx/90000\r\na=fmtp:{rtx} apt={pt}\r\n"
+            ));
+        }
     }
     if role == Role::Publish {
-        sdp.push_str(&format!(
-            "a=msid:loadgen video\r\na=ssrc:{video_ssrc} cname:loadgen\r\n"
-        ));
+        sdp.push_str("a=msid:loadgen video\r\n");
+        if repair {
+            let rtx_ssrc = rtx_ssrc_of(video_ssrc);
+            sdp.push_str(&format!(
+                "a=ssrc-group:FID {video_ssrc} {rtx_ssrc}\r\na=ssrc:{video_ssrc} cname:loadgen\r\n\
+                 a=ssrc:{rtx_ssrc} cname:loadgen\r\n"
+            ));
+        } else {
+            sdp.push_str(&format!("a=ssrc:{video_ssrc} cname:loadgen\r\n"));
+        }
     }
     sdp
 }
@@ -278,12 +429,25 @@ pub struct Answer {
     pub audio_payload_type: Option<u8>,
     pub video_payload_type: Option<u8>,
     pub video_codec: String,
+    /// The answer lists `a=rtcp-fb:<video pt> nack` (generic NACK, not only `nack pli`).
+    pub video_nack: bool,
+    /// An `rtx/90000` payload type whose `apt=` is the video payload type.
+    pub video_rtx_payload_type: Option<u8>,
+    /// The video section's announced SSRC (the first of `a=ssrc-group:FID`, else the first
+    /// `a=ssrc`) and its RTX SSRC (the second of the FID group).
+    pub video_ssrc: Option<u32>,
+    pub video_rtx_ssrc: Option<u32>,
 }
 
 pub fn parse_answer(text: &str) -> Result<Answer, ClientError> {
     let mut answer = Answer::default();
     let mut media = "";
     let mut section_rejected = false;
+    // In the video section: payload types mapped to rtx, `apt=` pairs, and those with NACK.
+    // Resolved against the video payload type at the end, since any order is valid.
+    let mut rtx_types: Vec<u8> = Vec::new();
+    let mut apts: Vec<(u8, u8)> = Vec::new();
+    let mut nack_types: Vec<u8> = Vec::new();
     for line in text.lines().map(str::trim_end) {
         if let Some(m) = line.strip_prefix("m=") {
             let fields: Vec<&str> = m.split_whitespace().collect();
@@ -314,8 +478,49 @@ pub fn parse_answer(text: &str) -> Result<Answer, ClientError> {
                 .filter_map(|b| u8::from_str_radix(b, 16).ok())
                 .collect();
         } else if let Some(v) = line.strip_prefix("a=rtpmap:") {
-            if media == "video" && !section_rejected && answer.video_codec.is_empty() {
+            let in_video = media == "video" && !section_rejected;
+            let (pt, name) = v.split_once(' ').unwrap_or((v, ""));
+            let name = name.trim();
+            if in_video && name.len() >= 4 && name[..4].eq_ignore_ascii_case("rtx/") {
+                rtx_types.extend(pt.parse::<u8>().ok());
+            } else if in_video && answer.video_codec.is_empty() {
                 answer.video_codec = v.split_whitespace().nth(1).unwrap_or_default().to_string();
+            }
+        } else if let Some(v) = line.strip_prefix("a=fmtp:") {
+            if media == "video" && !section_rejected {
+                let (pt, params) = v.split_once(' ').unwrap_or((v, ""));
+                let apt = params.split(';').find_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("apt")
+                        .then(|| v.trim().parse::<u8>().ok())?
+                });
+                if let (Ok(pt), Some(apt)) = (pt.parse::<u8>(), apt) {
+                    apts.push((pt, apt));
+                }
+            }
+        } else if let Some(v) = line.strip_prefix("a=rtcp-fb:") {
+            if media == "video"
+                && !section_rejected
+                && let Some((pt, feedback)) = v.split_once(' ')
+                && feedback.trim() == "nack"
+            {
+                nack_types.extend(pt.parse::<u8>().ok());
+            }
+        } else if let Some(v) = line.strip_prefix("a=ssrc-group:FID ") {
+            if media == "video" && !section_rejected {
+                let mut ssrcs = v.split_whitespace().map(|s| s.parse::<u32>().ok());
+                if let (Some(Some(primary)), Some(Some(rtx))) = (ssrcs.next(), ssrcs.next()) {
+                    answer.video_ssrc = Some(primary);
+                    answer.video_rtx_ssrc = Some(rtx);
+                }
+            }
+        } else if let Some(v) = line.strip_prefix("a=ssrc:") {
+            if media == "video" && !section_rejected && answer.video_ssrc.is_none() {
+                answer.video_ssrc = v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|s| s.parse::<u32>().ok());
             }
         } else if let Some(v) = line.strip_prefix("a=candidate:") {
             let f: Vec<&str> = v.split_whitespace().collect();
@@ -333,6 +538,13 @@ pub fn parse_answer(text: &str) -> Result<Answer, ClientError> {
                 }
             }
         }
+    }
+    if let Some(video) = answer.video_payload_type {
+        answer.video_nack = nack_types.contains(&video);
+        answer.video_rtx_payload_type = apts
+            .iter()
+            .find(|(pt, apt)| *apt == video && rtx_types.contains(pt))
+            .map(|(pt, _)| *pt);
     }
     if answer.ice_ufrag.is_empty() || answer.ice_pwd.is_empty() {
         return Err(ClientError::Answer("no ICE credentials".into()));
@@ -392,18 +604,32 @@ impl Conn for DtlsLink {
     }
 }
 
+/// What the reader task needs once DTLS has given the keys.
+struct Media {
+    srtp_in: SrtpContext,
+    handler: Handler,
+    outbound: Arc<SyncMutex<Outbound>>,
+    /// Playing with NACK negotiated.
+    play: Option<PlayRepair>,
+}
+
+/// Room for one packet the reader task sends: a retransmission (or a NACK) and its SRTP
+/// trailer.
+const OUTGOING_LEN: usize = repair::RETRANSMISSION_BUFFER_LEN + 64;
+
 /// Demultiplexes what arrives: STUN to ICE, DTLS to the handshake, SRTP to the handler once
-/// the keys are known.
+/// the keys are known; and says what the reader task sends in return (NACKs, retransmissions).
 struct Demux {
     ice_ok: watch::Sender<u64>,
     dtls: mpsc::Sender<Vec<u8>>,
-    keys: Option<oneshot::Receiver<(SrtpContext, Handler)>>,
-    media: Option<(SrtpContext, Handler)>,
+    keys: Option<oneshot::Receiver<Media>>,
+    media: Option<Media>,
     counters: Arc<SessionCounters>,
+    loss: Option<LossGate>,
 }
 
 impl Demux {
-    fn packet(&mut self, data: &mut [u8]) {
+    fn packet(&mut self, now: Instant, data: &mut [u8]) {
         if self.media.is_none()
             && let Some(rx) = self.keys.as_mut()
             && let Ok(media) = rx.try_recv()
@@ -421,12 +647,32 @@ impl Demux {
                 let _ = self.dtls.try_send(data.to_vec());
             }
             kind @ (PacketKind::Rtp | PacketKind::Rtcp) => {
-                let Some((srtp, handler)) = self.media.as_mut() else {
+                // The emulated lossy link: before decryption, as if the packet never came.
+                if let Some(loss) = self.loss.as_mut()
+                    && loss.drop_next()
+                {
+                    self.counters
+                        .dropped_on_arrival
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let Some(media) = self.media.as_mut() else {
                     return;
                 };
-                let plain = srtp.unprotect(data, kind == PacketKind::Rtcp);
+                let plain = media.srtp_in.unprotect(data, kind == PacketKind::Rtcp);
                 match plain {
-                    Ok(n) if kind == PacketKind::Rtp => handler(Incoming::Rtp(&data[..n])),
+                    Ok(n) if kind == PacketKind::Rtp => {
+                        let packet = &data[..n];
+                        match media.play.as_mut() {
+                            Some(play) => {
+                                if let Some(packet) = play.on_rtp(now, packet) {
+                                    (media.handler)(Incoming::Rtp(packet));
+                                }
+                                self.counters.record_play(play.counters());
+                            }
+                            None => (media.handler)(Incoming::Rtp(packet)),
+                        }
+                    }
                     Ok(n) => {
                         let rtcp = &data[..n];
                         if crate::wire::rtcp::requests_keyframe(rtcp) {
@@ -434,7 +680,13 @@ impl Demux {
                                 .keyframe_requests
                                 .fetch_add(1, Ordering::Relaxed);
                         }
-                        handler(Incoming::Rtcp(rtcp))
+                        let mut outbound = lock(&media.outbound);
+                        if let Some(publish) = outbound.publish.as_mut() {
+                            publish.on_rtcp(now, rtcp);
+                            self.counters.record_publish(publish.counters());
+                        }
+                        drop(outbound);
+                        (media.handler)(Incoming::Rtcp(rtcp))
                     }
                     Err(_) => {
                         self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
@@ -444,7 +696,62 @@ impl Demux {
             PacketKind::Unknown => {}
         }
     }
+
+    /// When the reader task must wake without a packet: a NACK (or its retry) falls due.
+    fn next_timeout(&self) -> Option<Instant> {
+        self.media
+            .as_ref()
+            .and_then(|m| m.play.as_ref())
+            .and_then(PlayRepair::next_timeout)
+    }
+
+    /// Writes the next packet to send, protected, into `out` (at least [`OUTGOING_LEN`]
+    /// bytes): a NACK due now, else a retransmission the server asked for. `None` when there
+    /// is nothing; call until then.
+    fn next_outgoing(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let media = self.media.as_mut()?;
+        if let Some(play) = media.play.as_mut()
+            && let Some(n) = play.poll_nack(now, out)
+        {
+            self.counters.record_play(play.counters());
+            return match lock(&media.outbound).srtp.protect_rtcp(out, n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+        }
+        let mut outbound = lock(&media.outbound);
+        let Outbound { srtp, publish } = &mut *outbound;
+        let publish = publish.as_mut().filter(|p| p.has_pending())?;
+        // A retransmission that fails to protect is skipped, not the ones behind it.
+        while let Some(n) = publish.next_retransmission(now, out) {
+            self.counters.record_publish(publish.counters());
+            match srtp.protect_rtp(out, n) {
+                Ok(n) => return Some(n),
+                Err(_) => {
+                    self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.counters.record_publish(publish.counters());
+        None
+    }
 }
+
+/// Sends what the reader task owes the server after a packet or a wake-up.
+async fn flush(demux: &mut Demux, link: &Link, out: &mut [u8]) {
+    while let Some(n) = demux.next_outgoing(Instant::now(), out) {
+        if link.send(&out[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Far enough to mean "never" for a reader task with nothing due, near enough not to overflow
+/// the timer.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
 /// A binding request to the relay, as the controlling agent nominating the pair: the check that
 /// ICE-lite answers and takes as nomination. Returns its length in `out`.
@@ -475,7 +782,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
     let local_ufrag = random_token(8);
     let local_pwd = random_token(24);
     let (audio_ssrc, video_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
-    let offer = write_offer(
+    let offer = write_offer_with(
         options.role,
         &local_ufrag,
         &local_pwd,
@@ -483,6 +790,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         audio_ssrc,
         video_ssrc,
         options.video_codec.as_deref(),
+        options.repair,
     );
     let response = options
         .http
@@ -521,6 +829,9 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         keys: Some(keys_rx),
         media: None,
         counters: counters.clone(),
+        loss: options
+            .arrival_loss
+            .map(|l| LossGate::new(l.percent, l.seed)),
     };
     let transport_error =
         |e: std::io::Error| ClientError::Transport(options.transport, e.to_string());
@@ -542,13 +853,31 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
             let socket = Arc::new(UdpSocket::bind(bind).await.map_err(transport_error)?);
             socket.connect(server).await.map_err(transport_error)?;
             let reader = socket.clone();
+            let link = Link::Udp(socket);
+            let replies = link.clone();
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
-                while let Ok(n) = reader.recv(&mut buf).await {
-                    demux.packet(&mut buf[..n]);
+                let mut out = vec![0u8; OUTGOING_LEN];
+                // Woken at the NACK scheduler's own deadline, not on a fixed tick: a player
+                // with nothing missing costs no wake-ups.
+                let wake = tokio::time::sleep(IDLE_WAKE);
+                tokio::pin!(wake);
+                loop {
+                    let due = demux.next_timeout();
+                    if let Some(due) = due {
+                        wake.as_mut().reset(due.into());
+                    }
+                    tokio::select! {
+                        received = reader.recv(&mut buf) => match received {
+                            Ok(n) => demux.packet(Instant::now(), &mut buf[..n]),
+                            Err(_) => break,
+                        },
+                        () = &mut wake, if due.is_some() => {}
+                    }
+                    flush(&mut demux, &replies, &mut out).await;
                 }
             }));
-            Link::Udp(socket)
+            link
         }
         Transport::Tcp => {
             let socket = if server.is_ipv4() {
@@ -566,21 +895,35 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
                 .map_err(transport_error)?;
             let _ = stream.set_nodelay(true);
             let (mut read, write) = stream.into_split();
+            let link = Link::Tcp(Arc::new(Mutex::new(write)));
+            let replies = link.clone();
             tasks.push(tokio::spawn(async move {
                 let mut frames = FrameReader::new(crate::media::MAX_PACKET);
                 let mut buf = vec![0u8; 65536];
+                let mut out = vec![0u8; OUTGOING_LEN];
+                let wake = tokio::time::sleep(IDLE_WAKE);
+                tokio::pin!(wake);
                 loop {
-                    match read.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if frames.feed(&mut buf[..n], |f| demux.packet(f)).is_err() {
-                                break;
-                            }
-                        }
+                    let due = demux.next_timeout();
+                    if let Some(due) = due {
+                        wake.as_mut().reset(due.into());
                     }
+                    tokio::select! {
+                        received = read.read(&mut buf) => match received {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                let now = Instant::now();
+                                if frames.feed(&mut buf[..n], |f| demux.packet(now, f)).is_err() {
+                                    break;
+                                }
+                            }
+                        },
+                        () = &mut wake, if due.is_some() => {}
+                    }
+                    flush(&mut demux, &replies, &mut out).await;
                 }
             }));
-            Link::Tcp(Arc::new(Mutex::new(write)))
+            link
         }
     };
 
@@ -663,7 +1006,55 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         .map_err(|e| ClientError::Dtls(e.to_string()))?;
     let (srtp_out, srtp_in) = SrtpContext::from_dtls_export(profile, &material, true)
         .map_err(|e| ClientError::Dtls(e.to_string()))?;
-    let _ = keys_tx.send((srtp_in, handler));
+    let negotiated = Negotiated {
+        audio_payload_type: answer.audio_payload_type,
+        video_payload_type: answer.video_payload_type,
+        video_codec: answer.video_codec.clone(),
+        server: Some(server),
+        video_nack: options.repair && answer.video_nack,
+        video_rtx_payload_type: answer
+            .video_rtx_payload_type
+            .filter(|_| options.repair),
+        remote_video_ssrc: answer.video_ssrc,
+        remote_video_rtx_ssrc: answer.video_rtx_ssrc,
+    };
+    let video_rtx_ssrc = rtx_ssrc_of(video_ssrc);
+    let (play, publish) = match (negotiated.video_payload_type, negotiated.video_nack) {
+        (Some(video_pt), true) => match options.role {
+            Role::Play => (
+                Some(PlayRepair::new(
+                    video_pt,
+                    negotiated.video_rtx_payload_type,
+                    negotiated.remote_video_ssrc,
+                    video_ssrc,
+                )),
+                None,
+            ),
+            Role::Publish => (
+                None,
+                Some(PublishRepair::new(
+                    video_ssrc,
+                    negotiated
+                        .video_rtx_payload_type
+                        .map(|pt| (pt, video_rtx_ssrc)),
+                    rand::random(),
+                    options.retransmit_packets,
+                    RETRANSMIT_AGE,
+                )),
+            ),
+        },
+        _ => (None, None),
+    };
+    let outbound = Arc::new(SyncMutex::new(Outbound {
+        srtp: srtp_out,
+        publish,
+    }));
+    let _ = keys_tx.send(Media {
+        srtp_in,
+        handler,
+        outbound: outbound.clone(),
+        play,
+    });
     let dtls = Arc::new(dtls);
     // The server ends the session with a DTLS close_notify (or the link drops): note it.
     let (closed_tx, closed) = watch::channel(false);
@@ -675,17 +1066,13 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
     }));
     Ok(Session {
         location,
-        negotiated: Negotiated {
-            audio_payload_type: answer.audio_payload_type,
-            video_payload_type: answer.video_payload_type,
-            video_codec: answer.video_codec.clone(),
-            server: Some(server),
-        },
+        negotiated,
         audio_ssrc,
         video_ssrc,
+        video_rtx_ssrc,
         counters,
         link,
-        srtp_out,
+        outbound,
         buffer: vec![0u8; 2048],
         tasks,
         dtls,
@@ -703,19 +1090,26 @@ impl Session {
             return Err(std::io::Error::other("packet too large"));
         }
         self.buffer[..len].copy_from_slice(packet);
-        let n = self
-            .srtp_out
-            .protect_rtp(&mut self.buffer, len)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let n = {
+            let mut outbound = lock(&self.outbound);
+            if let Some(publish) = outbound.publish.as_mut() {
+                publish.on_sent(Instant::now(), packet);
+            }
+            outbound.srtp.protect_rtp(&mut self.buffer, len)
+        }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.link.send(&self.buffer[..n]).await
     }
 
     /// Protects and sends one RTCP packet.
     pub async fn send_rtcp(&mut self, packet: &[u8]) -> std::io::Result<()> {
         let len = packet.len();
+        if len + 32 > self.buffer.len() {
+            return Err(std::io::Error::other("packet too large"));
+        }
         self.buffer[..len].copy_from_slice(packet);
-        let n = self
-            .srtp_out
+        let n = lock(&self.outbound)
+            .srtp
             .protect_rtcp(&mut self.buffer, len)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.link.send(&self.buffer[..n]).await

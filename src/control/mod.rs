@@ -31,6 +31,7 @@ use crate::sdp::{
     negotiate_play, negotiate_publish, write_answer,
 };
 use crate::ports::{PortAllocator, PortError};
+use crate::session::publisher_link::LinkSettings;
 use crate::worker::{Command, Event, NewRole, NewSession, SessionId, WorkerHandle};
 
 /// DTLS records a session may have waiting for its handshake; the worker drops (and counts)
@@ -231,6 +232,18 @@ fn random_token(len: usize) -> String {
         .collect()
 }
 
+/// What the worker feeds back to a publisher and repairs, from what its answer negotiated.
+fn link_settings(tracks: &[PublishedTrack], max_publish_kbps: u32) -> LinkSettings {
+    let video = tracks.iter().find(|t| t.kind == MediaKind::Video);
+    LinkSettings {
+        // BUNDLE gives the extension one id for the whole transport.
+        transport_cc_id: tracks.iter().find_map(|t| t.transport_cc_id),
+        nack: video.is_some_and(|v| v.codec.feedback.iter().any(|f| f == "nack")),
+        rtx: video.and_then(|v| Some((v.rtx_payload_type?, v.codec.payload_type))),
+        max_kbps: max_publish_kbps,
+    }
+}
+
 /// Stream names appear in URLs and logs: keep them plain.
 fn check_stream_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
@@ -395,9 +408,13 @@ impl Control {
                     .iter()
                     .map(|t| (t.codec.payload_type, t.kind))
                     .collect();
+                let link = link_settings(&tracks, self.config.media.max_publish_kbps);
                 registry.next_stream += 1;
                 (
-                    NewRole::Publisher { payload_types },
+                    NewRole::Publisher {
+                        payload_types,
+                        link,
+                    },
                     sections,
                     registry.next_stream,
                     None,

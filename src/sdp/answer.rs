@@ -8,7 +8,7 @@ use ::sdp::description::common::{Address, Attribute, ConnectionInformation};
 use ::sdp::description::media::{MediaDescription, MediaName, RangedPort};
 use ::sdp::description::session::{Origin, SessionDescription, TimeDescription, Timing};
 
-use super::negotiate::AnswerSection;
+use super::negotiate::{AnnouncedSource, AnswerSection};
 use super::offer::Offer;
 
 /// What is the same in every section of one answer.
@@ -122,6 +122,7 @@ pub fn write_answer(
         let AnswerSection::Accepted {
             direction,
             codec,
+            rtx_payload_type,
             feedback,
             extensions,
             source,
@@ -154,11 +155,34 @@ pub fn write_answer(
         for fb in feedback {
             m = m.with_value_attribute("rtcp-fb".into(), format!("{} {fb}", codec.payload_type));
         }
-        if let Some((ssrc, stream_id, track_id)) = source {
-            m = m
-                .with_value_attribute("msid".into(), format!("{stream_id} {track_id}"))
-                .with_value_attribute("ssrc".into(), format!("{ssrc} cname:{stream_id}"))
-                .with_value_attribute("ssrc".into(), format!("{ssrc} msid:{stream_id} {track_id}"));
+        if let Some(rtx) = rtx_payload_type {
+            m = m.with_codec(
+                *rtx,
+                "rtx".into(),
+                codec.clock_rate,
+                0,
+                format!("apt={}", codec.payload_type),
+            );
+        }
+        if let Some(source) = source {
+            let AnnouncedSource {
+                ssrc,
+                rtx_ssrc,
+                stream_id,
+                track_id,
+            } = source;
+            m = m.with_value_attribute("msid".into(), format!("{stream_id} {track_id}"));
+            if let Some(rtx_ssrc) = rtx_ssrc {
+                m = m.with_value_attribute("ssrc-group".into(), format!("FID {ssrc} {rtx_ssrc}"));
+            }
+            for announced in std::iter::once(ssrc).chain(rtx_ssrc.as_ref()) {
+                m = m
+                    .with_value_attribute("ssrc".into(), format!("{announced} cname:{stream_id}"))
+                    .with_value_attribute(
+                        "ssrc".into(),
+                        format!("{announced} msid:{stream_id} {track_id}"),
+                    );
+            }
         }
         for candidate in &candidates {
             m = m.with_candidate(candidate.clone());

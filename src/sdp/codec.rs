@@ -13,13 +13,13 @@ pub struct Codec {
     pub channels: u16,
     pub fmtp: String,
     /// The RTCP feedback the offer lists for this codec that the relay honours
-    /// ([`ACCEPTED_VIDEO_FEEDBACK`]), each once however often the offer repeats it.
+    /// ([`ACCEPTED_FEEDBACK`]), each once however often the offer repeats it.
     #[serde(skip)]
     pub feedback: Vec<String>,
 }
 
 impl Codec {
-    fn fmtp_param(&self, key: &str) -> Option<&str> {
+    pub(super) fn fmtp_param(&self, key: &str) -> Option<&str> {
         self.fmtp.split(';').find_map(|kv| {
             let (k, v) = kv.trim().split_once('=')?;
             (k.trim().eq_ignore_ascii_case(key)).then(|| v.trim())
@@ -61,6 +61,12 @@ impl Codec {
         }
     }
 
+    /// Whether this is an RTX codec (RFC 4588) retransmitting payload type `apt`.
+    pub(super) fn is_rtx_for(&self, apt: u8) -> bool {
+        self.name.eq_ignore_ascii_case("rtx")
+            && self.fmtp_param("apt").and_then(|a| a.parse::<u8>().ok()) == Some(apt)
+    }
+
     pub(super) fn is_forwardable(&self, kind: MediaKind) -> bool {
         let name = self.name.to_ascii_uppercase();
         match kind {
@@ -87,17 +93,29 @@ pub(super) const FORWARDED_EXTENSIONS: &[&str] = &[
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time",
 ];
 
-/// RTCP feedback the relay accepts: keyframe requests only (it does not retransmit).
-pub(super) const ACCEPTED_VIDEO_FEEDBACK: &[&str] = &["nack pli", "ccm fir"];
+/// The transport-wide sequence number extension (draft-holmer-rmcat-transport-wide-cc-
+/// extensions-01): per hop, never forwarded; a publisher that sends it gets transport-wide
+/// feedback, from which its own congestion control (GCC) estimates the path.
+pub const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
-/// Which of [`ACCEPTED_VIDEO_FEEDBACK`] a format lists, a bit each: an offer that repeats a
+/// RTCP feedback the relay takes part in: keyframe requests, generic NACK (it repairs loss in
+/// both directions), transport-wide feedback and REMB (it sends both to publishers).
+pub(super) const ACCEPTED_FEEDBACK: &[&str] =
+    &["nack", "nack pli", "ccm fir", "transport-cc", "goog-remb"];
+
+/// Feedback a player's answer may carry: the relay reads keyframe requests and NACKs from
+/// players; it does not yet read their bandwidth feedback.
+pub(super) const PLAYER_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir"];
+
+/// Which of [`ACCEPTED_FEEDBACK`] a format lists, a bit each: an offer that repeats a
 /// feedback line costs a bit, not a copy per line per format.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct FeedbackSet(u8);
 
 impl FeedbackSet {
     pub(super) fn insert(&mut self, feedback: &str) {
-        if let Some(i) = ACCEPTED_VIDEO_FEEDBACK
+        if let Some(i) = ACCEPTED_FEEDBACK
             .iter()
             .position(|f| *f == feedback.trim())
         {
@@ -110,7 +128,7 @@ impl FeedbackSet {
     }
 
     pub(super) fn to_vec(self) -> Vec<String> {
-        ACCEPTED_VIDEO_FEEDBACK
+        ACCEPTED_FEEDBACK
             .iter()
             .enumerate()
             .filter(|(i, _)| self.0 & (1 << i) != 0)

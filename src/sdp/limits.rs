@@ -175,7 +175,7 @@ mod tests {
     use ::sdp::description::session::SessionDescription;
 
     use super::*;
-    use crate::sdp::codec::ACCEPTED_VIDEO_FEEDBACK;
+    use crate::sdp::codec::ACCEPTED_FEEDBACK;
     use crate::sdp::fixtures::{
         CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, FIREFOX_PUBLISH_OFFER, amplifying_offer,
         chrome_simulcast_publish_offer, duplicates_at_the_size_cap, malformed_message, transport,
@@ -378,13 +378,13 @@ mod tests {
             .map(|c| c.feedback.len())
             .sum();
         assert_eq!(codecs, MAX_SECTIONS * 128);
-        assert_eq!(feedback_entries, 128 * ACCEPTED_VIDEO_FEEDBACK.len());
+        assert_eq!(feedback_entries, 128 * feedback.len());
         assert!(
             parsed
                 .sections
                 .iter()
                 .flat_map(|s| &s.codecs)
-                .all(|c| c.feedback.len() <= ACCEPTED_VIDEO_FEEDBACK.len())
+                .all(|c| c.feedback.len() <= ACCEPTED_FEEDBACK.len())
         );
         assert!(codecs <= MAX_SECTIONS * MAX_FORMATS_PER_SECTION);
     }
@@ -463,8 +463,11 @@ mod tests {
         assert!(tracks[0].codec.name.eq_ignore_ascii_case("opus"));
         assert_eq!(tracks[1].codec.payload_type, 120);
         assert_eq!(tracks[1].codec.name, "VP8");
-        // Firefox lists five feedback kinds per codec; the relay keeps the two it honours.
-        assert_eq!(tracks[1].codec.feedback, ["nack pli", "ccm fir"]);
+        // Firefox lists five feedback kinds per codec, each one the relay takes part in.
+        assert_eq!(
+            tracks[1].codec.feedback,
+            ["nack", "nack pli", "ccm fir", "transport-cc", "goog-remb"]
+        );
         assert!(write_answer(&firefox, &sections, &transport()).contains("a=rtcp-fb:120 nack pli"));
         // A Chromium player receives Firefox's stream.
         let play = Offer::parse(CHROME_PLAY_OFFER).unwrap();

@@ -24,8 +24,10 @@ pub use codec::Codec;
 pub use limits::{
     MAX_ATTRIBUTES_PER_SECTION, MAX_FORMATS_PER_SECTION, MAX_OFFER_BYTES, MAX_SECTIONS,
 };
+pub use codec::TRANSPORT_CC_URI;
 pub use negotiate::{
-    AnswerSection, PlayedTrack, PublishedTrack, negotiate_play, negotiate_publish,
+    AnnouncedSource, AnswerSection, PlayedTrack, PublishedTrack, negotiate_play,
+    negotiate_publish,
 };
 pub use offer::{Direction, Offer, OfferedSection};
 /// Re-exported from its home in [`crate::media`], where the other layers find it.

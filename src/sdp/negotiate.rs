@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::codec::{Codec, FORWARDED_EXTENSIONS};
+use super::codec::{Codec, FORWARDED_EXTENSIONS, PLAYER_FEEDBACK, TRANSPORT_CC_URI};
 use super::offer::{Direction, Offer, OfferedSection};
 use super::{MediaKind, NegotiationError, malformed};
 use crate::wire::rtp::ExtensionIdMap;
@@ -17,6 +17,13 @@ pub struct PublishedTrack {
     /// Forwarded header extensions under the publisher's ids.
     #[serde(skip)]
     pub extensions: Vec<(u8, String)>,
+    /// The payload type of the publisher's retransmissions (RTX, RFC 4588), when negotiated.
+    #[serde(skip)]
+    pub rtx_payload_type: Option<u8>,
+    /// The id of the transport-wide sequence number extension, when negotiated: the relay
+    /// sends transport-wide feedback for what carries it.
+    #[serde(skip)]
+    pub transport_cc_id: Option<u8>,
 }
 
 /// One track a player receives: what the worker needs to rewrite the publisher's packets.
@@ -27,6 +34,20 @@ pub struct PlayedTrack {
     pub payload_type: u8,
     pub ssrc: u32,
     pub extension_ids: ExtensionIdMap,
+    /// The player negotiated generic NACK: the relay answers its NACKs with retransmissions.
+    pub nack: bool,
+    /// `(payload type, SSRC)` of retransmissions to the player, when it negotiated RTX; without
+    /// it a retransmission goes as the original packet again.
+    pub rtx: Option<(u8, u32)>,
+}
+
+/// The source a player's section announces: its SSRC (and RTX SSRC), stream and track ids.
+#[derive(Debug, Clone)]
+pub struct AnnouncedSource {
+    pub ssrc: u32,
+    pub rtx_ssrc: Option<u32>,
+    pub stream_id: String,
+    pub track_id: String,
 }
 
 /// What the answer says for one offered section.
@@ -36,10 +57,12 @@ pub enum AnswerSection {
     Accepted {
         direction: &'static str,
         codec: Codec,
+        /// The answer's RTX payload type for `codec` (`apt` = its payload type), if any.
+        rtx_payload_type: Option<u8>,
         feedback: Vec<String>,
         extensions: Vec<(u8, String)>,
-        /// `(ssrc, stream id, track id)` announced for a player's receiving side.
-        source: Option<(u32, String, String)>,
+        /// Announced for a player's receiving side.
+        source: Option<AnnouncedSource>,
     },
 }
 
@@ -73,6 +96,17 @@ pub fn negotiate_publish(
             .filter(|(_, uri)| FORWARDED_EXTENSIONS.contains(&uri.as_str()))
             .cloned()
             .collect();
+        // The transport-wide sequence number is per hop: answered, read, never forwarded.
+        let transport_cc_id = section
+            .extensions
+            .iter()
+            .find(|(_, uri)| uri == TRANSPORT_CC_URI)
+            .map(|(id, _)| *id);
+        let rtx_payload_type = section
+            .codecs
+            .iter()
+            .find(|c| c.is_rtx_for(codec.payload_type))
+            .map(|c| c.payload_type);
         let feedback = accepted_feedback(kind, codec);
         tracks.push(PublishedTrack {
             kind,
@@ -81,12 +115,17 @@ pub fn negotiate_publish(
                 ..codec.clone()
             },
             extensions: extensions.clone(),
+            rtx_payload_type,
+            transport_cc_id,
         });
+        let mut answered_extensions = extensions;
+        answered_extensions.extend(transport_cc_id.map(|id| (id, TRANSPORT_CC_URI.to_string())));
         answer.push(AnswerSection::Accepted {
             direction: "recvonly",
             codec: codec.clone(),
+            rtx_payload_type,
             feedback,
-            extensions,
+            extensions: answered_extensions,
             source: None,
         });
     }
@@ -150,24 +189,42 @@ pub fn negotiate_play(
             }
         }
         let ssrc = ssrc_for(track.kind);
-        let feedback = accepted_feedback(track.kind, codec);
+        let feedback: Vec<String> = accepted_feedback(track.kind, codec)
+            .into_iter()
+            .filter(|f| PLAYER_FEEDBACK.contains(&f.as_str()))
+            .collect();
+        let nack = feedback.iter().any(|f| f == "nack");
+        // Retransmissions go as RTX when the player offers it for its codec, under an SSRC of
+        // their own (announced with `ssrc-group:FID`).
+        let rtx = section
+            .codecs
+            .iter()
+            .find(|c| nack && c.is_rtx_for(codec.payload_type))
+            .map(|c| {
+                let rtx_ssrc = ssrc_for(track.kind);
+                (c.payload_type, if rtx_ssrc == ssrc { !ssrc } else { rtx_ssrc })
+            });
         played.push(PlayedTrack {
             kind: track.kind,
             publisher_payload_type: track.codec.payload_type,
             payload_type: codec.payload_type,
             ssrc,
             extension_ids,
+            nack,
+            rtx,
         });
         answer.push(AnswerSection::Accepted {
             direction: "sendonly",
             codec: codec.clone(),
+            rtx_payload_type: rtx.map(|(pt, _)| pt),
             feedback,
             extensions,
-            source: Some((
+            source: Some(AnnouncedSource {
                 ssrc,
-                format!("corecast-{stream_name}"),
-                format!("{stream_name}-{}", section.media),
-            )),
+                rtx_ssrc: rtx.map(|(_, ssrc)| ssrc),
+                stream_id: format!("corecast-{stream_name}"),
+                track_id: format!("{stream_name}-{}", section.media),
+            }),
         });
     }
     if played.is_empty() {
@@ -210,10 +267,17 @@ fn section_media(kind: MediaKind) -> &'static str {
     }
 }
 
+/// The feedback the answer keeps for a codec: what the offer lists that the relay takes part
+/// in (parsing kept only those). Audio keeps transport-wide feedback alone: the relay neither
+/// asks an audio sender to retransmit nor for a keyframe.
 fn accepted_feedback(kind: MediaKind, codec: &Codec) -> Vec<String> {
     match kind {
-        MediaKind::Audio => Vec::new(),
-        // Parsing kept only the feedback the relay honours.
+        MediaKind::Audio => codec
+            .feedback
+            .iter()
+            .filter(|f| *f == "transport-cc")
+            .cloned()
+            .collect(),
         MediaKind::Video => codec.feedback.clone(),
     }
 }
@@ -270,6 +334,46 @@ mod tests {
         let answer = write_answer(&play, &sections, &transport());
         assert!(answer.contains("a=sendonly"));
         assert!(answer.contains("a=ssrc:1001 cname:corecast-cam"));
+    }
+
+    #[test]
+    fn loss_repair_and_bandwidth_feedback_are_negotiated_with_both_sides() {
+        let publish = Offer::parse(CHROME_PUBLISH_OFFER).unwrap();
+        let (tracks, sections) = negotiate_publish(&publish).unwrap();
+        let video = &tracks[1];
+        assert_eq!(video.codec.payload_type, 96);
+        // Chromium offers RTX 97 for VP8 96 and the transport-wide sequence number as id 3.
+        assert_eq!(video.rtx_payload_type, Some(97));
+        assert_eq!(video.transport_cc_id, Some(3));
+        assert_eq!(tracks[0].transport_cc_id, Some(3));
+        let answer = write_answer(&publish, &sections, &transport());
+        for line in [
+            "a=rtpmap:97 rtx/90000",
+            "a=fmtp:97 apt=96",
+            "a=rtcp-fb:96 nack",
+            "a=rtcp-fb:96 transport-cc",
+            "a=rtcp-fb:96 goog-remb",
+            "a=rtcp-fb:111 transport-cc",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+        ] {
+            assert!(answer.contains(line), "{line} in\n{answer}");
+        }
+        assert!(!answer.contains("a=rtcp-fb:111 nack"), "no NACK for audio");
+
+        // The player gets NACK and RTX under its own payload types and an SSRC of its own;
+        // its bandwidth feedback is not negotiated (the relay does not read it yet).
+        let play = Offer::parse(CHROME_PLAY_OFFER).unwrap();
+        let (played, sections) =
+            negotiate_play(&play, &tracks, "cam", |k| 1000 + k.index() as u32).unwrap();
+        let video = played.iter().find(|p| p.kind == MediaKind::Video).unwrap();
+        assert!(video.nack);
+        assert_eq!(video.rtx, Some((97, !1001)));
+        let answer = write_answer(&play, &sections, &transport());
+        assert!(answer.contains(&format!("a=ssrc-group:FID 1001 {}", !1001u32)));
+        assert!(answer.contains("a=fmtp:97 apt=96"));
+        assert!(answer.contains("a=rtcp-fb:96 nack\r\n"));
+        assert!(!answer.contains("transport-cc"), "{answer}");
+        assert!(!answer.contains("goog-remb"), "{answer}");
     }
 
     #[test]

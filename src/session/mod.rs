@@ -6,6 +6,7 @@ pub mod keyframe;
 pub mod nack;
 pub mod player;
 pub mod publisher;
+pub mod publisher_link;
 pub mod receive_stats;
 pub mod retransmit;
 pub mod sequence;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::media::MediaKind;
 use crate::session::keyframe::{DEFAULT_KEYFRAME_INTERVAL, KeyframeThrottle};
+use crate::session::publisher_link::{LinkSettings, PublisherLink};
 use crate::wire::rtcp::{self, SENDER_REPORT};
 use crate::wire::rtp::RtpHeader;
 
@@ -18,12 +19,14 @@ pub struct Publisher {
     keyframes: KeyframeThrottle,
     /// The sender SSRC of the relay's RTCP towards this publisher.
     rtcp_ssrc: u32,
+    /// Feedback and loss repair on the path from the publisher.
+    pub link: PublisherLink,
 }
 
 impl Publisher {
     /// A publisher that negotiated `payload_types`; the relay's RTCP to it goes out under
     /// `rtcp_ssrc`.
-    pub fn new(payload_types: &[(u8, MediaKind)], rtcp_ssrc: u32) -> Publisher {
+    pub fn new(payload_types: &[(u8, MediaKind)], link: LinkSettings, rtcp_ssrc: u32) -> Publisher {
         let mut kind_by_payload_type = [None; 128];
         for &(pt, kind) in payload_types {
             kind_by_payload_type[(pt & 0x7f) as usize] = Some(kind);
@@ -33,7 +36,18 @@ impl Publisher {
             ssrc_by_kind: [None; 2],
             keyframes: KeyframeThrottle::new(DEFAULT_KEYFRAME_INTERVAL),
             rtcp_ssrc,
+            link: PublisherLink::new(link),
         }
+    }
+
+    /// The SSRCs seen for audio and video, by [`MediaKind::index`].
+    pub fn ssrcs(&self) -> [Option<u32>; 2] {
+        self.ssrc_by_kind
+    }
+
+    /// The sender SSRC of the relay's RTCP towards this publisher.
+    pub fn rtcp_ssrc(&self) -> u32 {
+        self.rtcp_ssrc
     }
 
     /// An RTP packet arrived: the kind it carries, or `None` for a payload type the publisher
@@ -107,7 +121,7 @@ mod tests {
 
     #[test]
     fn media_is_classified_by_negotiated_payload_type() {
-        let mut p = Publisher::new(&[(111, MediaKind::Audio), (96, MediaKind::Video)], 7);
+        let mut p = Publisher::new(&[(111, MediaKind::Audio), (96, MediaKind::Video)], LinkSettings::default(), 7);
         assert_eq!(p.on_rtp(&rtp(96, 0xaa)), Some(MediaKind::Video));
         assert_eq!(p.on_rtp(&rtp(111, 0xbb)), Some(MediaKind::Audio));
         assert_eq!(p.on_rtp(&rtp(100, 0xcc)), None);
@@ -115,7 +129,7 @@ mod tests {
 
     #[test]
     fn only_sender_reports_for_known_ssrcs_reach_players() {
-        let mut p = Publisher::new(&[(96, MediaKind::Video)], 7);
+        let mut p = Publisher::new(&[(96, MediaKind::Video)], LinkSettings::default(), 7);
         let mut compound = sender_report(0xaa);
         compound.extend(sender_report(0xdd));
         assert_eq!(p.sender_reports(&compound), [None, None]);
@@ -128,7 +142,7 @@ mod tests {
     #[test]
     fn keyframe_requests_are_throttled_and_a_deferred_one_follows() {
         let t0 = Instant::now();
-        let mut p = Publisher::new(&[(96, MediaKind::Video)], 7);
+        let mut p = Publisher::new(&[(96, MediaKind::Video)], LinkSettings::default(), 7);
         let mut pli = [0u8; 12];
         assert_eq!(p.write_pli(&mut pli), None, "no video SSRC yet");
         p.on_rtp(&rtp(96, 0xaa));

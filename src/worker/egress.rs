@@ -13,6 +13,7 @@ use super::burst::{Append, BurstId, Bursts, Owner};
 use super::connections::Connections;
 use super::stats::{self, WorkerStats, add, inc};
 use super::table::{Role, Session};
+use crate::session::publisher_link::LinkRtcp;
 use crate::io::{Completion, EGRESS_HEADROOM, MAX_SEND_BATCH, RawAddr, Ring, Token};
 use crate::wire::framing;
 
@@ -22,6 +23,9 @@ pub(super) const BURSTS: usize = 4096;
 const GSO_REFUSALS_BEFORE_OFF: u32 = 16;
 /// Forwarded packets submitted to the kernel together; see `Output::forwarded`.
 const SUBMIT_BATCH: u64 = 64;
+/// The largest RTCP packet the relay writes to a publisher before SRTCP: with the trailer it
+/// fits any path MTU a WebRTC peer uses (1 200 bytes is the common floor).
+const MAX_FEEDBACK_LEN: usize = 1150;
 /// Runs of forwarded packets by receive time kept for the latency histogram per submission.
 const UNSUBMITTED_RUNS: usize = 256;
 
@@ -432,6 +436,49 @@ impl Output {
 }
 
 /// Sends a Picture Loss Indication to a publisher for its video SSRC.
+/// Sends the RTCP the publisher's link has due at `now` (transport-wide feedback, NACKs, the
+/// operator's REMB), one packet per egress buffer, until it has nothing more.
+pub(super) fn send_link_feedback(session: &mut Session, now: Instant, out: &mut Output) {
+    let Role::Publisher(publisher) = &mut session.role else {
+        return;
+    };
+    let (Some(peer), Some(srtp)) = (session.remote, session.srtp_out.as_mut()) else {
+        return;
+    };
+    let (rtcp_ssrc, ssrcs) = (publisher.rtcp_ssrc(), publisher.ssrcs());
+    loop {
+        let Some(egress) = out.ring.alloc_egress() else {
+            inc(&out.stats.drop_no_buffer);
+            return;
+        };
+        let buffer = &mut out.ring.egress_buffer(egress)[EGRESS_HEADROOM..];
+        // A feedback packet stays within a safe path MTU, leaving the SRTCP trailer room.
+        let room = buffer.len().min(MAX_FEEDBACK_LEN);
+        let before = publisher.link.counters();
+        let Some((len, kind)) = publisher.link.poll(now, &mut buffer[..room], rtcp_ssrc, ssrcs)
+        else {
+            out.ring.release_egress(egress);
+            return;
+        };
+        let after = publisher.link.counters();
+        add(&out.stats.losses_given_up, after.given_up - before.given_up);
+        match kind {
+            LinkRtcp::TransportFeedback => inc(&out.stats.transport_feedback_sent),
+            LinkRtcp::Remb => inc(&out.stats.remb_sent),
+            LinkRtcp::Nack => {
+                inc(&out.stats.nacks_sent);
+                add(&out.stats.nacked_packets, after.nacked - before.nacked);
+            }
+        }
+        match srtp.protect_rtcp(buffer, len) {
+            Ok(len) => {
+                out.transmit(session.udp_fd, &peer, egress, len);
+            }
+            Err(_) => out.ring.release_egress(egress),
+        }
+    }
+}
+
 pub(super) fn send_pli(session: &mut Session, out: &mut Output) {
     let Role::Publisher(publisher) = &session.role else {
         return;

@@ -22,6 +22,9 @@ const RING_ENTRIES: u32 = 4096;
 pub(super) const RECV_BUFFERS: u16 = 4096;
 pub(super) const EGRESS_BUFFERS: u32 = 16384;
 const TICK: Duration = Duration::from_millis(100);
+/// How often publishers' links are asked for due feedback (transport-wide feedback every
+/// ~100 ms, NACK retries spaced by at least 20 ms): a pass over the sessions each time.
+const FEEDBACK_TICK: Duration = Duration::from_millis(10);
 const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Commands taken per turn: a burst of new sessions must not hold up media.
 const COMMAND_BUDGET: usize = 256;
@@ -43,6 +46,7 @@ pub(super) struct Core {
     commands: Arc<SegQueue<Command>>,
     pub(super) events: UnboundedSender<Event>,
     next_tick: Instant,
+    next_feedback: Instant,
 }
 
 pub(super) struct Worker {
@@ -96,6 +100,7 @@ impl Worker {
                 commands,
                 events,
                 next_tick: Instant::now(),
+                next_feedback: Instant::now(),
             },
             buffers,
             completions: Vec::with_capacity(COMPLETION_BUDGET),
@@ -121,6 +126,10 @@ impl Worker {
                 .flush_staged(now, &mut core.table, &mut core.out);
             if now >= core.next_tick {
                 core.tick(now);
+            }
+            if now >= core.next_feedback {
+                core.table.send_link_feedback(now, &mut core.out);
+                core.next_feedback = now + FEEDBACK_TICK;
             }
             let end = Instant::now();
             core.out.send_due_bursts(end, &mut core.table);
@@ -259,9 +268,15 @@ impl Core {
             self.out.ring.submit()
         } else {
             // Wake for the next burst's hold deadline; no timer operation needed.
-            let wait = self.out.bursts.next_due().map_or(MAX_WAIT, |due| {
-                due.saturating_duration_since(Instant::now()).min(MAX_WAIT)
-            });
+            let now = Instant::now();
+            let wait = self
+                .out
+                .bursts
+                .next_due()
+                .into_iter()
+                .chain(self.table.has_publishers().then_some(self.next_feedback))
+                .map(|due| due.saturating_duration_since(now))
+                .fold(MAX_WAIT, Duration::min);
             self.out.ring.submit_and_wait(wait)
         };
         waker.unpark();

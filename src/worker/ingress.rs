@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::Event;
-use super::egress::Peer;
+use super::egress::{Peer, send_pli};
 use super::event_loop::Core;
 use super::mesh::Forwarded;
 use super::stats::{add, inc};
 use super::table::Role;
+use crate::media::MediaKind;
 use crate::session::player::Player;
+use crate::session::publisher_link::Arrival;
 use crate::wire::demux::{PacketKind, classify};
 use crate::wire::rtp::RtpHeader;
 
@@ -151,7 +153,7 @@ impl Core {
                 };
                 if kind == PacketKind::Rtp {
                     match srtp.unprotect_rtp_parsed(data) {
-                        Ok((len, header)) => self.on_rtp(slot, &data[..len], header, now),
+                        Ok((len, header)) => self.on_rtp(slot, &mut data[..len], header, now),
                         Err(_) => inc(&stats.drop_srtp),
                     }
                 } else {
@@ -217,7 +219,7 @@ impl Core {
 
     /// Plain RTP from a session, its header parsed once (by SRTP): a publisher's goes to the
     /// fanout with that header.
-    fn on_rtp(&mut self, slot: usize, packet: &[u8], header: RtpHeader, now: Instant) {
+    fn on_rtp(&mut self, slot: usize, packet: &mut [u8], header: RtpHeader, now: Instant) {
         let Some(session) = self.table.sessions[slot].as_mut() else {
             return;
         };
@@ -226,10 +228,38 @@ impl Core {
             inc(&self.out.stats.drop_garbage); // players do not send media here
             return;
         };
+        // Transport-wide feedback and loss repair see the packet first: a retransmission is
+        // restored to the original stream before anything else reads it.
+        let video_ssrc = publisher.ssrcs()[MediaKind::Video.index()];
+        let before = publisher.link.counters();
+        let (packet, header, retransmitted) =
+            match publisher.link.on_rtp(now, packet, header, video_ssrc) {
+                Arrival::Forward {
+                    range,
+                    header,
+                    retransmitted,
+                } => (&packet[range], header, retransmitted),
+                Arrival::Consumed => {
+                    inc(&self.out.stats.retransmissions_consumed);
+                    return;
+                }
+            };
         let Some(kind) = publisher.on_rtp(&header) else {
             inc(&self.out.stats.drop_unknown_payload_type);
             return;
         };
+        if kind == MediaKind::Video {
+            let wanted = publisher.link.on_video(now, header.sequence, retransmitted);
+            let after = publisher.link.counters();
+            add(&self.out.stats.packets_repaired, after.repaired - before.repaired);
+            if publisher.link.take_keyframe_wish() && publisher.keyframe_requested(now) {
+                send_pli(session, &mut self.out);
+            }
+            if !wanted {
+                inc(&self.out.stats.retransmissions_consumed);
+                return;
+            }
+        }
         let what = Forwarded::Rtp(header);
         let (table, out) = (&mut self.table, &mut self.out);
         self.fanout

@@ -43,6 +43,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::io::WakeFd;
 use crate::media::{MediaKind, StreamId};
 use crate::sdp::PlayedTrack;
+use crate::session::publisher_link::LinkSettings;
 use crate::srtp::SrtpProfile;
 use event_loop::Worker;
 use mesh::{Mesh, Waker};
@@ -118,7 +119,12 @@ pub struct NewSession {
 }
 
 pub enum NewRole {
-    Publisher { payload_types: Vec<(u8, MediaKind)> },
+    Publisher {
+        payload_types: Vec<(u8, MediaKind)>,
+        /// What the relay feeds back to the publisher and repairs (transport-wide feedback,
+        /// NACK/RTX, the operator's cap).
+        link: LinkSettings,
+    },
     Player { tracks: Vec<PlayedTrack> },
 }
 

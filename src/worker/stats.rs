@@ -125,6 +125,19 @@ counters! {
     drop_slow_tcp,
     /// PLIs sent to publishers.
     keyframe_requests_sent,
+    /// Transport-wide feedback packets sent to publishers.
+    transport_feedback_sent,
+    /// REMB packets (the operator's cap) sent to publishers.
+    remb_sent,
+    /// NACK packets sent to publishers, and the sequence numbers they named (retries too).
+    nacks_sent,
+    nacked_packets,
+    /// Lost publisher packets that a retransmission repaired.
+    packets_repaired,
+    /// Lost publisher packets given up after every retry (a keyframe request follows).
+    losses_given_up,
+    /// Retransmissions and probes from publishers that repaired nothing (dropped).
+    retransmissions_consumed,
     /// DTLS records passed to the control thread.
     dtls_records,
     /// Dropped: DTLS records beyond what the session's handshake queue holds (a flood).

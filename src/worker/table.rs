@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::burst::{BurstId, Owner};
-use super::egress::{Output, Peer, send_pli};
+use super::egress::{Output, Peer, send_link_feedback, send_pli};
 use super::{Event, NewRole, NewSession, WorkerSettings};
 use crate::io::{Pending, Token};
 use crate::media::{MAX_PACKET, SessionId, StreamId};
@@ -149,9 +149,14 @@ impl Table {
         self.next_generation = self.next_generation.wrapping_add(1) & 0xff_ffff;
         let generation = self.next_generation;
         let role = match new.role {
-            NewRole::Publisher { payload_types } => {
-                Role::Publisher(Box::new(Publisher::new(&payload_types, rand::random())))
-            }
+            NewRole::Publisher {
+                payload_types,
+                link,
+            } => Role::Publisher(Box::new(Publisher::new(
+                &payload_types,
+                link,
+                rand::random(),
+            ))),
             NewRole::Player { tracks } => Role::Player(Player::new(tracks.into_iter().map(|t| {
                 let track = PlayerTrack::new(
                     t.publisher_payload_type,
@@ -367,6 +372,23 @@ impl Table {
             session.recv_armed = true;
             out.ring.arm_recv(session.udp_fd, token);
         }
+    }
+
+    /// Sends each publisher the RTCP its link has due (feedback, NACKs, the operator's cap).
+    pub(super) fn send_link_feedback(&mut self, now: Instant, out: &mut Output) {
+        for session in self.sessions.iter_mut().flatten() {
+            if !session.closing && matches!(session.role, Role::Publisher(_)) {
+                send_link_feedback(session, now, out);
+            }
+        }
+    }
+
+    /// Whether any session here is a publisher (whose link may want feedback sent).
+    pub(super) fn has_publishers(&self) -> bool {
+        self.sessions
+            .iter()
+            .flatten()
+            .any(|s| matches!(s.role, Role::Publisher(_)))
     }
 
     /// The timer's rounds: ICE timeouts reported, accepts re-armed, deferred keyframe

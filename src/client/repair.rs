@@ -1,0 +1,671 @@
+//! Loss repair for corecast's own client, as a browser does it on each side of a lossy path,
+//! sans-IO (the caller passes `now` and buffers; nothing here reads a clock or a socket):
+//!
+//! - [`PlayRepair`], when playing: a [`NackRequester`] over the video SSRC finds the gaps and
+//!   times the requests, [`PlayRepair::poll_nack`] writes them as generic NACKs (RFC 4585), and
+//!   [`PlayRepair::on_rtp`] restores RTX packets (RFC 4588) to the original SSRC, payload type
+//!   and sequence number, so the application sees the packet it missed.
+//! - [`PublishRepair`], when publishing: the last ~1 s of sent video packets in fixed buffers
+//!   (a [`RetransmitWindow`] of lengths over one slab allocated up front), and the sequence
+//!   numbers a NACK asks for queued and resent as RTX (or as the original packet again, when
+//!   RTX was not negotiated) by [`PublishRepair::next_retransmission`].
+//! - [`LossGate`]: drops a set share of arrivals, deterministic from a seed: the load
+//!   generator's `--loss`.
+//!
+//! Nothing allocates per packet: buffers, rings and queues are sized at construction.
+
+use std::time::{Duration, Instant};
+
+use crate::session::nack::{NackConfig, NackRequester, PacketOutcome};
+use crate::session::retransmit::{ResendGuard, RetransmitWindow};
+use crate::wire::nack::{FMT_NACK, Nack, write_nack};
+use crate::wire::rtcp::{self, TRANSPORT_FEEDBACK};
+use crate::wire::rtp::RtpHeader;
+use crate::wire::rtx::{self, OriginalStream, RtxStream};
+
+/// Sequence numbers one NACK carries at most: more stay due and go in the next one.
+const NACK_BATCH: usize = 64;
+/// Room [`PlayRepair::poll_nack`] needs: the fixed part and one (PID, BLP) pair per number,
+/// the worst case of numbers too far apart to share a BLP.
+pub const NACK_BUFFER_LEN: usize = 12 + 4 * NACK_BATCH;
+/// The largest packet a publisher keeps for retransmission: an Ethernet MTU. A larger RTP
+/// packet would be fragmented on UDP anyway; it is sent but cannot be repaired.
+pub const RETRANSMIT_SLOT_LEN: usize = 1500;
+/// Room [`PublishRepair::next_retransmission`] needs: a kept packet and the RTX OSN.
+pub const RETRANSMISSION_BUFFER_LEN: usize = RETRANSMIT_SLOT_LEN + 2;
+/// NACKed sequence numbers waiting to be resent; a NACK beyond this is mostly lost already.
+const PENDING_CAPACITY: usize = 512;
+/// A number asked for again within this interval is not resent: the relay's own retries are
+/// at least 20 ms apart, so a repeat this soon crossed the retransmission (or repeats a
+/// number within one compound packet).
+const RESEND_GUARD: Duration = Duration::from_millis(10);
+
+/// What the playing side counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlayCounters {
+    /// NACK packets written.
+    pub nacks_sent: u64,
+    /// Sequence numbers requested, retries included.
+    pub nacked_packets: u64,
+    /// RTX packets that arrived, and their bytes (RTP header and OSN included).
+    pub rtx_received: u64,
+    pub rtx_received_bytes: u64,
+    /// Missing packets that arrived after a NACK, as RTX or as the original resent.
+    pub repaired: u64,
+    /// RTX packets for sequence numbers not missing (or given up): not delivered.
+    pub rtx_duplicates: u64,
+    /// RTX packets that could not be restored (a padding-only probe, no known video SSRC).
+    pub rtx_unrestorable: u64,
+    /// Missing packets given up after the last request.
+    pub given_up: u64,
+}
+
+/// The playing side's repair of one video stream.
+pub struct PlayRepair {
+    video_payload_type: u8,
+    rtx_payload_type: Option<u8>,
+    /// The video SSRC: as announced in the answer, else learned from the first video packet.
+    media_ssrc: Option<u32>,
+    /// Ours, as the NACK's sender.
+    sender_ssrc: u32,
+    requester: NackRequester,
+    restored: Box<[u8]>,
+    due: [u16; NACK_BATCH],
+    counters: PlayCounters,
+}
+
+impl PlayRepair {
+    /// `rtx_payload_type` as the answer negotiated it; `media_ssrc` as the answer announced it.
+    pub fn new(
+        video_payload_type: u8,
+        rtx_payload_type: Option<u8>,
+        media_ssrc: Option<u32>,
+        sender_ssrc: u32,
+    ) -> Self {
+        PlayRepair {
+            video_payload_type,
+            rtx_payload_type,
+            media_ssrc,
+            sender_ssrc,
+            requester: NackRequester::new(NackConfig::default()),
+            restored: vec![0u8; crate::media::MAX_PACKET].into_boxed_slice(),
+            due: [0; NACK_BATCH],
+            counters: PlayCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &PlayCounters {
+        &self.counters
+    }
+
+    /// Packets missing and still being asked for.
+    pub fn outstanding(&self) -> usize {
+        self.requester.outstanding()
+    }
+
+    /// Takes an arriving (decrypted) RTP packet and says what the application gets: the packet
+    /// itself; for an RTX packet, the original it carries (or nothing, when that is not
+    /// missing: a duplicate the application need not see twice).
+    pub fn on_rtp<'a>(&'a mut self, now: Instant, packet: &'a [u8]) -> Option<&'a [u8]> {
+        let Ok(header) = RtpHeader::parse(packet) else {
+            return Some(packet);
+        };
+        if Some(header.payload_type) == self.rtx_payload_type {
+            return self.on_rtx(now, packet);
+        }
+        if header.payload_type != self.video_payload_type {
+            return Some(packet);
+        }
+        match self.media_ssrc {
+            Some(ssrc) if ssrc == header.ssrc => {}
+            Some(_) if self.requester.outstanding() > 0 || self.counters.rtx_received > 0 => {
+                // Another source: its sequence numbers have nothing to do with the old gaps.
+                // (Rare: a one-off allocation, not one per packet.)
+                self.requester = NackRequester::new(NackConfig::default());
+                self.media_ssrc = Some(header.ssrc);
+            }
+            _ => self.media_ssrc = Some(header.ssrc),
+        }
+        if let PacketOutcome::Recovered { requested: true } =
+            self.requester.on_packet(now, header.sequence)
+        {
+            // Without RTX the relay resends the original: late, after our NACK.
+            self.counters.repaired += 1;
+        }
+        Some(packet)
+    }
+
+    fn on_rtx<'a>(&'a mut self, now: Instant, packet: &'a [u8]) -> Option<&'a [u8]> {
+        self.counters.rtx_received += 1;
+        self.counters.rtx_received_bytes += packet.len() as u64;
+        let Some(ssrc) = self.media_ssrc else {
+            self.counters.rtx_unrestorable += 1;
+            return None;
+        };
+        let original = OriginalStream {
+            ssrc,
+            payload_type: self.video_payload_type,
+        };
+        let Ok(len) = rtx::restore_into(packet, &original, &mut self.restored) else {
+            self.counters.rtx_unrestorable += 1;
+            return None;
+        };
+        let sequence = u16::from_be_bytes([self.restored[2], self.restored[3]]);
+        match self.requester.on_packet(now, sequence) {
+            PacketOutcome::Stale => {
+                self.counters.rtx_duplicates += 1;
+                None
+            }
+            outcome => {
+                if matches!(outcome, PacketOutcome::Recovered { .. }) {
+                    self.counters.repaired += 1;
+                }
+                Some(&self.restored[..len])
+            }
+        }
+    }
+
+    /// When [`Self::poll_nack`] next has something to do; `None` while nothing is missing.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.requester.next_timeout()
+    }
+
+    /// Writes the NACK due now into `out` (at least [`NACK_BUFFER_LEN`] bytes) and returns its
+    /// length; `None` when nothing is due. Call again while it returns `Some`: a long list goes
+    /// in several packets.
+    pub fn poll_nack(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        if self.requester.next_timeout().is_none_or(|t| t > now) {
+            return None;
+        }
+        // Always poll when due, so the requester moves its deadline on whatever happens next.
+        let poll = self.requester.poll(now, &mut self.due);
+        self.counters.given_up += poll.gave_up;
+        let media_ssrc = self.media_ssrc?;
+        let lost = &self.due[..poll.requested];
+        let (len, covered) = write_nack(out, self.sender_ssrc, media_ssrc, lost).ok()?;
+        self.counters.nacks_sent += 1;
+        // What did not fit a short `out` was marked requested: it goes again after an RTT.
+        self.counters.nacked_packets += covered as u64;
+        Some(len)
+    }
+}
+
+/// What the publishing side counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishCounters {
+    /// NACKs for our video SSRC, and the sequence numbers they asked for.
+    pub nacks_received: u64,
+    pub nacked_packets: u64,
+    /// Packets resent (as RTX or as the original), and their bytes before SRTP.
+    pub retransmitted: u64,
+    pub retransmitted_bytes: u64,
+    /// Asked for but no longer kept (older than the window, never sent, or too large).
+    pub missed: u64,
+    /// Asked for again within [`RESEND_GUARD`] of a resend: not resent.
+    pub suppressed: u64,
+    /// Asked for while the queue of pending resends was full.
+    pub overflowed: u64,
+}
+
+/// The publishing side's retransmissions of one video stream.
+pub struct PublishRepair {
+    video_ssrc: u32,
+    /// `(payload type, SSRC)` of our RTX stream, when the answer negotiated RTX.
+    rtx: Option<(u8, u32)>,
+    rtx_sequence: u16,
+    /// The length of the packet kept for each sequence number; the bytes are in `slots` at
+    /// the window's own index, `sequence & (capacity - 1)`.
+    window: RetransmitWindow<u16>,
+    slots: Box<[u8]>,
+    guard: ResendGuard,
+    pending: [u16; PENDING_CAPACITY],
+    pending_head: usize,
+    pending_len: usize,
+    counters: PublishCounters,
+}
+
+impl PublishRepair {
+    /// Keeps up to `capacity` packets (rounded up to a power of two) for at most `max_age`.
+    /// `rtx_sequence` is where the RTX stream's numbering starts (random, as RFC 3550 asks).
+    pub fn new(
+        video_ssrc: u32,
+        rtx: Option<(u8, u32)>,
+        rtx_sequence: u16,
+        capacity: usize,
+        max_age: Duration,
+    ) -> Self {
+        let window = RetransmitWindow::new(capacity, max_age);
+        let slots = vec![0u8; window.capacity() * RETRANSMIT_SLOT_LEN].into_boxed_slice();
+        PublishRepair {
+            video_ssrc,
+            rtx,
+            rtx_sequence,
+            guard: ResendGuard::new(window.capacity(), RESEND_GUARD),
+            window,
+            slots,
+            pending: [0; PENDING_CAPACITY],
+            pending_head: 0,
+            pending_len: 0,
+            counters: PublishCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &PublishCounters {
+        &self.counters
+    }
+
+    fn slot(&self, sequence: u16) -> std::ops::Range<usize> {
+        let at = (sequence as usize & (self.window.capacity() - 1)) * RETRANSMIT_SLOT_LEN;
+        at..at + RETRANSMIT_SLOT_LEN
+    }
+
+    /// Keeps a copy of a packet just sent (before SRTP), if it is on our video SSRC.
+    pub fn on_sent(&mut self, now: Instant, packet: &[u8]) {
+        let Ok(header) = RtpHeader::parse(packet) else {
+            return;
+        };
+        if header.ssrc != self.video_ssrc || packet.len() > RETRANSMIT_SLOT_LEN {
+            return;
+        }
+        self.window
+            .insert(header.sequence, now, packet.len() as u16);
+        // The window refuses a packet too far below its highest; then it still reads nothing
+        // for that number, and the slot's bytes must stay those of the entry it kept.
+        if self.window.get(header.sequence, now).is_some() {
+            let slot = self.slot(header.sequence);
+            self.slots[slot][..packet.len()].copy_from_slice(packet);
+        }
+    }
+
+    /// Reads a compound RTCP packet from the relay and queues what its NACKs for our video
+    /// SSRC ask for. Returns whether anything was queued.
+    pub fn on_rtcp(&mut self, now: Instant, compound: &[u8]) -> bool {
+        let mut queued = false;
+        for packet in rtcp::compound(compound).map_while(Result::ok) {
+            if packet.packet_type != TRANSPORT_FEEDBACK || packet.count != FMT_NACK {
+                continue;
+            }
+            let Ok(nack) = Nack::parse(packet.bytes) else {
+                continue;
+            };
+            if nack.media_ssrc != self.video_ssrc {
+                continue;
+            }
+            self.counters.nacks_received += 1;
+            for sequence in nack.lost() {
+                self.counters.nacked_packets += 1;
+                if !self.guard.allow(sequence, now) {
+                    self.counters.suppressed += 1;
+                } else if self.pending_len == PENDING_CAPACITY {
+                    self.counters.overflowed += 1;
+                } else {
+                    let at = (self.pending_head + self.pending_len) % PENDING_CAPACITY;
+                    self.pending[at] = sequence;
+                    self.pending_len += 1;
+                    queued = true;
+                }
+            }
+        }
+        queued
+    }
+
+    /// Whether retransmissions are waiting for [`Self::next_retransmission`].
+    pub fn has_pending(&self) -> bool {
+        self.pending_len > 0
+    }
+
+    /// Writes the next retransmission into `out` (at least [`RETRANSMISSION_BUFFER_LEN`]
+    /// bytes), RTP before SRTP, and returns its length; `None` when none is waiting.
+    pub fn next_retransmission(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        while self.pending_len > 0 {
+            let sequence = self.pending[self.pending_head];
+            self.pending_head = (self.pending_head + 1) % PENDING_CAPACITY;
+            self.pending_len -= 1;
+            let Some(&len) = self.window.get(sequence, now) else {
+                self.counters.missed += 1;
+                continue;
+            };
+            let kept = &self.slots[self.slot(sequence)][..len as usize];
+            let written = match self.rtx {
+                Some((payload_type, ssrc)) => {
+                    let stream = RtxStream {
+                        ssrc,
+                        payload_type,
+                        sequence: self.rtx_sequence,
+                    };
+                    match rtx::build_rtx(kept, &stream, out) {
+                        Ok(n) => {
+                            self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
+                            n
+                        }
+                        Err(_) => {
+                            self.counters.missed += 1;
+                            continue;
+                        }
+                    }
+                }
+                None => {
+                    let Some(out) = out.get_mut(..kept.len()) else {
+                        self.counters.missed += 1;
+                        continue;
+                    };
+                    out.copy_from_slice(kept);
+                    kept.len()
+                }
+            };
+            self.counters.retransmitted += 1;
+            self.counters.retransmitted_bytes += written as u64;
+            return Some(written);
+        }
+        None
+    }
+}
+
+/// Drops a share of arrivals at random, the same ones for the same seed: a lossy link that a
+/// run can repeat.
+#[derive(Debug, Clone)]
+pub struct LossGate {
+    /// Drop when the top 32 bits of the next draw are below this.
+    threshold: u64,
+    state: u64,
+    seen: u64,
+    dropped: u64,
+}
+
+impl LossGate {
+    /// `percent` of arrivals dropped (clamped to 0..=100).
+    pub fn new(percent: f64, seed: u64) -> Self {
+        let share = (percent / 100.0).clamp(0.0, 1.0);
+        LossGate {
+            threshold: (share * (1u64 << 32) as f64) as u64,
+            state: seed,
+            seen: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Whether to drop the packet that just arrived.
+    pub fn drop_next(&mut self) -> bool {
+        self.seen += 1;
+        let drop = (self.next() >> 32) < self.threshold;
+        self.dropped += u64::from(drop);
+        drop
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// SplitMix64: fast, and every seed (0 included) gives a full-period stream.
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VIDEO_PT: u8 = 96;
+    const RTX_PT: u8 = 97;
+    const MEDIA_SSRC: u32 = 0x1111;
+    const RTX_SSRC: u32 = 0x2222;
+    const OURS: u32 = 0x3333;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn packet(pt: u8, sequence: u16, ssrc: u32, marker: bool) -> Vec<u8> {
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&sequence.to_be_bytes());
+        p.extend_from_slice(&(sequence as u32 * 3000).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(format!("payload {sequence}").as_bytes());
+        p
+    }
+
+    fn rtx_of(original: &[u8], rtx_sequence: u16) -> Vec<u8> {
+        let mut out = [0u8; 256];
+        let stream = RtxStream {
+            ssrc: RTX_SSRC,
+            payload_type: RTX_PT,
+            sequence: rtx_sequence,
+        };
+        let n = rtx::build_rtx(original, &stream, &mut out).unwrap();
+        out[..n].to_vec()
+    }
+
+    fn nacked(repair: &mut PlayRepair, now: Instant) -> Vec<Vec<u16>> {
+        let mut out = [0u8; NACK_BUFFER_LEN];
+        let mut nacks = Vec::new();
+        while let Some(n) = repair.poll_nack(now, &mut out) {
+            let nack = Nack::parse(&out[..n]).unwrap();
+            assert_eq!((nack.sender_ssrc, nack.media_ssrc), (OURS, MEDIA_SSRC));
+            nacks.push(nack.lost().collect());
+        }
+        nacks
+    }
+
+    #[test]
+    fn a_gap_is_nacked_at_once_and_again_after_the_default_rtt_until_repaired() {
+        let t0 = Instant::now();
+        let mut r = PlayRepair::new(VIDEO_PT, Some(RTX_PT), None, OURS);
+        for seq in [100, 101, 104] {
+            let p = packet(VIDEO_PT, seq, MEDIA_SSRC, false);
+            assert_eq!(r.on_rtp(t0, &p), Some(&p[..]), "originals pass through");
+        }
+        assert_eq!(r.next_timeout(), Some(t0));
+        assert_eq!(nacked(&mut r, t0), vec![vec![102, 103]]);
+        assert_eq!(nacked(&mut r, t0 + ms(99)), Vec::<Vec<u16>>::new());
+        assert_eq!(r.next_timeout(), Some(t0 + ms(100)));
+        // 102 comes back as RTX: the application gets the original, byte for byte.
+        let original = packet(VIDEO_PT, 102, MEDIA_SSRC, true);
+        let rtx = rtx_of(&original, 7);
+        assert_eq!(r.on_rtp(t0 + ms(50), &rtx), Some(&original[..]));
+        // A second copy of it is a duplicate, not delivered twice.
+        assert_eq!(r.on_rtp(t0 + ms(60), &rtx_of(&original, 8)), None);
+        assert_eq!(nacked(&mut r, t0 + ms(100)), vec![vec![103]]);
+        let c = *r.counters();
+        assert_eq!((c.nacks_sent, c.nacked_packets), (2, 3));
+        assert_eq!((c.rtx_received, c.repaired, c.rtx_duplicates), (2, 1, 1));
+        assert_eq!(c.rtx_received_bytes, 2 * rtx.len() as u64);
+        assert_eq!(r.outstanding(), 1);
+    }
+
+    #[test]
+    fn a_missing_packet_is_given_up_after_ten_requests() {
+        let t0 = Instant::now();
+        let mut r = PlayRepair::new(VIDEO_PT, Some(RTX_PT), Some(MEDIA_SSRC), OURS);
+        r.on_rtp(t0, &packet(VIDEO_PT, 1, MEDIA_SSRC, false));
+        r.on_rtp(t0, &packet(VIDEO_PT, 3, MEDIA_SSRC, false));
+        let mut now = t0;
+        let mut requests = 0;
+        while let Some(next) = r.next_timeout() {
+            now = next;
+            requests += nacked(&mut r, now).len();
+        }
+        assert_eq!(requests, 10);
+        assert_eq!(now, t0 + ms(1000), "the last request, then one interval");
+        assert_eq!(r.counters().given_up, 1);
+        assert_eq!(r.outstanding(), 0);
+    }
+
+    #[test]
+    fn without_rtx_a_late_original_counts_as_repaired_and_other_media_pass_untouched() {
+        let t0 = Instant::now();
+        let mut r = PlayRepair::new(VIDEO_PT, None, None, OURS);
+        r.on_rtp(t0, &packet(VIDEO_PT, 10, MEDIA_SSRC, false));
+        r.on_rtp(t0, &packet(VIDEO_PT, 12, MEDIA_SSRC, false));
+        assert_eq!(nacked(&mut r, t0), vec![vec![11]]);
+        let resent = packet(VIDEO_PT, 11, MEDIA_SSRC, false);
+        assert_eq!(r.on_rtp(t0 + ms(5), &resent), Some(&resent[..]));
+        assert_eq!(r.counters().repaired, 1);
+        // Audio, and a payload type that would be RTX had it been negotiated, go through.
+        let audio = packet(111, 500, 0x9999, false);
+        assert_eq!(r.on_rtp(t0, &audio), Some(&audio[..]));
+        let other = packet(RTX_PT, 13, 0x9999, false);
+        assert_eq!(r.on_rtp(t0, &other), Some(&other[..]));
+        assert_eq!(r.outstanding(), 0);
+        assert_eq!(r.next_timeout(), None);
+    }
+
+    #[test]
+    fn rtx_before_any_video_or_as_a_padding_probe_is_counted_and_dropped() {
+        let t0 = Instant::now();
+        let mut r = PlayRepair::new(VIDEO_PT, Some(RTX_PT), None, OURS);
+        let rtx = rtx_of(&packet(VIDEO_PT, 5, MEDIA_SSRC, false), 1);
+        assert_eq!(r.on_rtp(t0, &rtx), None, "no video SSRC to restore to yet");
+        let mut probe = rtx[..12].to_vec();
+        probe[0] |= 0x20;
+        probe.extend_from_slice(&[0, 0, 0, 4]);
+        r.on_rtp(t0, &packet(VIDEO_PT, 1, MEDIA_SSRC, false));
+        assert_eq!(r.on_rtp(t0, &probe), None);
+        assert_eq!(r.counters().rtx_unrestorable, 2);
+    }
+
+    #[test]
+    fn wrapping_sequence_numbers_are_nacked_in_wire_order() {
+        let t0 = Instant::now();
+        let mut r = PlayRepair::new(VIDEO_PT, Some(RTX_PT), Some(MEDIA_SSRC), OURS);
+        r.on_rtp(t0, &packet(VIDEO_PT, 65533, MEDIA_SSRC, false));
+        r.on_rtp(t0, &packet(VIDEO_PT, 1, MEDIA_SSRC, false));
+        assert_eq!(nacked(&mut r, t0), vec![vec![65534, 65535, 0]]);
+    }
+
+    #[test]
+    fn a_long_gap_goes_in_several_nacks() {
+        let t0 = Instant::now();
+        let mut r = PlayRepair::new(VIDEO_PT, Some(RTX_PT), Some(MEDIA_SSRC), OURS);
+        r.on_rtp(t0, &packet(VIDEO_PT, 0, MEDIA_SSRC, false));
+        // Every other packet of 200 lost: 100 numbers, more than one batch.
+        for seq in (1..200).step_by(2) {
+            r.on_rtp(t0, &packet(VIDEO_PT, seq, MEDIA_SSRC, false));
+        }
+        let nacks = nacked(&mut r, t0);
+        assert_eq!(nacks.len(), 2);
+        assert_eq!(nacks[0].len() + nacks[1].len(), 99);
+        assert_eq!(r.counters().nacked_packets, 99);
+    }
+
+    fn nack_packet(media_ssrc: u32, lost: &[u16]) -> Vec<u8> {
+        let mut out = [0u8; 512];
+        let (n, _) = write_nack(&mut out, 0x4444, media_ssrc, lost).unwrap();
+        // In a compound packet behind a receiver report, as relays send them.
+        let mut compound = vec![0x80, rtcp::RECEIVER_REPORT, 0, 1, 0, 0, 0x44, 0x44];
+        compound.extend_from_slice(&out[..n]);
+        compound
+    }
+
+    fn resent(p: &mut PublishRepair, now: Instant) -> Vec<Vec<u8>> {
+        let mut out = [0u8; RETRANSMISSION_BUFFER_LEN];
+        let mut sent = Vec::new();
+        while let Some(n) = p.next_retransmission(now, &mut out) {
+            sent.push(out[..n].to_vec());
+        }
+        sent
+    }
+
+    #[test]
+    fn a_nack_is_answered_with_rtx_carrying_the_original() {
+        let t0 = Instant::now();
+        let mut p = PublishRepair::new(MEDIA_SSRC, Some((RTX_PT, RTX_SSRC)), 65535, 64, ms(1000));
+        let originals: Vec<Vec<u8>> = (0..10u16)
+            .map(|i| packet(VIDEO_PT, 65530u16.wrapping_add(i), MEDIA_SSRC, i == 9))
+            .collect();
+        for o in &originals {
+            p.on_sent(t0, o);
+        }
+        p.on_sent(t0, &packet(111, 3, 0x9999, false)); // audio is not kept
+        assert!(p.on_rtcp(t0 + ms(5), &nack_packet(MEDIA_SSRC, &[65531, 0, 2])));
+        assert!(p.has_pending());
+        let sent = resent(&mut p, t0 + ms(5));
+        assert_eq!(sent.len(), 3);
+        let original = OriginalStream {
+            ssrc: MEDIA_SSRC,
+            payload_type: VIDEO_PT,
+        };
+        for (rtx, (want, rtx_seq)) in sent.iter().zip([(1, 65535u16), (6, 0), (8, 1)]) {
+            let h = RtpHeader::parse(rtx).unwrap();
+            assert_eq!((h.ssrc, h.payload_type, h.sequence), (RTX_SSRC, RTX_PT, rtx_seq));
+            let mut restored = [0u8; 256];
+            let n = rtx::restore_into(rtx, &original, &mut restored).unwrap();
+            assert_eq!(&restored[..n], &originals[want][..]);
+        }
+        let c = *p.counters();
+        assert_eq!((c.nacks_received, c.nacked_packets, c.retransmitted), (1, 3, 3));
+        assert_eq!(c.retransmitted_bytes, sent.iter().map(|s| s.len() as u64).sum());
+    }
+
+    #[test]
+    fn without_rtx_the_original_goes_again_and_misses_repeats_and_strangers_are_counted() {
+        let t0 = Instant::now();
+        let mut p = PublishRepair::new(MEDIA_SSRC, None, 0, 16, ms(1000));
+        for seq in 0..40u16 {
+            p.on_sent(t0 + ms(seq as u64 * 10), &packet(VIDEO_PT, seq, MEDIA_SSRC, false));
+        }
+        let now = t0 + ms(400);
+        // 39 is kept; 10 was overwritten by 26 (16 slots); 41 was never sent; 39 twice.
+        p.on_rtcp(now, &nack_packet(MEDIA_SSRC, &[10, 39, 41]));
+        p.on_rtcp(now, &nack_packet(MEDIA_SSRC, &[39]));
+        assert!(!p.on_rtcp(now, &nack_packet(0x7777, &[39])), "another SSRC's NACK");
+        assert_eq!(resent(&mut p, now), vec![packet(VIDEO_PT, 39, MEDIA_SSRC, false)]);
+        let c = *p.counters();
+        assert_eq!((c.missed, c.suppressed, c.retransmitted), (2, 1, 1));
+        // After the guard interval the same number is resent; after max_age it is gone.
+        p.on_rtcp(now + ms(10), &nack_packet(MEDIA_SSRC, &[39]));
+        assert_eq!(resent(&mut p, now + ms(10)).len(), 1);
+        p.on_rtcp(t0 + ms(1391), &nack_packet(MEDIA_SSRC, &[39]));
+        assert_eq!(resent(&mut p, t0 + ms(1391)).len(), 0);
+        assert_eq!(p.counters().missed, 3);
+    }
+
+    #[test]
+    fn a_packet_too_large_to_keep_is_sent_but_not_repaired() {
+        let t0 = Instant::now();
+        let mut p = PublishRepair::new(MEDIA_SSRC, None, 0, 16, ms(1000));
+        let mut big = packet(VIDEO_PT, 1, MEDIA_SSRC, false);
+        big.resize(RETRANSMIT_SLOT_LEN + 1, 0);
+        p.on_sent(t0, &big);
+        p.on_rtcp(t0, &nack_packet(MEDIA_SSRC, &[1]));
+        assert!(resent(&mut p, t0).is_empty());
+        assert_eq!(p.counters().missed, 1);
+    }
+
+    #[test]
+    fn the_pending_queue_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = PublishRepair::new(MEDIA_SSRC, None, 0, 1024, ms(1000));
+        let lost: Vec<u16> = (0..600).collect();
+        p.on_rtcp(t0, &nack_packet(MEDIA_SSRC, &lost));
+        assert_eq!(p.counters().overflowed, 600 - PENDING_CAPACITY as u64);
+        assert_eq!(resent(&mut p, t0).len(), 0, "nothing was sent: all missed");
+        assert_eq!(p.counters().missed, PENDING_CAPACITY as u64);
+    }
+
+    #[test]
+    fn the_loss_gate_drops_its_share_the_same_way_for_the_same_seed() {
+        let run = |percent: f64, seed: u64| {
+            let mut g = LossGate::new(percent, seed);
+            let drops: Vec<bool> = (0..100_000).map(|_| g.drop_next()).collect();
+            assert_eq!(g.seen(), 100_000);
+            assert_eq!(g.dropped(), drops.iter().filter(|d| **d).count() as u64);
+            drops
+        };
+        let a = run(3.0, 7);
+        assert_eq!(a, run(3.0, 7), "deterministic");
+        assert_ne!(a, run(3.0, 8), "seeded");
+        let share = a.iter().filter(|d| **d).count() as f64 / 1000.0;
+        assert!((2.8..3.2).contains(&share), "{share}% dropped");
+        assert!(run(0.0, 1).iter().all(|d| !d));
+        assert!(run(100.0, 1).iter().all(|d| *d));
+    }
+}

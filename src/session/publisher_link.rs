@@ -1,0 +1,392 @@
+//! What the relay tells a publisher about the path its media takes, sans-IO: transport-wide
+//! feedback for every packet that carries a transport-wide sequence number (the publisher's
+//! own congestion control, GCC, estimates the path from it), generic NACKs for lost video
+//! (RFC 4585) with the retransmissions coming back as RTX (RFC 4588) and restored to the
+//! original stream, and an operator's cap as REMB.
+//!
+//! The worker hands each RTP packet to [`PublisherLink::on_rtp`] before it classifies it, and
+//! asks [`PublisherLink::poll`] for RTCP to send whenever [`PublisherLink::next_timeout`] has
+//! come. Nothing here allocates after construction; the cost is per packet a few array writes,
+//! and per feedback interval one packet written.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::session::nack::{NackConfig, NackRequester, PacketOutcome};
+use crate::session::twcc::{RembCap, TwccConfig, TwccRecorder};
+use crate::wire::nack::write_nack;
+use crate::wire::rtp::RtpHeader;
+use crate::wire::rtx::{OriginalStream, restore_in_place};
+use crate::wire::twcc::read_transport_sequence;
+
+/// How often the operator's cap is repeated (libwebrtc sends REMB about once a second).
+const REMB_INTERVAL: Duration = Duration::from_secs(1);
+/// Sequence numbers one NACK poll may name (one RTCP packet holds many more PID/BLP pairs).
+const NACK_BATCH: usize = 64;
+
+/// What the answer negotiated with the publisher that this link acts on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkSettings {
+    /// The transport-wide sequence number extension's id.
+    pub transport_cc_id: Option<u8>,
+    /// The publisher's video negotiated generic NACK: it retransmits what the relay asks for
+    /// (as RTX when negotiated, else the original packet again).
+    pub nack: bool,
+    /// `(RTX payload type, the video payload type it repairs)`.
+    pub rtx: Option<(u8, u8)>,
+    /// The operator's cap on what the publisher sends (`media.max_publish_kbps`); 0 for none.
+    pub max_kbps: u32,
+}
+
+/// What the link did, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Sequence numbers named in NACKs sent (retries included).
+    pub nacked: u64,
+    /// Lost packets that came back as retransmissions.
+    pub repaired: u64,
+    /// Lost packets given up after every retry (a keyframe request follows).
+    pub given_up: u64,
+    /// Retransmissions that repaired nothing (duplicates, probes): dropped.
+    pub needless_retransmissions: u64,
+    /// Transport-wide feedback packets written.
+    pub feedback_sent: u64,
+}
+
+/// A packet as the link passed it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// Forward `packet[range]`, whose header is `header` (restored, for a retransmission).
+    Forward {
+        range: Range<usize>,
+        header: RtpHeader,
+        retransmitted: bool,
+    },
+    /// Nothing to forward: a padding-only probe, or a retransmission nobody needs.
+    Consumed,
+}
+
+/// RTCP the link wants sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRtcp {
+    TransportFeedback,
+    Nack,
+    Remb,
+}
+
+pub struct PublisherLink {
+    settings: LinkSettings,
+    twcc: TwccRecorder,
+    nack: NackRequester,
+    remb: RembCap,
+    /// Whether a keyframe should be asked for: losses were given up, or a jump reset repair.
+    keyframe_wanted: bool,
+    counters: LinkCounters,
+}
+
+impl PublisherLink {
+    pub fn new(settings: LinkSettings) -> PublisherLink {
+        PublisherLink {
+            settings,
+            twcc: TwccRecorder::new(TwccConfig::default()),
+            nack: NackRequester::new(NackConfig::default()),
+            remb: RembCap::new(settings.max_kbps, REMB_INTERVAL),
+            keyframe_wanted: false,
+            counters: LinkCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> LinkCounters {
+        self.counters
+    }
+
+    /// Whether the link repairs video loss: the publisher negotiated NACK.
+    pub fn repairs_loss(&self) -> bool {
+        self.settings.nack
+    }
+
+    /// An RTP packet from the publisher, decrypted, with its parsed header. `video_ssrc` is the
+    /// publisher's video SSRC once known (an RTX packet restores to it).
+    pub fn on_rtp(
+        &mut self,
+        now: Instant,
+        packet: &mut [u8],
+        header: RtpHeader,
+        video_ssrc: Option<u32>,
+    ) -> Arrival {
+        // Every packet with a transport-wide number counts for the publisher's estimate,
+        // padding probes included: that is what probes are for.
+        if let Some(id) = self.settings.transport_cc_id
+            && let Some(sequence) = read_transport_sequence(packet, &header, id)
+        {
+            self.twcc.record(now, sequence);
+        }
+        let Some((rtx_payload_type, video_payload_type)) = self.settings.rtx else {
+            return Arrival::Forward {
+                range: 0..packet.len(),
+                header,
+                retransmitted: false,
+            };
+        };
+        if header.payload_type != rtx_payload_type {
+            return Arrival::Forward {
+                range: 0..packet.len(),
+                header,
+                retransmitted: false,
+            };
+        }
+        let Some(ssrc) = video_ssrc else {
+            return Arrival::Consumed;
+        };
+        let original = OriginalStream {
+            ssrc,
+            payload_type: video_payload_type,
+        };
+        match restore_in_place(packet, &original) {
+            Ok(range) => match RtpHeader::parse(&packet[range.clone()]) {
+                Ok(header) => Arrival::Forward {
+                    range,
+                    header,
+                    retransmitted: true,
+                },
+                Err(_) => Arrival::Consumed,
+            },
+            // A padding-only probe (`RtxError::NoOriginalSequence`), or a malformed packet:
+            // nothing to forward.
+            Err(_) => Arrival::Consumed,
+        }
+    }
+
+    /// A video packet's sequence number, once it is known to be the publisher's video: tracks
+    /// gaps for NACKs. Returns whether to forward it (a retransmission of a packet that was
+    /// not missing is dropped: the players have it).
+    pub fn on_video(&mut self, now: Instant, sequence: u16, retransmitted: bool) -> bool {
+        if !self.repairs_loss() {
+            return true;
+        }
+        match self.nack.on_packet(now, sequence) {
+            PacketOutcome::Recovered { requested: true } => {
+                self.counters.repaired += 1;
+                true
+            }
+            PacketOutcome::Reset => {
+                self.keyframe_wanted = true;
+                true
+            }
+            PacketOutcome::Stale if retransmitted => {
+                self.counters.needless_retransmissions += 1;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Takes the wish for a keyframe that losses given up (or a reset) left.
+    pub fn take_keyframe_wish(&mut self) -> bool {
+        std::mem::take(&mut self.keyframe_wanted)
+    }
+
+    /// The earliest time [`PublisherLink::poll`] has something to write.
+    pub fn next_timeout(&self, now: Instant) -> Option<Instant> {
+        [
+            self.twcc.next_timeout(),
+            self.repairs_loss().then(|| self.nack.next_timeout()).flatten(),
+            self.remb.next_timeout(now),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Writes the next RTCP packet due at `now` into `out` (sent under `rtcp_ssrc`, about the
+    /// publisher's `ssrcs`: audio, video), or `None` when nothing is due. Call until `None`.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        rtcp_ssrc: u32,
+        ssrcs: [Option<u32>; 2],
+    ) -> Option<(usize, LinkRtcp)> {
+        let media_ssrc = ssrcs[1].or(ssrcs[0]).unwrap_or(0);
+        if let Ok(Some(len)) = self.twcc.poll(now, out, rtcp_ssrc, media_ssrc) {
+            self.counters.feedback_sent += 1;
+            return Some((len, LinkRtcp::TransportFeedback));
+        }
+        if self.repairs_loss()
+            && let Some(video_ssrc) = ssrcs[1]
+        {
+            let mut lost = [0u16; NACK_BATCH];
+            let polled = self.nack.poll(now, &mut lost);
+            if polled.gave_up > 0 {
+                self.counters.given_up += polled.gave_up;
+                self.keyframe_wanted = true;
+            }
+            if polled.requested > 0
+                && let Ok((len, covered)) =
+                    write_nack(out, rtcp_ssrc, video_ssrc, &lost[..polled.requested])
+            {
+                // What did not fit is asked again at the next retry.
+                self.counters.nacked += covered as u64;
+                return Some((len, LinkRtcp::Nack));
+            }
+        }
+        let known: [u32; 2] = [ssrcs[0].unwrap_or(0), ssrcs[1].unwrap_or(0)];
+        let count = ssrcs.iter().flatten().count();
+        let listed = if ssrcs[0].is_some() {
+            &known[..count]
+        } else {
+            &known[1..1 + count]
+        };
+        if !listed.is_empty()
+            && let Ok(Some(len)) = self.remb.poll(now, out, rtcp_ssrc, listed)
+        {
+            return Some((len, LinkRtcp::Remb));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::nack::Nack;
+    use crate::wire::remb::Remb;
+    use crate::wire::rtx::{RtxStream, build_rtx};
+    use crate::wire::twcc::{TransportFeedback, write_transport_sequence};
+
+    const VIDEO_SSRC: u32 = 0xabc;
+    const TWCC_ID: u8 = 3;
+
+    /// A video packet with a transport-wide sequence number in a one-byte extension.
+    fn video(seq: u16, transport_seq: u16) -> Vec<u8> {
+        let mut p = vec![0x90, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&1000u32.to_be_bytes());
+        p.extend_from_slice(&VIDEO_SSRC.to_be_bytes());
+        p.extend_from_slice(&[0xbe, 0xde, 0, 1, TWCC_ID << 4 | 1, 0, 0, 0]);
+        p.extend_from_slice(&[7u8; 100]);
+        let header = RtpHeader::parse(&p).unwrap();
+        write_transport_sequence(&mut p, &header, TWCC_ID, transport_seq).unwrap();
+        p
+    }
+
+    fn new_link(max_kbps: u32) -> PublisherLink {
+        PublisherLink::new(LinkSettings {
+            transport_cc_id: Some(TWCC_ID),
+            nack: true,
+            rtx: Some((97, 96)),
+            max_kbps,
+        })
+    }
+
+    fn arrive(link: &mut PublisherLink, now: Instant, mut packet: Vec<u8>) -> Option<u16> {
+        let header = RtpHeader::parse(&packet).unwrap();
+        match link.on_rtp(now, &mut packet, header, Some(VIDEO_SSRC)) {
+            Arrival::Forward {
+                header,
+                retransmitted,
+                ..
+            } => link
+                .on_video(now, header.sequence, retransmitted)
+                .then_some(header.sequence),
+            Arrival::Consumed => None,
+        }
+    }
+
+    fn drain(link: &mut PublisherLink, now: Instant) -> Vec<(LinkRtcp, Vec<u8>)> {
+        let mut sent = Vec::new();
+        let mut out = [0u8; 1500];
+        while let Some((len, kind)) = link.poll(now, &mut out, 1, [Some(0x111), Some(VIDEO_SSRC)]) {
+            sent.push((kind, out[..len].to_vec()));
+        }
+        sent
+    }
+
+    #[test]
+    fn a_lost_packet_is_nacked_and_its_retransmission_restored_and_forwarded_once() {
+        let t0 = Instant::now();
+        let mut link = new_link(0);
+        for seq in [10u16, 11, 13] {
+            assert_eq!(arrive(&mut link, t0, video(seq, seq)), Some(seq));
+        }
+        let sent = drain(&mut link, t0);
+        let nacks: Vec<Vec<u16>> = sent
+            .iter()
+            .filter(|(k, _)| *k == LinkRtcp::Nack)
+            .map(|(_, p)| Nack::parse(p).unwrap().lost().collect())
+            .collect();
+        assert_eq!(nacks, [vec![12]]);
+
+        // The retransmission comes as RTX: restored to sequence 12 on the video SSRC.
+        let original = video(12, 0);
+        let mut rtx = vec![0u8; 1500];
+        let stream = RtxStream {
+            ssrc: 0xdef,
+            payload_type: 97,
+            sequence: 500,
+        };
+        let len = build_rtx(&original, &stream, &mut rtx).unwrap();
+        rtx.truncate(len);
+        let later = t0 + Duration::from_millis(30);
+        assert_eq!(arrive(&mut link, later, rtx.clone()), Some(12));
+        assert_eq!(link.counters().repaired, 1);
+        // A second copy repairs nothing and is dropped.
+        assert_eq!(arrive(&mut link, later, rtx), None);
+        assert_eq!(link.counters().needless_retransmissions, 1);
+    }
+
+    #[test]
+    fn transport_wide_feedback_reports_every_numbered_packet() {
+        let t0 = Instant::now();
+        let mut link = new_link(0);
+        for (i, transport_seq) in [100u16, 101, 103].into_iter().enumerate() {
+            let at = t0 + Duration::from_millis(i as u64 * 5);
+            arrive(&mut link, at, video(i as u16, transport_seq));
+        }
+        let sent = drain(&mut link, t0 + Duration::from_millis(200));
+        let (_, feedback) = sent
+            .iter()
+            .find(|(k, _)| *k == LinkRtcp::TransportFeedback)
+            .expect("feedback is due after the interval");
+        let parsed = TransportFeedback::parse(feedback).unwrap();
+        let statuses: Vec<(u16, bool)> = parsed
+            .packets()
+            .map(|p| (p.sequence, p.status != crate::wire::twcc::PacketStatus::NotReceived))
+            .collect();
+        assert_eq!(statuses, [(100, true), (101, true), (102, false), (103, true)]);
+        assert_eq!(link.counters().feedback_sent, 1);
+    }
+
+    #[test]
+    fn an_operator_cap_goes_out_as_remb_about_once_a_second() {
+        let t0 = Instant::now();
+        let mut link = new_link(500);
+        arrive(&mut link, t0, video(1, 1));
+        let remb_at = |link: &mut PublisherLink, at| {
+            drain(link, at)
+                .into_iter()
+                .filter(|(k, _)| *k == LinkRtcp::Remb)
+                .map(|(_, p)| Remb::parse(&p).unwrap().bitrate_bps)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(remb_at(&mut link, t0), [500_000]);
+        assert!(remb_at(&mut link, t0 + Duration::from_millis(500)).is_empty());
+        assert_eq!(remb_at(&mut link, t0 + Duration::from_millis(1000)), [500_000]);
+        assert!(remb_at(&mut new_link(0), t0).is_empty(), "no cap, no REMB");
+    }
+
+    #[test]
+    fn without_nack_nothing_is_nacked_and_every_packet_is_forwarded() {
+        let t0 = Instant::now();
+        let mut link = PublisherLink::new(LinkSettings {
+            transport_cc_id: Some(TWCC_ID),
+            nack: false,
+            rtx: None,
+            max_kbps: 0,
+        });
+        for seq in [1u16, 5, 5] {
+            assert_eq!(arrive(&mut link, t0, video(seq, seq)), Some(seq));
+        }
+        assert!(drain(&mut link, t0).iter().all(|(k, _)| *k != LinkRtcp::Nack));
+    }
+}

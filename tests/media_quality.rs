@@ -1,0 +1,736 @@
+//! Media quality on real networks, measured the way a user would see it: headless Chromium
+//! publishes through WHIP and plays through WHEP, and the test reads Chromium's own getStats.
+//!
+//! - Through an impaired path: nftables drops a share of the media datagrams at random in each
+//!   direction (3 %; `MEDIA_QUALITY_LOSS_PCT` overrides it, e.g. 0 to check the harness), and
+//!   two players must keep decoding with no more than a second of freezes, which needs the
+//!   relay to repair loss with NACKs and retransmissions both ways.
+//! - On a clean path the publisher's encoder ramps up (the relay feeds bandwidth back), and an
+//!   operator's `media.max_publish_kbps` holds it below the cap.
+//!
+//! Each test runs in a network namespace of its own (relay, Chromium and chromedriver all on
+//! its loopback), so the nftables rules touch nothing else; the impaired one needs root and
+//! Debian's `nftables` (tests/run installs it). The figures are printed (`--nocapture`): each
+//! test prints a closing `figures:` line for the README.
+
+mod common;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Relay, free_tcp_port};
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{Value, json};
+
+/// The relay's media ports in every test: the namespace is private, so a fixed range is free,
+/// and the nftables rules match exactly these ports (signaling and chromedriver use TCP on
+/// others, and Chromium's own UDP ports are ephemeral ones, above 32767).
+const MEDIA_PORTS: &str = "31000-31063";
+
+/// The share of media datagrams dropped in each direction, in percent. (The test's own
+/// variables do not start with `CORECAST_`: the relay, which inherits the environment, would
+/// refuse them as unknown keys.)
+fn loss_pct() -> u32 {
+    std::env::var("MEDIA_QUALITY_LOSS_PCT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Shell commands (run in the namespace before the test) that make the output hook drop
+/// `pct` % of the datagrams from the media ports (relay to browser) and to them (browser to
+/// relay), at random. On loopback every datagram crosses `output` once. Each direction has a
+/// counting rule and a dropping rule, in that order: see [`drop_counts`].
+fn impairment(pct: u32) -> String {
+    let (nft, r) = (nft(), MEDIA_PORTS);
+    [
+        format!("{nft} add table inet impair"),
+        format!(
+            "{nft} add chain inet impair out \
+             '{{ type filter hook output priority 0; policy accept; }}'"
+        ),
+        format!("{nft} add rule inet impair out udp sport {r} counter"),
+        format!(
+            "{nft} add rule inet impair out udp sport {r} numgen random mod 100 lt {pct} counter drop"
+        ),
+        format!("{nft} add rule inet impair out udp dport {r} counter"),
+        format!(
+            "{nft} add rule inet impair out udp dport {r} numgen random mod 100 lt {pct} counter drop"
+        ),
+    ]
+    .join(" && ")
+}
+
+/// What the impairment rules counted: (relay to browser: seen, dropped), (browser to relay:
+/// seen, dropped), in datagrams.
+fn drop_counts() -> ((u64, u64), (u64, u64)) {
+    let out = Command::new(nft())
+        .args(["-j", "list", "chain", "inet", "impair", "out"])
+        .output()
+        .expect("running nft");
+    assert!(
+        out.status.success(),
+        "nft list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing: Value = serde_json::from_slice(&out.stdout).expect("nft's JSON");
+    let counts: Vec<u64> = listing["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|item| item["rule"]["expr"].as_array())
+        .filter_map(|expr| {
+            expr.iter()
+                .find_map(|e| e["counter"]["packets"].as_u64())
+        })
+        .collect();
+    assert_eq!(counts.len(), 4, "four counting rules: {listing}");
+    ((counts[0], counts[1]), (counts[2], counts[3]))
+}
+
+/// The `nft` command: found on the PATH, or in /usr/sbin (which a PATH may lack). Fails early,
+/// with what to do, when it is missing (the namespace's setup would fail with a less helpful
+/// message).
+fn nft() -> String {
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v nft"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if on_path {
+        return "nft".into();
+    }
+    assert!(
+        Path::new("/usr/sbin/nft").exists(),
+        "nft is missing: install Debian's nftables (tests/run does: apt-get install nftables)"
+    );
+    "/usr/sbin/nft".into()
+}
+
+/// Where the test inside the namespace writes its figures, for the outer test to print (the
+/// namespace's own output is shown only when it fails).
+const REPORT_VAR: &str = "MEDIA_QUALITY_REPORT";
+
+fn report_path(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "corecast-media-quality-{}-{test}.txt",
+        std::process::id()
+    ))
+}
+
+/// Removes the report file however the outer test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Prints one line of figures, and keeps it for the outer test when inside the namespace.
+fn say(line: impl AsRef<str>) {
+    let line = line.as_ref();
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(REPORT_VAR) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// One browser test at a time: each Chromium encodes and decodes on the machine's few cores.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `body` in a private network namespace set up by `setup` (shell commands), one test at
+/// a time, and prints the figures it reported. With `needs_namespace`, a machine where no
+/// namespace can be made (not root) fails the test rather than running it unimpaired.
+fn in_network(test: &str, setup: &str, needs_namespace: bool, body: impl Future<Output = ()>) {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|p| p.into_inner());
+    let report = RemoveOnDrop(report_path(test));
+    let _ = std::fs::remove_file(&report.0);
+    let setup = format!("export {REPORT_VAR}='{}' && {setup}", report.0.display());
+    if common::in_private_network_set_up(test, &setup) {
+        if let Ok(text) = std::fs::read_to_string(&report.0) {
+            eprint!("{test}:\n{text}");
+        }
+        return;
+    }
+    assert!(
+        !needs_namespace || std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_some(),
+        "{test} needs a network namespace of its own for its nftables rules (run it as root)"
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body);
+}
+
+/// The page-side harness: publish with chosen camera constraints, play, and report the raw
+/// getStats of the video RTP streams. Installed into the relay's own page (same origin as its
+/// WHIP and WHEP endpoints), independent of the page's own script.
+const HARNESS: &str = r#"
+window.mq = (() => {
+  const sessions = new Map();
+  let next = 1;
+  async function negotiate(pc, path) {
+    await pc.setLocalDescription(await pc.createOffer());
+    const res = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp" },
+      body: pc.localDescription.sdp,
+    });
+    const text = await res.text();
+    if (res.status !== 201) throw new Error(`${res.status} ${text.trim()}`);
+    await pc.setRemoteDescription({ type: "answer", sdp: text });
+    return text;
+  }
+  async function start(endpoint, stream, setup) {
+    const id = next++;
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    const s = { pc, error: null, answer: "" };
+    sessions.set(id, s);
+    try {
+      await setup(pc);
+      s.answer = await negotiate(pc, `/${endpoint}/${encodeURIComponent(stream)}`);
+    } catch (e) {
+      s.error = String(e.message || e);
+    }
+    return id;
+  }
+  function publish(stream, video) {
+    return start("whip", stream, async (pc) => {
+      const media = await navigator.mediaDevices.getUserMedia({ audio: true, video });
+      for (const t of media.getTracks()) pc.addTransceiver(t, { direction: "sendonly", streams: [media] });
+    });
+  }
+  function play(stream) {
+    return start("whep", stream, async (pc) => {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+      pc.addTransceiver("video", { direction: "recvonly" });
+      const v = document.createElement("video");
+      v.autoplay = true; v.muted = true; v.playsInline = true;
+      document.body.appendChild(v);
+      pc.ontrack = (e) => { v.srcObject = e.streams[0] || new MediaStream([e.track]); };
+    });
+  }
+  async function stats(id) {
+    const s = sessions.get(id);
+    const out = { error: s.error, connectionState: s.pc.connectionState };
+    const report = await s.pc.getStats();
+    report.forEach((r) => {
+      if (r.kind === "video" && (r.type === "inbound-rtp" || r.type === "outbound-rtp")) {
+        out[r.type] = JSON.parse(JSON.stringify(r));
+      } else if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") {
+        out.availableOutgoingBitrate = r.availableOutgoingBitrate;
+        out.currentRoundTripTime = r.currentRoundTripTime;
+      }
+    });
+    return out;
+  }
+  // The answer's video section, feedback and extension lines: what the relay negotiated.
+  function negotiated(id) {
+    const sdp = sessions.get(id).answer;
+    const video = sdp.split("m=video")[1] || "";
+    return video.split("\r\n").filter((l) => /^a=(rtcp-fb|extmap|rtpmap|fmtp)/.test(l));
+  }
+  return { publish, play, stats, negotiated };
+})();
+return true;
+"#;
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: TempDir,
+}
+
+impl Browser {
+    /// Starts headless Chromium with a fake camera at 30 frames per second (its default is
+    /// 20, which would leave no headroom for a 20 fps floor), on the relay's page.
+    async fn start(relay: &Relay) -> Browser {
+        let chromium =
+            std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let chromedriver = std::env::var("CORECAST_CHROMEDRIVER")
+            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        for binary in [&chromium, &chromedriver] {
+            assert!(
+                Path::new(binary).exists(),
+                "{binary} is missing: install Debian's chromium and chromium-driver \
+                 (tests/run does)"
+            );
+        }
+        let port = free_tcp_port();
+        let mut driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            if let Ok(Some(status)) = driver.try_wait() {
+                panic!("chromedriver exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = TempDir(std::env::temp_dir().join(format!(
+            "corecast-media-quality-chromium-{}-{port}",
+            std::process::id()
+        )));
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--use-fake-device-for-media-stream=fps=30", "--use-fake-ui-for-media-stream",
+                    "--autoplay-policy=no-user-gesture-required",
+                    "--allow-loopback-in-peer-connection",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--disable-quic",
+                    "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                    "--disable-backgrounding-occluded-windows",
+                    format!("--user-data-dir={}", profile.0.display()),
+                ]
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connecting to chromedriver");
+        let browser = Browser {
+            client,
+            driver,
+            _profile: profile,
+        };
+        browser
+            .client
+            .goto(&relay.url("/"))
+            .await
+            .expect("loading the relay's page");
+        browser.call(HARNESS, vec![]).await;
+        browser
+    }
+
+    async fn call(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client
+            .execute(script, args)
+            .await
+            .expect("script in the page")
+    }
+
+    async fn stats(&self, id: &Value) -> Value {
+        self.call("return await mq.stats(arguments[0])", vec![id.clone()])
+            .await
+    }
+
+    /// Publishes `stream` from the fake camera at `width`x`height` and waits (up to 20 s)
+    /// until it sends video.
+    async fn publish(&self, relay: &Relay, stream: &str, width: u32, height: u32) -> Value {
+        let video = json!({
+            "width": { "ideal": width },
+            "height": { "ideal": height },
+            "frameRate": { "ideal": 30 },
+        });
+        let id = self
+            .call(
+                "return await mq.publish(arguments[0], arguments[1])",
+                vec![json!(stream), video],
+            )
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.stats(&id).await;
+            if s["error"].is_null()
+                && s["connectionState"] == "connected"
+                && num(&s["outbound-rtp"], "framesSent") > 0.0
+            {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline && s["error"].is_null(),
+                "the publisher did not start sending: {s:#}\nrelay log:\n{}",
+                relay.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn play(&self, stream: &str) -> Value {
+        let id = self
+            .call("return await mq.play(arguments[0])", vec![json!(stream)])
+            .await;
+        let s = self.stats(&id).await;
+        assert!(s["error"].is_null(), "playing {stream}: {s:#}");
+        id
+    }
+
+    /// The feedback, extension and codec lines the relay's answer negotiated for video.
+    async fn negotiated(&self, id: &Value) -> String {
+        let lines = self
+            .call("return mq.negotiated(arguments[0])", vec![id.clone()])
+            .await;
+        let lines: Vec<&str> = lines
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let interesting: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| {
+                l.starts_with("a=rtcp-fb")
+                    || l.contains("transport-wide")
+                    || l.contains("rtx")
+                    || l.contains("apt=")
+            })
+            .collect();
+        if interesting.is_empty() {
+            "(no rtcp-fb, transport-wide extension or rtx)".into()
+        } else {
+            interesting.join(" | ")
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
+        let mut driver = self.driver;
+        let _ = driver.kill();
+        let _ = driver.wait();
+    }
+}
+
+/// A number from a stats object (0 when absent).
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(0.0)
+}
+
+fn mbps(bps: f64) -> String {
+    format!("{:.2}", bps / 1e6)
+}
+
+/// The relay's metrics about loss repair and feedback, whatever their exact names.
+fn repair_metrics(relay: &Relay) -> String {
+    let body = common::http("GET", &relay.url("/metrics"), None, "").body;
+    let lines: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            ["nack", "retrans", "rtx", "repair", "feedback", "remb", "rtt", "loss"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    if lines.is_empty() {
+        "(none)".into()
+    } else {
+        lines.join("\n  ")
+    }
+}
+
+/// One player's video as sampled once a second: (stats timestamp in ms, frames decoded).
+#[derive(Default)]
+struct Decoding {
+    samples: Vec<(f64, f64)>,
+}
+
+impl Decoding {
+    fn push(&mut self, inbound: &Value) {
+        self.samples
+            .push((num(inbound, "timestamp"), num(inbound, "framesDecoded")));
+    }
+
+    /// Frames decoded per second over the last `window` of samples (the newest sample and the
+    /// latest one at least `window` older).
+    fn recent_fps(&self, window: Duration) -> f64 {
+        let Some(&(t1, f1)) = self.samples.last() else {
+            return 0.0;
+        };
+        let window_ms = window.as_secs_f64() * 1000.0;
+        let Some(&(t0, f0)) = self.samples.iter().rev().find(|(t, _)| t1 - t >= window_ms)
+        else {
+            return 0.0;
+        };
+        (f1 - f0) / ((t1 - t0) / 1000.0)
+    }
+}
+
+#[test]
+fn chromium_players_keep_decoding_through_three_percent_loss_each_way() {
+    let pct = loss_pct();
+    in_network(
+        "chromium_players_keep_decoding_through_three_percent_loss_each_way",
+        &impairment(pct),
+        true,
+        players_through_loss(pct),
+    );
+}
+
+/// A publisher and two players over 25 s with `pct` % of the media datagrams dropped each way.
+async fn players_through_loss(pct: u32) {
+    const PLAY_FOR: Duration = Duration::from_secs(25);
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", MEDIA_PORTS),
+        ("CORECAST_MEDIA_PROTOCOL", "udp"),
+    ]);
+    let browser = Browser::start(&relay).await;
+    let publisher = browser.publish(&relay, "cam", 640, 480).await;
+    let players = [browser.play("cam").await, browser.play("cam").await];
+    say(format!(
+        "loss {pct} % each way; publisher's answer: {}",
+        browser.negotiated(&publisher).await
+    ));
+    say(format!(
+        "player's answer: {}",
+        browser.negotiated(&players[0]).await
+    ));
+
+    let start = Instant::now();
+    let mut decoding = [Decoding::default(), Decoding::default()];
+    let mut last = [Value::Null, Value::Null];
+    let mut publisher_stats = Value::Null;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while start.elapsed() < PLAY_FOR {
+        tick.tick().await;
+        let mut line = format!("t={:>2}s", start.elapsed().as_secs());
+        for (i, id) in players.iter().enumerate() {
+            let s = browser.stats(id).await;
+            let inbound = &s["inbound-rtp"];
+            decoding[i].push(inbound);
+            line.push_str(&format!(
+                " | player {i}: {} frames, fps {:.0}, freezes {} ({:.2} s), nacks {}, lost {}",
+                num(inbound, "framesDecoded"),
+                num(inbound, "framesPerSecond"),
+                num(inbound, "freezeCount"),
+                num(inbound, "totalFreezesDuration"),
+                num(inbound, "nackCount"),
+                num(inbound, "packetsLost"),
+            ));
+            last[i] = s;
+        }
+        publisher_stats = browser.stats(&publisher).await;
+        let outbound = &publisher_stats["outbound-rtp"];
+        line.push_str(&format!(
+            " | publisher: target {} Mbit/s, {} retransmitted, {} nacks received",
+            mbps(num(outbound, "targetBitrate")),
+            num(outbound, "retransmittedPacketsSent"),
+            num(outbound, "nackCount"),
+        ));
+        say(line);
+    }
+
+    let ((to_browser, dropped_to_browser), (to_relay, dropped_to_relay)) = drop_counts();
+    say(format!(
+        "nftables dropped {dropped_to_browser} of {to_browser} datagrams relay→browser, \
+         {dropped_to_relay} of {to_relay} browser→relay"
+    ));
+    say(format!("relay metrics:\n  {}", repair_metrics(&relay)));
+
+    let mut failures = Vec::new();
+    let mut figures = Vec::new();
+    for (i, s) in last.iter().enumerate() {
+        let inbound = &s["inbound-rtp"];
+        let fps = decoding[i].recent_fps(Duration::from_secs(3));
+        let freezes = num(inbound, "freezeCount");
+        let frozen = num(inbound, "totalFreezesDuration");
+        let nacks = num(inbound, "nackCount");
+        figures.push(format!(
+            "player {i}: {fps:.1} fps over the last 3 s, {freezes} freezes totalling {frozen:.2} s, \
+             {nacks} NACKs sent, {} packets lost",
+            num(inbound, "packetsLost")
+        ));
+        if fps < 20.0 {
+            failures.push(format!(
+                "player {i} decodes {fps:.1} fps at the end (needs ≥ 20)"
+            ));
+        }
+        if frozen > 1.0 {
+            failures.push(format!(
+                "player {i} froze {frozen:.2} s in {freezes} freezes (needs ≤ 1 s)"
+            ));
+        }
+    }
+    let outbound = &publisher_stats["outbound-rtp"];
+    let retransmitted = num(outbound, "retransmittedPacketsSent");
+    figures.push(format!(
+        "publisher: {retransmitted} packets retransmitted, {} NACKs received, target {} Mbit/s",
+        num(outbound, "nackCount"),
+        mbps(num(outbound, "targetBitrate"))
+    ));
+    if pct > 0 {
+        if retransmitted == 0.0 {
+            failures.push("the publisher retransmitted nothing (needs > 0)".into());
+        }
+        if dropped_to_browser == 0 || dropped_to_relay == 0 {
+            failures.push(format!(
+                "nftables dropped nothing in one direction: {dropped_to_browser} to the browser, \
+                 {dropped_to_relay} to the relay"
+            ));
+        }
+    }
+    say(format!(
+        "figures (loss {pct} % each way, {} s): {}",
+        PLAY_FOR.as_secs(),
+        figures.join("; ")
+    ));
+    browser.close().await;
+    assert!(
+        failures.is_empty(),
+        "{}\nrelay log:\n{}",
+        failures.join("\n"),
+        relay.log()
+    );
+}
+
+/// Publishes at 1280x720 (with one player) for up to `run_for`, sampling the publisher's
+/// encoder target once a second; `until` ends the run early once a sample satisfies it.
+/// Returns (seconds since the publisher sent its first frame, target in bit/s) samples.
+async fn publisher_targets(
+    relay: &Relay,
+    run_for: Duration,
+    until: impl Fn(f64) -> bool,
+) -> Vec<(f64, f64)> {
+    let browser = Browser::start(relay).await;
+    let publisher = browser.publish(relay, "hd", 1280, 720).await;
+    let start = Instant::now();
+    let player = browser.play("hd").await;
+    say(format!(
+        "publisher's answer: {}",
+        browser.negotiated(&publisher).await
+    ));
+    let mut series = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while start.elapsed() < run_for {
+        tick.tick().await;
+        let s = browser.stats(&publisher).await;
+        let outbound = &s["outbound-rtp"];
+        let t = start.elapsed().as_secs_f64();
+        let target = num(outbound, "targetBitrate");
+        let played = browser.stats(&player).await;
+        say(format!(
+            "t={t:>4.1}s target {} Mbit/s, available {} Mbit/s, sending {}x{} at {:.0} fps \
+             (limited by {}), player decodes {:.0} fps",
+            mbps(target),
+            mbps(num(&s, "availableOutgoingBitrate")),
+            num(outbound, "frameWidth"),
+            num(outbound, "frameHeight"),
+            num(outbound, "framesPerSecond"),
+            outbound["qualityLimitationReason"].as_str().unwrap_or("-"),
+            num(&played["inbound-rtp"], "framesPerSecond"),
+        ));
+        series.push((t, target));
+        if until(target) {
+            break;
+        }
+    }
+    say(format!("relay metrics:\n  {}", repair_metrics(relay)));
+    browser.close().await;
+    series
+}
+
+fn series_text(series: &[(f64, f64)]) -> String {
+    series
+        .iter()
+        .map(|(t, b)| format!("{t:.0}s:{}", mbps(*b)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn chromium_publisher_ramps_up_on_a_clean_path() {
+    in_network(
+        "chromium_publisher_ramps_up_on_a_clean_path",
+        "true",
+        false,
+        async {
+            let relay = Relay::start(&[
+                ("CORECAST_WORKERS_COUNT", "2"),
+                ("CORECAST_MEDIA_PORTS", MEDIA_PORTS),
+                ("CORECAST_MEDIA_PROTOCOL", "udp"),
+            ]);
+            let series =
+                publisher_targets(&relay, Duration::from_secs(20), |b| b >= 1_000_000.0).await;
+            say(format!(
+                "figures: publisher target (Mbit/s) on a clean path: {}",
+                series_text(&series)
+            ));
+            let peak = series.iter().map(|&(_, b)| b).fold(0.0, f64::max);
+            assert!(
+                peak >= 1_000_000.0,
+                "the publisher's target peaked at {} Mbit/s in 20 s (needs ≥ 1): {}\nrelay log:\n{}",
+                mbps(peak),
+                series_text(&series),
+                relay.log()
+            );
+        },
+    );
+}
+
+#[test]
+fn an_operator_cap_holds_the_publisher_below_it() {
+    in_network(
+        "an_operator_cap_holds_the_publisher_below_it",
+        "true",
+        false,
+        async {
+            let relay = Relay::start(&[
+                ("CORECAST_WORKERS_COUNT", "2"),
+                ("CORECAST_MEDIA_PORTS", MEDIA_PORTS),
+                ("CORECAST_MEDIA_PROTOCOL", "udp"),
+                ("CORECAST_MEDIA_MAX_PUBLISH_KBPS", "500"),
+            ]);
+            let series = publisher_targets(&relay, Duration::from_secs(20), |_| false).await;
+            say(format!(
+                "figures: publisher target (Mbit/s) with max_publish_kbps = 500: {}",
+                series_text(&series)
+            ));
+            let settled: Vec<f64> = series
+                .iter()
+                .filter(|&&(t, _)| t >= 5.0)
+                .map(|&(_, b)| b)
+                .collect();
+            let peak = settled.iter().copied().fold(0.0, f64::max);
+            assert!(
+                peak <= 550_000.0,
+                "the publisher's target reached {} Mbit/s after the first 5 s (cap 0.5, needs \
+                 ≤ 0.55): {}\nrelay log:\n{}",
+                mbps(peak),
+                series_text(&series),
+                relay.log()
+            );
+            // Held by the cap, not stuck at the browser's start bitrate for want of feedback:
+            // with the relay's feedback the target climbs well above its start (~0.3).
+            assert!(
+                peak >= 350_000.0,
+                "the publisher's target never rose above {} Mbit/s: no bandwidth feedback \
+                 reached it, so this says nothing of the cap: {}\nrelay log:\n{}",
+                mbps(peak),
+                series_text(&series),
+                relay.log()
+            );
+        },
+    );
+}
