@@ -136,9 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             stopped(stop_rx.clone()),
         ));
     }
-    if let Some(tls) = &tls {
-        tokio::spawn(reload_on_sighup(tls.clone()));
-    }
+    tokio::spawn(reload_on_sighup(tls.clone()));
     crate::control::listener::serve(
         listener,
         http::router(control, limits.clone(), gate),
@@ -190,21 +188,36 @@ fn front_door_summary(config: &Config, tls: Option<&TlsServer>, gate: &Gate) -> 
     } else {
         "none required (open)".to_string()
     };
-    let webhook = auth
-        .webhook
-        .as_ref()
-        .map_or(String::new(), |w| format!("; admission webhook {}", w.url));
+    let webhook = auth.webhook.as_ref().map_or(String::new(), |w| {
+        // The URL without any credentials in it.
+        let url = match w.url.split_once("://") {
+            Some((scheme, rest)) => {
+                let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+                let (authority, path) = rest.split_at(cut);
+                let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                format!("{scheme}://{host}{path}")
+            }
+            None => w.url.clone(),
+        };
+        format!("; admission webhook {url}")
+    });
     format!("  TLS:     {tls_line}\n  tokens:  {tokens}{webhook}")
 }
 
 /// Reads the certificate and key again on each SIGHUP; connections already open keep theirs.
-async fn reload_on_sighup(tls: Arc<TlsServer>) {
+/// Without TLS a SIGHUP (`systemctl reload`) is logged and changes nothing, rather than ending
+/// the process as it would by default.
+async fn reload_on_sighup(tls: Option<Arc<TlsServer>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP: the certificate will not be reloaded");
         return;
     };
     while hangups.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            tracing::info!("SIGHUP: no TLS certificate to reload (http.tls is off)");
+            continue;
+        };
         match tls.reload() {
             Ok(fingerprint) => {
                 tracing::info!(%fingerprint, "SIGHUP: TLS certificate reloaded for new connections")

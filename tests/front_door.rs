@@ -240,7 +240,11 @@ async fn tokens_guard_every_entry_point_over_https_and_refusals_leave_nothing_be
         "[http]\ntls = \"self-signed\"\nmax_sessions_per_token = 2\nredirect_listen = \
          \"127.0.0.1:{redirect}\"\n[auth]\nmetrics = \"admin\"\n{TOKENS}"
     );
-    let relay = TlsRelay::start("tokens", &config, &[]);
+    let relay = TlsRelay::start(
+        "tokens",
+        &config,
+        &[("CORECAST_HTTP_HEADER_TIMEOUT_MS", "1000")],
+    );
     let log = relay.relay.log();
     assert!(log.contains("self-signed certificate"), "{log}");
     assert!(!log.contains(STUDIO) && !log.contains(JWT_SECRET), "{log}");
@@ -396,6 +400,51 @@ async fn tokens_guard_every_entry_point_over_https_and_refusals_leave_nothing_be
     let (player, received) = play(relay.url("/whep/cam-live"), insecure(Some(&player_jwt))).await;
     packets_arrive("the JWT player", &received, &relay.relay).await;
     player.close().await;
+
+    // The timeouts hold over TLS: a connection that never finishes its handshake is closed by
+    // the header timeout; one that speaks plain HTTP fails its handshake. Both are counted.
+    let op = Some(OPERATOR);
+    // (The harness's check that the relay listens was a connection without a handshake.)
+    let failures_before = relay
+        .metric(op, "corecast_tls_handshake_failures_total")
+        .await;
+    let port = relay.port();
+    let silent = tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        socket.write_all(&[0x16, 0x03, 0x01]).unwrap(); // the start of a ClientHello
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let closed = socket.read_to_end(&mut rest).is_ok();
+        (closed, started.elapsed())
+    });
+    let (closed, after) = silent.await.unwrap();
+    assert!(
+        closed && after < Duration::from_secs(4),
+        "{closed} {after:?}"
+    );
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let _ = plain.read_to_end(&mut Vec::new());
+    assert_eq!(
+        relay
+            .metric(op, "corecast_http_header_timeouts_total")
+            .await,
+        1
+    );
+    assert_eq!(
+        relay
+            .metric(op, "corecast_tls_handshake_failures_total")
+            .await,
+        failures_before + 1
+    );
 }
 
 /// A tiny webhook on loopback: streams named `deny-*` are refused with 403, `slow-*` get no
@@ -851,7 +900,22 @@ fn chromium_publishes_and_plays_over_https_and_wss_with_a_token() {
             wait_for_stats(&browser, &player, "the WHEP player to decode", &relay.relay, ok).await;
             let _ = publisher;
 
-            // WSS: the token goes in the WebSocket's query; a stream it does not cover is 403.
+            assert_eq!(browser.call("return window.asked", vec![]).await, 1);
+
+            // WSS, the token in the first message: without one the relay says 401.
+            let command = |msg: Value| {
+                let browser = &browser;
+                async move {
+                    browser
+                        .call("return await corecast.command(arguments[0])", vec![msg])
+                        .await
+                }
+            };
+            browser.call("corecast.setToken(null)", vec![]).await;
+            let bare = command(json!({"type": "play", "stream": "web-ws", "sdp": "v=0"})).await;
+            assert_eq!(bare["status"], 401, "{bare}");
+            let auth = command(json!({"type": "auth", "token": CLUSTER})).await;
+            assert_eq!(auth["type"], "authenticated", "{auth}");
             let ws = json!({ "signaling": "ws" });
             browser
                 .call(
@@ -866,14 +930,15 @@ fn chromium_publishes_and_plays_over_https_and_wss_with_a_token() {
                 )
                 .await;
             wait_for_stats(&browser, &ws_player, "the WSS player to decode", &relay.relay, ok).await;
-            let outside = browser
-                .call(
-                    "return await corecast.command({type: 'play', stream: 'other', sdp: 'v=0'})",
-                    vec![],
-                )
+
+            // The token in the WebSocket's query (a fresh page): a stream it does not cover is
+            // 403, where no token would be 401.
+            browser.client.goto(&relay.url("/")).await.unwrap();
+            browser
+                .call("corecast.setToken(arguments[0])", vec![json!(CLUSTER)])
                 .await;
+            let outside = command(json!({"type": "play", "stream": "other", "sdp": "v=0"})).await;
             assert_eq!(outside["status"], 403, "{outside}");
-            assert_eq!(browser.call("return window.asked", vec![]).await, 1);
             browser.close().await;
         });
 }

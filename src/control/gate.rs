@@ -229,18 +229,21 @@ impl Gate {
             Refusal::Forbidden(_) => &self.counters.forbidden,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        // The refusal says why; the token itself is never logged.
-        tracing::info!(%peer, status = refusal.status(), "refused: {refusal}");
+        // The refusal says why; the token itself is never logged. Debug: scanners would fill
+        // the log, and the counters say how many.
+        tracing::debug!(%peer, status = refusal.status(), "refused: {refusal}");
         Denied {
             error: ApiError::new(refusal.status(), refusal.to_string()),
             challenge: refusal.challenge(),
         }
     }
 
-    /// The grant of `token`: `None` when no tokens are required.
+    /// The grant of `token`: `None` when no tokens are required (unless it is the relay's own,
+    /// which the webhook is not asked about).
     pub fn authenticate(&self, token: Option<&str>, peer: IpAddr) -> Result<Option<Grant>, Denied> {
         if !self.enabled() {
-            return Ok(None);
+            let own = self.auth.authenticate(token, unix_now()).ok();
+            return Ok(own.filter(|grant| grant.internal));
         }
         self.auth
             .authenticate(token, unix_now())
@@ -322,19 +325,24 @@ impl Gate {
             claims: grant.map_or(Value::Null, |g| g.claims.clone()),
             reason: None,
         };
-        if let Some(hook) = &self.webhook
+        // The relay's own bridges carry sessions whose clients were admitted already.
+        let hook = self
+            .webhook
+            .as_ref()
+            .filter(|_| !grant.is_some_and(|g| g.internal));
+        if let Some(hook) = hook
             && let Some(refusal) = hook.ask(&event).await.refusal(right.name(), stream)
         {
             // The client has no answer yet, so no media has flowed: the session just goes.
             control.delete_session(session).await;
             return Err(refusal);
         }
-        if self.webhook.is_none() && reservation.0.is_none() {
+        if hook.is_none() && reservation.0.is_none() {
             return Ok(());
         }
         let (events_tx, mut events) = mpsc::unbounded_channel();
         control.watch_session(session, events_tx);
-        let hook = self.webhook.clone();
+        let hook = hook.cloned();
         tokio::spawn(async move {
             // Until the session's end; a closed channel means it is gone.
             let mut reason = None;

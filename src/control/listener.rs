@@ -1,10 +1,11 @@
 //! The HTTP server's connection loop: accepts connections up to `http.max_connections`, holds
 //! each to its header and idle timeouts (`limits::ConnectionClock`), hands requests to the
 //! router with the client's address, and keeps WebSocket upgrades working. With TLS
-//! (`tls::TlsServer`) each connection's handshake comes first and counts against the header
-//! timeout: the first request's header must be complete within `http.header_timeout_ms` of the
-//! TCP accept, handshake included. On shutdown it stops accepting, lets requests under way
-//! finish, and closes the rest.
+//! (`tls::TlsServer`) each connection's handshake comes first and must end within
+//! `http.header_timeout_ms` of the TCP accept (a handshake that does not is counted as a header
+//! timeout); then the connection's clock runs from the accept as over plain HTTP: idle until a
+//! request begins (browsers open connections ahead of need), then the header timeout. On
+//! shutdown it stops accepting, lets requests under way finish, and closes the rest.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -169,8 +170,8 @@ async fn accept_connection(
     }
 }
 
-/// Serves one connection. `started` is when a TLS connection was accepted: its handshake is
-/// part of the first request's time to send its header.
+/// Serves one connection. `started` is when a TLS connection was accepted: its clock runs
+/// from then, handshake included.
 async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
@@ -182,11 +183,11 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut clock =
-        ConnectionClock::new(Instant::now(), limits.header_timeout, limits.idle_timeout);
-    if let Some(accepted) = started {
-        clock.on_read(accepted);
-    }
+    let clock = ConnectionClock::new(
+        started.unwrap_or_else(Instant::now),
+        limits.header_timeout,
+        limits.idle_timeout,
+    );
     let timers = Arc::new(Timers {
         clock: Mutex::new(clock),
         earlier: Notify::new(),

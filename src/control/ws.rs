@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::auth::{Grant, Right};
+use super::auth::Right;
 use super::gate::Gate;
 use super::limits::{HttpLimits, WS_MAX_MESSAGE, retry_after_seconds};
 use super::{ApiError, Control, Ending};
@@ -56,8 +56,9 @@ struct Request {
 struct Client {
     peer: IpAddr,
     gate: Arc<Gate>,
-    /// The token's grant, once one was given (`None` too when no tokens are required).
-    grant: Option<Grant>,
+    /// The token, once one was given: checked again at each publish and play, so that a JWT
+    /// that expires stops opening sessions.
+    token: Option<String>,
 }
 
 pub async fn upgrade(
@@ -74,17 +75,15 @@ pub async fn upgrade(
             .find_map(|pair| pair.strip_prefix("token="))
             .map(super::gate::decode)
     });
-    let grant = match token {
-        Some(token) => match gate.authenticate(Some(&token), peer.ip()) {
-            Ok(grant) => grant,
-            Err(denied) => return denied.into_response(),
-        },
-        None => None,
-    };
+    if let Some(token) = &token
+        && let Err(denied) = gate.authenticate(Some(token), peer.ip())
+    {
+        return denied.into_response();
+    }
     let client = Client {
         peer: peer.ip(),
         gate,
-        grant,
+        token,
     };
     ws.max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
@@ -184,10 +183,10 @@ async fn handle(
     };
     let id = &request.id;
     if let Some(token) = &request.token {
-        match client.gate.authenticate(Some(token), peer) {
-            Ok(grant) => client.grant = grant,
-            Err(denied) => return error(id, denied.error.status, denied.error.message),
+        if let Err(denied) = client.gate.authenticate(Some(token), peer) {
+            return error(id, denied.error.status, denied.error.message);
         }
+        client.token = Some(token.clone());
     }
     match request.kind.as_str() {
         "auth" if request.token.is_some() => json!({"type": "authenticated", "id": id}),
@@ -202,7 +201,11 @@ async fn handle(
                 Right::Play
             };
             let gate = client.gate.clone();
-            let reservation = match gate.open_session(client.grant.as_ref(), right, stream, peer) {
+            let grant = match gate.authenticate(client.token.as_deref(), peer) {
+                Ok(grant) => grant,
+                Err(denied) => return error(id, denied.error.status, denied.error.message),
+            };
+            let reservation = match gate.open_session(grant.as_ref(), right, stream, peer) {
                 Ok(reservation) => reservation,
                 Err(denied) => return error(id, denied.error.status, denied.error.message),
             };
@@ -218,7 +221,7 @@ async fn handle(
                         stream,
                         session: created.session,
                         peer,
-                        grant: client.grant.as_ref(),
+                        grant: grant.as_ref(),
                     };
                     gate.admit(control, reservation, new)
                         .await
