@@ -174,9 +174,18 @@ impl Output {
         self.record_submitted();
         let _ = self.ring.submit();
         let mut reaped = std::mem::take(&mut self.deferred);
+        let already_deferred = reaped.len();
         self.ring.completions(&mut reaped, usize::MAX);
-        // What was deferred before is no finished send: `retain` keeps it, in order.
-        reaped.retain(|completion| !self.finish_send(completion));
+        // Only the new ones can be finished sends; what stays keeps its order (a large TCP
+        // fanout defers hundreds of completions, not worth scanning again every batch).
+        let mut kept = already_deferred;
+        for i in already_deferred..reaped.len() {
+            if !self.finish_send(&reaped[i]) {
+                reaped.swap(kept, i);
+                kept += 1;
+            }
+        }
+        reaped.truncate(kept);
         self.deferred = reaped;
     }
 
