@@ -39,6 +39,7 @@ impl EgressPool {
         }
     }
 
+    #[inline]
     pub(super) fn alloc(&mut self) -> Option<u32> {
         let slot = self.free.pop()?;
         self.state[slot as usize] = SlotState::Held;
@@ -47,6 +48,7 @@ impl EgressPool {
 
     /// Gives a held slot back. Panics for a slot in flight or already free: that is a bug in
     /// the caller's bookkeeping, and going on would let the kernel read a reused buffer.
+    #[inline]
     pub(super) fn release(&mut self, slot: u32) {
         self.expect_held(slot);
         self.state[slot as usize] = SlotState::Free;
@@ -54,6 +56,7 @@ impl EgressPool {
     }
 
     /// The whole buffer of a held slot; packets start at `EGRESS_HEADROOM`.
+    #[inline]
     pub(super) fn buffer(&mut self, slot: u32) -> &mut [u8] {
         self.expect_held(slot);
         let start = slot as usize * EGRESS_BUFFER_SIZE;
@@ -62,6 +65,7 @@ impl EgressPool {
 
     /// Marks a held slot in flight, storing its destination (`to`, for a datagram) in the
     /// slot; returns where the kernel reads its bytes from and the stored destination.
+    #[inline]
     pub(super) fn lend(
         &mut self,
         slot: u32,
@@ -83,11 +87,13 @@ impl EgressPool {
     }
 
     /// The kernel is done with a slot: it is held by the worker again.
+    #[inline]
     pub(super) fn returned(&mut self, slot: u32) {
         debug_assert_eq!(self.state[slot as usize], SlotState::InFlight);
         self.state[slot as usize] = SlotState::Held;
     }
 
+    #[inline]
     fn expect_held(&self, slot: u32) {
         let state = self.state[slot as usize];
         assert!(

@@ -239,16 +239,19 @@ impl Ring {
     }
 
     /// A free egress slot, held by the caller until it sends or releases it.
+    #[inline]
     pub fn alloc_egress(&mut self) -> Option<u32> {
         self.pool.alloc()
     }
 
     /// The whole buffer of a held egress slot; packets start at `EGRESS_HEADROOM`.
+    #[inline]
     pub fn egress_buffer(&mut self, slot: u32) -> &mut [u8] {
         self.pool.buffer(slot)
     }
 
     /// Gives back a held egress slot that is not sent after all.
+    #[inline]
     pub fn release_egress(&mut self, slot: u32) {
         self.pool.release(slot)
     }

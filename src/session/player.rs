@@ -95,6 +95,7 @@ impl Player {
     }
 
     /// The track that plays `kind`, if the player negotiated one.
+    #[inline]
     pub fn track(&mut self, kind: MediaKind) -> Option<&mut PlayerTrack> {
         self.tracks[kind.index()].as_deref_mut()
     }

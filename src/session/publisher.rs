@@ -52,6 +52,7 @@ impl Publisher {
 
     /// An RTP packet arrived: the kind it carries, or `None` for a payload type the publisher
     /// did not negotiate (the packet is dropped). Remembers its SSRC for RTCP.
+    #[inline]
     pub fn on_rtp(&mut self, header: &RtpHeader) -> Option<MediaKind> {
         let kind = self.kind_by_payload_type[(header.payload_type & 0x7f) as usize]?;
         self.ssrc_by_kind[kind.index()] = Some(header.ssrc);

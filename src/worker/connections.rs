@@ -60,6 +60,7 @@ pub(super) struct Connections {
 
 impl Connections {
     /// The connection in `slot` if it is still the one of `generation`.
+    #[inline]
     pub(super) fn get(&mut self, slot: usize, generation: u32) -> Option<&mut TcpConn> {
         self.slots
             .get_mut(slot)?
@@ -68,6 +69,7 @@ impl Connections {
     }
 
     /// The connection in `slot`, whatever its generation.
+    #[inline]
     pub(super) fn at(&mut self, slot: usize) -> Option<&mut TcpConn> {
         self.slots.get_mut(slot)?.as_mut()
     }

@@ -129,8 +129,6 @@ pub(super) struct Output {
     /// Completions taken off the ring while reaping sends mid-turn that need the worker (a
     /// receive, a refused GSO send...): handled first in the next turn, in order.
     pub(super) deferred: Vec<Completion>,
-    /// Bursts whose hold ran out this turn (kept to reuse its memory).
-    due_bursts: Vec<(BurstId, Owner)>,
     /// Relay latency recorded since the last tick folded it into `stats.relay_latency`.
     latency: Histogram<u64>,
 }
@@ -157,7 +155,6 @@ impl Output {
             gso_enabled: gso,
             gso_refusals: 0,
             deferred: Vec::with_capacity(deferred_capacity),
-            due_bursts: Vec::with_capacity(BURSTS),
             latency: stats::latency_histogram(),
         }
     }
@@ -178,9 +175,18 @@ impl Output {
         self.record_submitted();
         let _ = self.ring.submit();
         let mut reaped = std::mem::take(&mut self.deferred);
+        let already_deferred = reaped.len();
         self.ring.completions(&mut reaped, usize::MAX);
-        // What was deferred before is no finished send: `retain` keeps it, in order.
-        reaped.retain(|completion| !self.finish_send(completion));
+        // Only the new ones can be finished sends; what stays keeps its order (a large TCP
+        // fanout defers hundreds of completions, not worth scanning again every batch).
+        let mut kept = already_deferred;
+        for i in already_deferred..reaped.len() {
+            if !self.finish_send(&reaped[i]) {
+                reaped.swap(kept, i);
+                kept += 1;
+            }
+        }
+        reaped.truncate(kept);
         self.deferred = reaped;
     }
 
@@ -295,16 +301,10 @@ impl Output {
         }
     }
 
-    /// Sends the bursts whose hold ran out before their frame's last packet came; their
-    /// players forget them (`forget`).
-    pub(super) fn send_due_bursts(&mut self, now: Instant, table: &mut super::table::Table) {
-        let mut due = std::mem::take(&mut self.due_bursts);
-        self.bursts.take_due(now, &mut due);
-        for (id, owner) in due.drain(..) {
-            table.forget_burst(owner, id);
-            self.send_burst(id);
-        }
-        self.due_bursts = due;
+    /// Takes the bursts whose hold ran out by `now` into `due` (owner, id), still open: the
+    /// caller lets their players forget them, then sends each with [`Output::send_burst`].
+    pub(super) fn take_due_bursts(&mut self, now: Instant, due: &mut Vec<(BurstId, Owner)>) {
+        self.bursts.take_due(now, due);
     }
 
     /// The owner and socket of a burst, for [`Output::gso_failed`]'s caller to check.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::SegQueue;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::burst::BurstId;
+use super::burst::{BurstId, Owner};
 use super::egress::{BURSTS, Output};
 use super::fanout::Fanout;
 use super::mesh::Mesh;
@@ -47,6 +47,8 @@ pub(super) struct Core {
     pub(super) events: UnboundedSender<Event>,
     next_tick: Instant,
     next_feedback: Instant,
+    /// Bursts whose hold ran out this turn (kept to reuse its memory).
+    due_bursts: Vec<(BurstId, Owner)>,
 }
 
 pub(super) struct Worker {
@@ -101,6 +103,7 @@ impl Worker {
                 events,
                 next_tick: Instant::now(),
                 next_feedback: Instant::now(),
+                due_bursts: Vec::with_capacity(BURSTS),
             },
             buffers,
             completions: Vec::with_capacity(COMPLETION_BUDGET),
@@ -132,7 +135,7 @@ impl Worker {
                 core.next_feedback = now + FEEDBACK_TICK;
             }
             let end = Instant::now();
-            core.out.send_due_bursts(end, &mut core.table);
+            core.send_due_bursts(end);
             core.fanout.flush_wakes();
             core.out.record_submitted();
             if bounded.0 || end.duration_since(now) > TURN_BUDGET {
@@ -323,6 +326,18 @@ impl Core {
         set(&stats.tcp_connections, census.tcp_connections);
         self.out.fold_latency();
         self.next_tick = now + TICK;
+    }
+
+    /// Sends the bursts whose hold ran out before their frame's last packet came; their
+    /// players forget them first.
+    fn send_due_bursts(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due_bursts);
+        self.out.take_due_bursts(now, &mut due);
+        for (id, owner) in due.drain(..) {
+            self.table.forget_burst(owner, id);
+            self.out.send_burst(id);
+        }
+        self.due_bursts = due;
     }
 
     /// A GSO send failed: resent one by one if the kernel refused it as such and its player is

@@ -16,6 +16,7 @@ pub(super) struct ReplayWindow {
 }
 
 impl ReplayWindow {
+    #[inline]
     pub(super) fn check(&self, index: u64) -> Result<(), SrtpError> {
         if !self.started || index > self.highest {
             return Ok(());
@@ -31,6 +32,7 @@ impl ReplayWindow {
     }
 
     /// Records an authenticated index.
+    #[inline]
     pub(super) fn accept(&mut self, index: u64) {
         if !self.started {
             *self = ReplayWindow {
@@ -71,6 +73,7 @@ impl SsrcTable {
         SsrcTable(Vec::with_capacity(MAX_TRACKED_SSRCS))
     }
 
+    #[inline]
     pub(super) fn get(&mut self, ssrc: u32) -> &mut SsrcState {
         let pos = match self.0.iter().position(|s| s.ssrc == ssrc) {
             Some(pos) => pos,
@@ -93,6 +96,7 @@ impl SsrcTable {
 
 /// The 48-bit index of a packet this side sends: the rollover counter rises when the sequence
 /// number wraps (RFC 3711 §3.3.1).
+#[inline]
 pub(super) fn outbound_rtp_index(state: &mut SsrcState, sequence: u16) -> u64 {
     if !state.sent_started {
         state.sent_started = true;
@@ -113,6 +117,7 @@ pub(super) fn outbound_rtp_index(state: &mut SsrcState, sequence: u16) -> u64 {
 }
 
 /// Guesses the index of a received packet from the highest index seen (RFC 3711 Appendix A).
+#[inline]
 pub(super) fn estimate_index(window: &ReplayWindow, sequence: u16) -> u64 {
     if !window.started {
         return sequence as u64;

@@ -123,6 +123,7 @@ impl GcmSalt {
 }
 
 /// AES-CM IV: (salt · 2^16) XOR (SSRC · 2^64) XOR (index · 2^16).
+#[inline]
 pub(super) fn cm_iv(salt: &[u8; 14], ssrc: u32, index: u64) -> [u8; 16] {
     let mut iv = [0u8; 16];
     iv[..14].copy_from_slice(salt);
@@ -144,6 +145,7 @@ pub(super) fn hmac_tag(key: &hmac::Key, data: &[u8], roc: Option<u32>) -> hmac::
     ctx.sign()
 }
 
+#[inline]
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
