@@ -3,10 +3,36 @@
 //! asks for. The worker hands it the publisher's parsed packet and an egress buffer, and
 //! protects and sends what it writes.
 
+use std::time::Instant;
+
 use crate::media::MediaKind;
+use crate::session::retransmit::RetransmitBudget;
 use crate::session::sequence::SequenceMapper;
 use crate::wire::rtcp;
 use crate::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_header_into};
+
+/// What one player may take in retransmissions: a player on a terrible link asks for much, and
+/// must not take the worker's time from the others (bytes per second, and a burst).
+const RETRANSMIT_BYTES_PER_SECOND: u64 = 256 * 1024;
+const RETRANSMIT_BURST_BYTES: u64 = 64 * 1024;
+
+/// How a track's lost packets are resent, when the player asked for repair (generic NACK).
+pub struct Repair {
+    /// `(payload type, SSRC)` of RTX (RFC 4588) when negotiated; else the original again.
+    rtx: Option<(u8, u32)>,
+    rtx_sequence: u16,
+    budget: RetransmitBudget,
+}
+
+impl Repair {
+    pub fn new(rtx: Option<(u8, u32)>, first_rtx_sequence: u16) -> Repair {
+        Repair {
+            rtx,
+            rtx_sequence: first_rtx_sequence,
+            budget: RetransmitBudget::new(RETRANSMIT_BYTES_PER_SECOND, RETRANSMIT_BURST_BYTES),
+        }
+    }
+}
 
 /// One negotiated track of a player.
 pub struct PlayerTrack {
@@ -15,6 +41,19 @@ pub struct PlayerTrack {
     ssrc: u32,
     extension_ids: ExtensionIdMap,
     sequence: SequenceMapper,
+    /// Present when the player negotiated NACK for this track.
+    repair: Option<Repair>,
+}
+
+/// Why a player's NACK for one packet was not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetransmitRefusal {
+    /// The track did not negotiate NACK, or the number is not one the player was sent.
+    NotRepairable,
+    /// The player used up its retransmission budget.
+    OverBudget,
+    /// No room in the buffer.
+    NoRoom,
 }
 
 /// A packet header written for the player: its length (the payload goes after it) and the
@@ -42,7 +81,79 @@ impl PlayerTrack {
             ssrc,
             extension_ids,
             sequence: SequenceMapper::new(first_sequence),
+            repair: None,
         }
+    }
+
+    /// The track answers the player's NACKs as `repair` says.
+    pub fn with_repair(mut self, repair: Repair) -> PlayerTrack {
+        self.repair = Some(repair);
+        self
+    }
+
+    /// Whether the player asked for repair (negotiated NACK) on this track.
+    pub fn repairs(&self) -> bool {
+        self.repair.is_some()
+    }
+
+    /// The publisher's `(ssrc, sequence)` behind the player's `sequence`, for a track that
+    /// repairs; `None` otherwise.
+    pub fn publisher_sequence(&self, sequence: u16) -> Option<(u32, u16)> {
+        self.repair.as_ref()?;
+        self.sequence.unmap(sequence)
+    }
+
+    /// Writes the plain (unprotected) retransmission of the publisher's `packet` (parsed as
+    /// `header`) that the player knew as `sequence`, into `out`: as RTX (its own SSRC and
+    /// numbers, the original number first in the payload) when negotiated, else the packet
+    /// again under its number. Spends the player's budget. Returns the length.
+    pub fn write_retransmission(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        header: &RtpHeader,
+        sequence: u16,
+        out: &mut [u8],
+    ) -> Result<usize, RetransmitRefusal> {
+        let repair = self
+            .repair
+            .as_mut()
+            .ok_or(RetransmitRefusal::NotRepairable)?;
+        if header.payload_type != self.publisher_payload_type {
+            return Err(RetransmitRefusal::NotRepairable);
+        }
+        let payload = &packet[header.header_len..];
+        let osn_len = if repair.rtx.is_some() { 2 } else { 0 };
+        if !repair
+            .budget
+            .try_spend(now, header.header_len + osn_len + payload.len())
+        {
+            return Err(RetransmitRefusal::OverBudget);
+        }
+        let (ssrc, payload_type, number) = match repair.rtx {
+            Some((rtx_payload_type, rtx_ssrc)) => {
+                repair.rtx_sequence = repair.rtx_sequence.wrapping_add(1);
+                (rtx_ssrc, rtx_payload_type, repair.rtx_sequence)
+            }
+            None => (self.ssrc, self.payload_type, sequence),
+        };
+        let rewrite = Rewrite {
+            ssrc,
+            payload_type,
+            sequence: number,
+            extension_ids: &self.extension_ids,
+        };
+        let header_len = rewrite_header_into(packet, header, &rewrite, out)
+            .map_err(|_| RetransmitRefusal::NoRoom)?;
+        let len = header_len + osn_len + payload.len();
+        if out.len() < len {
+            return Err(RetransmitRefusal::NoRoom);
+        }
+        if osn_len > 0 {
+            out[header_len..header_len + 2].copy_from_slice(&sequence.to_be_bytes());
+        }
+        out[header_len + osn_len..len].copy_from_slice(payload);
+        Ok(len)
     }
 
     /// Writes the player's header for the publisher's RTP `packet` (parsed as `header`) into
@@ -100,6 +211,13 @@ impl Player {
         self.tracks[kind.index()].as_deref_mut()
     }
 
+    /// Whether the player repairs video loss (negotiated NACK): its stream keeps a window.
+    pub fn repairs_video(&self) -> bool {
+        self.tracks[MediaKind::Video.index()]
+            .as_deref()
+            .is_some_and(PlayerTrack::repairs)
+    }
+
     /// The player's RTCP arrived: whether it asks the publisher for a keyframe (PLI or FIR).
     /// Its other RTCP (receiver reports) ends here.
     pub fn wants_keyframe(rtcp: &[u8]) -> bool {
@@ -146,6 +264,56 @@ mod tests {
         let packet = rtp(97, 1, 1);
         let header = RtpHeader::parse(&packet).unwrap();
         assert_eq!(track.rewrite_rtp(&packet, &header, &mut [0u8; 64]), None);
+    }
+
+    #[test]
+    fn a_nacked_packet_goes_again_as_rtx_or_as_itself_within_the_budget() {
+        let now = Instant::now();
+        let packet = rtp(96, 1, 10);
+        let header = RtpHeader::parse(&packet).unwrap();
+        let mut out = [0u8; 64];
+
+        let mut plain = PlayerTrack::new(96, 102, 0x1234, ExtensionIdMap::default(), 500);
+        let written = plain.rewrite_rtp(&packet, &header, &mut out).unwrap();
+        assert_eq!(
+            plain.publisher_sequence(written.sequence),
+            None,
+            "no NACK negotiated"
+        );
+
+        let mut track = PlayerTrack::new(96, 102, 0x1234, ExtensionIdMap::default(), 500)
+            .with_repair(Repair::new(Some((103, 0x5678)), 900));
+        let sent = track.rewrite_rtp(&packet, &header, &mut out).unwrap().sequence;
+        assert_eq!(track.publisher_sequence(sent), Some((1, 10)));
+        let len = track
+            .write_retransmission(now, &packet, &header, sent, &mut out)
+            .unwrap();
+        let rtx = RtpHeader::parse(&out[..len]).unwrap();
+        assert_eq!((rtx.payload_type, rtx.ssrc, rtx.sequence), (103, 0x5678, 901));
+        assert_eq!(&out[12..14], &sent.to_be_bytes(), "the original number leads");
+        assert_eq!(&out[14..len], b"payload");
+
+        let mut again = PlayerTrack::new(96, 102, 0x1234, ExtensionIdMap::default(), 500)
+            .with_repair(Repair::new(None, 0));
+        let sent = again.rewrite_rtp(&packet, &header, &mut out).unwrap().sequence;
+        let len = again
+            .write_retransmission(now, &packet, &header, sent, &mut out)
+            .unwrap();
+        let original = RtpHeader::parse(&out[..len]).unwrap();
+        assert_eq!((original.payload_type, original.sequence), (102, sent));
+        assert_eq!(&out[12..len], b"payload");
+
+        // The budget: a burst's worth, then refusals until it refills.
+        let refused = (0..10_000)
+            .map(|_| again.write_retransmission(now, &packet, &header, sent, &mut out))
+            .find(|r| r.is_err());
+        assert_eq!(refused, Some(Err(RetransmitRefusal::OverBudget)));
+        let later = now + std::time::Duration::from_millis(100);
+        assert!(
+            again
+                .write_retransmission(later, &packet, &header, sent, &mut out)
+                .is_ok()
+        );
     }
 
     #[test]

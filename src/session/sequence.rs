@@ -36,11 +36,28 @@ impl SequenceMapper {
         }
         out
     }
+
+    /// The publisher's `(ssrc, sequence)` behind the player's number `out`, as the current
+    /// source maps it (a player's NACK names its own numbers; the retransmission window keeps
+    /// the publisher's).
+    pub fn unmap(&self, out: u16) -> Option<(u32, u16)> {
+        Some((self.source_ssrc?, out.wrapping_sub(self.offset)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_players_number_maps_back_to_the_publishers() {
+        let mut m = SequenceMapper::new(65_530);
+        assert_eq!(m.unmap(1), None, "nothing mapped yet");
+        assert_eq!(m.map(7, 100), 65_530);
+        assert_eq!(m.map(7, 110), 4, "wraps");
+        assert_eq!(m.unmap(4), Some((7, 110)));
+        assert_eq!(m.unmap(65_531), Some((7, 101)));
+    }
 
     #[test]
     fn starts_at_initial_and_keeps_gaps_and_reordering() {

@@ -60,10 +60,19 @@ impl Fanout {
         if !local.players.is_empty() {
             self.stage(stream, kind, what, packet, now, table, out);
         }
-        let Some(local) = table.streams.get(&stream) else {
+        let Some(local) = table.streams.get_mut(&stream) else {
             return;
         };
         let mut shared: Option<Arc<mesh::SharedPacket>> = None;
+        // Players here that repair loss get retransmissions from this stream's window: one
+        // shared copy per packet, the same one the other workers get.
+        if let (Some(window), Forwarded::Rtp(header), MediaKind::Video) =
+            (local.repair.as_deref_mut(), what, kind)
+        {
+            let copy = self.shared_pool.share(packet, what, now);
+            window.insert(header.sequence, now, copy.clone());
+            shared = Some(copy);
+        }
         for (worker, &players) in local.remote_interest.iter().enumerate() {
             if players == 0 || worker == self.index {
                 continue;
@@ -157,11 +166,15 @@ impl Fanout {
                         packet,
                     } => {
                         let what = packet.what;
-                        if table
-                            .streams
-                            .get(&stream)
-                            .is_some_and(|l| !l.players.is_empty())
+                        let Some(local) = table.streams.get_mut(&stream) else {
+                            continue;
+                        };
+                        if let (Some(window), Forwarded::Rtp(header), MediaKind::Video) =
+                            (local.repair.as_deref_mut(), what, kind)
                         {
+                            window.insert(header.sequence, now, packet.clone());
+                        }
+                        if !local.players.is_empty() {
                             let (bytes, at) = (packet.bytes(), packet.received_at);
                             self.stage(stream, kind, what, bytes, at, table, out);
                         }

@@ -290,7 +290,9 @@ impl Core {
                 }
             }
             Role::Player(_) => {
-                if Player::wants_keyframe(packet) {
+                // A requested packet the window no longer holds needs a keyframe instead.
+                let unrepairable = self.answer_nacks(slot, packet, now);
+                if unrepairable || Player::wants_keyframe(packet) {
                     let (table, out) = (&mut self.table, &mut self.out);
                     self.fanout.request_keyframe(stream, now, table, out);
                 }

@@ -22,6 +22,7 @@ mod egress;
 mod event_loop;
 mod fanout;
 mod ingress;
+mod repair;
 pub mod mesh;
 mod staged;
 pub mod stats;

@@ -138,6 +138,14 @@ counters! {
     losses_given_up,
     /// Retransmissions and probes from publishers that repaired nothing (dropped).
     retransmissions_consumed,
+    /// NACK packets received from players.
+    player_nacks_received,
+    /// Packets sent again to players that asked (RTX or the original).
+    retransmissions_sent,
+    /// Packets players asked for that the retransmission window no longer held.
+    retransmit_misses,
+    /// Retransmissions refused for a player past its retransmission budget.
+    retransmit_budget_drops,
     /// DTLS records passed to the control thread.
     dtls_records,
     /// Dropped: DTLS records beyond what the session's handshake queue holds (a flood).

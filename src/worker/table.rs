@@ -6,19 +6,27 @@
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::burst::{BurstId, Owner};
 use super::egress::{Output, Peer, send_link_feedback, send_pli};
+use super::mesh::SharedPacket;
 use super::{Event, NewRole, NewSession, WorkerSettings};
 use crate::io::{Pending, Token};
-use crate::media::{MAX_PACKET, SessionId, StreamId};
+use crate::media::{MAX_PACKET, MediaKind, SessionId, StreamId};
 use crate::session::ice::IceLite;
-use crate::session::player::{Player, PlayerTrack};
+use crate::session::player::{Player, PlayerTrack, Repair};
 use crate::session::publisher::Publisher;
+use crate::session::retransmit::RetransmitWindow;
 use crate::srtp::{SrtpContext, SrtpProfile};
+
+/// Packets a stream's retransmission window holds, and for how long: about a second of HD
+/// video, long enough for a few NACK round trips.
+const RETRANSMIT_WINDOW_PACKETS: usize = 1024;
+const RETRANSMIT_WINDOW_AGE: Duration = Duration::from_secs(1);
 
 pub(super) enum Role {
     Publisher(Box<Publisher>),
@@ -76,6 +84,9 @@ pub(super) struct LocalStream {
     pub(super) players: Vec<usize>,
     /// Players per other worker, kept on the publisher's worker.
     pub(super) remote_interest: Vec<u32>,
+    /// The stream's last video packets (by the publisher's sequence number), kept while a
+    /// player here repairs loss: its NACKs are answered from here.
+    pub(super) repair: Option<Box<RetransmitWindow<Arc<SharedPacket>>>>,
 }
 
 impl LocalStream {
@@ -85,6 +96,7 @@ impl LocalStream {
             publisher: None,
             players: Vec::new(),
             remote_interest: vec![0; workers],
+            repair: None,
         }
     }
 
@@ -165,8 +177,18 @@ impl Table {
                     t.extension_ids,
                     rand::random(),
                 );
+                let track = match (t.kind, t.nack) {
+                    (MediaKind::Video, true) => {
+                        track.with_repair(Repair::new(t.rtx, rand::random()))
+                    }
+                    _ => track,
+                };
                 (t.kind, track)
             }))),
+        };
+        let repairs = match &role {
+            Role::Player(player) => player.repairs_video(),
+            Role::Publisher(_) => false,
         };
         let workers = self.workers;
         let local = self
@@ -176,6 +198,12 @@ impl Table {
         match role {
             Role::Publisher(_) => local.publisher = Some(slot),
             Role::Player(_) => local.players.push(slot),
+        }
+        if repairs && local.repair.is_none() {
+            local.repair = Some(Box::new(RetransmitWindow::new(
+                RETRANSMIT_WINDOW_PACKETS,
+                RETRANSMIT_WINDOW_AGE,
+            )));
         }
         let udp_fd = new.udp.as_ref().map_or(-1, |s| s.as_raw_fd());
         let token = Token { slot, generation };
@@ -441,6 +469,13 @@ impl Table {
             }
         }
         self.close_unvalidated_conns(now, out);
+        // A quiet stream lets go of the packets its window still holds, so they go back to
+        // the pool.
+        for local in self.streams.values_mut() {
+            if let Some(window) = local.repair.as_deref_mut() {
+                window.release_expired(now);
+            }
+        }
         census
     }
 
