@@ -99,8 +99,8 @@ pub struct SessionRow {
     #[serde(flatten)]
     pub view: SessionView,
     pub age_s: f64,
-    /// What the answer offered, `["udp"]`, `["tcp"]` or both; with both, which one ICE chose
-    /// is not reported.
+    /// The transport ICE nominated (`["udp"]` or `["tcp"]`); before that, what the answer
+    /// offered, one or both.
     pub offered_transports: Vec<&'static str>,
 }
 
@@ -219,7 +219,11 @@ fn stream_rows(control: &Control, now: Instant) -> Vec<StreamRow> {
 fn session_row(view: SessionView, facts: &HashMap<SessionId, SessionFacts>) -> SessionRow {
     // `streams()` and `session_facts()` take the registry lock one after the other: a session
     // that ended in between has no facts, and shows age 0 and no transport until next time.
+    // Once ICE has nominated a path, its transport is the one shown.
     let (age_s, offered_transports) = match facts.get(&view.session) {
+        Some(f) if view.transport.is_some() => {
+            (f.age.as_secs_f64(), view.transport.into_iter().collect())
+        }
         Some(f) => {
             let offered = [(f.offers_udp, "udp"), (f.offers_tcp, "tcp")];
             let offered = offered.iter().filter(|(o, _)| *o).map(|(_, t)| *t);

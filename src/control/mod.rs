@@ -68,6 +68,8 @@ struct SessionEntry {
     port: u16,
     state: SessionState,
     remote: Option<SocketAddr>,
+    /// The transport ICE nominated: `udp` or `tcp`.
+    transport: Option<&'static str>,
     dtls_stop: Option<oneshot::Sender<()>>,
     dtls_task: Option<tokio::task::JoinHandle<()>>,
     closed_waiters: Vec<oneshot::Sender<()>>,
@@ -193,6 +195,8 @@ pub struct SessionView {
     pub worker: usize,
     pub port: u16,
     pub remote: Option<SocketAddr>,
+    /// `udp` or `tcp`, once ICE has nominated a path.
+    pub transport: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -542,6 +546,7 @@ impl Control {
                 port,
                 state: SessionState::Connecting,
                 remote: None,
+                transport: None,
                 dtls_stop: Some(stop_tx),
                 dtls_task: Some(dtls_task),
                 closed_waiters: Vec::new(),
@@ -781,9 +786,14 @@ impl Control {
                             .end_session(session, Ending::Failure(reason.into())),
                     );
                 }
-                Event::IceConnected { session, remote } => {
+                Event::IceConnected {
+                    session,
+                    remote,
+                    tcp,
+                } => {
                     if let Some(entry) = lock(&self.registry).sessions.get_mut(&session) {
                         entry.remote = Some(remote);
+                        entry.transport = Some(if tcp { "tcp" } else { "udp" });
                         if entry.state == SessionState::Connecting {
                             entry.state = SessionState::IceConnected;
                         }
@@ -832,6 +842,7 @@ impl Control {
                 worker: s.worker,
                 port: s.port,
                 remote: s.remote,
+                transport: s.transport,
             })
         };
         let mut streams: Vec<StreamView> = registry

@@ -209,6 +209,7 @@ impl Core {
             let _ = self.events.send(Event::IceConnected {
                 session: session.id,
                 remote: via.addr(),
+                tcp: via.tcp_conn().is_some(),
             });
         }
         self.out.transmit(udp_fd, &via, out, outcome.response_len);

@@ -135,6 +135,8 @@ pub enum Event {
     IceConnected {
         session: SessionId,
         remote: SocketAddr,
+        /// The nominated path is an ICE-TCP connection (else UDP).
+        tcp: bool,
     },
     IceTimeout {
         session: SessionId,
