@@ -50,6 +50,19 @@ pub fn table(runs: &[Run]) -> String {
         ("jitter mean (ms)", Box::new(|s| s.jitter_ms_mean)),
         ("loss (%)", Box::new(|s| s.totals.loss_percent)),
         (
+            "video loss left (%)",
+            Box::new(|s| s.repair.video_residual_loss_percent),
+        ),
+        (
+            "repaired packets",
+            Box::new(|s| s.repair.repaired_packets as f64),
+        ),
+        (
+            "rtx overhead (%)",
+            Box::new(|s| s.repair.retransmission_overhead_percent),
+        ),
+        ("frozen frames (%)", Box::new(|s| s.frames.frozen_percent)),
+        (
             "received packets",
             Box::new(|s| s.totals.received_packets as f64),
         ),
@@ -106,9 +119,25 @@ pub fn table(runs: &[Run]) -> String {
     }
     for run in runs {
         let s = &run.summary.scenario;
+        let r = &run.summary.repair;
+        let mut impairment = String::new();
+        if r.injected_loss_percent > 0.0 {
+            let _ = write!(impairment, ", {}% loss", r.injected_loss_percent);
+        }
+        if r.injected_publish_loss_percent > 0.0 {
+            let _ = write!(
+                impairment,
+                ", {}% publish loss",
+                r.injected_publish_loss_percent
+            );
+        }
+        // (Runs recorded before loadgen repaired loss had none injected: nothing to say.)
+        if !impairment.is_empty() && !r.repair_offered {
+            impairment.push_str(" unrepaired");
+        }
         let _ = writeln!(
             out,
-            "{}: {} streams x {} players over {}, {} kbit/s at {} fps, {} B packets{}",
+            "{}: {} streams x {} players over {}, {} kbit/s at {} fps, {} B packets{impairment}{}",
             run.name,
             s.streams,
             s.players_per_stream,

@@ -4,6 +4,7 @@
 mod compare;
 mod hgrm;
 mod payload;
+mod quality;
 mod run;
 mod summary;
 
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a load scenario (the default when no subcommand is given).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Show runs side by side: percentiles with ratios to the first run.
     Compare {
         /// Output directories of earlier runs.
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some(Command::Run(args)) => run_scenario(args),
+        Some(Command::Run(args)) => run_scenario(*args),
         None => run_scenario(cli.run),
     }
 }
@@ -109,6 +110,29 @@ fn run_scenario(args: run::RunArgs) -> ExitCode {
                 println!(
                     "relay: {:.0} forwarded packets/s on {} worker(s), {:.0} ns CPU per forwarded packet, {latency}",
                     r.forwarded_pps, r.workers, r.cpu_ns_per_forwarded_packet,
+                );
+            }
+            let repair = &summary.repair;
+            if repair.injected_loss_percent > 0.0
+                || repair.injected_publish_loss_percent > 0.0
+                || repair.nacks_sent > 0
+            {
+                println!(
+                    "repair: {:.1}% dropped on arrival, {:.1}% on publishing; video loss after repair {:.3}% ({} of {}), {} repaired, {} NACKs, retransmission overhead {:.2}% at players, {} resent by publishers; audio loss {:.3}% (not repaired); frozen frames {:.2}% ({} of {}, not complete within {:.0} ms)",
+                    repair.injected_loss_percent,
+                    repair.injected_publish_loss_percent,
+                    repair.video_residual_loss_percent,
+                    repair.video_lost_packets,
+                    repair.video_expected_packets,
+                    repair.repaired_packets,
+                    repair.nacks_sent,
+                    repair.retransmission_overhead_percent,
+                    repair.publisher_retransmitted_packets,
+                    repair.audio_loss_percent,
+                    summary.frames.frozen_percent,
+                    summary.frames.frozen_frames,
+                    summary.frames.frames,
+                    summary.frames.freeze_ms,
                 );
             }
             if let Some(max) = summary.players.max_without_loss {

@@ -1,7 +1,8 @@
 //! The measurement payload a publisher writes into every RTP packet and players read back:
-//! `"CCLG"`, stream index (u32), media kind (u8, 3 bytes reserved), sequence (u64, per stream
-//! and kind) and send time (u64 nanoseconds since the run's epoch), big-endian; the rest of
-//! the payload is filler up to the packet size.
+//! `"CCLG"`, stream index (u32), media kind (u8), one byte reserved, the packet's index within
+//! its video frame (u16: with the marker bit it tells a player how many packets the frame
+//! has), sequence (u64, per stream and kind) and send time (u64 nanoseconds since the run's
+//! epoch), big-endian; the rest of the payload is filler up to the packet size.
 
 pub const MAGIC: &[u8; 4] = b"CCLG";
 pub const LEN: usize = 28;
@@ -11,6 +12,8 @@ pub struct Stamp {
     pub stream: u32,
     /// 0 audio, 1 video.
     pub kind: u8,
+    /// The packet's place in its video frame, from 0 (0 for audio).
+    pub index: u16,
     pub sequence: u64,
     pub sent_ns: u64,
 }
@@ -19,7 +22,8 @@ impl Stamp {
     pub fn write(&self, out: &mut [u8]) {
         out[0..4].copy_from_slice(MAGIC);
         out[4..8].copy_from_slice(&self.stream.to_be_bytes());
-        out[8..12].copy_from_slice(&[self.kind, 0, 0, 0]);
+        out[8..10].copy_from_slice(&[self.kind, 0]);
+        out[10..12].copy_from_slice(&self.index.to_be_bytes());
         out[12..20].copy_from_slice(&self.sequence.to_be_bytes());
         out[20..28].copy_from_slice(&self.sent_ns.to_be_bytes());
     }
@@ -33,6 +37,7 @@ impl Stamp {
         Some(Stamp {
             stream: u32::from_be_bytes(payload[4..8].try_into().expect("4 bytes")),
             kind: payload[8],
+            index: u16::from_be_bytes([payload[10], payload[11]]),
             sequence: u64_at(12),
             sent_ns: u64_at(20),
         })
@@ -48,6 +53,7 @@ mod tests {
         let stamp = Stamp {
             stream: 7,
             kind: 1,
+            index: 513,
             sequence: 1 << 40,
             sent_ns: 123_456_789,
         };

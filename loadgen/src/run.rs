@@ -9,13 +9,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use base64::Engine as _;
 use corecast::client::http::{HttpClient, Trust};
-use corecast::client::{self, ClientOptions, Incoming, Role, Session, Transport};
+use corecast::client::{
+    self, ClientOptions, Incoming, LinkLoss, Role, Session, SessionCounters, Transport,
+};
 use corecast::wire::rtp::RtpHeader;
 use hdrhistogram::Histogram;
 use webrtc_dtls::crypto::Certificate;
 
 use crate::payload::{self, Stamp};
-use crate::summary::{self, Cost, Percentiles, Players, RelayCost, Scenario, Summary, Totals};
+use crate::quality::{self, Arrival, Frames, Track};
+use crate::summary::{
+    self, Cost, Percentiles, Players, RelayCost, Repair, Scenario, Summary, Totals, percent,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportChoice {
@@ -103,10 +108,64 @@ pub struct RunArgs {
     /// Accept any certificate (a relay with `http.tls = "self-signed"`).
     #[arg(long)]
     pub insecure: bool,
+    /// Drop this percentage of the SRTP/SRTCP packets that arrive, at random: at players (the
+    /// media, before anything reads it) and at publishers (the relay's RTCP: its NACKs among
+    /// it). Players NACK what is missing and publishers answer with RTX, as browsers do.
+    #[arg(long, default_value_t = 0.0, value_parser = loss_percent)]
+    pub loss: f64,
+    /// Drop this percentage of the media publishers send, at random (a lossy uplink): the
+    /// relay NACKs what it misses and publishers answer with RTX.
+    #[arg(long, default_value_t = 0.0, value_parser = loss_percent)]
+    pub publish_loss: f64,
+    /// Seed for --loss and --publish-loss: the same seed drops the same packets of each
+    /// client.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Offer no NACK or RTX: loss stays unrepaired (to measure what repair saves).
+    #[arg(long)]
+    pub no_repair: bool,
+}
+
+fn loss_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err("a percentage from 0 to 100".into())
+    }
 }
 
 impl RunArgs {
     /// The one HTTP client of the run: its connections are reused across clients.
+    /// The arrival loss of one client: its own seed from the run's, so clients drop different
+    /// packets, and the same ones in every run with that seed.
+    fn arrival_loss(&self, role: Role, index: u64) -> Option<LinkLoss> {
+        let tag = match role {
+            Role::Publish => 1u64 << 63,
+            Role::Play => 0,
+        };
+        (self.loss > 0.0).then(|| LinkLoss {
+            percent: self.loss,
+            seed: self.seed ^ (tag | index).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        })
+    }
+
+    /// The departure loss of publisher `index` (its seed apart from its arrival loss's).
+    fn departure_loss(&self, index: u64) -> Option<LinkLoss> {
+        (self.publish_loss > 0.0).then(|| LinkLoss {
+            percent: self.publish_loss,
+            seed: !self.seed ^ (index.wrapping_mul(0xd1b5_4a32_d192_ed03)),
+        })
+    }
+
+    /// Video packets a publisher sends in a second: what it keeps for retransmission.
+    fn video_packets_per_second(&self) -> usize {
+        let fps = self.fps.max(1) as usize;
+        let frame_bytes = (self.video_kbps as usize * 1000 / 8 / fps).max(1);
+        let payload = self.packet_size.clamp(12 + payload::LEN, 1400) - 12;
+        frame_bytes.div_ceil(payload) * fps
+    }
+
     fn http_client(&self) -> anyhow::Result<HttpClient> {
         let trust = Trust {
             ca_file: self.ca_file.clone(),
@@ -222,25 +281,14 @@ fn relay_cost(start: &RelaySample, end: &RelaySample) -> (RelayCost, Option<Hist
 
 const LOSS_THRESHOLD_PERCENT: f64 = 0.1;
 
-/// What one player has seen of one media kind.
-#[derive(Default, Clone, Copy)]
-struct Track {
-    first: Option<u64>,
-    highest: u64,
-    received: u64,
-    reordered: u64,
-}
-
-impl Track {
-    fn expected(&self) -> u64 {
-        self.first.map_or(0, |f| self.highest - f + 1)
-    }
-}
-
 struct PlayerStats {
     join_started: Instant,
     joined: bool,
+    /// Audio and video, by the stamp's kind.
     tracks: [Track; 2],
+    frames: Frames,
+    /// The session's own counters (NACKs, repairs), once connected.
+    counters: Option<Arc<SessionCounters>>,
     latency: Histogram<u64>,
     interval: Histogram<u64>,
     received_packets: u64,
@@ -303,9 +351,9 @@ fn player_handler(shared: Arc<Shared>, stats: Arc<Mutex<PlayerStats>>) -> client
         let mut s = lock(&stats);
         s.received_packets += 1;
         s.received_bytes += packet.len() as u64;
-        let Some(stamp) = RtpHeader::parse(packet)
+        let Some((header, stamp)) = RtpHeader::parse(packet)
             .ok()
-            .and_then(|h| Stamp::read(&packet[h.header_len..]))
+            .and_then(|h| Some((h, Stamp::read(&packet[h.header_len..])?)))
         else {
             s.malformed += 1;
             return;
@@ -315,16 +363,16 @@ fn player_handler(shared: Arc<Shared>, stats: Arc<Mutex<PlayerStats>>) -> client
             let join = now.duration_since(s.join_started).as_nanos() as u64;
             let _ = lock(&shared.join).record(join.max(1_000));
         }
-        let track = &mut s.tracks[(stamp.kind & 1) as usize];
-        match track.first {
-            None => {
-                track.first = Some(stamp.sequence);
-                track.highest = stamp.sequence;
+        let video = stamp.kind & 1 == 1;
+        match s.tracks[usize::from(video)].on_packet(stamp.sequence) {
+            Arrival::New { .. } if video => {
+                s.frames
+                    .on_packet(now, header.timestamp, header.marker, stamp.index)
             }
-            Some(_) if stamp.sequence > track.highest => track.highest = stamp.sequence,
-            Some(_) => track.reordered += 1,
+            Arrival::New { .. } => {}
+            // A second copy says nothing new about latency or frames.
+            Arrival::Duplicate | Arrival::Ignored => return,
         }
-        track.received += 1;
         s.sampled += 1;
         if shared.verify == Verify::Sample && !s.sampled.is_multiple_of(16) {
             return;
@@ -373,6 +421,7 @@ async fn publish(mut session: Session, stream: u32, args: RunArgs, shared: Arc<S
                 shared.late_frames.fetch_add(1, Ordering::Relaxed);
             }
             let mut remaining = frame_bytes;
+            let mut index = 0u16;
             while remaining > 0 {
                 let payload_len = remaining.min(packet_size - 12).max(payload::LEN);
                 remaining = remaining.saturating_sub(packet_size - 12);
@@ -390,10 +439,12 @@ async fn publish(mut session: Session, stream: u32, args: RunArgs, shared: Arc<S
                 Stamp {
                     stream,
                     kind: 1,
+                    index,
                     sequence: video_seq,
                     sent_ns,
                 }
                 .write(&mut buf[12..]);
+                index = index.wrapping_add(1);
                 if let Err(e) = session.send_rtp(&buf[..len]).await {
                     shared.error(format!("publisher {stream}: {e}"));
                 }
@@ -421,6 +472,7 @@ async fn publish(mut session: Session, stream: u32, args: RunArgs, shared: Arc<S
             Stamp {
                 stream,
                 kind: 0,
+                index: 0,
                 sequence: audio_seq,
                 sent_ns,
             }
@@ -516,7 +568,7 @@ fn snapshot(shared: &Shared, interval: &mut Histogram<u64>) -> Snapshot {
         s.received_bytes += p.received_bytes;
         for t in &p.tracks {
             s.expected += t.expected();
-            s.received_counted += t.received - t.reordered.min(t.received);
+            s.received_counted += t.received();
         }
         let _ = interval.add(&p.interval);
         p.interval.reset();
@@ -546,9 +598,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     let wall_start = Instant::now();
     let timeout = Duration::from_secs_f64(args.connect_timeout);
     let http = args.http_client()?;
-    let options = |url: String, role: Role, transport: Transport| ClientOptions {
+    let options = |url: String, role: Role, transport: Transport, index: u64| ClientOptions {
         timeout,
         http: http.clone(),
+        repair: !args.no_repair,
+        // A second of video, with room for a burst.
+        retransmit_packets: (args.video_packets_per_second() * 5 / 4).max(64),
+        arrival_loss: args.arrival_loss(role, index),
+        departure_loss: args.departure_loss(index),
         ..ClientOptions::new(url, role, transport, &certificate)
     };
 
@@ -558,7 +615,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
         let name = format!("{}-{stream}", args.stream_prefix);
         let transport = transport_of(args.transport, stream as u64);
         let session = client::connect(
-            &options(url_for(&args.whip, &name), Role::Publish, transport),
+            &options(
+                url_for(&args.whip, &name),
+                Role::Publish,
+                transport,
+                stream as u64,
+            ),
             Box::new(|_| {}),
         )
         .await
@@ -599,7 +661,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
                 let stats = Arc::new(Mutex::new(PlayerStats {
                     join_started: Instant::now(),
                     joined: false,
-                    tracks: [Track::default(); 2],
+                    tracks: [Track::default(), Track::default()],
+                    frames: Frames::default(),
+                    counters: None,
                     latency: summary::latency_histogram(),
                     interval: summary::latency_histogram(),
                     received_packets: 0,
@@ -613,6 +677,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
                 let options = ClientOptions {
                     timeout: Duration::from_secs_f64(args.connect_timeout),
                     http: http.clone(),
+                    repair: !args.no_repair,
+                    arrival_loss: args.arrival_loss(Role::Play, index),
                     ..ClientOptions::new(
                         url_for(&args.whep, &name),
                         Role::Play,
@@ -625,6 +691,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
                 tokio::spawn(async move {
                     match client::connect(&options, handler).await {
                         Ok(session) => {
+                            lock(&stats).counters = Some(session.counters.clone());
                             lock(&shared.players).push(stats);
                             shared.players_up.fetch_add(1, Ordering::Relaxed);
                             let _ = sessions_tx.send(session);
@@ -758,24 +825,68 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     };
     let mut jitter_sum = 0.0;
     let players = lock(&shared.players).clone();
+    let mut repair = Repair {
+        injected_loss_percent: args.loss,
+        injected_publish_loss_percent: args.publish_loss,
+        repair_offered: !args.no_repair,
+        ..Default::default()
+    };
+    let mut frame_figures = summary::Frames {
+        freeze_ms: quality::FREEZE_AFTER.as_secs_f64() * 1e3,
+        ..Default::default()
+    };
+    let end = Instant::now();
     for player in &players {
-        let p = lock(player);
+        let mut p = lock(player);
         let _ = latency.add(&p.latency);
         totals.received_packets += p.received_packets;
         totals.received_bytes += p.received_bytes;
         totals.malformed_packets += p.malformed;
         for t in &p.tracks {
             totals.expected_packets += t.expected();
-            totals.lost_packets += t.expected().saturating_sub(t.received);
-            totals.reordered_packets += t.reordered;
+            totals.lost_packets += t.lost();
+            totals.reordered_packets += t.late();
+            repair.duplicate_packets += t.duplicates();
+        }
+        let [audio, video] = &p.tracks;
+        repair.audio_expected_packets += audio.expected();
+        repair.audio_lost_packets += audio.lost();
+        repair.video_expected_packets += video.expected();
+        repair.video_lost_packets += video.lost();
+        p.frames.finish(end);
+        frame_figures.frames += p.frames.frames();
+        frame_figures.frozen_frames += p.frames.frozen();
+        if let Some(c) = &p.counters {
+            let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+            repair.dropped_at_players += read(&c.dropped_on_arrival);
+            repair.repaired_packets += read(&c.repaired);
+            repair.nacks_sent += read(&c.nacks_sent);
+            repair.nacked_packets += read(&c.nacked_packets);
+            repair.given_up_packets += read(&c.given_up);
+            repair.retransmissions_received += read(&c.rtx_received);
+            repair.retransmitted_bytes_received += read(&c.rtx_received_bytes);
         }
         jitter_sum += p.jitter_ns;
     }
-    totals.loss_percent = if totals.expected_packets > 0 {
-        100.0 * totals.lost_packets as f64 / totals.expected_packets as f64
-    } else {
-        0.0
-    };
+    for session in &publishers {
+        let c = &session.counters;
+        let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        repair.dropped_at_publishers += read(&c.dropped_on_arrival);
+        repair.dropped_by_publishers += read(&c.dropped_on_departure);
+        repair.publisher_nacks_received += read(&c.nacks_received);
+        repair.publisher_retransmitted_packets += read(&c.retransmitted);
+        repair.publisher_retransmitted_bytes += read(&c.retransmitted_bytes);
+        repair.publisher_retransmit_misses += read(&c.retransmit_misses);
+    }
+    totals.loss_percent = percent(totals.lost_packets, totals.expected_packets);
+    repair.video_residual_loss_percent =
+        percent(repair.video_lost_packets, repair.video_expected_packets);
+    repair.audio_loss_percent = percent(repair.audio_lost_packets, repair.audio_expected_packets);
+    repair.retransmission_overhead_percent =
+        percent(repair.retransmitted_bytes_received, totals.received_bytes);
+    repair.publisher_retransmission_overhead_percent =
+        percent(repair.publisher_retransmitted_bytes, totals.sent_bytes);
+    frame_figures.frozen_percent = percent(frame_figures.frozen_frames, frame_figures.frames);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let late_frames = shared.late_frames.load(Ordering::Relaxed);
     let cpu_percent = 100.0 * cpu / wall.max(0.001);
@@ -831,6 +942,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
             bottleneck,
         },
         relay,
+        repair,
+        frames: frame_figures,
         errors: lock(&shared.errors).clone(),
     };
 

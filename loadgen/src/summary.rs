@@ -17,7 +17,76 @@ pub struct Summary {
     /// The relay's own cost over the steady phase, with `--relay-pid` and `--relay-metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayCost>,
+    /// Loss, its repair and what it cost (zeros in summaries written before loadgen measured
+    /// them).
+    #[serde(default)]
+    pub repair: Repair,
+    /// Video frames that froze.
+    #[serde(default)]
+    pub frames: Frames,
     pub errors: Vec<String>,
+}
+
+/// Loss and its repair. Players count packets by the stamp's sequence number, each once: a
+/// packet that arrives late (repaired) is received; what never arrives is lost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Repair {
+    /// `--loss`: the share of SRTP/SRTCP arrivals dropped at players and publishers.
+    pub injected_loss_percent: f64,
+    /// `--publish-loss`: the share of publishers' media dropped before it left.
+    #[serde(default)]
+    pub injected_publish_loss_percent: f64,
+    /// Whether the clients offered NACK and RTX (`--no-repair` turns them off).
+    pub repair_offered: bool,
+    /// Packets dropped by `--loss`: at players (media and RTCP), at publishers (the relay's
+    /// RTCP: NACKs, keyframe requests, reports, feedback).
+    pub dropped_at_players: u64,
+    pub dropped_at_publishers: u64,
+    /// Packets dropped by `--publish-loss` on their way out of publishers.
+    #[serde(default)]
+    pub dropped_by_publishers: u64,
+    /// Video after repair: packets from each player's first to its highest, those never
+    /// received, and their share (the residual loss).
+    pub video_expected_packets: u64,
+    pub video_lost_packets: u64,
+    pub video_residual_loss_percent: f64,
+    /// Audio is not repaired (no NACK for audio, as browsers do): its loss is what the path
+    /// took.
+    pub audio_expected_packets: u64,
+    pub audio_lost_packets: u64,
+    pub audio_loss_percent: f64,
+    /// Missing packets that players got after a NACK.
+    pub repaired_packets: u64,
+    /// NACK packets players sent, the sequence numbers they asked for (retries included), and
+    /// the missing packets they gave up on.
+    pub nacks_sent: u64,
+    pub nacked_packets: u64,
+    pub given_up_packets: u64,
+    /// Retransmissions that reached players (RTX packets, duplicates included) and their
+    /// bytes; packets players got twice.
+    pub retransmissions_received: u64,
+    pub retransmitted_bytes_received: u64,
+    pub duplicate_packets: u64,
+    /// Retransmitted bytes over media bytes delivered to players, in percent.
+    pub retransmission_overhead_percent: f64,
+    /// Publishers: NACKs from the relay, packets resent, their bytes, and the share of their
+    /// media bytes that was resent; packets asked for that were no longer kept.
+    pub publisher_nacks_received: u64,
+    pub publisher_retransmitted_packets: u64,
+    pub publisher_retransmitted_bytes: u64,
+    pub publisher_retransmission_overhead_percent: f64,
+    pub publisher_retransmit_misses: u64,
+}
+
+/// Video frames (packets sharing an RTP timestamp, the marker bit on the last) counted at
+/// players from the first frame each saw begin; frozen: not complete within `freeze_ms` of
+/// their first packet's arrival.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Frames {
+    pub freeze_ms: f64,
+    pub frames: u64,
+    pub frozen_frames: u64,
+    pub frozen_percent: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -79,8 +148,11 @@ pub struct Totals {
     pub received_bytes: u64,
     /// Packets players should have seen, from the first to the highest sequence each saw.
     pub expected_packets: u64,
+    /// Never received, each packet counted once whatever its retransmissions: the loss after
+    /// any repair.
     pub lost_packets: u64,
     pub loss_percent: f64,
+    /// New packets that arrived below the highest already received: reordered, or repaired.
     pub reordered_packets: u64,
     pub malformed_packets: u64,
 }
@@ -125,6 +197,15 @@ pub struct Cost {
     pub late_frames: u64,
     /// Set when the load generator itself may have limited the run.
     pub bottleneck: Option<String>,
+}
+
+/// `part` over `whole` in percent; 0 when there is no whole.
+pub fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
 }
 
 /// A histogram for latencies in nanoseconds, 1 µs to 60 s, 3 significant digits.

@@ -172,7 +172,7 @@ fn tls_config(trust: &Trust) -> Result<ClientConfig, HttpError> {
 
 impl HttpClient {
     /// A client that trusts what `trust` says and keeps idle connections for reuse (for
-    /// [`POOL_IDLE`]).
+    /// 30 s: `POOL_IDLE`).
     pub fn new(trust: &Trust) -> Result<HttpClient, HttpError> {
         Ok(HttpClient::with_config(trust.client_config()?, usize::MAX))
     }

@@ -12,6 +12,8 @@
 
 pub mod http;
 pub mod repair;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,12 +126,16 @@ pub struct ClientOptions {
     pub retransmit_packets: usize,
     /// Drops this share of the SRTP and SRTCP that arrives, before anything else looks at it:
     /// a lossy downlink, repeatable from its seed (the load generator's `--loss`).
-    pub arrival_loss: Option<ArrivalLoss>,
+    pub arrival_loss: Option<LinkLoss>,
+    /// Drops this share of the media [`Session::send_rtp`] sends, after keeping it for
+    /// retransmission: a lossy uplink that the server repairs with NACKs (the load
+    /// generator's `--publish-loss`). Retransmissions are not dropped.
+    pub departure_loss: Option<LinkLoss>,
 }
 
-/// A share of arrivals to drop, and the seed that picks which.
+/// A share of packets to drop, and the seed that picks which.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ArrivalLoss {
+pub struct LinkLoss {
     pub percent: f64,
     pub seed: u64,
 }
@@ -159,6 +165,7 @@ impl ClientOptions {
             repair: true,
             retransmit_packets: 1024,
             arrival_loss: None,
+            departure_loss: None,
         }
     }
 }
@@ -181,8 +188,10 @@ const VIDEO_CODECS: &[(u8, &str, &str)] = &[
 pub struct SessionCounters {
     pub srtp_errors: AtomicU64,
     pub keyframe_requests: AtomicU64,
-    /// SRTP and SRTCP packets dropped on arrival by [`ClientOptions::arrival_loss`].
+    /// SRTP and SRTCP packets dropped on arrival by [`ClientOptions::arrival_loss`], and RTP
+    /// packets not sent by [`ClientOptions::departure_loss`].
     pub dropped_on_arrival: AtomicU64,
+    pub dropped_on_departure: AtomicU64,
     /// Playing: NACK packets sent, the sequence numbers they asked for (retries included),
     /// RTX packets received and their bytes, missing packets that arrived after a NACK,
     /// retransmissions of packets not missing (not delivered), and missing packets given up.
@@ -251,6 +260,7 @@ pub struct Session {
     pub counters: Arc<SessionCounters>,
     link: Link,
     outbound: Arc<SyncMutex<Outbound>>,
+    departure_loss: Option<LossGate>,
     buffer: Vec<u8>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     dtls: Arc<DTLSConn>,
@@ -297,10 +307,11 @@ pub fn fingerprint_of(certificate: &Certificate) -> String {
 }
 
 /// The SSRC of a publisher's video retransmissions: derived from the video SSRC, so that
-/// [`write_offer`] can announce it without another argument, and never equal to it.
+/// [`write_offer`] can announce it without another argument. Never equal to it: with
+/// `x = (hi, lo)`, `rotl16(x) ^ C = x` needs `hi ^ lo` to equal both halves of `C`, which
+/// differ.
 pub fn rtx_ssrc_of(video_ssrc: u32) -> u32 {
-    let rtx = video_ssrc.rotate_left(16) ^ 0x5254_5831;
-    if rtx == video_ssrc { !video_ssrc } else { rtx }
+    video_ssrc.rotate_left(16) ^ 0x5254_5831
 }
 
 /// An offer as a browser makes it: Opus; VP8, H264, VP9 and AV1 (or only `video_codec`), each
@@ -1012,9 +1023,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         video_codec: answer.video_codec.clone(),
         server: Some(server),
         video_nack: options.repair && answer.video_nack,
-        video_rtx_payload_type: answer
-            .video_rtx_payload_type
-            .filter(|_| options.repair),
+        video_rtx_payload_type: answer.video_rtx_payload_type.filter(|_| options.repair),
         remote_video_ssrc: answer.video_ssrc,
         remote_video_rtx_ssrc: answer.video_rtx_ssrc,
     };
@@ -1073,6 +1082,9 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         counters,
         link,
         outbound,
+        departure_loss: options
+            .departure_loss
+            .map(|l| LossGate::new(l.percent, l.seed)),
         buffer: vec![0u8; 2048],
         tasks,
         dtls,
@@ -1098,6 +1110,16 @@ impl Session {
             outbound.srtp.protect_rtp(&mut self.buffer, len)
         }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Lost on the way: kept for retransmission and protected (its SRTP index used), as a
+        // packet the network dropped would be.
+        if let Some(loss) = self.departure_loss.as_mut()
+            && loss.drop_next()
+        {
+            self.counters
+                .dropped_on_departure
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         self.link.send(&self.buffer[..n]).await
     }
 

@@ -118,13 +118,13 @@ impl PlayRepair {
         }
         match self.media_ssrc {
             Some(ssrc) if ssrc == header.ssrc => {}
-            Some(_) if self.requester.outstanding() > 0 || self.counters.rtx_received > 0 => {
-                // Another source: its sequence numbers have nothing to do with the old gaps.
-                // (Rare: a one-off allocation, not one per packet.)
+            Some(_) => {
+                // Another source: its numbering has nothing to do with the old one, whose
+                // gaps would be asked of it. (Rare: a one-off allocation, not one per packet.)
                 self.requester = NackRequester::new(NackConfig::default());
                 self.media_ssrc = Some(header.ssrc);
             }
-            _ => self.media_ssrc = Some(header.ssrc),
+            None => self.media_ssrc = Some(header.ssrc),
         }
         if let PacketOutcome::Recovered { requested: true } =
             self.requester.on_packet(now, header.sequence)
@@ -201,7 +201,7 @@ pub struct PublishCounters {
     pub retransmitted_bytes: u64,
     /// Asked for but no longer kept (older than the window, never sent, or too large).
     pub missed: u64,
-    /// Asked for again within [`RESEND_GUARD`] of a resend: not resent.
+    /// Asked for again within 10 ms of its resend (a repeat that crossed it): not resent.
     pub suppressed: u64,
     /// Asked for while the queue of pending resends was full.
     pub overflowed: u64,
@@ -533,6 +533,25 @@ mod tests {
     }
 
     #[test]
+    fn a_new_video_ssrc_starts_afresh() {
+        let t0 = Instant::now();
+        let mut r = PlayRepair::new(VIDEO_PT, Some(RTX_PT), Some(MEDIA_SSRC), OURS);
+        r.on_rtp(t0, &packet(VIDEO_PT, 100, MEDIA_SSRC, false));
+        r.on_rtp(t0, &packet(VIDEO_PT, 103, MEDIA_SSRC, false));
+        // A new source whose numbering happens to run just above the old one's: the old
+        // gap is forgotten, and the new numbers are no gap either.
+        r.on_rtp(t0, &packet(VIDEO_PT, 110, 0x5555, false));
+        r.on_rtp(t0, &packet(VIDEO_PT, 111, 0x5555, false));
+        assert_eq!((r.outstanding(), r.next_timeout()), (0, None));
+        r.on_rtp(t0, &packet(VIDEO_PT, 113, 0x5555, false));
+        let mut out = [0u8; NACK_BUFFER_LEN];
+        let n = r.poll_nack(t0, &mut out).unwrap();
+        let nack = Nack::parse(&out[..n]).unwrap();
+        assert_eq!(nack.media_ssrc, 0x5555);
+        assert_eq!(nack.lost().collect::<Vec<_>>(), vec![112]);
+    }
+
+    #[test]
     fn wrapping_sequence_numbers_are_nacked_in_wire_order() {
         let t0 = Instant::now();
         let mut r = PlayRepair::new(VIDEO_PT, Some(RTX_PT), Some(MEDIA_SSRC), OURS);
@@ -595,14 +614,23 @@ mod tests {
         };
         for (rtx, (want, rtx_seq)) in sent.iter().zip([(1, 65535u16), (6, 0), (8, 1)]) {
             let h = RtpHeader::parse(rtx).unwrap();
-            assert_eq!((h.ssrc, h.payload_type, h.sequence), (RTX_SSRC, RTX_PT, rtx_seq));
+            assert_eq!(
+                (h.ssrc, h.payload_type, h.sequence),
+                (RTX_SSRC, RTX_PT, rtx_seq)
+            );
             let mut restored = [0u8; 256];
             let n = rtx::restore_into(rtx, &original, &mut restored).unwrap();
             assert_eq!(&restored[..n], &originals[want][..]);
         }
         let c = *p.counters();
-        assert_eq!((c.nacks_received, c.nacked_packets, c.retransmitted), (1, 3, 3));
-        assert_eq!(c.retransmitted_bytes, sent.iter().map(|s| s.len() as u64).sum());
+        assert_eq!(
+            (c.nacks_received, c.nacked_packets, c.retransmitted),
+            (1, 3, 3)
+        );
+        assert_eq!(
+            c.retransmitted_bytes,
+            sent.iter().map(|s| s.len() as u64).sum::<u64>()
+        );
     }
 
     #[test]
@@ -610,14 +638,23 @@ mod tests {
         let t0 = Instant::now();
         let mut p = PublishRepair::new(MEDIA_SSRC, None, 0, 16, ms(1000));
         for seq in 0..40u16 {
-            p.on_sent(t0 + ms(seq as u64 * 10), &packet(VIDEO_PT, seq, MEDIA_SSRC, false));
+            p.on_sent(
+                t0 + ms(seq as u64 * 10),
+                &packet(VIDEO_PT, seq, MEDIA_SSRC, false),
+            );
         }
         let now = t0 + ms(400);
         // 39 is kept; 10 was overwritten by 26 (16 slots); 41 was never sent; 39 twice.
         p.on_rtcp(now, &nack_packet(MEDIA_SSRC, &[10, 39, 41]));
         p.on_rtcp(now, &nack_packet(MEDIA_SSRC, &[39]));
-        assert!(!p.on_rtcp(now, &nack_packet(0x7777, &[39])), "another SSRC's NACK");
-        assert_eq!(resent(&mut p, now), vec![packet(VIDEO_PT, 39, MEDIA_SSRC, false)]);
+        assert!(
+            !p.on_rtcp(now, &nack_packet(0x7777, &[39])),
+            "another SSRC's NACK"
+        );
+        assert_eq!(
+            resent(&mut p, now),
+            vec![packet(VIDEO_PT, 39, MEDIA_SSRC, false)]
+        );
         let c = *p.counters();
         assert_eq!((c.missed, c.suppressed, c.retransmitted), (2, 1, 1));
         // After the guard interval the same number is resent; after max_age it is gone.

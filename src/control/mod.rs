@@ -26,11 +26,11 @@ use webrtc_dtls::crypto::Certificate;
 
 use crate::config::Config;
 use crate::media::StreamId;
+use crate::ports::{PortAllocator, PortError};
 use crate::sdp::{
     AnswerTransport, MediaKind, NegotiationError, Offer, PublishedTrack, format_fingerprint,
     negotiate_play, negotiate_publish, write_answer,
 };
-use crate::ports::{PortAllocator, PortError};
 use crate::session::publisher_link::LinkSettings;
 use crate::worker::{Command, Event, NewRole, NewSession, SessionId, WorkerHandle};
 

@@ -13,7 +13,7 @@ pub struct Codec {
     pub channels: u16,
     pub fmtp: String,
     /// The RTCP feedback the offer lists for this codec that the relay honours
-    /// ([`ACCEPTED_FEEDBACK`]), each once however often the offer repeats it.
+    /// (`ACCEPTED_FEEDBACK`), each once however often the offer repeats it.
     #[serde(skip)]
     pub feedback: Vec<String>,
 }
@@ -115,10 +115,7 @@ pub(super) struct FeedbackSet(u8);
 
 impl FeedbackSet {
     pub(super) fn insert(&mut self, feedback: &str) {
-        if let Some(i) = ACCEPTED_FEEDBACK
-            .iter()
-            .position(|f| *f == feedback.trim())
-        {
+        if let Some(i) = ACCEPTED_FEEDBACK.iter().position(|f| *f == feedback.trim()) {
             self.0 |= 1 << i;
         }
     }

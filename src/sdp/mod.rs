@@ -19,19 +19,18 @@ mod limits;
 mod negotiate;
 mod offer;
 
+/// Re-exported from its home in [`crate::media`], where the other layers find it.
+pub use crate::media::MediaKind;
 pub use answer::{AnswerTransport, format_fingerprint, write_answer};
 pub use codec::Codec;
+pub use codec::TRANSPORT_CC_URI;
 pub use limits::{
     MAX_ATTRIBUTES_PER_SECTION, MAX_FORMATS_PER_SECTION, MAX_OFFER_BYTES, MAX_SECTIONS,
 };
-pub use codec::TRANSPORT_CC_URI;
 pub use negotiate::{
-    AnnouncedSource, AnswerSection, PlayedTrack, PublishedTrack, negotiate_play,
-    negotiate_publish,
+    AnnouncedSource, AnswerSection, PlayedTrack, PublishedTrack, negotiate_play, negotiate_publish,
 };
 pub use offer::{Direction, Offer, OfferedSection};
-/// Re-exported from its home in [`crate::media`], where the other layers find it.
-pub use crate::media::MediaKind;
 
 /// Why an offer was refused; each maps to an HTTP status with the message as body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

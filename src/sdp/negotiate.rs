@@ -51,6 +51,8 @@ pub struct AnnouncedSource {
 }
 
 /// What the answer says for one offered section.
+// A few per offer, built once on the control thread: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AnswerSection {
     Rejected,
@@ -202,7 +204,10 @@ pub fn negotiate_play(
             .find(|c| nack && c.is_rtx_for(codec.payload_type))
             .map(|c| {
                 let rtx_ssrc = ssrc_for(track.kind);
-                (c.payload_type, if rtx_ssrc == ssrc { !ssrc } else { rtx_ssrc })
+                (
+                    c.payload_type,
+                    if rtx_ssrc == ssrc { !ssrc } else { rtx_ssrc },
+                )
             });
         played.push(PlayedTrack {
             kind: track.kind,

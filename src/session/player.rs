@@ -283,19 +283,32 @@ mod tests {
 
         let mut track = PlayerTrack::new(96, 102, 0x1234, ExtensionIdMap::default(), 500)
             .with_repair(Repair::new(Some((103, 0x5678)), 900));
-        let sent = track.rewrite_rtp(&packet, &header, &mut out).unwrap().sequence;
+        let sent = track
+            .rewrite_rtp(&packet, &header, &mut out)
+            .unwrap()
+            .sequence;
         assert_eq!(track.publisher_sequence(sent), Some((1, 10)));
         let len = track
             .write_retransmission(now, &packet, &header, sent, &mut out)
             .unwrap();
         let rtx = RtpHeader::parse(&out[..len]).unwrap();
-        assert_eq!((rtx.payload_type, rtx.ssrc, rtx.sequence), (103, 0x5678, 901));
-        assert_eq!(&out[12..14], &sent.to_be_bytes(), "the original number leads");
+        assert_eq!(
+            (rtx.payload_type, rtx.ssrc, rtx.sequence),
+            (103, 0x5678, 901)
+        );
+        assert_eq!(
+            &out[12..14],
+            &sent.to_be_bytes(),
+            "the original number leads"
+        );
         assert_eq!(&out[14..len], b"payload");
 
         let mut again = PlayerTrack::new(96, 102, 0x1234, ExtensionIdMap::default(), 500)
             .with_repair(Repair::new(None, 0));
-        let sent = again.rewrite_rtp(&packet, &header, &mut out).unwrap().sequence;
+        let sent = again
+            .rewrite_rtp(&packet, &header, &mut out)
+            .unwrap()
+            .sequence;
         let len = again
             .write_retransmission(now, &packet, &header, sent, &mut out)
             .unwrap();

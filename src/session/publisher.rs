@@ -122,7 +122,11 @@ mod tests {
 
     #[test]
     fn media_is_classified_by_negotiated_payload_type() {
-        let mut p = Publisher::new(&[(111, MediaKind::Audio), (96, MediaKind::Video)], LinkSettings::default(), 7);
+        let mut p = Publisher::new(
+            &[(111, MediaKind::Audio), (96, MediaKind::Video)],
+            LinkSettings::default(),
+            7,
+        );
         assert_eq!(p.on_rtp(&rtp(96, 0xaa)), Some(MediaKind::Video));
         assert_eq!(p.on_rtp(&rtp(111, 0xbb)), Some(MediaKind::Audio));
         assert_eq!(p.on_rtp(&rtp(100, 0xcc)), None);

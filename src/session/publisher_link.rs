@@ -190,7 +190,9 @@ impl PublisherLink {
     pub fn next_timeout(&self, now: Instant) -> Option<Instant> {
         [
             self.twcc.next_timeout(),
-            self.repairs_loss().then(|| self.nack.next_timeout()).flatten(),
+            self.repairs_loss()
+                .then(|| self.nack.next_timeout())
+                .flatten(),
             self.remb.next_timeout(now),
         ]
         .into_iter()
@@ -351,9 +353,17 @@ mod tests {
         let parsed = TransportFeedback::parse(feedback).unwrap();
         let statuses: Vec<(u16, bool)> = parsed
             .packets()
-            .map(|p| (p.sequence, p.status != crate::wire::twcc::PacketStatus::NotReceived))
+            .map(|p| {
+                (
+                    p.sequence,
+                    p.status != crate::wire::twcc::PacketStatus::NotReceived,
+                )
+            })
             .collect();
-        assert_eq!(statuses, [(100, true), (101, true), (102, false), (103, true)]);
+        assert_eq!(
+            statuses,
+            [(100, true), (101, true), (102, false), (103, true)]
+        );
         assert_eq!(link.counters().feedback_sent, 1);
     }
 
@@ -371,7 +381,10 @@ mod tests {
         };
         assert_eq!(remb_at(&mut link, t0), [500_000]);
         assert!(remb_at(&mut link, t0 + Duration::from_millis(500)).is_empty());
-        assert_eq!(remb_at(&mut link, t0 + Duration::from_millis(1000)), [500_000]);
+        assert_eq!(
+            remb_at(&mut link, t0 + Duration::from_millis(1000)),
+            [500_000]
+        );
         assert!(remb_at(&mut new_link(0), t0).is_empty(), "no cap, no REMB");
     }
 
@@ -387,6 +400,10 @@ mod tests {
         for seq in [1u16, 5, 5] {
             assert_eq!(arrive(&mut link, t0, video(seq, seq)), Some(seq));
         }
-        assert!(drain(&mut link, t0).iter().all(|(k, _)| *k != LinkRtcp::Nack));
+        assert!(
+            drain(&mut link, t0)
+                .iter()
+                .all(|(k, _)| *k != LinkRtcp::Nack)
+        );
     }
 }

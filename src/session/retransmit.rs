@@ -83,6 +83,20 @@ impl<T> RetransmitWindow<T> {
         (stored.sequence == sequence && fresh).then_some(&stored.item)
     }
 
+    /// Whether `sequence` is within the window's span but was never stored: the stream has not
+    /// had it (lost on the way in, perhaps being repaired), as opposed to a packet that was
+    /// stored and has since expired or been overwritten.
+    pub fn never_had(&self, sequence: u16) -> bool {
+        let Some(highest) = self.highest else {
+            return true;
+        };
+        let within = highest.wrapping_sub(sequence) as usize <= self.mask;
+        within
+            && self.slots[sequence as usize & self.mask]
+                .as_ref()
+                .is_none_or(|s| s.sequence != sequence)
+    }
+
     /// Drops the handles older than `max_age`, so that a stream gone quiet does not hold pooled
     /// packets forever. O(capacity): call it at a low rate (once a second). Returns how many.
     pub fn release_expired(&mut self, now: Instant) -> usize {
@@ -225,6 +239,22 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_number_never_stored_is_told_from_one_that_expired() {
+        let t0 = Instant::now();
+        let mut window = RetransmitWindow::new(8, Duration::from_secs(1));
+        for seq in [10u16, 11, 13] {
+            window.insert(seq, t0, seq);
+        }
+        assert!(window.never_had(12), "lost on the way in");
+        assert!(!window.never_had(11));
+        // Overwritten by a newer lap: gone, not never had.
+        for seq in 14u16..=19 {
+            window.insert(seq, t0, seq);
+        }
+        assert!(!window.never_had(10), "beyond the span");
     }
 
     #[test]

@@ -13,8 +13,8 @@ use super::burst::{Append, BurstId, Bursts, Owner};
 use super::connections::Connections;
 use super::stats::{self, WorkerStats, add, inc};
 use super::table::{Role, Session};
-use crate::session::publisher_link::LinkRtcp;
 use crate::io::{Completion, EGRESS_HEADROOM, MAX_SEND_BATCH, RawAddr, Ring, Token};
+use crate::session::publisher_link::LinkRtcp;
 use crate::wire::framing;
 
 /// Frame bursts open or in flight at once; a player past this many sends packet by packet.
@@ -455,7 +455,9 @@ pub(super) fn send_link_feedback(session: &mut Session, now: Instant, out: &mut 
         // A feedback packet stays within a safe path MTU, leaving the SRTCP trailer room.
         let room = buffer.len().min(MAX_FEEDBACK_LEN);
         let before = publisher.link.counters();
-        let Some((len, kind)) = publisher.link.poll(now, &mut buffer[..room], rtcp_ssrc, ssrcs)
+        let Some((len, kind)) = publisher
+            .link
+            .poll(now, &mut buffer[..room], rtcp_ssrc, ssrcs)
         else {
             out.ring.release_egress(egress);
             return;

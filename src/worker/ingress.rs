@@ -252,7 +252,10 @@ impl Core {
         if kind == MediaKind::Video {
             let wanted = publisher.link.on_video(now, header.sequence, retransmitted);
             let after = publisher.link.counters();
-            add(&self.out.stats.packets_repaired, after.repaired - before.repaired);
+            add(
+                &self.out.stats.packets_repaired,
+                after.repaired - before.repaired,
+            );
             if publisher.link.take_keyframe_wish() && publisher.keyframe_requested(now) {
                 send_pli(session, &mut self.out);
             }

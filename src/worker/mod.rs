@@ -22,8 +22,8 @@ mod egress;
 mod event_loop;
 mod fanout;
 mod ingress;
-mod repair;
 pub mod mesh;
+mod repair;
 mod staged;
 pub mod stats;
 mod table;
@@ -126,7 +126,9 @@ pub enum NewRole {
         /// NACK/RTX, the operator's cap).
         link: LinkSettings,
     },
-    Player { tracks: Vec<PlayedTrack> },
+    Player {
+        tracks: Vec<PlayedTrack>,
+    },
 }
 
 /// What a worker tells the control thread.

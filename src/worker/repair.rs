@@ -2,7 +2,9 @@
 //! its own sequence numbers; each is looked up in its stream's retransmission window (the
 //! publisher's packets of the last second, shared, never copied per player) and sent again,
 //! as RTX when the player negotiated it, within the player's retransmission budget. A packet
-//! the window no longer holds cannot be repaired: the publisher is asked for a keyframe.
+//! the window no longer holds cannot be repaired: the publisher is asked for a keyframe. A
+//! packet the stream never had here (lost on the way from the publisher) is not: the
+//! publisher's link is repairing it, and it reaches the player when it comes.
 
 use std::time::Instant;
 
@@ -61,7 +63,7 @@ impl Core {
                     .filter(|p| matches!(p.what, Forwarded::Rtp(h) if h.ssrc == ssrc));
                 let Some(kept) = kept else {
                     inc(&out.stats.retransmit_misses);
-                    gone = true;
+                    gone |= !window.never_had(sequence);
                     continue;
                 };
                 let Forwarded::Rtp(header) = kept.what else {
@@ -72,8 +74,7 @@ impl Core {
                     continue;
                 };
                 let buffer = &mut out.ring.egress_buffer(egress)[EGRESS_HEADROOM..];
-                let written =
-                    track.write_retransmission(now, kept.bytes(), &header, lost, buffer);
+                let written = track.write_retransmission(now, kept.bytes(), &header, lost, buffer);
                 let protected = match written {
                     Ok(len) => srtp.protect_rtp(buffer, len).ok(),
                     Err(RetransmitRefusal::OverBudget) => {
