@@ -27,6 +27,7 @@
 pub mod client;
 pub mod config;
 pub mod control;
+mod dtls;
 #[allow(unsafe_code)]
 pub mod io;
 pub mod logging;
@@ -35,6 +36,7 @@ pub mod ports;
 pub mod sdp;
 pub mod server;
 pub mod session;
+pub mod util;
 pub mod wire;
 pub mod worker;
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -12,6 +12,7 @@ use corecast::client::http::{HttpClient, Trust};
 use corecast::client::{
     self, ClientOptions, Incoming, LinkLoss, Role, Session, SessionCounters, Transport,
 };
+use corecast::util::lock;
 use corecast::wire::rtp::RtpHeader;
 use hdrhistogram::Histogram;
 use webrtc_dtls::crypto::Certificate;
@@ -314,10 +315,6 @@ struct Shared {
     errors: Mutex<Vec<String>>,
     players: Mutex<Vec<Arc<Mutex<PlayerStats>>>>,
     join: Mutex<Histogram<u64>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::link::{Demux, OUTGOING_LEN};
 use super::repair::{PlayRepair, PublishRepair};
 use super::*;
 use crate::sdp::{AnswerTransport, Offer, negotiate_play, negotiate_publish, write_answer};
-use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::wire::nack::{Nack, write_nack};
 use crate::wire::rtp::RtpHeader;
 use crate::wire::rtx::{OriginalStream, RtxStream, build_rtx, restore_into};
+use crate::wire::srtp::{SrtpContext, SrtpProfile};
 
 fn fingerprint() -> String {
     vec!["AB"; 32].join(":")

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -22,6 +22,7 @@ use super::{ApiError, Control};
 use crate::client::http::{HttpClient, Trust};
 use crate::client::{self, ClientOptions, Incoming, Role, Session, Transport};
 use crate::config::Config;
+use crate::util::lock;
 use crate::wire::rtcp;
 use crate::wire::rtp::RtpHeader;
 
@@ -86,10 +87,6 @@ impl Bridge {
     fn is_live(&self) -> bool {
         lock(&self.state).0 != BridgeStatus::Failed
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 type PullResult = Option<Result<u64, String>>;

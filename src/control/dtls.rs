@@ -6,82 +6,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Mutex, mpsc, oneshot};
-use webrtc_dtls::config::{ClientAuthType, Config as DtlsConfig, ExtendedMasterSecretType};
+use tokio::sync::{mpsc, oneshot};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
-use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use webrtc_util::KeyingMaterialExporter;
-use webrtc_util::conn::Conn;
 
-use crate::srtp::SrtpProfile;
+use crate::dtls::{KeyError, RecordConn, RecordSink, srtp_keys};
 use crate::worker::{Command, SessionId, WorkerHandle};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A `Conn` whose packets come from the owning worker and leave through it.
-struct WorkerConn {
+/// Records leave through the worker that owns the session.
+struct ToWorker {
     session: SessionId,
     worker: WorkerHandle,
-    /// The record that started the handshake, handed out before the channel's.
-    first: std::sync::Mutex<Option<Vec<u8>>>,
-    records: Mutex<mpsc::Receiver<Vec<u8>>>,
-    local: SocketAddr,
 }
 
 #[async_trait]
-impl Conn for WorkerConn {
-    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
-        Ok(())
-    }
-
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let record = match first {
-            Some(record) => Some(record),
-            None => self.records.lock().await.recv().await,
-        };
-        match record {
-            Some(record) => {
-                let n = record.len().min(buf.len());
-                buf[..n].copy_from_slice(&record[..n]);
-                Ok(n)
-            }
-            None => Err(webrtc_util::Error::ErrUseClosedNetworkConn),
-        }
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let n = self.recv(buf).await?;
-        Ok((n, self.local))
-    }
-
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+impl RecordSink for ToWorker {
+    async fn send_record(&self, record: &[u8]) -> std::io::Result<()> {
         self.worker.send(Command::SendDtls {
             session: self.session,
-            data: buf.to_vec(),
+            data: record.to_vec(),
         });
-        Ok(buf.len())
-    }
-
-    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.send(buf).await
-    }
-
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        None
-    }
-
-    async fn close(&self) -> webrtc_util::Result<()> {
         Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
     }
 }
 
@@ -120,25 +67,18 @@ pub async fn run(
         },
         _ = &mut stop => return DtlsOutcome::Stopped,
     };
-    let conn = Arc::new(WorkerConn {
+    let sink = ToWorker {
         session: params.session,
         worker: params.worker.clone(),
-        first: std::sync::Mutex::new(Some(first)),
-        records: Mutex::new(records),
-        local: params.local,
-    });
-    let config = DtlsConfig {
-        certificates: vec![params.certificate],
-        srtp_protection_profiles: vec![
-            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-        ],
-        // The peer's certificate is self-signed; it is checked against the offer's
-        // fingerprint below instead of a chain.
-        client_auth: ClientAuthType::RequireAnyClientCert,
-        extended_master_secret: ExtendedMasterSecretType::Require,
-        ..Default::default()
     };
+    let conn = Arc::new(RecordConn::new(
+        sink,
+        Some(first),
+        records,
+        params.local,
+        None,
+    ));
+    let config = crate::dtls::config(params.certificate, true);
     let handshake =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, DTLSConn::new(conn, config, false, None));
     let dtls = tokio::select! {
@@ -149,32 +89,22 @@ pub async fn run(
         },
         _ = &mut stop => return DtlsOutcome::Stopped,
     };
-    let state = dtls.connection_state().await;
-    let presented = state
-        .peer_certificates
-        .first()
-        .map(|der| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der));
-    if presented.as_ref().map(|d| d.as_ref()) != Some(&params.expected_fingerprint[..]) {
-        let _ = dtls.close().await;
-        return DtlsOutcome::Failed(
-            "the DTLS certificate does not match the offer's a=fingerprint".into(),
-        );
-    }
-    let profile = match dtls.selected_srtpprotection_profile() {
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => SrtpProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => SrtpProfile::Aes128CmHmacSha1_80,
-        other => {
+    let (profile, material) = match srtp_keys(&dtls, &params.expected_fingerprint).await {
+        Ok(keys) => keys,
+        Err(KeyError::Fingerprint) => {
+            let _ = dtls.close().await;
+            return DtlsOutcome::Failed(
+                "the DTLS certificate does not match the offer's a=fingerprint".into(),
+            );
+        }
+        Err(KeyError::Profile(other)) => {
             return DtlsOutcome::Failed(format!(
                 "no SRTP protection profile in common ({other:?})"
             ));
         }
-    };
-    let material = match state
-        .export_keying_material("EXTRACTOR-dtls_srtp", &[], profile.keying_material_len())
-        .await
-    {
-        Ok(m) => m,
-        Err(e) => return DtlsOutcome::Failed(format!("exporting SRTP keys failed: {e}")),
+        Err(KeyError::Export(e)) => {
+            return DtlsOutcome::Failed(format!("exporting SRTP keys failed: {e}"));
+        }
     };
     params.worker.send(Command::SetKeys {
         session: params.session,

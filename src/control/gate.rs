@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use super::auth::{AuthConfig, Authenticator, Grant, MetricsAccess, Refusal, Right, bearer};
 use super::webhook::{HookEvent, Webhook};
 use super::{ApiError, Control};
+use crate::util::lock;
 use crate::worker::SessionId;
 
 /// A refused request: the client's error and, for a 401, the challenge.
@@ -98,10 +99,6 @@ impl Drop for Reservation {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unix_now() -> u64 {

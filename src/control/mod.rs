@@ -17,7 +17,7 @@ pub mod ws;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -32,6 +32,7 @@ use crate::sdp::{
     negotiate_play, negotiate_publish, write_answer,
 };
 use crate::session::publisher_link::LinkSettings;
+use crate::util::{lock, random_token};
 use crate::worker::{Command, Event, NewRole, NewSession, SessionId, WorkerHandle};
 
 /// DTLS records a session may have waiting for its handshake; the worker drops (and counts)
@@ -222,18 +223,6 @@ fn notify(entry: &mut SessionEntry, id: SessionId, status: &'static str, reason:
         reason,
     };
     entry.watchers.retain(|w| w.send(event.clone()).is_ok());
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock is a bug elsewhere; the registry itself stays usable.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    (0..len)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 /// What the worker feeds back to a publisher and repairs, from what its answer negotiated.

@@ -1,0 +1,327 @@
+//! The client's transport: the sending half ([`Link`]) and the reader task, which
+//! demultiplexes what arrives (STUN to ICE, DTLS to the handshake, SRTP to the handler) and
+//! sends what it owes in return (NACKs, retransmissions).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+
+use super::repair::{self, LossGate, PlayRepair, PublishRepair};
+use super::{ClientError, ClientOptions, Handler, Incoming, SessionCounters, Transport};
+use crate::util::lock;
+use crate::wire::demux::{PacketKind, classify};
+use crate::wire::framing::FrameReader;
+use crate::wire::srtp::SrtpContext;
+use crate::wire::stun::StunMessage;
+
+/// The sending half of the transport.
+#[derive(Clone)]
+pub(super) enum Link {
+    Udp(Arc<UdpSocket>),
+    Tcp(Arc<Mutex<OwnedWriteHalf>>),
+}
+
+impl Link {
+    pub(super) async fn send(&self, packet: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Udp(socket) => socket.send(packet).await.map(|_| ()),
+            Link::Tcp(writer) => {
+                let mut w = writer.lock().await;
+                w.write_all(&(packet.len() as u16).to_be_bytes()).await?;
+                w.write_all(packet).await
+            }
+        }
+    }
+}
+
+/// What sends SRTP, shared by the session's owner (media) and its reader task (NACKs and
+/// retransmissions): one SRTP context, so the SRTCP index and each SSRC's rollover counter
+/// stay single, and the publisher's kept packets beside it.
+pub(super) struct Outbound {
+    pub(super) srtp: SrtpContext,
+    pub(super) publish: Option<PublishRepair>,
+}
+
+/// What the reader task needs once DTLS has given the keys.
+pub(super) struct Media {
+    pub(super) srtp_in: SrtpContext,
+    pub(super) handler: Handler,
+    pub(super) outbound: Arc<SyncMutex<Outbound>>,
+    /// Playing with NACK negotiated.
+    pub(super) play: Option<PlayRepair>,
+}
+
+/// Room for one packet the reader task sends: a retransmission (or a NACK) and its SRTP
+/// trailer.
+pub(super) const OUTGOING_LEN: usize = repair::RETRANSMISSION_BUFFER_LEN + 64;
+
+/// Demultiplexes what arrives: STUN to ICE, DTLS to the handshake, SRTP to the handler once
+/// the keys are known; and says what the reader task sends in return (NACKs, retransmissions).
+pub(super) struct Demux {
+    pub(super) ice_ok: watch::Sender<u64>,
+    pub(super) dtls: mpsc::Sender<Vec<u8>>,
+    pub(super) keys: Option<oneshot::Receiver<Media>>,
+    pub(super) media: Option<Media>,
+    pub(super) counters: Arc<SessionCounters>,
+    pub(super) loss: Option<LossGate>,
+}
+
+impl Demux {
+    pub(super) fn packet(&mut self, now: Instant, data: &mut [u8]) {
+        if self.media.is_none()
+            && let Some(rx) = self.keys.as_mut()
+            && let Ok(media) = rx.try_recv()
+        {
+            self.media = Some(media);
+            self.keys = None;
+        }
+        match classify(data) {
+            PacketKind::Stun => {
+                if StunMessage::parse(data).is_ok_and(|m| m.is_binding_success()) {
+                    self.ice_ok.send_modify(|n| *n += 1);
+                }
+            }
+            PacketKind::Dtls => {
+                let _ = self.dtls.try_send(data.to_vec());
+            }
+            kind @ (PacketKind::Rtp | PacketKind::Rtcp) => {
+                // The emulated lossy link: before decryption, as if the packet never came.
+                if let Some(loss) = self.loss.as_mut()
+                    && loss.drop_next()
+                {
+                    self.counters
+                        .dropped_on_arrival
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let Some(media) = self.media.as_mut() else {
+                    return;
+                };
+                let plain = media.srtp_in.unprotect(data, kind == PacketKind::Rtcp);
+                match plain {
+                    Ok(n) if kind == PacketKind::Rtp => {
+                        let packet = &data[..n];
+                        match media.play.as_mut() {
+                            Some(play) => {
+                                if let Some(packet) = play.on_rtp(now, packet) {
+                                    (media.handler)(Incoming::Rtp(packet));
+                                }
+                                self.counters.record_play(play.counters());
+                            }
+                            None => (media.handler)(Incoming::Rtp(packet)),
+                        }
+                    }
+                    Ok(n) => {
+                        let rtcp = &data[..n];
+                        if crate::wire::rtcp::requests_keyframe(rtcp) {
+                            self.counters
+                                .keyframe_requests
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        let mut outbound = lock(&media.outbound);
+                        if let Some(publish) = outbound.publish.as_mut() {
+                            publish.on_rtcp(now, rtcp);
+                            self.counters.record_publish(publish.counters());
+                        }
+                        drop(outbound);
+                        (media.handler)(Incoming::Rtcp(rtcp))
+                    }
+                    Err(_) => {
+                        self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            PacketKind::Unknown => {}
+        }
+    }
+
+    /// When the reader task must wake without a packet: a NACK (or its retry) falls due.
+    pub(super) fn next_timeout(&self) -> Option<Instant> {
+        self.media
+            .as_ref()
+            .and_then(|m| m.play.as_ref())
+            .and_then(PlayRepair::next_timeout)
+    }
+
+    /// Writes the next packet to send, protected, into `out` (at least [`OUTGOING_LEN`]
+    /// bytes): a NACK due now, else a retransmission the server asked for. `None` when there
+    /// is nothing; call until then.
+    pub(super) fn next_outgoing(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let media = self.media.as_mut()?;
+        if let Some(play) = media.play.as_mut()
+            && let Some(n) = play.poll_nack(now, out)
+        {
+            self.counters.record_play(play.counters());
+            return match lock(&media.outbound).srtp.protect_rtcp(out, n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+        }
+        let mut outbound = lock(&media.outbound);
+        let Outbound { srtp, publish } = &mut *outbound;
+        let publish = publish.as_mut().filter(|p| p.has_pending())?;
+        // A retransmission that fails to protect is skipped, not the ones behind it.
+        while let Some(n) = publish.next_retransmission(now, out) {
+            self.counters.record_publish(publish.counters());
+            match srtp.protect_rtp(out, n) {
+                Ok(n) => return Some(n),
+                Err(_) => {
+                    self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.counters.record_publish(publish.counters());
+        None
+    }
+}
+
+/// Sends what the reader task owes the server after a packet or a wake-up.
+async fn flush(demux: &mut Demux, link: &Link, out: &mut [u8]) {
+    while let Some(n) = demux.next_outgoing(Instant::now(), out) {
+        if link.send(&out[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Far enough to mean "never" for a reader task with nothing due, near enough not to overflow
+/// the timer.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
+/// Where the reader task reads from, with its buffer.
+enum Reader {
+    Udp(Arc<UdpSocket>, Vec<u8>),
+    Tcp(OwnedReadHalf, FrameReader, Vec<u8>),
+}
+
+impl Reader {
+    /// Reads what the transport has and hands each packet to `demux`; false once the
+    /// transport has ended (or its framing broke).
+    async fn receive(&mut self, demux: &mut Demux) -> bool {
+        match self {
+            Reader::Udp(socket, buf) => match socket.recv(buf).await {
+                Ok(n) => {
+                    demux.packet(Instant::now(), &mut buf[..n]);
+                    true
+                }
+                Err(_) => false,
+            },
+            Reader::Tcp(read, frames, buf) => match read.read(buf).await {
+                Ok(0) | Err(_) => false,
+                Ok(n) => {
+                    let now = Instant::now();
+                    frames.feed(&mut buf[..n], |f| demux.packet(now, f)).is_ok()
+                }
+            },
+        }
+    }
+}
+
+/// The reader task: woken by a packet or at the NACK scheduler's own deadline (not on a fixed
+/// tick: a player with nothing missing costs no wake-ups), and after either sends what it owes.
+async fn read_task(mut demux: Demux, mut reader: Reader, replies: Link) {
+    let mut out = vec![0u8; OUTGOING_LEN];
+    let wake = tokio::time::sleep(IDLE_WAKE);
+    tokio::pin!(wake);
+    loop {
+        let due = demux.next_timeout();
+        if let Some(due) = due {
+            wake.as_mut().reset(due.into());
+        }
+        tokio::select! {
+            open = reader.receive(&mut demux) => if !open {
+                break;
+            },
+            () = &mut wake, if due.is_some() => {}
+        }
+        flush(&mut demux, &replies, &mut out).await;
+    }
+}
+
+/// Opens the transport `options` asks for towards `server` and starts the reader task with
+/// `demux`.
+pub(super) async fn open(
+    options: &ClientOptions,
+    server: SocketAddr,
+    demux: Demux,
+) -> Result<(Link, tokio::task::JoinHandle<()>), ClientError> {
+    let transport_error = super::transport_error(options.transport);
+    let (link, reader) = match options.transport {
+        Transport::Udp => {
+            let bind: SocketAddr = if server.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .expect("literal");
+            let bind = if server.ip().is_loopback() {
+                SocketAddr::new(server.ip(), 0)
+            } else {
+                bind
+            };
+            let socket = Arc::new(UdpSocket::bind(bind).await.map_err(transport_error)?);
+            socket.connect(server).await.map_err(transport_error)?;
+            let reader = Reader::Udp(socket.clone(), vec![0u8; 2048]);
+            (Link::Udp(socket), reader)
+        }
+        Transport::Tcp => {
+            let socket = if server.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(transport_error)?;
+            if let Some(size) = options.tcp_recv_buffer {
+                socket.set_recv_buffer_size(size).map_err(transport_error)?;
+            }
+            let stream = tokio::time::timeout(options.timeout, socket.connect(server))
+                .await
+                .map_err(|_| ClientError::Transport(Transport::Tcp, "connect timed out".into()))?
+                .map_err(transport_error)?;
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            let frames = FrameReader::new(crate::media::MAX_PACKET);
+            let reader = Reader::Tcp(read, frames, vec![0u8; 65536]);
+            (Link::Tcp(Arc::new(Mutex::new(write))), reader)
+        }
+    };
+    let task = tokio::spawn(read_task(demux, reader, link.clone()));
+    Ok((link, task))
+}
+
+/// The reader task's side of the session's set-up: what it reports (ICE answers, DTLS
+/// records) and where the keys come from once DTLS has them.
+pub(super) fn demux(
+    options: &ClientOptions,
+    counters: Arc<SessionCounters>,
+) -> (
+    Demux,
+    watch::Receiver<u64>,
+    mpsc::Receiver<Vec<u8>>,
+    oneshot::Sender<Media>,
+) {
+    let (ice_tx, ice_rx) = watch::channel(0u64);
+    let (dtls_tx, dtls_rx) = mpsc::channel(64);
+    let (keys_tx, keys_rx) = oneshot::channel();
+    let demux = Demux {
+        ice_ok: ice_tx,
+        dtls: dtls_tx,
+        keys: Some(keys_rx),
+        media: None,
+        counters,
+        loss: options
+            .arrival_loss
+            .map(|l| LossGate::new(l.percent, l.seed)),
+    };
+    (demux, ice_rx, dtls_rx, keys_tx)
+}
