@@ -1,0 +1,183 @@
+//! The session registry: streams, their publisher and players, each session's state and
+//! who watches it, and what `GET /api/streams` shows of them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Control;
+use crate::media::StreamId;
+use crate::sdp::{MediaKind, PublishedTrack};
+use crate::util::lock;
+use crate::worker::SessionId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Publisher,
+    Player,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionState {
+    /// Answer sent, waiting for ICE.
+    Connecting,
+    /// ICE nominated a pair; DTLS under way.
+    IceConnected,
+    /// DTLS done, SRTP keys with the worker: media flows.
+    Connected,
+    Closing,
+}
+
+pub(super) struct SessionEntry {
+    pub(super) stream: String,
+    pub(super) stream_id: StreamId,
+    pub(super) role: Role,
+    pub(super) worker: usize,
+    pub(super) port: u16,
+    pub(super) state: SessionState,
+    pub(super) remote: Option<SocketAddr>,
+    /// The transport ICE nominated: `udp` or `tcp`.
+    pub(super) transport: Option<&'static str>,
+    pub(super) dtls_stop: Option<oneshot::Sender<()>>,
+    pub(super) dtls_task: Option<tokio::task::JoinHandle<()>>,
+    pub(super) closed_waiters: Vec<oneshot::Sender<()>>,
+    /// Signaling connections (WebSocket) told of this session's status.
+    pub(super) watchers: Vec<mpsc::UnboundedSender<StatusEvent>>,
+    /// The client it counts against (`http.max_sessions_per_ip`); `None` when exempt.
+    pub(super) client: Option<IpAddr>,
+    /// When the answer went out, for the dashboard's ages.
+    pub(super) created: Instant,
+    /// The transports the answer offered: (UDP, TCP).
+    pub(super) offered: (bool, bool),
+}
+
+/// Why a session ends: a normal end (client, publisher gone) or a failure (ICE, DTLS).
+#[derive(Debug, Clone)]
+pub enum Ending {
+    Normal(String),
+    Failure(String),
+}
+
+impl Ending {
+    pub(super) fn reason(&self) -> &str {
+        match self {
+            Ending::Normal(r) | Ending::Failure(r) => r,
+        }
+    }
+}
+
+/// A session's stream status, as WebSocket signaling reports it (the names WCS users know).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusEvent {
+    pub session: SessionId,
+    pub stream: String,
+    /// PUBLISHING, PLAYING, UNPUBLISHED, STOPPED or FAILED.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+pub(super) struct StreamEntry {
+    pub(super) id: StreamId,
+    pub(super) publisher: SessionId,
+    pub(super) worker: usize,
+    pub(super) tracks: Vec<PublishedTrack>,
+    pub(super) players: BTreeSet<SessionId>,
+    /// Set when this relay pulls the stream from its origin: the bridge to stop once the last
+    /// player leaves.
+    pub(super) pulled_by: Option<u64>,
+}
+
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) streams: HashMap<String, StreamEntry>,
+    pub(super) sessions: HashMap<SessionId, SessionEntry>,
+    pub(super) next_session: SessionId,
+    pub(super) next_stream: StreamId,
+    /// Sessions per client key (`limits::client_key`), for `http.max_sessions_per_ip`.
+    pub(super) sessions_per_ip: HashMap<IpAddr, usize>,
+}
+
+#[derive(Serialize)]
+pub struct SessionView {
+    pub session: SessionId,
+    pub state: SessionState,
+    pub worker: usize,
+    pub port: u16,
+    pub remote: Option<SocketAddr>,
+    /// `udp` or `tcp`, once ICE has nominated a path.
+    pub transport: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+pub struct TrackView {
+    pub kind: MediaKind,
+    pub codec: String,
+}
+
+#[derive(Serialize)]
+pub struct StreamView {
+    pub stream: String,
+    pub publisher: SessionView,
+    pub tracks: Vec<TrackView>,
+    pub players: Vec<SessionView>,
+}
+
+/// Tells a session's watchers its new status; watchers that went away are dropped.
+pub(super) fn notify(
+    entry: &mut SessionEntry,
+    id: SessionId,
+    status: &'static str,
+    reason: Option<String>,
+) {
+    let event = StatusEvent {
+        session: id,
+        stream: entry.stream.clone(),
+        status,
+        reason,
+    };
+    entry.watchers.retain(|w| w.send(event.clone()).is_ok());
+}
+
+impl Control {
+    /// What `GET /api/streams` shows.
+    pub fn streams(&self) -> Vec<StreamView> {
+        let registry = lock(&self.registry);
+        let view = |id: SessionId| {
+            registry.sessions.get(&id).map(|s| SessionView {
+                session: id,
+                state: s.state,
+                worker: s.worker,
+                port: s.port,
+                remote: s.remote,
+                transport: s.transport,
+            })
+        };
+        let mut streams: Vec<StreamView> = registry
+            .streams
+            .iter()
+            .filter_map(|(name, stream)| {
+                Some(StreamView {
+                    stream: name.clone(),
+                    publisher: view(stream.publisher)?,
+                    tracks: stream
+                        .tracks
+                        .iter()
+                        .map(|t| TrackView {
+                            kind: t.kind,
+                            codec: format!("{}/{}", t.codec.name, t.codec.clock_rate),
+                        })
+                        .collect(),
+                    players: stream.players.iter().filter_map(|&p| view(p)).collect(),
+                })
+            })
+            .collect();
+        streams.sort_by(|a, b| a.stream.cmp(&b.stream));
+        streams
+    }
+}
