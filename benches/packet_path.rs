@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use corecast::session::ice::IceLite;
-use corecast::srtp::{SrtpContext, SrtpProfile};
 use corecast::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_header_into, rewrite_into};
+use corecast::wire::srtp::{SrtpContext, SrtpProfile};
 use corecast::wire::stun::{self, BINDING_REQUEST, StunWriter};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 

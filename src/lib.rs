@@ -39,10 +39,3 @@ pub mod session;
 pub mod util;
 pub mod wire;
 pub mod worker;
-
-/// The SDP module's old name, for code on other branches that still says `negotiation`.
-pub use self::sdp as negotiation;
-/// Socket set-up's old path: it lives in [`io::socket`] now.
-pub use io::socket as net;
-/// SRTP's old path: it lives with the other wire formats in [`wire::srtp`] now.
-pub use wire::srtp;

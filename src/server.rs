@@ -11,7 +11,7 @@ use crate::control::gate::Gate;
 use crate::control::limits::HttpLimits;
 use crate::control::tls::{TlsServer, redirect_router};
 use crate::control::{Control, http};
-use crate::net::GrantedBuffers;
+use crate::io::socket::GrantedBuffers;
 use crate::worker::{WorkerSettings, start_workers};
 
 /// Runs the relay until Ctrl-C or SIGTERM. Call from a single-threaded tokio runtime: that
@@ -37,7 +37,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening a TCP socket on media.bind_ip {}", media.bind_ip))?
             .log("TCP");
     }
-    let gso = media.gso && media.protocol.udp() && crate::worker::io::udp_gso_supported();
+    let gso = media.gso && media.protocol.udp() && crate::io::udp_gso_supported();
     match (media.gso, gso) {
         (true, true) => tracing::info!(
             hold_us = media.gso_hold.as_micros() as u64,

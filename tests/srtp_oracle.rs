@@ -1,7 +1,7 @@
 //! corecast's in-place SRTP against webrtc-srtp as the oracle: byte-identical output, and each
 //! side decrypts the other's packets.
 
-use corecast::srtp::{SrtpContext, SrtpProfile};
+use corecast::wire::srtp::{SrtpContext, SrtpProfile};
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 

@@ -3,7 +3,7 @@
 //! length, the buffer is sometimes too short for the tag).
 #![no_main]
 
-use corecast::srtp::{SrtpContext, SrtpProfile};
+use corecast::wire::srtp::{SrtpContext, SrtpProfile};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::cascade::BridgeView;
 use super::{Control, SessionFacts, SessionView, TrackView};
-use crate::worker::SessionId;
+use crate::media::SessionId;
 use crate::worker::stats::latency_histogram;
 
 const DASHBOARD_HTML: &str = include_str!("../web/dashboard.html");

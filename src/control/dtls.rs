@@ -11,7 +11,8 @@ use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
 
 use crate::dtls::{KeyError, RecordConn, RecordSink, srtp_keys};
-use crate::worker::{Command, SessionId, WorkerHandle};
+use crate::media::SessionId;
+use crate::worker::{Command, WorkerHandle};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 use super::auth::{AuthConfig, Authenticator, Grant, MetricsAccess, Refusal, Right, bearer};
 use super::webhook::{HookEvent, Webhook};
 use super::{ApiError, Control};
+use crate::media::SessionId;
 use crate::util::lock;
-use crate::worker::SessionId;
 
 /// A refused request: the client's error and, for a 401, the challenge.
 #[derive(Debug)]

@@ -32,10 +32,11 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc_dtls::crypto::Certificate;
 
 use crate::config::Config;
+use crate::media::SessionId;
 use crate::ports::PortAllocator;
 use crate::sdp::format_fingerprint;
 use crate::util::lock;
-use crate::worker::{Command, Event, SessionId, WorkerHandle};
+use crate::worker::{Command, Event, WorkerHandle};
 use registry::{Registry, notify};
 
 /// How long DELETE waits for the worker to close the session's socket.

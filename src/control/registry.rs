@@ -9,10 +9,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Control;
+use crate::media::SessionId;
 use crate::media::StreamId;
 use crate::sdp::{MediaKind, PublishedTrack};
 use crate::util::lock;
-use crate::worker::SessionId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

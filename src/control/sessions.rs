@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::registry::{Registry, SessionEntry, StreamEntry, notify};
 use super::{ApiError, Control, Ending, Role, SessionState, dtls, limits};
 use crate::io::socket::MediaSockets;
+use crate::media::SessionId;
 use crate::media::StreamId;
 use crate::ports::PortError;
 use crate::sdp::{
@@ -20,7 +21,7 @@ use crate::sdp::{
 };
 use crate::session::publisher_link::LinkSettings;
 use crate::util::{lock, random_token};
-use crate::worker::{Command, NewRole, NewSession, SessionId};
+use crate::worker::{Command, NewRole, NewSession};
 
 /// DTLS records a session may have waiting for its handshake; the worker drops (and counts)
 /// what does not fit. A handshake flight is a handful of records.
@@ -284,8 +285,9 @@ impl Control {
     fn bind_port(&self, registry: &Registry) -> Result<(u16, usize, MediaSockets), ApiError> {
         let media = &self.config.media;
         let preference = self.workers_by_load(registry);
-        let bound =
-            lock(&self.ports).allocate(preference, |port| crate::net::bind_media(media, port));
+        let bound = lock(&self.ports).allocate(preference, |port| {
+            crate::io::socket::bind_media(media, port)
+        });
         match bound {
             Ok(Ok(bound)) => Ok(bound),
             Ok(Err(e)) => Err(ApiError::new(

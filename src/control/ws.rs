@@ -38,7 +38,7 @@ use super::auth::Right;
 use super::gate::Gate;
 use super::limits::{HttpLimits, WS_MAX_MESSAGE, retry_after_seconds};
 use super::{ApiError, Control, Ending};
-use crate::worker::SessionId;
+use crate::media::SessionId;
 
 #[derive(Deserialize)]
 struct Request {

@@ -14,8 +14,8 @@ use super::table::{Role, Session, Table};
 use crate::io::EGRESS_HEADROOM;
 use crate::media::{MediaKind, StreamId};
 use crate::session::player::PlayerTrack;
-use crate::srtp::SrtpContext;
 use crate::wire::rtp::RtpHeader;
+use crate::wire::srtp::SrtpContext;
 
 pub(super) struct Fanout {
     index: usize,

@@ -14,7 +14,7 @@ use crate::media::MediaKind;
 use crate::wire::rtp::RtpHeader;
 
 /// Re-exported from [`crate::media`], its home.
-pub use crate::media::StreamId;
+use crate::media::StreamId;
 
 /// What a relayed packet is, so the receiving worker need not guess: RTP with its header as
 /// the publisher's worker parsed it on receipt (no worker parses it again), or one sender

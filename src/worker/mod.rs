@@ -28,12 +28,6 @@ mod staged;
 pub mod stats;
 mod table;
 
-/// The I/O layer's old path: it lives in [`crate::io`] now. Kept while other branches still
-/// name it.
-pub mod io {
-    pub use crate::io::{MAX_PACKET, udp_gso_supported};
-}
-
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,16 +36,13 @@ use crossbeam_queue::SegQueue;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::io::WakeFd;
-use crate::media::{MediaKind, StreamId};
+use crate::media::{MediaKind, SessionId, StreamId};
 use crate::sdp::PlayedTrack;
 use crate::session::publisher_link::LinkSettings;
-use crate::srtp::SrtpProfile;
+use crate::wire::srtp::SrtpProfile;
 use event_loop::Worker;
 use mesh::{Mesh, Waker};
 use stats::WorkerStats;
-
-/// Re-exported from [`crate::media`], its home.
-pub use crate::media::SessionId;
 
 thread_local! {
     static IS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

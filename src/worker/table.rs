@@ -21,7 +21,7 @@ use crate::session::ice::IceLite;
 use crate::session::player::{Player, PlayerTrack, Repair};
 use crate::session::publisher::Publisher;
 use crate::session::retransmit::RetransmitWindow;
-use crate::srtp::{SrtpContext, SrtpProfile};
+use crate::wire::srtp::{SrtpContext, SrtpProfile};
 
 /// Packets a stream's retransmission window holds, and for how long: about a second of HD
 /// video, long enough for a few NACK round trips.
