@@ -1,7 +1,10 @@
 //! Zero heap allocations per forwarded packet: a relay runs in this process under a counting
 //! global allocator, a publisher feeds players on both workers (UDP and ICE-TCP, so the
 //! cross-worker path and the TCP send queues are in play), and once traffic is steady the
-//! workers forward thousands of packets without a single allocation.
+//! workers forward thousands of packets without a single allocation. The same holds with loss
+//! repair and feedback flowing: players that lose 3 % on arrival NACK and get retransmissions
+//! from the relay's window, the relay NACKs a publisher that loses 3 % on departure and
+//! restores its RTX, and repeats an operator's cap as REMB.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -45,7 +48,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-fn start_relay() -> String {
+fn start_relay(extra: &[(&str, &str)]) -> String {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -66,7 +69,9 @@ fn start_relay() -> String {
             ),
             ("CORECAST_WORKERS_COUNT".to_string(), "2".to_string()),
             ("CORECAST_MEDIA_PROTOCOL".to_string(), "all".to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
     )
     .unwrap();
     corecast::server::spawn(config).expect("relay starts");
@@ -84,19 +89,59 @@ fn options(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
-    let relay = start_relay();
+    let relay = start_relay(&[]);
+    let (allocations, repair) = forward_in_steady_state(&relay, None).await;
+    assert_eq!(
+        allocations, 0,
+        "the workers allocated {allocations} times while forwarding 20000 packets"
+    );
+    assert_eq!(repair[2], 0, "no cap, no REMB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_repair_and_feedback_allocate_nothing_on_the_workers() {
+    let relay = start_relay(&[("CORECAST_MEDIA_MAX_PUBLISH_KBPS", "100000")]);
+    let (allocations, [nacks_sent, retransmissions_sent, remb_sent]) =
+        forward_in_steady_state(&relay, Some(3.0)).await;
+    assert!(
+        nacks_sent > 0 && retransmissions_sent > 0 && remb_sent > 0,
+        "repair and feedback flowed: {nacks_sent} NACKs to the publisher, \
+         {retransmissions_sent} retransmissions to players, {remb_sent} REMBs"
+    );
+    assert_eq!(
+        allocations, 0,
+        "the workers allocated {allocations} times while forwarding 20000 packets and \
+         repairing {retransmissions_sent} of them"
+    );
+}
+
+/// The sum over workers of `corecast_<name>_total`.
+fn worker_counter(relay: &str, name: &str) -> u64 {
+    let prefix = format!("corecast_{name}_total{{");
+    http_get(&format!("{relay}/metrics"))
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A publisher and four players (UDP and ICE-TCP, on both workers) in steady state; with
+/// `loss`, that share of packets is lost on arrival at each player and on departure from the
+/// publisher, and repaired. Returns the workers' allocations while 5 000 packets are
+/// forwarded, and the NACKs the relay sent, the retransmissions it sent and the REMBs.
+async fn forward_in_steady_state(relay: &str, loss: Option<f64>) -> (u64, [u64; 3]) {
     let certificate = Certificate::generate_self_signed(vec!["test".into()]).unwrap();
-    let mut publisher = client::connect(
-        &options(
-            format!("{relay}/whip/steady"),
-            Role::Publish,
-            Transport::Udp,
-            &certificate,
-        ),
-        Box::new(|_| {}),
-    )
-    .await
-    .unwrap();
+    let link_loss = |seed: u64| loss.map(|percent| client::LinkLoss { percent, seed });
+    let mut publisher_options = options(
+        format!("{relay}/whip/steady"),
+        Role::Publish,
+        Transport::Udp,
+        &certificate,
+    );
+    publisher_options.departure_loss = link_loss(7);
+    let mut publisher = client::connect(&publisher_options, Box::new(|_| {}))
+        .await
+        .unwrap();
     // Packets each player received.
     let mut received: Vec<Arc<AtomicU64>> = Vec::new();
     let mut players = Vec::new();
@@ -108,13 +153,15 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
     ] {
         let counter = Arc::new(AtomicU64::new(0));
         received.push(counter.clone());
+        let mut player_options = options(
+            format!("{relay}/whep/steady"),
+            Role::Play,
+            transport,
+            &certificate,
+        );
+        player_options.arrival_loss = link_loss(players.len() as u64 + 100);
         let player = client::connect(
-            &options(
-                format!("{relay}/whep/steady"),
-                Role::Play,
-                transport,
-                &certificate,
-            ),
+            &player_options,
             Box::new(move |incoming| {
                 if let Incoming::Rtp(_) = incoming {
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -180,23 +227,20 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
     send(5000, &mut seq).await;
     wait_for(primed + 4 * 7000).await;
     let allocations = WORKER_ALLOCATIONS.load(Ordering::Relaxed) - before;
-    assert_eq!(
-        allocations, 0,
-        "the workers allocated {allocations} times while forwarding 20000 packets"
-    );
     assert!(
         WORKER_ALLOCATIONS.load(Ordering::Relaxed) > 0,
         "the counter sees worker threads at all"
     );
     if corecast::io::udp_gso_supported() {
-        let metrics = http_get(&format!("{relay}/metrics"));
-        let segments: u64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("corecast_gso_segments_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        assert!(segments > 0, "the run went through GSO bursts\n{metrics}");
+        assert!(
+            worker_counter(relay, "gso_segments") > 0,
+            "the run went through GSO bursts"
+        );
     }
+    let repair =
+        ["nacks_sent", "retransmissions_sent", "remb_sent"].map(|name| worker_counter(relay, name));
+    drop(players);
+    (allocations, repair)
 }
 
 fn http_get(url: &str) -> String {

@@ -125,6 +125,7 @@ return {
     stream: r.dataset.stream,
     players: Number(r.dataset.players),
     players_cell: r.querySelector(".players").textContent.trim(),
+    in_bps: Number(r.dataset.inBps || 0),
   })),
   players: all("tr.player").map((r) => Number(r.dataset.session)),
   workers: all("#workers tr").map((r) => ({
@@ -257,8 +258,9 @@ async fn dashboard_under_load() {
                     .cloned()
             };
             let workers = p["workers"].as_array().unwrap();
-            stream("alpha").is_some_and(|s| s["players"] == 2)
-                && stream("beta").is_some_and(|s| s["players"] == 3)
+            let sending = |s: &serde_json::Value| s["in_bps"].as_f64().unwrap() > 0.0;
+            stream("alpha").is_some_and(|s| s["players"] == 2 && sending(&s))
+                && stream("beta").is_some_and(|s| s["players"] == 3 && sending(&s))
                 && workers.len() == 2
                 && workers.iter().all(|w| {
                     w["rx_bps"].as_f64().unwrap() > 0.0 && w["tx_bps"].as_f64().unwrap() > 0.0

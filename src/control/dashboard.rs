@@ -92,6 +92,10 @@ pub struct StreamRow {
     pub tracks: Vec<TrackView>,
     pub publisher: SessionRow,
     pub players: Vec<SessionRow>,
+    /// What the publisher has sent since it started (RTP after repair); the page makes a
+    /// bitrate of two readings.
+    pub packets_in: u64,
+    pub bytes_in: u64,
 }
 
 #[derive(Serialize)]
@@ -211,6 +215,8 @@ fn stream_rows(control: &Control, now: Instant) -> Vec<StreamRow> {
                 tracks: s.tracks,
                 publisher,
                 players: s.players.into_iter().map(row).collect(),
+                packets_in: s.packets_in,
+                bytes_in: s.bytes_in,
             }
         })
         .collect()

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -13,6 +15,7 @@ use crate::media::SessionId;
 use crate::media::StreamId;
 use crate::sdp::{MediaKind, PublishedTrack};
 use crate::util::lock;
+use crate::worker::stats::StreamMeter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,6 +90,8 @@ pub(super) struct StreamEntry {
     pub(super) publisher: SessionId,
     pub(super) worker: usize,
     pub(super) tracks: Vec<PublishedTrack>,
+    /// What the publisher has sent (its worker counts).
+    pub(super) meter: Arc<StreamMeter>,
     pub(super) players: BTreeSet<SessionId>,
     /// Set when this relay pulls the stream from its origin: the bridge to stop once the last
     /// player leaves.
@@ -126,6 +131,10 @@ pub struct StreamView {
     pub publisher: SessionView,
     pub tracks: Vec<TrackView>,
     pub players: Vec<SessionView>,
+    /// RTP packets and bytes the publisher has sent since it started (after repair): two
+    /// readings make its bitrate.
+    pub packets_in: u64,
+    pub bytes_in: u64,
 }
 
 /// Tells a session's watchers its new status; watchers that went away are dropped.
@@ -174,6 +183,8 @@ impl Control {
                         })
                         .collect(),
                     players: stream.players.iter().filter_map(|&p| view(p)).collect(),
+                    packets_in: stream.meter.packets.load(Ordering::Relaxed),
+                    bytes_in: stream.meter.bytes.load(Ordering::Relaxed),
                 })
             })
             .collect();

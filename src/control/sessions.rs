@@ -21,6 +21,7 @@ use crate::sdp::{
 };
 use crate::session::publisher_link::LinkSettings;
 use crate::util::{lock, random_token};
+use crate::worker::stats::StreamMeter;
 use crate::worker::{Command, NewRole, NewSession};
 
 /// DTLS records a session may have waiting for its handshake; the worker drops (and counts)
@@ -40,7 +41,7 @@ struct Plan {
     sections: Vec<AnswerSection>,
     stream: StreamId,
     publisher_worker: Option<usize>,
-    tracks: Option<Vec<PublishedTrack>>,
+    tracks: Option<(Vec<PublishedTrack>, Arc<StreamMeter>)>,
 }
 
 /// What the worker feeds back to a publisher and repairs, from what its answer negotiated.
@@ -249,16 +250,18 @@ impl Control {
                     .map(|t| (t.codec.payload_type, t.kind))
                     .collect();
                 let link = link_settings(&tracks, self.config.media.max_publish_kbps);
+                let meter = Arc::new(StreamMeter::default());
                 registry.next_stream += 1;
                 Ok(Plan {
                     role: NewRole::Publisher {
                         payload_types,
                         link,
+                        meter: meter.clone(),
                     },
                     sections,
                     stream: registry.next_stream,
                     publisher_worker: None,
-                    tracks: Some(tracks),
+                    tracks: Some((tracks, meter)),
                 })
             }
             Role::Player => {
@@ -315,12 +318,12 @@ impl Control {
         stream: &str,
         id: SessionId,
         stream_id: StreamId,
-        tracks: Option<Vec<PublishedTrack>>,
+        tracks: Option<(Vec<PublishedTrack>, Arc<StreamMeter>)>,
         worker: usize,
         publisher_worker: usize,
     ) {
         match tracks {
-            Some(tracks) => {
+            Some((tracks, meter)) => {
                 registry.streams.insert(
                     stream.to_string(),
                     StreamEntry {
@@ -328,6 +331,7 @@ impl Control {
                         publisher: id,
                         worker,
                         tracks,
+                        meter,
                         players: BTreeSet::new(),
                         pulled_by: None,
                     },

@@ -264,6 +264,9 @@ impl Core {
                 return;
             }
         }
+        if let Some(meter) = &session.meter {
+            meter.record(packet.len());
+        }
         let what = Forwarded::Rtp(header);
         let (table, out) = (&mut self.table, &mut self.out);
         self.fanout

@@ -42,7 +42,7 @@ use crate::session::publisher_link::LinkSettings;
 use crate::wire::srtp::SrtpProfile;
 use event_loop::Worker;
 use mesh::{Mesh, Waker};
-use stats::WorkerStats;
+use stats::{StreamMeter, WorkerStats};
 
 thread_local! {
     static IS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -116,6 +116,8 @@ pub enum NewRole {
         /// What the relay feeds back to the publisher and repairs (transport-wide feedback,
         /// NACK/RTX, the operator's cap).
         link: LinkSettings,
+        /// Where the worker counts what the publisher sends.
+        meter: Arc<StreamMeter>,
     },
     Player {
         tracks: Vec<PlayedTrack>,

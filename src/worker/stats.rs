@@ -58,6 +58,25 @@ impl RelayLatency {
     }
 }
 
+/// What a stream's publisher sent the relay (RTP after repair): written by the publisher's
+/// worker alone, per packet and per stream (never per player), read by the control thread for
+/// `/api/streams` and the dashboard, which turns two readings into a bitrate.
+#[derive(Default)]
+pub struct StreamMeter {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl StreamMeter {
+    /// One packet of `len` bytes arrived. Only the publisher's worker writes: a plain load and
+    /// store, no locked instruction.
+    #[inline]
+    pub fn record(&self, len: usize) {
+        add(&self.packets, 1);
+        add(&self.bytes, len as u64);
+    }
+}
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         #[derive(Default)]

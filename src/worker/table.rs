@@ -14,6 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::burst::{BurstId, Owner};
 use super::egress::{Output, Peer, send_link_feedback, send_pli};
 use super::mesh::SharedPacket;
+use super::stats::StreamMeter;
 use super::{Event, NewRole, NewSession, WorkerSettings};
 use crate::io::{Pending, Token};
 use crate::media::{MAX_PACKET, MediaKind, SessionId, StreamId};
@@ -54,6 +55,8 @@ pub(super) struct Session {
     pub(super) dtls_records: tokio::sync::mpsc::Sender<Vec<u8>>,
     /// Records dropped for a full DTLS queue; at `DTLS_FLOOD_DROPS` the session is reported.
     pub(super) dtls_dropped: u32,
+    /// A publisher's count of what it sends, which the control thread reads.
+    pub(super) meter: Option<Arc<StreamMeter>>,
     pub(super) srtp_in: Option<SrtpContext>,
     pub(super) srtp_out: Option<SrtpContext>,
     pub(super) role: Role,
@@ -160,15 +163,20 @@ impl Table {
         });
         self.next_generation = self.next_generation.wrapping_add(1) & 0xff_ffff;
         let generation = self.next_generation;
+        let mut meter = None;
         let role = match new.role {
             NewRole::Publisher {
                 payload_types,
                 link,
-            } => Role::Publisher(Box::new(Publisher::new(
-                &payload_types,
-                link,
-                rand::random(),
-            ))),
+                meter: stream_meter,
+            } => {
+                meter = Some(stream_meter);
+                Role::Publisher(Box::new(Publisher::new(
+                    &payload_types,
+                    link,
+                    rand::random(),
+                )))
+            }
             NewRole::Player { tracks } => Role::Player(Player::new(tracks.into_iter().map(|t| {
                 let track = PlayerTrack::new(
                     t.publisher_payload_type,
@@ -235,6 +243,7 @@ impl Table {
             dtls_peer: None,
             dtls_records: new.dtls_records,
             dtls_dropped: 0,
+            meter,
             srtp_in: None,
             srtp_out: None,
             role,
