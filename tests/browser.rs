@@ -284,6 +284,21 @@ async fn publisher_and_three_players(protocol: &str) {
             .all(|p| p["state"] == "connected"),
         "{all:#}"
     );
+    // Each player's receiver reports echo the sender reports the relay sent it: its RTT and
+    // loss reach /api/streams, and its transport is the one ICE nominated.
+    let reported = common::eventually(Duration::from_secs(10), || {
+        streams(&relay)[0]["players"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0) && p["loss"].is_number())
+    })
+    .await;
+    let all = streams(&relay);
+    assert!(reported, "players' RTT and loss reported: {all:#}");
+    for p in all[0]["players"].as_array().unwrap() {
+        assert_eq!(p["transport"], protocol, "{all:#}");
+    }
     if protocol == "tcp" {
         // One nominated connection per session stays open; extra ones were closed.
         assert_eq!(

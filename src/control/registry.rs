@@ -15,7 +15,7 @@ use crate::media::SessionId;
 use crate::media::StreamId;
 use crate::sdp::{MediaKind, PublishedTrack};
 use crate::util::lock;
-use crate::worker::stats::StreamMeter;
+use crate::worker::stats::{SessionMeter, StreamMeter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +46,8 @@ pub(super) struct SessionEntry {
     pub(super) remote: Option<SocketAddr>,
     /// The transport ICE nominated: `udp` or `tcp`.
     pub(super) transport: Option<&'static str>,
+    /// What its receiver reports say (a player's RTT and loss); its worker writes.
+    pub(super) reception: Arc<SessionMeter>,
     pub(super) dtls_stop: Option<oneshot::Sender<()>>,
     pub(super) dtls_task: Option<tokio::task::JoinHandle<()>>,
     pub(super) closed_waiters: Vec<oneshot::Sender<()>>,
@@ -117,6 +119,13 @@ pub struct SessionView {
     pub remote: Option<SocketAddr>,
     /// `udp` or `tcp`, once ICE has nominated a path.
     pub transport: Option<&'static str>,
+    /// Round-trip time (ms), from the peer's receiver reports echoing the relay's sender
+    /// reports: players; `None` until measured.
+    pub rtt_ms: Option<f64>,
+    /// The share of packets the peer lost between its last two reports (0 to 1, after repair),
+    /// and in all since it started; `None` until it reports.
+    pub loss: Option<f64>,
+    pub lost: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -165,6 +174,16 @@ impl Control {
                 port: s.port,
                 remote: s.remote,
                 transport: s.transport,
+                rtt_ms: match s.reception.rtt_us.load(Ordering::Relaxed) {
+                    0 => None,
+                    us => Some(us as f64 / 1000.0),
+                },
+                loss: match s.reception.fraction_lost.load(Ordering::Relaxed) {
+                    u64::MAX => None,
+                    fraction => Some(fraction as f64 / 256.0),
+                },
+                lost: (s.reception.fraction_lost.load(Ordering::Relaxed) != u64::MAX)
+                    .then(|| s.reception.cumulative_lost.load(Ordering::Relaxed)),
             })
         };
         let mut streams: Vec<StreamView> = registry

@@ -21,7 +21,7 @@ use crate::sdp::{
 };
 use crate::session::publisher_link::LinkSettings;
 use crate::util::{lock, random_token};
-use crate::worker::stats::StreamMeter;
+use crate::worker::stats::{SessionMeter, StreamMeter};
 use crate::worker::{Command, NewRole, NewSession};
 
 /// DTLS records a session may have waiting for its handshake; the worker drops (and counts)
@@ -185,6 +185,7 @@ impl Control {
         );
         // The worker sends the session's DTLS records straight into this bounded queue.
         let (records_tx, records_rx) = mpsc::channel(DTLS_QUEUE);
+        let reception = Arc::new(SessionMeter::default());
         self.workers[worker].send(Command::AddSession(Box::new(NewSession {
             id,
             udp: sockets.udp,
@@ -196,6 +197,7 @@ impl Control {
             remote_ufrag: offer.ice_ufrag.clone(),
             role: plan.role,
             dtls_records: records_tx,
+            reception: reception.clone(),
         })));
         let (stop_tx, dtls_task) =
             self.start_dtls(id, worker, port, offer.fingerprint.clone(), records_rx);
@@ -211,6 +213,7 @@ impl Control {
                 state: SessionState::Connecting,
                 remote: None,
                 transport: None,
+                reception,
                 dtls_stop: Some(stop_tx),
                 dtls_task: Some(dtls_task),
                 closed_waiters: Vec::new(),

@@ -6,9 +6,11 @@
 use std::time::Instant;
 
 use crate::media::MediaKind;
+use crate::session::receive_stats::RttEstimator;
 use crate::session::retransmit::RetransmitBudget;
 use crate::session::sequence::SequenceMapper;
-use crate::wire::rtcp;
+use crate::wire::rtcp::{self, RECEIVER_REPORT, SENDER_REPORT};
+use crate::wire::rtcp_report::report_blocks;
 use crate::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_header_into};
 
 /// What one player may take in retransmissions: a player on a terrible link asks for much, and
@@ -43,6 +45,19 @@ pub struct PlayerTrack {
     sequence: SequenceMapper,
     /// Present when the player negotiated NACK for this track.
     repair: Option<Repair>,
+    /// The sender reports sent to the player, for the RTT its reports echo.
+    rtt: RttEstimator,
+}
+
+/// What a player's receiver report says of its path (for its video, or else its audio).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reception {
+    /// The round trip, when the report echoes a sender report the relay sent.
+    pub rtt: Option<std::time::Duration>,
+    /// Lost between its last two reports, in 1/256.
+    pub fraction_lost: u8,
+    /// Lost since the start (after repair), as the player counts.
+    pub cumulative_lost: i32,
 }
 
 /// Why a player's NACK for one packet was not answered.
@@ -82,6 +97,7 @@ impl PlayerTrack {
             extension_ids,
             sequence: SequenceMapper::new(first_sequence),
             repair: None,
+            rtt: RttEstimator::new(),
         }
     }
 
@@ -184,10 +200,21 @@ impl PlayerTrack {
     }
 
     /// Writes the first sender report of the publisher's compound RTCP `packet` into `out`
-    /// under this track's SSRC; returns its length.
-    pub fn rewrite_sender_report(&self, packet: &[u8], out: &mut [u8]) -> Option<usize> {
+    /// under this track's SSRC, sent at `now`; returns its length. The player's reports echo
+    /// its NTP time, which makes the RTT.
+    pub fn rewrite_sender_report(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> Option<usize> {
         let report = rtcp::compound(packet).next()?.ok()?;
-        rtcp::write_sender_report(out, &report, self.ssrc)
+        let len = rtcp::write_sender_report(out, &report, self.ssrc)?;
+        if let Some(ntp) = out.get(8..16) {
+            let ntp = u64::from_be_bytes(ntp.try_into().expect("8 bytes"));
+            self.rtt.on_sender_report_sent(now, ntp);
+        }
+        Some(len)
     }
 }
 
@@ -216,6 +243,40 @@ impl Player {
         self.tracks[MediaKind::Video.index()]
             .as_deref()
             .is_some_and(PlayerTrack::repairs)
+    }
+
+    /// The player's RTCP arrived at `now`: what its reception reports about the relay's video
+    /// (else audio) say, if it carries any.
+    pub fn on_receiver_report(&mut self, now: Instant, rtcp: &[u8]) -> Option<Reception> {
+        let mut reception = None;
+        let reports = rtcp::compound(rtcp)
+            .map_while(Result::ok)
+            .filter(|p| p.packet_type == RECEIVER_REPORT || p.packet_type == SENDER_REPORT);
+        for report in reports {
+            let Ok(blocks) = report_blocks(report.bytes) else {
+                continue;
+            };
+            for block in blocks {
+                for kind in [MediaKind::Audio, MediaKind::Video] {
+                    let Some(track) = self.tracks[kind.index()].as_deref_mut() else {
+                        continue;
+                    };
+                    if track.ssrc != block.ssrc {
+                        continue;
+                    }
+                    let rtt = track.rtt.on_report_block(now, &block);
+                    // Video's report wins over audio's: it is the stream that loses most.
+                    if reception.is_none() || kind == MediaKind::Video {
+                        reception = Some(Reception {
+                            rtt,
+                            fraction_lost: block.fraction_lost,
+                            cumulative_lost: block.cumulative_lost,
+                        });
+                    }
+                }
+            }
+        }
+        reception
     }
 
     /// The player's RTCP arrived: whether it asks the publisher for a keyframe (PLI or FIR).

@@ -128,7 +128,7 @@ impl Fanout {
                 let Some(local) = streams.get(&stream) else {
                     continue;
                 };
-                if forward_to_players(&local.players, sessions, out, staged, group) {
+                if forward_to_players(&local.players, sessions, out, staged, group, now) {
                     needs_keyframe[count] = stream;
                     count += 1;
                 }
@@ -250,6 +250,7 @@ fn forward_to_players(
     out: &mut Output,
     staged: &Staged,
     group: &[u8],
+    now: Instant,
 ) -> bool {
     let mut dropped_video = false;
     for &slot in players {
@@ -279,7 +280,8 @@ fn forward_to_players(
             };
             let buffer = &mut out.ring.egress_buffer(egress)[EGRESS_HEADROOM..];
             let header = &staged_packet.header;
-            let Some(len) = write_for_player(track, srtp, header.as_ref(), packet, buffer) else {
+            let Some(len) = write_for_player(track, srtp, header.as_ref(), packet, buffer, now)
+            else {
                 out.ring.release_egress(egress);
                 continue;
             };
@@ -327,6 +329,7 @@ fn write_for_player(
     header: Option<&RtpHeader>,
     packet: &[u8],
     buffer: &mut [u8],
+    now: Instant,
 ) -> Option<usize> {
     match header {
         Some(h) => {
@@ -337,7 +340,7 @@ fn write_for_player(
                 .ok()
         }
         None => {
-            let len = track.rewrite_sender_report(packet, buffer)?;
+            let len = track.rewrite_sender_report(now, packet, buffer)?;
             srtp.protect_rtcp(buffer, len).ok()
         }
     }

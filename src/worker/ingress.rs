@@ -4,6 +4,7 @@
 //! RTCP may ask the publisher for a keyframe.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Event;
@@ -280,7 +281,7 @@ impl Core {
             return;
         };
         let stream = session.stream;
-        match &session.role {
+        match &mut session.role {
             Role::Publisher(publisher) => {
                 let reports = publisher.sender_reports(packet);
                 for (kind, report) in reports.into_iter().flatten() {
@@ -296,7 +297,19 @@ impl Core {
                     );
                 }
             }
-            Role::Player(_) => {
+            Role::Player(player) => {
+                if let Some(reception) = player.on_receiver_report(now, packet) {
+                    let meter = &session.reception;
+                    if let Some(rtt) = reception.rtt {
+                        meter
+                            .rtt_us
+                            .store(rtt.as_micros() as u64, Ordering::Relaxed);
+                    }
+                    let fraction = u64::from(reception.fraction_lost);
+                    meter.fraction_lost.store(fraction, Ordering::Relaxed);
+                    let lost = reception.cumulative_lost.max(0) as u64;
+                    meter.cumulative_lost.store(lost, Ordering::Relaxed);
+                }
                 // A requested packet the window no longer holds needs a keyframe instead.
                 let unrepairable = self.answer_nacks(slot, packet, now);
                 if unrepairable || Player::wants_keyframe(packet) {

@@ -42,7 +42,7 @@ use crate::session::publisher_link::LinkSettings;
 use crate::wire::srtp::SrtpProfile;
 use event_loop::Worker;
 use mesh::{Mesh, Waker};
-use stats::{StreamMeter, WorkerStats};
+use stats::{SessionMeter, StreamMeter, WorkerStats};
 
 thread_local! {
     static IS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -108,6 +108,8 @@ pub struct NewSession {
     /// when it is full the worker drops the record and counts it, so a flood costs the relay
     /// a fixed amount of memory per session.
     pub dtls_records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Where the worker writes what the peer's receiver reports say (RTT, loss).
+    pub reception: Arc<SessionMeter>,
 }
 
 pub enum NewRole {

@@ -77,6 +77,28 @@ impl StreamMeter {
     }
 }
 
+/// What a player's receiver reports say of its path, written by its worker at each report (about
+/// once a second), read by the control thread for `/api/streams` and the dashboard.
+pub struct SessionMeter {
+    /// Round-trip time in microseconds; 0 until measured.
+    pub rtt_us: AtomicU64,
+    /// The share of packets lost between its last two reports, in 1/256; `u64::MAX` until
+    /// reported.
+    pub fraction_lost: AtomicU64,
+    /// Packets lost since the start, as the player counts them (after repair).
+    pub cumulative_lost: AtomicU64,
+}
+
+impl Default for SessionMeter {
+    fn default() -> Self {
+        SessionMeter {
+            rtt_us: AtomicU64::new(0),
+            fraction_lost: AtomicU64::new(u64::MAX),
+            cumulative_lost: AtomicU64::new(0),
+        }
+    }
+}
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         #[derive(Default)]

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::burst::{BurstId, Owner};
 use super::egress::{Output, Peer, send_link_feedback, send_pli};
 use super::mesh::SharedPacket;
-use super::stats::StreamMeter;
+use super::stats::{SessionMeter, StreamMeter};
 use super::{Event, NewRole, NewSession, WorkerSettings};
 use crate::io::{Pending, Token};
 use crate::media::{MAX_PACKET, MediaKind, SessionId, StreamId};
@@ -57,6 +57,8 @@ pub(super) struct Session {
     pub(super) dtls_dropped: u32,
     /// A publisher's count of what it sends, which the control thread reads.
     pub(super) meter: Option<Arc<StreamMeter>>,
+    /// What the peer's receiver reports say (a player's RTT and loss), for the control thread.
+    pub(super) reception: Arc<SessionMeter>,
     pub(super) srtp_in: Option<SrtpContext>,
     pub(super) srtp_out: Option<SrtpContext>,
     pub(super) role: Role,
@@ -244,6 +246,7 @@ impl Table {
             dtls_records: new.dtls_records,
             dtls_dropped: 0,
             meter,
+            reception: new.reception,
             srtp_in: None,
             srtp_out: None,
             role,
