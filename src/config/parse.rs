@@ -101,20 +101,16 @@ fn read_http(http: &mut HttpConfig, get: Section<'_>) -> Result<(), ConfigError>
         }
     }
     if let Some(v) = get.get("max_sessions_per_token") {
-        let key = "http.max_sessions_per_token";
-        let n = int_in(
-            v,
-            key,
-            "a number of sessions",
-            0..=1_000_000,
-            NO_LIMIT_TO_A_MILLION,
-        )?;
-        http.max_sessions_per_token = n as usize;
+        http.max_sessions_per_token = session_cap(v, "http.max_sessions_per_token")?;
     }
     Ok(())
 }
 
-const NO_LIMIT_TO_A_MILLION: &str = "must be 0 (no limit) to 1000000";
+/// A cap on sessions (per address, per token): 0 for none, up to a million.
+fn session_cap(v: &Value, key: &str) -> Result<usize, ConfigError> {
+    let allowed = "must be 0 (no limit) to 1000000";
+    Ok(int_in(v, key, "a number of sessions", 0..=1_000_000, allowed)? as usize)
+}
 
 /// The front door's caps: connections, sessions per address, the request rate and who is
 /// exempt.
@@ -126,15 +122,7 @@ fn read_http_limits(http: &mut HttpConfig, get: Section<'_>) -> Result<(), Confi
             int_in(v, key, "a number of connections", 1..=1_000_000, allowed)? as usize;
     }
     if let Some(v) = get.get("max_sessions_per_ip") {
-        let key = "http.max_sessions_per_ip";
-        let n = int_in(
-            v,
-            key,
-            "a number of sessions",
-            0..=1_000_000,
-            NO_LIMIT_TO_A_MILLION,
-        )?;
-        http.max_sessions_per_ip = n as usize;
+        http.max_sessions_per_ip = session_cap(v, "http.max_sessions_per_ip")?;
     }
     for (key, slot, min) in [
         ("rate_limit", &mut http.rate_limit, 0),
