@@ -153,7 +153,7 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 
 /// Runs one browser test: one browser at a time, inside its own loopback-only network
 /// namespace (see `common::in_private_network`), on a runtime of its own.
-fn in_browser_network(test: &str, body: impl std::future::Future<Output = ()>) {
+fn in_browser_network(test: &str, body: impl Future<Output = ()>) {
     let _one = exclusive();
     if common::in_private_network(test) {
         return;

@@ -37,9 +37,45 @@ pub fn load(dir: &Path) -> anyhow::Result<Run> {
 /// A row of the table: its label and how to read its value from a summary.
 type Row = (&'static str, Box<dyn Fn(&Summary) -> f64>);
 
-/// The side-by-side table.
+/// The side-by-side table: a row a figure, a column a run (with its ratio to the first), then
+/// a line a run saying what it ran.
 pub fn table(runs: &[Run]) -> String {
-    let rows: Vec<Row> = vec![
+    let mut out = String::new();
+    let width = runs.iter().map(|r| r.name.len()).max().unwrap_or(0).max(12);
+    let _ = write!(out, "{:<20}", "");
+    for (i, run) in runs.iter().enumerate() {
+        let _ = write!(out, " {:>width$}", run.name);
+        if i > 0 {
+            let _ = write!(out, " {:>7}", "ratio");
+        }
+    }
+    out.push('\n');
+    for (label, value) in &rows() {
+        let _ = write!(out, "{label:<20}");
+        let base = value(&runs[0].summary);
+        for (i, run) in runs.iter().enumerate() {
+            let v = value(&run.summary);
+            let _ = write!(out, " {:>width$}", format_value(v));
+            if i > 0 {
+                let ratio = if base != 0.0 {
+                    format!("{:.2}x", v / base)
+                } else {
+                    "-".into()
+                };
+                let _ = write!(out, " {ratio:>7}");
+            }
+        }
+        out.push('\n');
+    }
+    for run in runs {
+        out.push_str(&scenario_line(run));
+    }
+    out
+}
+
+/// The table's figures, in order.
+fn rows() -> Vec<Row> {
+    vec![
         ("latency p50 (ms)", Box::new(|s| s.latency_ms.p50)),
         ("latency p90 (ms)", Box::new(|s| s.latency_ms.p90)),
         ("latency p99 (ms)", Box::new(|s| s.latency_ms.p99)),
@@ -89,71 +125,44 @@ pub fn table(runs: &[Run]) -> String {
                     .unwrap_or(0.0)
             }),
         ),
-    ];
-    let mut out = String::new();
-    let width = runs.iter().map(|r| r.name.len()).max().unwrap_or(0).max(12);
-    let _ = write!(out, "{:<20}", "");
-    for (i, run) in runs.iter().enumerate() {
-        let _ = write!(out, " {:>width$}", run.name);
-        if i > 0 {
-            let _ = write!(out, " {:>7}", "ratio");
-        }
+    ]
+}
+
+/// What one run ran: streams, players, transport, media and impairment, and its note.
+fn scenario_line(run: &Run) -> String {
+    let s = &run.summary.scenario;
+    let r = &run.summary.repair;
+    let mut impairment = String::new();
+    if r.injected_loss_percent > 0.0 {
+        let _ = write!(impairment, ", {}% loss", r.injected_loss_percent);
     }
-    out.push('\n');
-    for (label, value) in &rows {
-        let _ = write!(out, "{label:<20}");
-        let base = value(&runs[0].summary);
-        for (i, run) in runs.iter().enumerate() {
-            let v = value(&run.summary);
-            let _ = write!(out, " {:>width$}", format_value(v));
-            if i > 0 {
-                let ratio = if base != 0.0 {
-                    format!("{:.2}x", v / base)
-                } else {
-                    "-".into()
-                };
-                let _ = write!(out, " {ratio:>7}");
-            }
-        }
-        out.push('\n');
-    }
-    for run in runs {
-        let s = &run.summary.scenario;
-        let r = &run.summary.repair;
-        let mut impairment = String::new();
-        if r.injected_loss_percent > 0.0 {
-            let _ = write!(impairment, ", {}% loss", r.injected_loss_percent);
-        }
-        if r.injected_publish_loss_percent > 0.0 {
-            let _ = write!(
-                impairment,
-                ", {}% publish loss",
-                r.injected_publish_loss_percent
-            );
-        }
-        // (Runs recorded before loadgen repaired loss had none injected: nothing to say.)
-        if !impairment.is_empty() && !r.repair_offered {
-            impairment.push_str(" unrepaired");
-        }
-        let _ = writeln!(
-            out,
-            "{}: {} streams x {} players over {}, {} kbit/s at {} fps, {} B packets{impairment}{}",
-            run.name,
-            s.streams,
-            s.players_per_stream,
-            s.transport,
-            s.video_kbps,
-            s.fps,
-            s.packet_size,
-            run.summary
-                .loadgen
-                .bottleneck
-                .as_deref()
-                .map(|b| format!("; note: {b}"))
-                .unwrap_or_default()
+    if r.injected_publish_loss_percent > 0.0 {
+        let _ = write!(
+            impairment,
+            ", {}% publish loss",
+            r.injected_publish_loss_percent
         );
     }
-    out
+    // (Runs recorded before loadgen repaired loss had none injected: nothing to say.)
+    if !impairment.is_empty() && !r.repair_offered {
+        impairment.push_str(" unrepaired");
+    }
+    format!(
+        "{}: {} streams x {} players over {}, {} kbit/s at {} fps, {} B packets{impairment}{}\n",
+        run.name,
+        s.streams,
+        s.players_per_stream,
+        s.transport,
+        s.video_kbps,
+        s.fps,
+        s.packet_size,
+        run.summary
+            .loadgen
+            .bottleneck
+            .as_deref()
+            .map(|b| format!("; note: {b}"))
+            .unwrap_or_default()
+    )
 }
 
 fn format_value(v: f64) -> String {
@@ -165,7 +174,8 @@ fn format_value(v: f64) -> String {
 }
 
 /// Latency by percentile for every run, on HdrHistogram's axis: x is 1/(1-percentile) on a
-/// log scale (0%, 90%, 99%, 99.9%, ...), y the latency in ms.
+/// log scale (0%, 90%, 99%, 99.9%, ...), y the latency in ms. (89 lines: one SVG document
+/// written top to bottom, its pieces sharing the scale closures `px` and `py`.)
 pub fn plot(runs: &[Run]) -> String {
     const W: f64 = 900.0;
     const H: f64 = 500.0;

@@ -4,14 +4,22 @@
 mod compare;
 mod hgrm;
 mod payload;
+mod player;
+mod progress;
+mod publisher;
 mod quality;
+mod ramp;
+mod relay;
+mod report;
 mod run;
 mod summary;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::summary::{Frames, RelayCost, Repair, Summary};
 
 #[derive(Parser)]
 #[command(
@@ -75,79 +83,7 @@ fn run_scenario(args: run::RunArgs) -> ExitCode {
     let out = args.out.clone();
     match runtime.block_on(run::run(args)) {
         Ok(summary) => {
-            let l = &summary.latency_ms;
-            let j = &summary.join_ms;
-            println!(
-                "players {}/{} joined ({} failed); loss {:.3}% ({} of {}); latency p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; join p50 {:.1} p99 {:.1} ms; loadgen CPU {:.0}%",
-                summary.players.joined,
-                summary.players.target,
-                summary.players.failed,
-                summary.totals.loss_percent,
-                summary.totals.lost_packets,
-                summary.totals.expected_packets,
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max,
-                j.p50,
-                j.p99,
-                summary.loadgen.cpu_percent
-            );
-            if let Some(r) = &summary.relay {
-                let latency = match (
-                    r.latency_p50_us,
-                    r.latency_p99_us,
-                    r.latency_p999_us,
-                    r.latency_max_us,
-                ) {
-                    (Some(p50), Some(p99), Some(p999), Some(max)) => format!(
-                        "relay latency p50 {p50:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us, max {max:.1} us"
-                    ),
-                    _ => "relay latency not served (no /api/relay-latency beside the metrics)"
-                        .to_string(),
-                };
-                println!(
-                    "relay: {:.0} forwarded packets/s on {} worker(s), {:.0} ns CPU per forwarded packet, {latency}",
-                    r.forwarded_pps, r.workers, r.cpu_ns_per_forwarded_packet,
-                );
-            }
-            let repair = &summary.repair;
-            if repair.injected_loss_percent > 0.0
-                || repair.injected_publish_loss_percent > 0.0
-                || repair.nacks_sent > 0
-            {
-                println!(
-                    "repair: {:.1}% dropped on arrival, {:.1}% on publishing; video loss after repair {:.3}% ({} of {}), {} repaired, {} NACKs, retransmission overhead {:.2}% at players, {} resent by publishers; audio loss {:.3}% (not repaired); frozen frames {:.2}% ({} of {}, not complete within {:.0} ms)",
-                    repair.injected_loss_percent,
-                    repair.injected_publish_loss_percent,
-                    repair.video_residual_loss_percent,
-                    repair.video_lost_packets,
-                    repair.video_expected_packets,
-                    repair.repaired_packets,
-                    repair.nacks_sent,
-                    repair.retransmission_overhead_percent,
-                    repair.publisher_retransmitted_packets,
-                    repair.audio_loss_percent,
-                    summary.frames.frozen_percent,
-                    summary.frames.frozen_frames,
-                    summary.frames.frames,
-                    summary.frames.freeze_ms,
-                );
-            }
-            if let Some(max) = summary.players.max_without_loss {
-                println!("find-max: the server carried {max} players without loss");
-            }
-            if let Some(note) = &summary.loadgen.bottleneck {
-                println!("note: {note}");
-            }
-            for e in summary.errors.iter().take(5) {
-                println!("error: {e}");
-            }
-            println!(
-                "wrote {}/summary.json, latency.hgrm, join.hgrm, intervals.json (and relay-latency.hgrm with --relay-metrics)",
-                out.display()
-            );
+            print_summary(&summary, &out);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -155,4 +91,88 @@ fn run_scenario(args: run::RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The run's closing lines: clients, loss and latency; the relay; repair; notes and errors.
+fn print_summary(summary: &Summary, out: &Path) {
+    let l = &summary.latency_ms;
+    let j = &summary.join_ms;
+    println!(
+        "players {}/{} joined ({} failed); loss {:.3}% ({} of {}); latency p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; join p50 {:.1} p99 {:.1} ms; loadgen CPU {:.0}%",
+        summary.players.joined,
+        summary.players.target,
+        summary.players.failed,
+        summary.totals.loss_percent,
+        summary.totals.lost_packets,
+        summary.totals.expected_packets,
+        l.p50,
+        l.p90,
+        l.p99,
+        l.p999,
+        l.max,
+        j.p50,
+        j.p99,
+        summary.loadgen.cpu_percent
+    );
+    if let Some(relay) = &summary.relay {
+        print_relay(relay);
+    }
+    let repair = &summary.repair;
+    if repair.injected_loss_percent > 0.0
+        || repair.injected_publish_loss_percent > 0.0
+        || repair.nacks_sent > 0
+    {
+        print_repair(repair, &summary.frames);
+    }
+    if let Some(max) = summary.players.max_without_loss {
+        println!("find-max: the server carried {max} players without loss");
+    }
+    if let Some(note) = &summary.loadgen.bottleneck {
+        println!("note: {note}");
+    }
+    for e in summary.errors.iter().take(5) {
+        println!("error: {e}");
+    }
+    println!(
+        "wrote {}/summary.json, latency.hgrm, join.hgrm, intervals.json (and relay-latency.hgrm with --relay-metrics)",
+        out.display()
+    );
+}
+
+fn print_relay(r: &RelayCost) {
+    let latency = match (
+        r.latency_p50_us,
+        r.latency_p99_us,
+        r.latency_p999_us,
+        r.latency_max_us,
+    ) {
+        (Some(p50), Some(p99), Some(p999), Some(max)) => format!(
+            "relay latency p50 {p50:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us, max {max:.1} us"
+        ),
+        _ => "relay latency not served (no /api/relay-latency beside the metrics)".to_string(),
+    };
+    println!(
+        "relay: {:.0} forwarded packets/s on {} worker(s), {:.0} ns CPU per forwarded packet, {latency}",
+        r.forwarded_pps, r.workers, r.cpu_ns_per_forwarded_packet,
+    );
+}
+
+fn print_repair(repair: &Repair, frames: &Frames) {
+    println!(
+        "repair: {:.1}% dropped on arrival, {:.1}% on publishing; video loss after repair {:.3}% ({} of {}), {} repaired, {} NACKs, retransmission overhead {:.2}% at players, {} resent by publishers; audio loss {:.3}% (not repaired); frozen frames {:.2}% ({} of {}, not complete within {:.0} ms)",
+        repair.injected_loss_percent,
+        repair.injected_publish_loss_percent,
+        repair.video_residual_loss_percent,
+        repair.video_lost_packets,
+        repair.video_expected_packets,
+        repair.repaired_packets,
+        repair.nacks_sent,
+        repair.retransmission_overhead_percent,
+        repair.publisher_retransmitted_packets,
+        repair.audio_loss_percent,
+        frames.frozen_percent,
+        frames.frozen_frames,
+        frames.frames,
+        frames.freeze_ms,
+    );
 }

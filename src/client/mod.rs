@@ -449,7 +449,7 @@ impl Session {
     }
 
     /// Resolves once the server has closed the session (DTLS close_notify or a dead link).
-    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut closed = self.closed.clone();
         async move {
             let _ = closed.wait_for(|c| *c).await;

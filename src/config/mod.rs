@@ -400,10 +400,7 @@ impl Config {
         } else {
             "http"
         };
-        format!(
-            "{scheme}://{}",
-            std::net::SocketAddr::new(ip, listen.port())
-        )
+        format!("{scheme}://{}", SocketAddr::new(ip, listen.port()))
     }
 }
 

@@ -2,6 +2,7 @@
 //! what is allowed named in the error.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use toml::{Table, Value};
@@ -9,291 +10,310 @@ use toml::{Table, Value};
 use super::*;
 
 impl Config {
-    // Long on purpose: one flat pass over every section and key, in the order the README
-    // lists them, each read and checked where it is named; split, the order would scatter.
+    /// Every section in the order the README lists them (http, auth, media, workers,
+    /// cascade), each key read and checked where it is named; unknown sections and keys first.
     pub(super) fn from_table(table: &Table) -> Result<Config, ConfigError> {
-        for (section, value) in table {
-            let Some((_, keys)) = KEYS.iter().find(|(s, _)| s == section) else {
-                return Err(ConfigError(format!(
-                    "unknown configuration section `{section}`; known keys: {}",
-                    known_keys()
-                )));
-            };
-            let Value::Table(inner) = value else {
-                return Err(ConfigError(format!("`{section}` must be a table")));
-            };
-            for key in inner.keys() {
-                if !keys.contains(&key.as_str()) {
-                    return Err(ConfigError(format!(
-                        "unknown configuration key `{section}.{key}`; known keys: {}",
-                        known_keys()
-                    )));
-                }
-            }
-        }
-        let get = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key));
+        check_known(table)?;
         let mut config = Config::default();
-
-        if let Some(v) = get("http", "listen") {
-            config.http.listen =
-                parse_str(v, "http.listen", "an address and port like 127.0.0.1:8080")?;
-        }
-        for (key, slot, max) in [
-            (
-                "header_timeout_ms",
-                &mut config.http.header_timeout,
-                600_000,
-            ),
-            // Above the longest a handler waits on others (a cascade pull: 20 s) is safest.
-            ("idle_timeout_ms", &mut config.http.idle_timeout, 3_600_000),
-        ] {
-            if let Some(v) = get("http", key) {
-                let name = format!("http.{key}");
-                let n = int(v, &name, "a number of milliseconds")?;
-                if !(100..=max).contains(&n) {
-                    return Err(bad(&name, n, &format!("must be 100 to {max} milliseconds")));
-                }
-                *slot = Duration::from_millis(n as u64);
-            }
-        }
-        if let Some(v) = get("http", "max_connections") {
-            let n = int(v, "http.max_connections", "a number of connections")?;
-            if !(1..=1_000_000).contains(&n) {
-                return Err(bad("http.max_connections", n, "must be 1 to 1000000"));
-            }
-            config.http.max_connections = n as usize;
-        }
-        if let Some(v) = get("http", "max_sessions_per_ip") {
-            let n = int(v, "http.max_sessions_per_ip", "a number of sessions")?;
-            if !(0..=1_000_000).contains(&n) {
-                return Err(bad(
-                    "http.max_sessions_per_ip",
-                    n,
-                    "must be 0 (no limit) to 1000000",
-                ));
-            }
-            config.http.max_sessions_per_ip = n as usize;
-        }
-        for (key, slot, min) in [
-            ("rate_limit", &mut config.http.rate_limit, 0),
-            ("rate_burst", &mut config.http.rate_burst, 1),
-        ] {
-            if let Some(v) = get("http", key) {
-                let name = format!("http.{key}");
-                let n = int(v, &name, "a number of requests")?;
-                if !(min..=1_000_000).contains(&n) {
-                    let allowed = if min == 0 {
-                        "must be 0 (no limit) to 1000000 requests per second"
-                    } else {
-                        "must be 1 to 1000000 requests"
-                    };
-                    return Err(bad(&name, n, allowed));
-                }
-                *slot = n as u32;
-            }
-        }
-        if let Some(v) = get("http", "limit_exempt") {
-            config.http.limit_exempt = parse_address_list(v, "http.limit_exempt")?;
-        }
-        config.http.tls = TlsSetting::parse(
-            get("http", "tls"),
-            get("http", "tls_cert"),
-            get("http", "tls_key"),
-        )
-        .map_err(ConfigError)?;
-        match get("http", "redirect_listen") {
-            None => {}
-            Some(Value::String(s)) if s.is_empty() => {}
-            Some(v) => {
-                let addr: SocketAddr = parse_str(
-                    v,
-                    "http.redirect_listen",
-                    "an address and port like 0.0.0.0:80",
-                )?;
-                if !config.http.tls.is_on() {
-                    return Err(bad(
-                        "http.redirect_listen",
-                        addr,
-                        "redirects to HTTPS, so it needs http.tls (or http.tls_cert and \
-                         http.tls_key)",
-                    ));
-                }
-                config.http.redirect_listen = Some(addr);
-            }
-        }
-        if let Some(v) = get("http", "max_sessions_per_token") {
-            let n = int(v, "http.max_sessions_per_token", "a number of sessions")?;
-            if !(0..=1_000_000).contains(&n) {
-                return Err(bad(
-                    "http.max_sessions_per_token",
-                    n,
-                    "must be 0 (no limit) to 1000000",
-                ));
-            }
-            config.http.max_sessions_per_token = n as usize;
-        }
+        let section = |name: &'static str| Section(table.get(name));
+        read_http(&mut config.http, section("http"))?;
         if let Some(v) = table.get("auth") {
             config.auth = AuthConfig::parse(v).map_err(ConfigError)?;
         }
-        if let Some(v) = get("media", "bind_ip") {
-            config.media.bind_ip = parse_str(v, "media.bind_ip", "an IPv4 or IPv6 address")?;
-        }
-        if let Some(v) = get("media", "announced_ip") {
-            config.media.announced_ip =
-                parse_str(v, "media.announced_ip", "an IPv4 or IPv6 address")?;
-            if config.media.announced_ip.is_unspecified() {
-                return Err(bad(
-                    "media.announced_ip",
-                    config.media.announced_ip,
-                    "must be an address clients can reach, not the unspecified address",
-                ));
-            }
-        }
-        if let Some(v) = get("media", "ports") {
-            config.media.ports = parse_port_range(v)?;
-        }
-        if let Some(v) = get("media", "protocol") {
-            config.media.protocol = match v {
-                Value::String(s) if s == "udp" => MediaProtocol::Udp,
-                Value::String(s) if s == "tcp" => MediaProtocol::Tcp,
-                Value::String(s) if s == "all" => MediaProtocol::All,
-                other => {
-                    return Err(bad(
-                        "media.protocol",
-                        other,
-                        "must be \"udp\", \"tcp\" or \"all\"",
-                    ));
-                }
-            };
-        }
-        if let Some(v) = get("media", "tcp_send_queue") {
-            let n = int(v, "media.tcp_send_queue", "a number of frames")?;
-            if !(16..=65536).contains(&n) {
-                return Err(bad("media.tcp_send_queue", n, "must be 16 to 65536 frames"));
-            }
-            config.media.tcp_send_queue = n as usize;
-        }
-        for (key, slot) in [
-            ("udp_recv_buffer", &mut config.media.udp_recv_buffer),
-            ("udp_send_buffer", &mut config.media.udp_send_buffer),
-            ("tcp_recv_buffer", &mut config.media.tcp_recv_buffer),
-            ("tcp_send_buffer", &mut config.media.tcp_send_buffer),
-        ] {
-            if let Some(v) = get("media", key) {
-                let name = format!("media.{key}");
-                let n = int(v, &name, "a size in bytes")?;
-                if !(MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&n) {
-                    return Err(bad(&name, n, "must be between 4096 and 1073741824 bytes"));
-                }
-                *slot = n as usize;
-            }
-        }
-        if let Some(v) = get("media", "ice_timeout") {
-            let n = int(v, "media.ice_timeout", "a number of seconds")?;
-            if !(1..=3600).contains(&n) {
-                return Err(bad("media.ice_timeout", n, "must be 1 to 3600 seconds"));
-            }
-            config.media.ice_timeout = Duration::from_secs(n as u64);
-        }
-        if let Some(v) = get("media", "gso") {
-            config.media.gso = match v {
-                Value::Boolean(b) => *b,
-                other => return Err(bad("media.gso", other, "must be true or false")),
-            };
-        }
-        if let Some(v) = get("media", "gso_hold_us") {
-            let n = int(v, "media.gso_hold_us", "a number of microseconds")?;
-            if !(0..=20_000).contains(&n) {
-                return Err(bad(
-                    "media.gso_hold_us",
-                    n,
-                    "must be 0 to 20000 microseconds",
-                ));
-            }
-            config.media.gso_hold = Duration::from_micros(n as u64);
-        }
-        if let Some(v) = get("media", "max_publish_kbps") {
-            let n = int(v, "media.max_publish_kbps", "a bitrate in kbit/s")?;
-            if !(0..=1_000_000).contains(&n) {
-                return Err(bad(
-                    "media.max_publish_kbps",
-                    n,
-                    "must be 0 (no cap) to 1000000 kbit/s",
-                ));
-            }
-            config.media.max_publish_kbps = n as u32;
-        }
-        if let Some(v) = get("workers", "count") {
-            let n = int(v, "workers.count", "a number of threads")?;
-            let max = crate::worker::MAX_WORKERS as i64;
-            if !(0..=max).contains(&n) {
-                let pairs = n.max(0) as usize * (n.max(1) as usize - 1);
-                let bytes = pairs
-                    * crate::worker::mesh::QUEUE_CAPACITY_MIN
-                    * crate::worker::mesh::QUEUE_SLOT_BYTES;
-                return Err(bad(
-                    "workers.count",
-                    n,
-                    &format!(
-                        "must be 0 (one per core) to {max}: the workers' cross-worker queues \
-                         number count × (count − 1) = {pairs}, which at {} slots of {} bytes \
-                         each would hold {} MiB before a packet flows",
-                        crate::worker::mesh::QUEUE_CAPACITY_MIN,
-                        crate::worker::mesh::QUEUE_SLOT_BYTES,
-                        bytes >> 20
-                    ),
-                ));
-            }
-            config.workers.count = n as usize;
-        }
-        if let Some(v) = get("workers", "pin") {
-            config.workers.pin = match v {
-                Value::Boolean(b) => *b,
-                other => return Err(bad("workers.pin", other, "must be true or false")),
-            };
-        }
-        if let Some(v) = get("cascade", "origin") {
-            const ALLOWED: &str = "must be the origin relay's base URL, like https://10.0.0.5:8443 or http://10.0.0.5:8080";
-            match v {
-                Value::String(s) if s.is_empty() => config.cascade.origin = None,
-                Value::String(s)
-                    if (s.starts_with("http://") && s.len() > 7)
-                        || (s.starts_with("https://") && s.len() > 8) =>
-                {
-                    config.cascade.origin = Some(s.trim_end_matches('/').to_string())
-                }
-                other => return Err(bad("cascade.origin", other, ALLOWED)),
-            }
-        }
-        match get("cascade", "token") {
-            None => {}
-            Some(Value::String(s)) if s.is_empty() => {}
-            Some(Value::String(s)) => config.cascade.token = Some(Secret(s.clone())),
-            Some(_) => {
-                return Err(ConfigError(
-                    "configuration key `cascade.token` must be a string".into(),
-                ));
-            }
-        }
-        match get("cascade", "ca_file") {
-            None => {}
-            Some(Value::String(s)) if s.is_empty() => {}
-            Some(Value::String(s)) => config.cascade.ca_file = Some(s.clone()),
-            Some(other) => {
-                return Err(bad(
-                    "cascade.ca_file",
-                    other,
-                    "must be the path of a PEM file",
-                ));
-            }
-        }
-        if let Some(v) = get("cascade", "insecure") {
-            config.cascade.insecure = match v {
-                Value::Boolean(b) => *b,
-                other => return Err(bad("cascade.insecure", other, "must be true or false")),
-            };
-        }
+        read_media(&mut config.media, section("media"))?;
+        read_workers(&mut config.workers, section("workers"))?;
+        read_cascade(&mut config.cascade, section("cascade"))?;
         Ok(config)
+    }
+}
+
+/// One section of the table, perhaps absent.
+#[derive(Clone, Copy)]
+struct Section<'a>(Option<&'a Value>);
+
+impl<'a> Section<'a> {
+    fn get(self, key: &str) -> Option<&'a Value> {
+        self.0.and_then(|s| s.get(key))
+    }
+}
+
+/// Refuses a section or key the configuration does not have, naming those it has.
+fn check_known(table: &Table) -> Result<(), ConfigError> {
+    for (section, value) in table {
+        let Some((_, keys)) = KEYS.iter().find(|(s, _)| s == section) else {
+            return Err(ConfigError(format!(
+                "unknown configuration section `{section}`; known keys: {}",
+                known_keys()
+            )));
+        };
+        let Value::Table(inner) = value else {
+            return Err(ConfigError(format!("`{section}` must be a table")));
+        };
+        for key in inner.keys() {
+            if !keys.contains(&key.as_str()) {
+                return Err(ConfigError(format!(
+                    "unknown configuration key `{section}.{key}`; known keys: {}",
+                    known_keys()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_http(http: &mut HttpConfig, get: Section<'_>) -> Result<(), ConfigError> {
+    if let Some(v) = get.get("listen") {
+        http.listen = parse_str(v, "http.listen", "an address and port like 127.0.0.1:8080")?;
+    }
+    for (key, slot, max) in [
+        ("header_timeout_ms", &mut http.header_timeout, 600_000),
+        // Above the longest a handler waits on others (a cascade pull: 20 s) is safest.
+        ("idle_timeout_ms", &mut http.idle_timeout, 3_600_000),
+    ] {
+        if let Some(v) = get.get(key) {
+            let name = format!("http.{key}");
+            let allowed = format!("must be 100 to {max} milliseconds");
+            let n = int_in(v, &name, "a number of milliseconds", 100..=max, &allowed)?;
+            *slot = Duration::from_millis(n as u64);
+        }
+    }
+    read_http_limits(http, get)?;
+    http.tls = TlsSetting::parse(get.get("tls"), get.get("tls_cert"), get.get("tls_key"))
+        .map_err(ConfigError)?;
+    match get.get("redirect_listen") {
+        None => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(v) => {
+            let addr: SocketAddr = parse_str(
+                v,
+                "http.redirect_listen",
+                "an address and port like 0.0.0.0:80",
+            )?;
+            if !http.tls.is_on() {
+                return Err(bad(
+                    "http.redirect_listen",
+                    addr,
+                    "redirects to HTTPS, so it needs http.tls (or http.tls_cert and \
+                     http.tls_key)",
+                ));
+            }
+            http.redirect_listen = Some(addr);
+        }
+    }
+    if let Some(v) = get.get("max_sessions_per_token") {
+        http.max_sessions_per_token = session_cap(v, "http.max_sessions_per_token")?;
+    }
+    Ok(())
+}
+
+/// A cap on sessions (per address, per token): 0 for none, up to a million.
+fn session_cap(v: &Value, key: &str) -> Result<usize, ConfigError> {
+    let allowed = "must be 0 (no limit) to 1000000";
+    Ok(int_in(v, key, "a number of sessions", 0..=1_000_000, allowed)? as usize)
+}
+
+/// The front door's caps: connections, sessions per address, the request rate and who is
+/// exempt.
+fn read_http_limits(http: &mut HttpConfig, get: Section<'_>) -> Result<(), ConfigError> {
+    if let Some(v) = get.get("max_connections") {
+        let key = "http.max_connections";
+        let allowed = "must be 1 to 1000000";
+        http.max_connections =
+            int_in(v, key, "a number of connections", 1..=1_000_000, allowed)? as usize;
+    }
+    if let Some(v) = get.get("max_sessions_per_ip") {
+        http.max_sessions_per_ip = session_cap(v, "http.max_sessions_per_ip")?;
+    }
+    for (key, slot, min) in [
+        ("rate_limit", &mut http.rate_limit, 0),
+        ("rate_burst", &mut http.rate_burst, 1),
+    ] {
+        if let Some(v) = get.get(key) {
+            let name = format!("http.{key}");
+            let allowed = if min == 0 {
+                "must be 0 (no limit) to 1000000 requests per second"
+            } else {
+                "must be 1 to 1000000 requests"
+            };
+            *slot = int_in(v, &name, "a number of requests", min..=1_000_000, allowed)? as u32;
+        }
+    }
+    if let Some(v) = get.get("limit_exempt") {
+        http.limit_exempt = parse_address_list(v, "http.limit_exempt")?;
+    }
+    Ok(())
+}
+
+fn read_media(media: &mut MediaConfig, get: Section<'_>) -> Result<(), ConfigError> {
+    if let Some(v) = get.get("bind_ip") {
+        media.bind_ip = parse_str(v, "media.bind_ip", "an IPv4 or IPv6 address")?;
+    }
+    if let Some(v) = get.get("announced_ip") {
+        media.announced_ip = parse_str(v, "media.announced_ip", "an IPv4 or IPv6 address")?;
+        if media.announced_ip.is_unspecified() {
+            return Err(bad(
+                "media.announced_ip",
+                media.announced_ip,
+                "must be an address clients can reach, not the unspecified address",
+            ));
+        }
+    }
+    if let Some(v) = get.get("ports") {
+        media.ports = parse_port_range(v)?;
+    }
+    if let Some(v) = get.get("protocol") {
+        media.protocol = match v {
+            Value::String(s) if s == "udp" => MediaProtocol::Udp,
+            Value::String(s) if s == "tcp" => MediaProtocol::Tcp,
+            Value::String(s) if s == "all" => MediaProtocol::All,
+            other => {
+                return Err(bad(
+                    "media.protocol",
+                    other,
+                    "must be \"udp\", \"tcp\" or \"all\"",
+                ));
+            }
+        };
+    }
+    if let Some(v) = get.get("tcp_send_queue") {
+        let key = "media.tcp_send_queue";
+        let allowed = "must be 16 to 65536 frames";
+        media.tcp_send_queue = int_in(v, key, "a number of frames", 16..=65536, allowed)? as usize;
+    }
+    for (key, slot) in [
+        ("udp_recv_buffer", &mut media.udp_recv_buffer),
+        ("udp_send_buffer", &mut media.udp_send_buffer),
+        ("tcp_recv_buffer", &mut media.tcp_recv_buffer),
+        ("tcp_send_buffer", &mut media.tcp_send_buffer),
+    ] {
+        if let Some(v) = get.get(key) {
+            let name = format!("media.{key}");
+            let range = MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER;
+            let allowed = "must be between 4096 and 1073741824 bytes";
+            *slot = int_in(v, &name, "a size in bytes", range, allowed)? as usize;
+        }
+    }
+    if let Some(v) = get.get("ice_timeout") {
+        let key = "media.ice_timeout";
+        let n = int_in(
+            v,
+            key,
+            "a number of seconds",
+            1..=3600,
+            "must be 1 to 3600 seconds",
+        )?;
+        media.ice_timeout = Duration::from_secs(n as u64);
+    }
+    if let Some(v) = get.get("gso") {
+        media.gso = boolean(v, "media.gso")?;
+    }
+    if let Some(v) = get.get("gso_hold_us") {
+        let key = "media.gso_hold_us";
+        let allowed = "must be 0 to 20000 microseconds";
+        let n = int_in(v, key, "a number of microseconds", 0..=20_000, allowed)?;
+        media.gso_hold = Duration::from_micros(n as u64);
+    }
+    if let Some(v) = get.get("max_publish_kbps") {
+        let key = "media.max_publish_kbps";
+        let allowed = "must be 0 (no cap) to 1000000 kbit/s";
+        let n = int_in(v, key, "a bitrate in kbit/s", 0..=1_000_000, allowed)?;
+        media.max_publish_kbps = n as u32;
+    }
+    Ok(())
+}
+
+fn read_workers(workers: &mut WorkersConfig, get: Section<'_>) -> Result<(), ConfigError> {
+    if let Some(v) = get.get("count") {
+        let n = int(v, "workers.count", "a number of threads")?;
+        let max = crate::worker::MAX_WORKERS as i64;
+        if !(0..=max).contains(&n) {
+            let pairs = n.max(0) as usize * (n.max(1) as usize - 1);
+            let bytes = pairs
+                * crate::worker::mesh::QUEUE_CAPACITY_MIN
+                * crate::worker::mesh::QUEUE_SLOT_BYTES;
+            return Err(bad(
+                "workers.count",
+                n,
+                &format!(
+                    "must be 0 (one per core) to {max}: the workers' cross-worker queues \
+                     number count × (count − 1) = {pairs}, which at {} slots of {} bytes \
+                     each would hold {} MiB before a packet flows",
+                    crate::worker::mesh::QUEUE_CAPACITY_MIN,
+                    crate::worker::mesh::QUEUE_SLOT_BYTES,
+                    bytes >> 20
+                ),
+            ));
+        }
+        workers.count = n as usize;
+    }
+    if let Some(v) = get.get("pin") {
+        workers.pin = boolean(v, "workers.pin")?;
+    }
+    Ok(())
+}
+
+fn read_cascade(cascade: &mut CascadeConfig, get: Section<'_>) -> Result<(), ConfigError> {
+    if let Some(v) = get.get("origin") {
+        const ALLOWED: &str = "must be the origin relay's base URL, like https://10.0.0.5:8443 or http://10.0.0.5:8080";
+        match v {
+            Value::String(s) if s.is_empty() => cascade.origin = None,
+            Value::String(s)
+                if (s.starts_with("http://") && s.len() > 7)
+                    || (s.starts_with("https://") && s.len() > 8) =>
+            {
+                cascade.origin = Some(s.trim_end_matches('/').to_string())
+            }
+            other => return Err(bad("cascade.origin", other, ALLOWED)),
+        }
+    }
+    match get.get("token") {
+        None => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => cascade.token = Some(Secret(s.clone())),
+        Some(_) => {
+            return Err(ConfigError(
+                "configuration key `cascade.token` must be a string".into(),
+            ));
+        }
+    }
+    match get.get("ca_file") {
+        None => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => cascade.ca_file = Some(s.clone()),
+        Some(other) => {
+            return Err(bad(
+                "cascade.ca_file",
+                other,
+                "must be the path of a PEM file",
+            ));
+        }
+    }
+    if let Some(v) = get.get("insecure") {
+        cascade.insecure = boolean(v, "cascade.insecure")?;
+    }
+    Ok(())
+}
+
+/// An integer within `range`: `what` names what it counts (when it is no integer), `allowed`
+/// the range (when it is outside).
+fn int_in(
+    v: &Value,
+    key: &str,
+    what: &str,
+    range: RangeInclusive<i64>,
+    allowed: &str,
+) -> Result<i64, ConfigError> {
+    let n = int(v, key, what)?;
+    if !range.contains(&n) {
+        return Err(bad(key, n, allowed));
+    }
+    Ok(n)
+}
+
+fn boolean(v: &Value, key: &str) -> Result<bool, ConfigError> {
+    match v {
+        Value::Boolean(b) => Ok(*b),
+        other => Err(bad(key, other, "must be true or false")),
     }
 }
 

@@ -130,7 +130,7 @@ impl Control {
         self: Arc<Self>,
         id: SessionId,
         ending: Ending,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         // Boxed: ending a publisher spawns the ends of its players, a recursive future.
         Box::pin(async move {
             let (stop, task, worker, players, pull_to_stop) = {

@@ -154,24 +154,11 @@ impl Control {
         let local_ufrag = random_token(8);
         let local_pwd = random_token(24);
         let plan = self.negotiate(&mut registry, stream, &offer, role)?;
-        let media = &self.config.media;
         let (port, worker, sockets) = self.bind_port(&registry)?;
         let stream_id = plan.stream;
         let publisher_worker = plan.publisher_worker.unwrap_or(worker);
         let offered = (sockets.udp.is_some(), sockets.tcp.is_some());
-        let answer = write_answer(
-            &offer,
-            &plan.sections,
-            &AnswerTransport {
-                ice_ufrag: &local_ufrag,
-                ice_pwd: &local_pwd,
-                fingerprint: &self.fingerprint,
-                ip: media.announced_ip,
-                port,
-                udp: sockets.udp.is_some(),
-                tcp: sockets.tcp.is_some(),
-            },
-        );
+        let answer = self.answer(&offer, &plan, &local_ufrag, &local_pwd, port, offered);
         registry.next_session += 1;
         let id = registry.next_session;
         self.add_to_stream(
@@ -228,6 +215,29 @@ impl Control {
             session: id,
             answer,
         })
+    }
+
+    /// The SDP answer: the plan's sections, the session's ICE credentials, the relay's
+    /// fingerprint, and the announced address with the port and its transports (`udp`, `tcp`).
+    fn answer(
+        &self,
+        offer: &Offer,
+        plan: &Plan,
+        ice_ufrag: &str,
+        ice_pwd: &str,
+        port: u16,
+        (udp, tcp): (bool, bool),
+    ) -> String {
+        let transport = AnswerTransport {
+            ice_ufrag,
+            ice_pwd,
+            fingerprint: &self.fingerprint,
+            ip: self.config.media.announced_ip,
+            port,
+            udp,
+            tcp,
+        };
+        write_answer(offer, &plan.sections, &transport)
     }
 
     /// Negotiates `offer` for `role` on `stream`: a publisher's tracks (a new stream id), or

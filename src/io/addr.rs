@@ -28,7 +28,7 @@ impl RawAddr {
                 unsafe {
                     std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin);
                 }
-                mem::size_of::<libc::sockaddr_in>()
+                size_of::<libc::sockaddr_in>()
             }
             SocketAddr::V6(v6) => {
                 storage.sin6_family = libc::AF_INET6 as libc::sa_family_t;
@@ -36,7 +36,7 @@ impl RawAddr {
                 storage.sin6_addr.s6_addr = v6.ip().octets();
                 storage.sin6_flowinfo = v6.flowinfo();
                 storage.sin6_scope_id = v6.scope_id();
-                mem::size_of::<libc::sockaddr_in6>()
+                size_of::<libc::sockaddr_in6>()
             }
         };
         RawAddr {

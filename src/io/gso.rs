@@ -17,7 +17,7 @@ pub fn udp_gso_supported() -> bool {
         return false;
     };
     let mut value: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into the live `value`.
     let rc = unsafe {
         libc::getsockopt(
@@ -110,7 +110,7 @@ impl GsoSends {
         message.count = count;
         message.to = *to;
         message.control.header.cmsg_len =
-            (mem::offset_of!(SegmentControl, segment_size) + mem::size_of::<u16>()) as _;
+            (mem::offset_of!(SegmentControl, segment_size) + size_of::<u16>()) as _;
         message.control.header.cmsg_level = libc::SOL_UDP;
         message.control.header.cmsg_type = libc::UDP_SEGMENT;
         message.control.segment_size = segment_size as u16;
@@ -120,7 +120,7 @@ impl GsoSends {
         msghdr.msg_iov = message.iovecs.as_mut_ptr();
         msghdr.msg_iovlen = count as _;
         msghdr.msg_control = &mut message.control as *mut SegmentControl as *mut libc::c_void;
-        msghdr.msg_controllen = mem::size_of::<SegmentControl>() as _;
+        msghdr.msg_controllen = size_of::<SegmentControl>() as _;
         &message.msghdr
     }
 
@@ -138,13 +138,13 @@ mod tests {
 
     #[test]
     fn the_segment_control_message_has_the_kernels_layout() {
-        let data = mem::size_of::<u16>() as u32;
+        let data = size_of::<u16>() as u32;
         // SAFETY: CMSG_LEN and CMSG_SPACE are arithmetic on their argument.
         let (len, space) = unsafe { (libc::CMSG_LEN(data), libc::CMSG_SPACE(data)) };
         assert_eq!(
-            mem::offset_of!(SegmentControl, segment_size) + mem::size_of::<u16>(),
+            mem::offset_of!(SegmentControl, segment_size) + size_of::<u16>(),
             len as usize
         );
-        assert_eq!(mem::size_of::<SegmentControl>(), space as usize);
+        assert_eq!(size_of::<SegmentControl>(), space as usize);
     }
 }

@@ -6,7 +6,6 @@
 
 use std::alloc::Layout;
 use std::io;
-use std::mem;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -18,7 +17,7 @@ use super::addr::sockaddr_from_bytes;
 pub const RECV_BUFFER_SIZE: usize = 2048;
 /// `struct io_uring_recvmsg_out`: name length, control length, payload length, flags.
 const RECVMSG_OUT_LEN: usize = 16;
-pub(super) const NAME_LEN: usize = mem::size_of::<libc::sockaddr_in6>();
+pub(super) const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
 const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN;
 
 /// The buffer ring's entries and the buffers themselves, allocated once.
@@ -37,7 +36,7 @@ impl RecvMemory {
             "buffer ring size must be a power of two"
         );
         let entries_layout =
-            Layout::from_size_align(count as usize * mem::size_of::<BufRingEntry>(), 4096)
+            Layout::from_size_align(count as usize * size_of::<BufRingEntry>(), 4096)
                 .map_err(io::Error::other)?;
         let data_layout = Layout::from_size_align(count as usize * RECV_BUFFER_SIZE, 64)
             .map_err(io::Error::other)?;

@@ -166,8 +166,7 @@ pub const QUEUE_CAPACITY_MIN: usize = 256;
 /// (about 100 MB) until every queue is at its minimum.
 const MESH_SLOT_BUDGET: usize = 4 << 20;
 /// Bytes one queue slot takes: the message and the queue's sequence stamp.
-pub const QUEUE_SLOT_BYTES: usize =
-    std::mem::size_of::<CrossMessage>() + std::mem::size_of::<usize>();
+pub const QUEUE_SLOT_BYTES: usize = size_of::<CrossMessage>() + size_of::<usize>();
 
 /// Slots of each queue of a mesh of `workers`: the budget shared by the ordered pairs, as a
 /// power of two within the bounds.
