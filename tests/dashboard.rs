@@ -258,7 +258,7 @@ async fn dashboard_under_load() {
                     .cloned()
             };
             let workers = p["workers"].as_array().unwrap();
-            let sending = |s: &serde_json::Value| s["in_bps"].as_f64().unwrap() > 0.0;
+            let sending = |s: &Value| s["in_bps"].as_f64().unwrap() > 0.0;
             stream("alpha").is_some_and(|s| s["players"] == 2 && sending(&s))
                 && stream("beta").is_some_and(|s| s["players"] == 3 && sending(&s))
                 && workers.len() == 2

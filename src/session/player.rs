@@ -395,7 +395,7 @@ mod tests {
         let mut pli = [0u8; 12];
         rtcp::write_pli(&mut pli, 1, 2);
         assert!(Player::wants_keyframe(&pli));
-        let receiver_report = [0x80, rtcp::RECEIVER_REPORT, 0, 1, 0, 0, 0, 1];
+        let receiver_report = [0x80, RECEIVER_REPORT, 0, 1, 0, 0, 0, 1];
         assert!(!Player::wants_keyframe(&receiver_report));
     }
 }
