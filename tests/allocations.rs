@@ -19,6 +19,10 @@ struct CountingAllocator;
 
 static WORKER_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
+/// The counter is one for the process: the tests take turns, so that one's set-up never
+/// counts in another's steady state.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 // SAFETY: every call is forwarded unchanged to the system allocator; the counting is a relaxed
 // atomic increment and a thread-local read, neither of which allocates.
 #[allow(unsafe_code)] // a global allocator cannot be written without it
@@ -89,6 +93,7 @@ fn options(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let relay = start_relay(&[]);
     let (allocations, repair) = forward_in_steady_state(&relay, None).await;
     assert_eq!(
@@ -100,6 +105,7 @@ async fn forwarding_in_steady_state_allocates_nothing_on_the_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_repair_and_feedback_allocate_nothing_on_the_workers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let relay = start_relay(&[("CORECAST_MEDIA_MAX_PUBLISH_KBPS", "100000")]);
     let (allocations, [nacks_sent, retransmissions_sent, remb_sent]) =
         forward_in_steady_state(&relay, Some(3.0)).await;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use webrtc_dtls::crypto::Certificate;
 
-use super::{ApiError, Control};
+use super::errors::ApiError;
 use crate::client::http::{HttpClient, Trust};
 use crate::client::{self, ClientOptions, Incoming, Role, Session, Transport};
 use crate::config::Config;
@@ -44,6 +44,17 @@ pub enum BridgeStatus {
 pub enum Direction {
     Push,
     Pull,
+}
+
+/// What the cascade needs of the streams published here: it is handed this rather than the
+/// control thread itself, so that the control module (which holds the cascade) and the cascade
+/// do not depend on each other.
+pub trait LocalStreams {
+    /// Whether `name` is published here.
+    fn has_stream(&self, name: &str) -> bool;
+    /// Marks `name` as pulled from the origin by `bridge`, so the pull ends with its last
+    /// player.
+    fn mark_pulled(&self, name: &str, bridge: u64);
 }
 
 /// A republished stream as `/rest-api/pull/find_all` lists it.
@@ -171,11 +182,12 @@ impl Cascade {
             .clone()
     }
 
-    /// Starts republishing local stream `local` to the relay at `uri` as `remote`. The bridge
+    /// Starts republishing local stream `local` (which `streams` must have) to the relay at
+    /// `uri` as `remote`. The bridge
     /// starts as NEW; `find_all` shows it PUBLISHING, or FAILED with the reason.
     pub fn push(
         &self,
-        control: &Arc<Control>,
+        streams: &impl LocalStreams,
         uri: &str,
         local: &str,
         remote: &str,
@@ -186,7 +198,7 @@ impl Cascade {
                 format!("uri `{uri}` must be the other relay's http:// or https:// URL"),
             ));
         }
-        if !control.has_stream(local) {
+        if !streams.has_stream(local) {
             return Err(ApiError::new(
                 404,
                 format!("stream `{local}` is not being published here"),
@@ -222,7 +234,11 @@ impl Cascade {
 
     /// Pulls `stream` from the origin into this relay, or joins a pull already under way;
     /// returns once the stream is published here or the pull failed.
-    pub async fn pull(&self, control: &Arc<Control>, stream: &str) -> Result<(), String> {
+    pub async fn pull(
+        &self,
+        streams: &(impl LocalStreams + Sync),
+        stream: &str,
+    ) -> Result<(), String> {
         let Some(origin) = self.inner.origin.clone() else {
             return Err("no cascade.origin is configured".into());
         };
@@ -258,7 +274,7 @@ impl Cascade {
             .expect("waited for Some");
         match result {
             Ok(bridge) => {
-                control.mark_pulled(stream, bridge);
+                streams.mark_pulled(stream, bridge);
                 Ok(())
             }
             Err(reason) => Err(reason),

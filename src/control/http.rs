@@ -282,7 +282,9 @@ async fn pull_push(State(control): State<Arc<Control>>, body: Bytes) -> Result<R
         ));
     };
     let remote = request.remote_stream_name.unwrap_or_else(|| local.clone());
-    let view = control.cascade.push(&control, &uri, &local, &remote)?;
+    let view = control
+        .cascade
+        .push(control.as_ref(), &uri, &local, &remote)?;
     Ok(axum::Json(view).into_response())
 }
 

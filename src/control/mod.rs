@@ -229,7 +229,7 @@ impl Control {
     ) -> Result<Created, ApiError> {
         match self.play(stream, offer_text, client) {
             Err(e) if e.status == 404 && self.cascade.has_origin() => {
-                self.cascade.pull(self, stream).await.map_err(|reason| {
+                self.cascade.pull(self.as_ref(), stream).await.map_err(|reason| {
                     ApiError::new(502, format!("stream `{stream}` is not here, and pulling it from the origin failed: {reason}"))
                 })?;
                 self.play(stream, offer_text, client)
@@ -256,13 +256,6 @@ impl Control {
         match publisher {
             Some(id) => self.delete_session(id).await,
             None => false,
-        }
-    }
-
-    /// Marks a stream as pulled by `bridge`, so the pull stops when its last player leaves.
-    pub fn mark_pulled(&self, name: &str, bridge: u64) {
-        if let Some(stream) = lock(&self.registry).streams.get_mut(name) {
-            stream.pulled_by = Some(bridge);
         }
     }
 
@@ -339,6 +332,19 @@ impl Control {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The cascade sees the registry through this, and nothing else of the control thread.
+impl cascade::LocalStreams for Control {
+    fn has_stream(&self, name: &str) -> bool {
+        Control::has_stream(self, name)
+    }
+
+    fn mark_pulled(&self, name: &str, bridge: u64) {
+        if let Some(stream) = lock(&self.registry).streams.get_mut(name) {
+            stream.pulled_by = Some(bridge);
         }
     }
 }

@@ -295,7 +295,12 @@ impl Core {
             taken += 1;
             let (table, out) = (&mut self.table, &mut self.out);
             match command {
-                Command::AddSession(new) => table.add_session(*new, now, out),
+                Command::AddSession(new) => {
+                    table.add_session(*new, now, out);
+                    // Each retransmission window holds up to its capacity of shared packets
+                    // for a second: the pool has them ready before the packets come.
+                    self.fanout.ensure_shared(table.repair_windows());
+                }
                 Command::SetKeys {
                     session,
                     profile,

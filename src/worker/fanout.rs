@@ -40,6 +40,16 @@ impl Fanout {
         }
     }
 
+    /// Makes the shared pool ready for `windows` retransmission windows (each holding up to
+    /// `RETRANSMIT_WINDOW_PACKETS` packets) besides the hand-over to other workers.
+    pub(super) fn ensure_shared(&mut self, windows: usize) {
+        if windows > 0 {
+            let hand_over = if self.mesh.workers() > 1 { 1024 } else { 0 };
+            self.shared_pool
+                .ensure(hand_over + windows * 2 * super::table::RETRANSMIT_WINDOW_PACKETS);
+        }
+    }
+
     /// Sends a publisher's packet (RTP parsed as `what` says, or a sender report) to the
     /// stream's local players and hands one shared copy to each other worker that has players
     /// of the stream.

@@ -107,6 +107,17 @@ impl SharedPool {
         self.packets.len()
     }
 
+    /// Grows the pool to at least `count` packets now, off the packet path, so that a known
+    /// need (a retransmission window holding a second of packets) is met without allocating
+    /// per packet later.
+    pub fn ensure(&mut self, count: usize) {
+        if self.packets.len() < count {
+            self.packets.reserve(count - self.packets.len());
+            self.packets
+                .extend((self.packets.len()..count).map(|_| Self::fresh()));
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty()
     }

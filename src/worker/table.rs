@@ -26,7 +26,7 @@ use crate::wire::srtp::{SrtpContext, SrtpProfile};
 
 /// Packets a stream's retransmission window holds, and for how long: about a second of HD
 /// video, long enough for a few NACK round trips.
-const RETRANSMIT_WINDOW_PACKETS: usize = 1024;
+pub(super) const RETRANSMIT_WINDOW_PACKETS: usize = 1024;
 const RETRANSMIT_WINDOW_AGE: Duration = Duration::from_secs(1);
 
 pub(super) enum Role {
@@ -421,6 +421,11 @@ impl Table {
                 send_link_feedback(session, now, out);
             }
         }
+    }
+
+    /// Streams here that keep a retransmission window.
+    pub(super) fn repair_windows(&self) -> usize {
+        self.streams.values().filter(|l| l.repair.is_some()).count()
     }
 
     /// Whether any session here is a publisher (whose link may want feedback sent).
