@@ -299,6 +299,15 @@ async fn publisher_and_three_players(protocol: &str) {
     for p in all[0]["players"].as_array().unwrap() {
         assert_eq!(p["transport"], protocol, "{all:#}");
     }
+    let metrics = common::http("GET", &relay.url("/metrics"), None, "").body;
+    assert!(
+        metrics.contains("corecast_player_rtt_seconds{stream=\"cam\"")
+            && metrics.contains("corecast_stream_received_bytes_total{stream=\"cam\"}"),
+        "{metrics}"
+    );
+    // The publisher hears how its path is doing: receiver reports and transport-wide feedback.
+    assert!(relay.metric_all_workers("corecast_receiver_reports_sent_total") > 0);
+    assert!(relay.metric_all_workers("corecast_transport_feedback_sent_total") > 0);
     if protocol == "tcp" {
         // One nominated connection per session stays open; extra ones were closed.
         assert_eq!(

@@ -381,6 +381,38 @@ async fn relay_latency(State(control): State<Arc<Control>>) -> Response {
     axum::Json(super::latency::report(control.workers())).into_response()
 }
 
+/// Per stream, what its publisher sent; per player, what its receiver reports say (RTT, loss).
+/// One series per stream and per session: for an operator's few streams, not for dashboards
+/// over thousands of viewers (use `/api/streams` there).
+fn write_stream_metrics(control: &Control, out: &mut String) {
+    let streams = control.streams();
+    let _ = writeln!(out, "# TYPE corecast_stream_received_bytes_total counter");
+    for s in &streams {
+        let _ = writeln!(
+            out,
+            "corecast_stream_received_bytes_total{{stream=\"{}\"}} {}",
+            s.stream, s.bytes_in
+        );
+    }
+    let _ = writeln!(out, "# TYPE corecast_player_rtt_seconds gauge");
+    let _ = writeln!(out, "# TYPE corecast_player_loss_ratio gauge");
+    for s in &streams {
+        for p in &s.players {
+            let labels = format!("stream=\"{}\",session=\"{}\"", s.stream, p.session);
+            if let Some(ms) = p.rtt_ms {
+                let _ = writeln!(
+                    out,
+                    "corecast_player_rtt_seconds{{{labels}}} {}",
+                    ms / 1000.0
+                );
+            }
+            if let Some(loss) = p.loss {
+                let _ = writeln!(out, "corecast_player_loss_ratio{{{labels}}} {loss}");
+            }
+        }
+    }
+}
+
 async fn metrics(
     State(control): State<Arc<Control>>,
     Extension(limits): Extension<Arc<HttpLimits>>,
@@ -409,6 +441,7 @@ async fn metrics(
         }
     }
     super::latency::write_prometheus(workers, &mut out);
+    write_stream_metrics(&control, &mut out);
     for (name, value) in kernel_udp_errors() {
         let _ = writeln!(
             out,

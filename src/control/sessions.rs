@@ -53,6 +53,12 @@ fn link_settings(tracks: &[PublishedTrack], max_publish_kbps: u32) -> LinkSettin
         nack: video.is_some_and(|v| v.codec.feedback.iter().any(|f| f == "nack")),
         rtx: video.and_then(|v| Some((v.rtx_payload_type?, v.codec.payload_type))),
         max_kbps: max_publish_kbps,
+        clock_rates: [MediaKind::Audio, MediaKind::Video].map(|kind| {
+            tracks
+                .iter()
+                .find(|t| t.kind == kind)
+                .map_or(0, |t| t.codec.clock_rate)
+        }),
     }
 }
 

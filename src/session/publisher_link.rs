@@ -2,7 +2,8 @@
 //! feedback for every packet that carries a transport-wide sequence number (the publisher's
 //! own congestion control, GCC, estimates the path from it), generic NACKs for lost video
 //! (RFC 4585) with the retransmissions coming back as RTX (RFC 4588) and restored to the
-//! original stream, and an operator's cap as REMB.
+//! original stream, receiver reports with the loss and jitter it measured (RFC 3550 §6.4.2,
+//! which the publisher's loss-based estimate and RTT read), and an operator's cap as REMB.
 //!
 //! The worker hands each RTP packet to [`PublisherLink::on_rtp`] before it classifies it, and
 //! asks [`PublisherLink::poll`] for RTCP to send whenever [`PublisherLink::next_timeout`] has
@@ -12,9 +13,12 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use crate::media::MediaKind;
 use crate::session::nack::{NackConfig, NackRequester, PacketOutcome};
+use crate::session::receive_stats::ReceiveStats;
 use crate::session::twcc::{RembCap, TwccConfig, TwccRecorder};
 use crate::wire::nack::write_nack;
+use crate::wire::rtcp_report::write_receiver_report;
 use crate::wire::rtp::RtpHeader;
 use crate::wire::rtx::{OriginalStream, restore_in_place};
 use crate::wire::twcc::read_transport_sequence;
@@ -23,6 +27,9 @@ use crate::wire::twcc::read_transport_sequence;
 const REMB_INTERVAL: Duration = Duration::from_secs(1);
 /// Sequence numbers one NACK poll may name (one RTCP packet holds many more PID/BLP pairs).
 const NACK_BATCH: usize = 64;
+/// How often the publisher gets a receiver report (RFC 3550 suggests about every 5 s for small
+/// sessions; browsers send theirs about once a second, and so does the relay).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the answer negotiated with the publisher that this link acts on.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,6 +43,9 @@ pub struct LinkSettings {
     pub rtx: Option<(u8, u8)>,
     /// The operator's cap on what the publisher sends (`media.max_publish_kbps`); 0 for none.
     pub max_kbps: u32,
+    /// The RTP clock rates of the audio and video tracks (by [`MediaKind::index`]), for the
+    /// jitter in receiver reports; 0 for a kind not negotiated.
+    pub clock_rates: [u32; 2],
 }
 
 /// What the link did, for `/metrics`.
@@ -51,6 +61,8 @@ pub struct LinkCounters {
     pub needless_retransmissions: u64,
     /// Transport-wide feedback packets written.
     pub feedback_sent: u64,
+    /// Receiver reports written.
+    pub reports_sent: u64,
 }
 
 /// A packet as the link passed it on.
@@ -72,6 +84,7 @@ pub enum LinkRtcp {
     TransportFeedback,
     Nack,
     Remb,
+    ReceiverReport,
 }
 
 pub struct PublisherLink {
@@ -79,6 +92,9 @@ pub struct PublisherLink {
     twcc: TwccRecorder,
     nack: NackRequester,
     remb: RembCap,
+    /// Reception statistics per kind, from the first packet of the kind's SSRC.
+    reception: [Option<ReceiveStats>; 2],
+    next_report: Option<Instant>,
     /// Whether a keyframe should be asked for: losses were given up, or a jump reset repair.
     keyframe_wanted: bool,
     counters: LinkCounters,
@@ -91,6 +107,8 @@ impl PublisherLink {
             twcc: TwccRecorder::new(TwccConfig::default()),
             nack: NackRequester::new(NackConfig::default()),
             remb: RembCap::new(settings.max_kbps, REMB_INTERVAL),
+            reception: [None, None],
+            next_report: None,
             keyframe_wanted: false,
             counters: LinkCounters::default(),
         }
@@ -181,6 +199,36 @@ impl PublisherLink {
         }
     }
 
+    /// A media packet of `kind` (restored, for a retransmission) counts in the reception
+    /// statistics its receiver reports carry. A new SSRC for the kind starts them afresh.
+    pub fn on_media(
+        &mut self,
+        now: Instant,
+        kind: MediaKind,
+        header: &RtpHeader,
+        retransmitted: bool,
+    ) {
+        let clock_rate = self.settings.clock_rates[kind.index()];
+        let stats = &mut self.reception[kind.index()];
+        if stats.as_ref().is_none_or(|s| s.ssrc() != header.ssrc) {
+            *stats = Some(ReceiveStats::new(header.ssrc, clock_rate.max(1)));
+            self.next_report.get_or_insert(now + REPORT_INTERVAL);
+        }
+        if let Some(stats) = stats {
+            stats.on_packet(now, header.sequence, header.timestamp, retransmitted);
+        }
+    }
+
+    /// A sender report from the publisher for `ssrc` with its NTP time: the next receiver
+    /// reports echo it (LSR, DLSR), so the publisher measures its RTT to the relay.
+    pub fn on_sender_report(&mut self, now: Instant, ssrc: u32, ntp_timestamp: u64) {
+        for stats in self.reception.iter_mut().flatten() {
+            if stats.ssrc() == ssrc {
+                stats.on_sender_report(now, ntp_timestamp);
+            }
+        }
+    }
+
     /// Takes the wish for a keyframe that losses given up (or a reset) left.
     pub fn take_keyframe_wish(&mut self) -> bool {
         std::mem::take(&mut self.keyframe_wanted)
@@ -194,6 +242,7 @@ impl PublisherLink {
                 .then(|| self.nack.next_timeout())
                 .flatten(),
             self.remb.next_timeout(now),
+            self.next_report,
         ]
         .into_iter()
         .flatten()
@@ -244,6 +293,23 @@ impl PublisherLink {
         {
             return Some((len, LinkRtcp::Remb));
         }
+        if self.next_report.is_some_and(|due| due <= now) {
+            self.next_report = Some(now + REPORT_INTERVAL);
+            let [audio, video] = &mut self.reception;
+            let audio = audio.as_mut().and_then(|s| s.report_block(now));
+            let video = video.as_mut().and_then(|s| s.report_block(now));
+            let written = match (audio, video) {
+                (Some(a), Some(v)) => write_receiver_report(out, rtcp_ssrc, &[a, v]),
+                (Some(one), None) | (None, Some(one)) => {
+                    write_receiver_report(out, rtcp_ssrc, &[one])
+                }
+                (None, None) => return None,
+            };
+            if let Ok(len) = written {
+                self.counters.reports_sent += 1;
+                return Some((len, LinkRtcp::ReceiverReport));
+            }
+        }
         None
     }
 }
@@ -278,6 +344,7 @@ mod tests {
             nack: true,
             rtx: Some((97, 96)),
             max_kbps,
+            clock_rates: [48_000, 90_000],
         })
     }
 
@@ -389,6 +456,45 @@ mod tests {
     }
 
     #[test]
+    fn receiver_reports_carry_the_loss_and_echo_the_publishers_sender_report() {
+        use crate::wire::rtcp_report::report_blocks;
+        let t0 = Instant::now();
+        let mut link = new_link(0);
+        let mut lost = 0;
+        for seq in 0u16..100 {
+            if seq % 10 == 5 {
+                lost += 1;
+                continue;
+            }
+            let at = t0 + Duration::from_millis(u64::from(seq) * 5);
+            let packet = video(seq, seq);
+            let header = RtpHeader::parse(&packet).unwrap();
+            link.on_media(at, MediaKind::Video, &header, false);
+        }
+        let ntp = 0x1122_3344_5566_7788u64;
+        link.on_sender_report(t0 + Duration::from_millis(500), VIDEO_SSRC, ntp);
+        let reports: Vec<Vec<u8>> = drain(&mut link, t0 + Duration::from_millis(1000))
+            .into_iter()
+            .filter(|(k, _)| *k == LinkRtcp::ReceiverReport)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(reports.len(), 1, "one report a second");
+        let blocks: Vec<_> = report_blocks(&reports[0]).unwrap().collect();
+        assert_eq!(blocks.len(), 1, "video only: no audio arrived");
+        assert_eq!(blocks[0].ssrc, VIDEO_SSRC);
+        assert_eq!(blocks[0].cumulative_lost, lost);
+        assert!(blocks[0].fraction_lost > 0);
+        assert_eq!(blocks[0].last_sender_report, (ntp >> 16) as u32);
+        assert!(
+            drain(&mut link, t0 + Duration::from_millis(1500))
+                .iter()
+                .all(|(k, _)| *k != LinkRtcp::ReceiverReport),
+            "not again before a second has passed"
+        );
+        assert_eq!(link.counters().reports_sent, 1);
+    }
+
+    #[test]
     fn without_nack_nothing_is_nacked_and_every_packet_is_forwarded() {
         let t0 = Instant::now();
         let mut link = PublisherLink::new(LinkSettings {
@@ -396,6 +502,7 @@ mod tests {
             nack: false,
             rtx: None,
             max_kbps: 0,
+            clock_rates: [48_000, 90_000],
         });
         for seq in [1u16, 5, 5] {
             assert_eq!(arrive(&mut link, t0, video(seq, seq)), Some(seq));

@@ -44,6 +44,11 @@ pub struct ReceiveStats {
 }
 
 impl ReceiveStats {
+    /// The source these statistics are about.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
     pub fn new(ssrc: u32, clock_rate: u32) -> Self {
         ReceiveStats {
             ssrc,

@@ -467,6 +467,7 @@ pub(super) fn send_link_feedback(session: &mut Session, now: Instant, out: &mut 
         match kind {
             LinkRtcp::TransportFeedback => inc(&out.stats.transport_feedback_sent),
             LinkRtcp::Remb => inc(&out.stats.remb_sent),
+            LinkRtcp::ReceiverReport => inc(&out.stats.receiver_reports_sent),
             LinkRtcp::Nack => {
                 inc(&out.stats.nacks_sent);
                 add(&out.stats.nacked_packets, after.nacked - before.nacked);

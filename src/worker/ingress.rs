@@ -250,6 +250,7 @@ impl Core {
             inc(&self.out.stats.drop_unknown_payload_type);
             return;
         };
+        publisher.link.on_media(now, kind, &header, retransmitted);
         if kind == MediaKind::Video {
             let wanted = publisher.link.on_video(now, header.sequence, retransmitted);
             let after = publisher.link.counters();
@@ -284,6 +285,14 @@ impl Core {
         match &mut session.role {
             Role::Publisher(publisher) => {
                 let reports = publisher.sender_reports(packet);
+                for (_, report) in reports.iter().flatten() {
+                    // The next receiver reports echo it, so the publisher sees its RTT.
+                    if let (Some(ssrc), Some(ntp)) = (report.get(4..8), report.get(8..16)) {
+                        let ssrc = u32::from_be_bytes(ssrc.try_into().expect("4 bytes"));
+                        let ntp = u64::from_be_bytes(ntp.try_into().expect("8 bytes"));
+                        publisher.link.on_sender_report(now, ssrc, ntp);
+                    }
+                }
                 for (kind, report) in reports.into_iter().flatten() {
                     let (table, out) = (&mut self.table, &mut self.out);
                     self.fanout.fanout(

@@ -170,6 +170,8 @@ counters! {
     transport_feedback_sent,
     /// REMB packets (the operator's cap) sent to publishers.
     remb_sent,
+    /// Receiver reports (loss, jitter, LSR/DLSR) sent to publishers.
+    receiver_reports_sent,
     /// NACK packets sent to publishers, and the sequence numbers they named (retries too).
     nacks_sent,
     nacked_packets,
