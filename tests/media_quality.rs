@@ -602,10 +602,9 @@ async fn players_through_loss(pct: u32) {
         nft.video_to_relay
     ));
     say(format!("relay metrics:\n  {}", repair_metrics(&relay)));
-    say(format!(
-        "relay's streams: {}",
-        common::http("GET", &relay.url("/api/streams"), None, "").body
-    ));
+    let streams_body = common::http("GET", &relay.url("/api/streams"), None, "").body;
+    say(format!("relay's streams: {streams_body}"));
+    let streams: Value = serde_json::from_str(&streams_body).unwrap_or(Value::Null);
 
     let mut failures = Vec::new();
     let mut figures = Vec::new();
@@ -663,6 +662,22 @@ async fn players_through_loss(pct: u32) {
             failures.push(format!(
                 "nftables dropped nothing in one direction: {} to the browser, {} to the relay",
                 nft.dropped_to_browser, nft.dropped_to_relay
+            ));
+        }
+        // The relay knows each path: the publisher's RTT from its repairs, each player's RTT
+        // and loss from its receiver reports.
+        let stream = &streams[0];
+        if !stream["publisher"]["rtt_ms"].is_number() {
+            failures.push(format!("no RTT to the publisher in /api/streams: {stream}"));
+        }
+        let players = stream["players"].as_array().cloned().unwrap_or_default();
+        if players.is_empty()
+            || !players
+                .iter()
+                .all(|p| p["rtt_ms"].is_number() && p["loss"].is_number())
+        {
+            failures.push(format!(
+                "players' RTT and loss missing in /api/streams: {stream}"
             ));
         }
     }

@@ -119,8 +119,9 @@ pub struct SessionView {
     pub remote: Option<SocketAddr>,
     /// `udp` or `tcp`, once ICE has nominated a path.
     pub transport: Option<&'static str>,
-    /// Round-trip time (ms), from the peer's receiver reports echoing the relay's sender
-    /// reports: players; `None` until measured.
+    /// Round-trip time (ms): a player's from its receiver reports echoing the relay's sender
+    /// reports, a publisher's from the delay between a NACK and its retransmission; `None`
+    /// until measured.
     pub rtt_ms: Option<f64>,
     /// The share of packets the peer lost between its last two reports (0 to 1, after repair),
     /// and in all since it started; `None` until it reports.

@@ -126,6 +126,8 @@ pub struct NackRequester {
     next_due: Option<Instant>,
     gave_up_unreported: u64,
     counters: NackCounters,
+    /// See [`Self::take_repair_delay`].
+    last_repair_delay: Option<Duration>,
 }
 
 impl NackRequester {
@@ -147,6 +149,7 @@ impl NackRequester {
             next_due: None,
             gave_up_unreported: 0,
             counters: NackCounters::default(),
+            last_repair_delay: None,
         }
     }
 
@@ -165,6 +168,12 @@ impl NackRequester {
     /// Packets missing and not yet given up.
     pub fn outstanding(&self) -> usize {
         self.alive
+    }
+
+    /// Takes the delay between the last NACK for a packet and its arrival, when the last
+    /// [`Self::on_packet`] was such a repair: a sample of the round trip to the sender.
+    pub fn take_repair_delay(&mut self) -> Option<Duration> {
+        self.last_repair_delay.take()
     }
 
     /// When [`Self::poll`] next has something to do; `None` while nothing is missing.
@@ -218,6 +227,9 @@ impl NackRequester {
         }
         let requested = found.requests > 0;
         if requested {
+            // The time since the last NACK for it is a round trip to the sender (or a little
+            // less, if an earlier request's answer arrived): the link's RTT sample.
+            self.last_repair_delay = Some(now.saturating_duration_since(found.since));
             self.counters.recovered += 1;
         } else {
             self.counters.reordered += 1;

@@ -95,6 +95,8 @@ pub struct PublisherLink {
     /// Reception statistics per kind, from the first packet of the kind's SSRC.
     reception: [Option<ReceiveStats>; 2],
     next_report: Option<Instant>,
+    /// Smoothed round trip to the publisher, from NACK-to-retransmission delays.
+    rtt: Option<Duration>,
     /// Whether a keyframe should be asked for: losses were given up, or a jump reset repair.
     keyframe_wanted: bool,
     counters: LinkCounters,
@@ -109,6 +111,7 @@ impl PublisherLink {
             remb: RembCap::new(settings.max_kbps, REMB_INTERVAL),
             reception: [None, None],
             next_report: None,
+            rtt: None,
             keyframe_wanted: false,
             counters: LinkCounters::default(),
         }
@@ -185,6 +188,9 @@ impl PublisherLink {
         match self.nack.on_packet(now, sequence) {
             PacketOutcome::Recovered { requested: true } => {
                 self.counters.repaired += 1;
+                if let Some(sample) = self.nack.take_repair_delay() {
+                    self.observe_rtt(sample);
+                }
                 true
             }
             PacketOutcome::Reset => {
@@ -227,6 +233,22 @@ impl PublisherLink {
                 stats.on_sender_report(now, ntp_timestamp);
             }
         }
+    }
+
+    /// A round-trip sample (NACK to retransmission): smoothed as TCP does (7/8 old, 1/8 new),
+    /// it spaces the NACK retries, as libwebrtc spaces them by its RTT.
+    fn observe_rtt(&mut self, sample: Duration) {
+        let smoothed = match self.rtt {
+            Some(rtt) => (rtt * 7 + sample) / 8,
+            None => sample,
+        };
+        self.rtt = Some(smoothed);
+        self.nack.set_rtt(smoothed);
+    }
+
+    /// The round trip to the publisher, from its repairs; `None` before the first.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
     }
 
     /// Takes the wish for a keyframe that losses given up (or a reset) left.
@@ -399,6 +421,11 @@ mod tests {
         let later = t0 + Duration::from_millis(30);
         assert_eq!(arrive(&mut link, later, rtx.clone()), Some(12));
         assert_eq!(link.counters().repaired, 1);
+        assert_eq!(
+            link.rtt(),
+            Some(Duration::from_millis(30)),
+            "the repair's delay is the first RTT sample"
+        );
         // A second copy repairs nothing and is dropped.
         assert_eq!(arrive(&mut link, later, rtx), None);
         assert_eq!(link.counters().needless_retransmissions, 1);

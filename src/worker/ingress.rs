@@ -258,6 +258,13 @@ impl Core {
                 &self.out.stats.packets_repaired,
                 after.repaired - before.repaired,
             );
+            // A repair measured the round trip to the publisher: the control thread shows it.
+            if after.repaired > before.repaired
+                && let Some(rtt) = publisher.link.rtt()
+            {
+                let rtt_us = rtt.as_micros() as u64;
+                session.reception.rtt_us.store(rtt_us, Ordering::Relaxed);
+            }
             if publisher.link.take_keyframe_wish() && publisher.keyframe_requested(now) {
                 send_pli(session, &mut self.out);
             }
