@@ -381,7 +381,8 @@ async fn relay_latency(State(control): State<Arc<Control>>) -> Response {
     axum::Json(super::latency::report(control.workers())).into_response()
 }
 
-/// Per stream, what its publisher sent; per player, what its receiver reports say (RTT, loss).
+/// Per stream, what its publisher sent and its round trip (from its repairs); per player, what
+/// its receiver reports say (RTT, loss).
 /// One series per stream and per session: for an operator's few streams, not for dashboards
 /// over thousands of viewers (use `/api/streams` there).
 fn write_stream_metrics(control: &Control, out: &mut String) {
@@ -393,6 +394,18 @@ fn write_stream_metrics(control: &Control, out: &mut String) {
             "corecast_stream_received_bytes_total{{stream=\"{}\"}} {}",
             s.stream, s.bytes_in
         );
+    }
+    let _ = writeln!(out, "# TYPE corecast_publisher_rtt_seconds gauge");
+    for s in &streams {
+        if let Some(ms) = s.publisher.rtt_ms {
+            let _ = writeln!(
+                out,
+                "corecast_publisher_rtt_seconds{{stream=\"{}\",session=\"{}\"}} {}",
+                s.stream,
+                s.publisher.session,
+                ms / 1000.0
+            );
+        }
     }
     let _ = writeln!(out, "# TYPE corecast_player_rtt_seconds gauge");
     let _ = writeln!(out, "# TYPE corecast_player_loss_ratio gauge");
