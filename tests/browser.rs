@@ -5,87 +5,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Relay, free_tcp_port, media_range, send_udp};
-use fantoccini::{Client, ClientBuilder};
+use common::chromium::Chromium;
+use common::{Relay, media_range, send_udp};
 use serde_json::{Value, json};
 
-struct Browser {
-    client: Client,
-    driver: Child,
-    _profile: TempDir,
-}
+/// The suite's Chromium (`common::chromium`), with this file's page helpers.
+type Browser = Chromium;
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Browser {
+impl Chromium {
     async fn start() -> Browser {
-        let chromium =
-            std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let chromedriver = std::env::var("CORECAST_CHROMEDRIVER")
-            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        for binary in [&chromium, &chromedriver] {
-            assert!(
-                Path::new(binary).exists(),
-                "{binary} is missing: install Debian's chromium and chromium-driver \
-                 (the README's test command does)"
-            );
-        }
-        let port = free_tcp_port();
-        let mut driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            if let Ok(Some(status)) = driver.try_wait() {
-                panic!("chromedriver exited: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let profile = TempDir(
-            std::env::temp_dir().join(format!("corecast-chromium-{}-{port}", std::process::id())),
-        );
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                    "--autoplay-policy=no-user-gesture-required",
-                    // The relay listens on loopback; let WebRTC use loopback candidates.
-                    "--allow-loopback-in-peer-connection",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--disable-quic",
-                    format!("--user-data-dir={}", profile.0.display()),
-                ]
-            }),
-        );
-        // chromedriver speaks plain HTTP on loopback: no TLS connector needed.
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("connecting to chromedriver");
-        Browser {
-            client,
-            driver,
-            _profile: profile,
-        }
+        Chromium::launch(&[]).await
     }
 
     async fn call(&self, script: &str, args: Vec<Value>) -> Value {
@@ -101,13 +32,6 @@ impl Browser {
             vec![id.clone()],
         )
         .await
-    }
-
-    async fn close(self) {
-        let _ = self.client.close().await;
-        let mut driver = self.driver;
-        let _ = driver.kill();
-        let _ = driver.wait();
     }
 }
 

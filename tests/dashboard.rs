@@ -9,84 +9,23 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chromium::Chromium;
 use common::live::LiveStream;
-use common::{Relay, free_tcp_port, media_range};
+use common::{Relay, media_range};
 use corecast::client::{self, ClientOptions, Role, Transport};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde_json::{Value, json};
 use webrtc_dtls::crypto::Certificate;
 
-/// A headless Chromium driven through chromedriver (as in `tests/browser.rs`), with a window
-/// large enough for the whole dashboard in one screenshot.
-struct Browser {
-    client: Client,
-    driver: Child,
-    profile: std::path::PathBuf,
-}
+/// The suite's Chromium (`common::chromium`), with a window large enough for the whole
+/// dashboard in one screenshot, and this file's page helpers.
+type Browser = Chromium;
 
-impl Browser {
+impl Chromium {
     async fn start() -> Browser {
-        let chromium =
-            std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let chromedriver = std::env::var("CORECAST_CHROMEDRIVER")
-            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        for binary in [&chromium, &chromedriver] {
-            assert!(
-                Path::new(binary).exists(),
-                "{binary} is missing: install Debian's chromium and chromium-driver \
-                 (the README's test command does)"
-            );
-        }
-        let port = free_tcp_port();
-        let mut driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            if let Ok(Some(status)) = driver.try_wait() {
-                panic!("chromedriver exited: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let profile = std::env::temp_dir().join(format!(
-            "corecast-dashboard-chromium-{}-{port}",
-            std::process::id()
-        ));
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=1400,1250", "--force-device-scale-factor=1",
-                    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                    "--autoplay-policy=no-user-gesture-required",
-                    // The relay listens on loopback; let the page's player use loopback candidates.
-                    "--allow-loopback-in-peer-connection",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--disable-quic",
-                    format!("--user-data-dir={}", profile.display()),
-                ]
-            }),
-        );
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("connecting to chromedriver");
-        Browser {
-            client,
-            driver,
-            profile,
-        }
+        Chromium::launch(&["--window-size=1400,1250", "--force-device-scale-factor=1"]).await
     }
 
     async fn call(&self, script: &str) -> Value {
@@ -104,14 +43,6 @@ impl Browser {
             .click()
             .await
             .unwrap_or_else(|e| panic!("clicking `{css}`: {e}"));
-    }
-
-    async fn close(self) {
-        let _ = self.client.close().await;
-        let mut driver = self.driver;
-        let _ = driver.kill();
-        let _ = driver.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 

@@ -735,79 +735,15 @@ mod browser {
     //! Chromium over HTTPS and WSS, as the browser tests drive it (tests/browser.rs), with
     //! `--ignore-certificate-errors` for the relay's self-signed certificate.
 
-    use std::path::Path;
-    use std::process::{Child, Command, Stdio};
-
-    use fantoccini::{Client, ClientBuilder};
-
     use super::*;
+    use crate::common::chromium::Chromium;
 
-    pub struct Browser {
-        pub client: Client,
-        driver: Child,
-        profile: PathBuf,
-    }
+    /// The suite's Chromium (`common::chromium`), trusting any certificate.
+    pub type Browser = Chromium;
 
-    impl Browser {
+    impl Chromium {
         pub async fn start() -> Browser {
-            let chromium =
-                std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-            let chromedriver = std::env::var("CORECAST_CHROMEDRIVER")
-                .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-            for binary in [&chromium, &chromedriver] {
-                assert!(
-                    Path::new(binary).exists(),
-                    "{binary} is missing: install Debian's chromium and chromium-driver"
-                );
-            }
-            let port = free_tcp_port();
-            let mut driver = Command::new(&chromedriver)
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting chromedriver");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "chromedriver did not start");
-                if let Ok(Some(status)) = driver.try_wait() {
-                    panic!("chromedriver exited: {status}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let profile = std::env::temp_dir().join(format!(
-                "corecast-front-door-chromium-{}-{port}",
-                std::process::id()
-            ));
-            let mut caps = serde_json::Map::new();
-            caps.insert(
-                "goog:chromeOptions".into(),
-                json!({
-                    "binary": chromium,
-                    "args": [
-                        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                        "--autoplay-policy=no-user-gesture-required",
-                        "--allow-loopback-in-peer-connection",
-                        // The relay's certificate is self-signed.
-                        "--ignore-certificate-errors",
-                        "--disable-background-networking", "--disable-component-update",
-                        "--disable-sync", "--no-first-run", "--disable-quic",
-                        format!("--user-data-dir={}", profile.display()),
-                    ]
-                }),
-            );
-            let client =
-                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-                    .capabilities(caps)
-                    .connect(&format!("http://127.0.0.1:{port}"))
-                    .await
-                    .expect("connecting to chromedriver");
-            Browser {
-                client,
-                driver,
-                profile,
-            }
+            Chromium::launch(&["--ignore-certificate-errors"]).await
         }
 
         pub async fn call(&self, script: &str, args: Vec<Value>) -> Value {
@@ -815,14 +751,6 @@ mod browser {
                 .execute(script, args)
                 .await
                 .expect("script in the page")
-        }
-
-        pub async fn close(self) {
-            let _ = self.client.close().await;
-            let mut driver = self.driver;
-            let _ = driver.kill();
-            let _ = driver.wait();
-            let _ = std::fs::remove_dir_all(&self.profile);
         }
     }
 }

@@ -22,11 +22,11 @@ mod common;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Relay, free_tcp_port};
-use fantoccini::{Client, ClientBuilder};
+use common::Relay;
+use common::chromium::Chromium;
 use serde_json::{Value, json};
 
 /// The relay's media ports in every test: the namespace is private, so a fixed range is free,
@@ -295,82 +295,21 @@ window.mq = (() => {
 return true;
 "#;
 
-struct TempDir(PathBuf);
+/// The suite's Chromium (`common::chromium`), with this file's page helpers.
+type Browser = Chromium;
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Browser {
-    client: Client,
-    driver: Child,
-    _profile: TempDir,
-}
-
-impl Browser {
+impl Chromium {
     /// Starts headless Chromium with a fake camera at 30 frames per second (its default is
     /// 20, which would leave no headroom for a 20 fps floor), on the relay's page.
     async fn start(relay: &Relay) -> Browser {
-        let chromium =
-            std::env::var("CORECAST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let chromedriver = std::env::var("CORECAST_CHROMEDRIVER")
-            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        for binary in [&chromium, &chromedriver] {
-            assert!(
-                Path::new(binary).exists(),
-                "{binary} is missing: install Debian's chromium and chromium-driver \
-                 (tests/run does)"
-            );
-        }
-        let port = free_tcp_port();
-        let mut driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            if let Ok(Some(status)) = driver.try_wait() {
-                panic!("chromedriver exited: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let profile = TempDir(std::env::temp_dir().join(format!(
-            "corecast-media-quality-chromium-{}-{port}",
-            std::process::id()
-        )));
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--use-fake-device-for-media-stream=fps=30", "--use-fake-ui-for-media-stream",
-                    "--autoplay-policy=no-user-gesture-required",
-                    "--allow-loopback-in-peer-connection",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--disable-quic",
-                    "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-                    "--disable-backgrounding-occluded-windows",
-                    format!("--user-data-dir={}", profile.0.display()),
-                ]
-            }),
-        );
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("connecting to chromedriver");
-        let browser = Browser {
-            client,
-            driver,
-            _profile: profile,
-        };
+        let browser = Chromium::launch(&[
+            "--use-fake-device-for-media-stream=fps=30",
+            // The page samples getStats every second: keep its timers from being throttled.
+            "--disable-background-timer-throttling",
+            "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
+        ])
+        .await;
         browser
             .client
             .goto(&relay.url("/"))
@@ -457,13 +396,6 @@ impl Browser {
         } else {
             interesting.join(" | ")
         }
-    }
-
-    async fn close(self) {
-        let _ = self.client.close().await;
-        let mut driver = self.driver;
-        let _ = driver.kill();
-        let _ = driver.wait();
     }
 }
 

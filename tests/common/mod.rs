@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod live;
 
 use std::io::{BufRead, BufReader, Read, Write};
