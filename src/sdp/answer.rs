@@ -126,6 +126,7 @@ pub fn write_answer(
             feedback,
             extensions,
             source,
+            simulcast,
         } = answer
         else {
             m = m.with_value_attribute("mid".into(), offered.mid.clone());
@@ -163,6 +164,13 @@ pub fn write_answer(
                 0,
                 format!("apt={}", codec.payload_type),
             );
+        }
+        // RFC 8853: the answer receives the encodings it lists, each declared `recv`.
+        for rid in simulcast {
+            m = m.with_value_attribute("rid".into(), format!("{rid} recv"));
+        }
+        if !simulcast.is_empty() {
+            m = m.with_value_attribute("simulcast".into(), format!("recv {}", simulcast.join(";")));
         }
         if let Some(source) = source {
             let AnnouncedSource {

@@ -99,14 +99,25 @@ pub(super) const FORWARDED_EXTENSIONS: &[&str] = &[
 pub const TRANSPORT_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
+/// The RTP stream id (RFC 8852): which simulcast encoding a packet belongs to. Per hop: read,
+/// never forwarded.
+pub(super) const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+/// The RTP stream id an RTX packet repairs (RFC 8852).
+pub(super) const REPAIRED_RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+/// The media section a packet belongs to (RFC 8843); answered beside the RIDs for simulcast.
+pub(super) const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+
 /// RTCP feedback the relay takes part in: keyframe requests, generic NACK (it repairs loss in
 /// both directions), transport-wide feedback and REMB (it sends both to publishers).
 pub(super) const ACCEPTED_FEEDBACK: &[&str] =
     &["nack", "nack pli", "ccm fir", "transport-cc", "goog-remb"];
 
 /// Feedback a player's answer may carry: the relay reads keyframe requests and NACKs from
-/// players; it does not yet read their bandwidth feedback.
+/// players, and, for a simulcast stream, their transport-wide feedback (its estimate of each
+/// player's path picks the player's layer).
 pub(super) const PLAYER_FEEDBACK: &[&str] = &["nack", "nack pli", "ccm fir"];
+pub(super) const SIMULCAST_PLAYER_FEEDBACK: &[&str] =
+    &["nack", "nack pli", "ccm fir", "transport-cc"];
 
 /// Which of [`ACCEPTED_FEEDBACK`] a format lists, a bit each: an offer that repeats a
 /// feedback line costs a bit, not a copy per line per format.

@@ -30,7 +30,7 @@ pub use limits::{
 pub use negotiate::{
     AnnouncedSource, AnswerSection, PlayedTrack, PublishedTrack, negotiate_play, negotiate_publish,
 };
-pub use offer::{Direction, Offer, OfferedSection};
+pub use offer::{Direction, MAX_SIMULCAST_LAYERS, Offer, OfferedSection};
 
 /// Why an offer was refused; each maps to an HTTP status with the message as body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

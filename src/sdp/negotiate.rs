@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
-use super::codec::{Codec, FORWARDED_EXTENSIONS, PLAYER_FEEDBACK, TRANSPORT_CC_URI};
+use super::codec::{
+    Codec, FORWARDED_EXTENSIONS, MID_URI, PLAYER_FEEDBACK, REPAIRED_RID_URI, RID_URI,
+    SIMULCAST_PLAYER_FEEDBACK, TRANSPORT_CC_URI,
+};
 use super::offer::{Direction, Offer, OfferedSection};
 use super::{MediaKind, NegotiationError, malformed};
 use crate::wire::rtp::ExtensionIdMap;
@@ -24,6 +27,19 @@ pub struct PublishedTrack {
     /// sends transport-wide feedback for what carries it.
     #[serde(skip)]
     pub transport_cc_id: Option<u8>,
+    /// The simulcast encodings, by RID in the offer's order (by convention lowest first);
+    /// empty for a track of one encoding.
+    pub rids: Vec<String>,
+    /// The ids of the RID and repaired-RID header extensions (simulcast).
+    #[serde(skip)]
+    pub rid_ids: Option<(u8, Option<u8>)>,
+}
+
+impl PublishedTrack {
+    /// Whether the track arrives as several encodings (simulcast).
+    pub fn is_simulcast(&self) -> bool {
+        self.rids.len() > 1
+    }
 }
 
 /// One track a player receives: what the worker needs to rewrite the publisher's packets.
@@ -39,6 +55,10 @@ pub struct PlayedTrack {
     /// `(payload type, SSRC)` of retransmissions to the player, when it negotiated RTX; without
     /// it a retransmission goes as the original packet again.
     pub rtx: Option<(u8, u32)>,
+    /// The player's id of the transport-wide sequence number extension, when the stream is
+    /// simulcast and the player negotiated transport-wide feedback: the relay numbers what it
+    /// sends and estimates the player's path from the feedback.
+    pub transport_cc_id: Option<u8>,
 }
 
 /// The source a player's section announces: its SSRC (and RTX SSRC), stream and track ids.
@@ -65,6 +85,8 @@ pub enum AnswerSection {
         extensions: Vec<(u8, String)>,
         /// Announced for a player's receiving side.
         source: Option<AnnouncedSource>,
+        /// The simulcast encodings received, by RID (a publisher's simulcast section).
+        simulcast: Vec<String>,
     },
 }
 
@@ -110,6 +132,7 @@ pub fn negotiate_publish(
             .find(|c| c.is_rtx_for(codec.payload_type))
             .map(|c| c.payload_type);
         let feedback = accepted_feedback(kind, codec);
+        let (rids, rid_ids, layer_extensions) = simulcast_layers(kind, section)?;
         tracks.push(PublishedTrack {
             kind,
             codec: Codec {
@@ -119,9 +142,12 @@ pub fn negotiate_publish(
             extensions: extensions.clone(),
             rtx_payload_type,
             transport_cc_id,
+            rids: rids.clone(),
+            rid_ids,
         });
         let mut answered_extensions = extensions;
         answered_extensions.extend(transport_cc_id.map(|id| (id, TRANSPORT_CC_URI.to_string())));
+        answered_extensions.extend(layer_extensions);
         answer.push(AnswerSection::Accepted {
             direction: "recvonly",
             codec: codec.clone(),
@@ -129,6 +155,7 @@ pub fn negotiate_publish(
             feedback,
             extensions: answered_extensions,
             source: None,
+            simulcast: rids,
         });
     }
     if tracks.is_empty() {
@@ -155,6 +182,39 @@ pub fn negotiate_publish(
     Ok((tracks, answer))
 }
 
+/// A video section's simulcast encodings: their RIDs, the ids of the RID and repaired-RID
+/// extensions the relay reads to tell them apart, and the extensions to answer for that (MID,
+/// RID, repaired RID). One encoding is no simulcast.
+#[allow(clippy::type_complexity)]
+fn simulcast_layers(
+    kind: MediaKind,
+    section: &OfferedSection,
+) -> Result<(Vec<String>, Option<(u8, Option<u8>)>, Vec<(u8, String)>), NegotiationError> {
+    if kind != MediaKind::Video || section.rids.len() < 2 {
+        return Ok((Vec::new(), None, Vec::new()));
+    }
+    let id_of = |uri: &str| {
+        section
+            .extensions
+            .iter()
+            .find(|(_, u)| u == uri)
+            .map(|(id, _)| *id)
+    };
+    let Some(rid_id) = id_of(RID_URI) else {
+        return Err(malformed(format!(
+            "section {} sends simulcast without the {RID_URI} header extension, which tells its \
+             encodings apart",
+            section.mid
+        )));
+    };
+    let repaired_id = id_of(REPAIRED_RID_URI);
+    let answered = [MID_URI, RID_URI, REPAIRED_RID_URI]
+        .into_iter()
+        .filter_map(|uri| id_of(uri).map(|id| (id, uri.to_string())))
+        .collect();
+    Ok((section.rids.clone(), Some((rid_id, repaired_id)), answered))
+}
+
 /// Matches a player's offer against a stream's tracks. `ssrc_for` gives the SSRC the player
 /// will see for each kind.
 pub fn negotiate_play(
@@ -165,6 +225,14 @@ pub fn negotiate_play(
 ) -> Result<(Vec<PlayedTrack>, Vec<AnswerSection>), NegotiationError> {
     let mut played: Vec<PlayedTrack> = Vec::new();
     let mut answer = Vec::new();
+    // A simulcast stream picks each player's layer from an estimate of its path, made from
+    // its transport-wide feedback.
+    let simulcast = published.iter().any(PublishedTrack::is_simulcast);
+    let player_feedback = if simulcast {
+        SIMULCAST_PLAYER_FEEDBACK
+    } else {
+        PLAYER_FEEDBACK
+    };
     for section in &offer.sections {
         let receives = matches!(section.direction, Direction::RecvOnly | Direction::SendRecv);
         let matched = MediaKind::from_media(&section.media)
@@ -190,10 +258,17 @@ pub fn negotiate_play(
                 extensions.push((*player_id, uri.clone()));
             }
         }
+        let transport_cc_id = section
+            .extensions
+            .iter()
+            .find(|(_, uri)| simulcast && uri == TRANSPORT_CC_URI)
+            .map(|(id, _)| *id);
+        extensions.extend(transport_cc_id.map(|id| (id, TRANSPORT_CC_URI.to_string())));
         let ssrc = ssrc_for(track.kind);
         let feedback: Vec<String> = accepted_feedback(track.kind, codec)
             .into_iter()
-            .filter(|f| PLAYER_FEEDBACK.contains(&f.as_str()))
+            .filter(|f| player_feedback.contains(&f.as_str()))
+            .filter(|f| f != "transport-cc" || transport_cc_id.is_some())
             .collect();
         let nack = feedback.iter().any(|f| f == "nack");
         // Retransmissions go as RTX when the player offers it for its codec, under an SSRC of
@@ -217,6 +292,7 @@ pub fn negotiate_play(
             extension_ids,
             nack,
             rtx,
+            transport_cc_id,
         });
         answer.push(AnswerSection::Accepted {
             direction: "sendonly",
@@ -230,6 +306,7 @@ pub fn negotiate_play(
                 stream_id: format!("corecast-{stream_name}"),
                 track_id: format!("{stream_name}-{}", section.media),
             }),
+            simulcast: Vec::new(),
         });
     }
     if played.is_empty() {
@@ -312,7 +389,9 @@ fn check_bundle(offer: &Offer, answer: &[AnswerSection]) -> Result<(), Negotiati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sdp::fixtures::{CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, transport};
+    use crate::sdp::fixtures::{
+        CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, chrome_simulcast_publish_offer, transport,
+    };
     use crate::sdp::write_answer;
 
     #[test]
@@ -393,5 +472,58 @@ mod tests {
             matches!(err, NegotiationError::NoCommonCodec(ref m) if m.contains("AV1")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn simulcast_is_received_by_rid_and_its_players_give_transport_wide_feedback() {
+        let publish = Offer::parse(&chrome_simulcast_publish_offer()).unwrap();
+        let (tracks, sections) = negotiate_publish(&publish).unwrap();
+        let video = &tracks[1];
+        assert_eq!(video.rids, vec!["q", "h", "f"]);
+        assert_eq!(video.rid_ids, Some((10, Some(11))));
+        assert!(video.is_simulcast() && !tracks[0].is_simulcast());
+        let answer = write_answer(&publish, &sections, &transport());
+        for line in [
+            "a=rid:q recv",
+            "a=rid:h recv",
+            "a=rid:f recv",
+            "a=simulcast:recv q;h;f",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+        ] {
+            assert!(answer.contains(line), "{line} in\n{answer}");
+        }
+
+        // A player of a simulcast stream numbers its feedback; of any other stream, not.
+        let play = Offer::parse(CHROME_PLAY_OFFER).unwrap();
+        let (played, sections) = negotiate_play(&play, &tracks, "cam", |_| 7).unwrap();
+        assert!(played.iter().all(|p| p.transport_cc_id == Some(3)));
+        let answer = write_answer(&play, &sections, &transport());
+        assert!(answer.contains("a=rtcp-fb:96 transport-cc"), "{answer}");
+        assert!(answer.contains("transport-wide-cc-extensions-01"), "{answer}");
+        let (plain, _) = negotiate_publish(&Offer::parse(CHROME_PUBLISH_OFFER).unwrap()).unwrap();
+        let (played, _) = negotiate_play(&play, &plain, "cam", |_| 7).unwrap();
+        assert!(played.iter().all(|p| p.transport_cc_id.is_none()));
+    }
+
+    #[test]
+    fn simulcast_offers_that_cannot_work_say_why() {
+        let without_rid_extension = chrome_simulcast_publish_offer()
+            .replace("a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n", "");
+        let err = negotiate_publish(&Offer::parse(&without_rid_extension).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("rtp-stream-id"), "{err}");
+        let undeclared = chrome_simulcast_publish_offer().replace("a=rid:h send\r\n", "");
+        let err = Offer::parse(&undeclared).unwrap_err();
+        assert!(err.to_string().contains("a=rid:h send"), "{err}");
+        let bad = chrome_simulcast_publish_offer().replace("q;h;f", "q;h;f!");
+        assert!(Offer::parse(&bad).unwrap_err().to_string().contains("RID"));
+        // Paused and alternative encodings: the first alternative counts, paused ones not;
+        // more than three are left out of the answer.
+        let many = chrome_simulcast_publish_offer()
+            .replace("a=rid:f send\r\n", "a=rid:f send\r\na=rid:x send\r\na=rid:y send\r\n")
+            .replace("q;h;f", "~y;q,x;h;f;x");
+        let offer = Offer::parse(&many).unwrap();
+        assert_eq!(offer.sections[1].rids, vec!["q", "h", "f"]);
     }
 }

@@ -32,7 +32,18 @@ pub struct OfferedSection {
     pub codecs: Vec<Codec>,
     pub extensions: Vec<(u8, String)>,
     pub rtcp_mux: bool,
+    /// The simulcast encodings the section sends (`a=simulcast:send`, RFC 8853), by RID in
+    /// the offer's order, each declared by an `a=rid:<id> send` (RFC 8851); empty without
+    /// simulcast. At most [`MAX_SIMULCAST_LAYERS`].
+    pub rids: Vec<String>,
 }
+
+/// Simulcast encodings a publisher may send in one section; further ones are left out of
+/// the answer (RFC 8853 lets the answerer accept a subset), so the publisher does not send
+/// them.
+pub const MAX_SIMULCAST_LAYERS: usize = 3;
+/// A RID travels in a one-byte header extension element: at most 16 bytes (RFC 8852).
+const MAX_RID_LENGTH: usize = 16;
 
 /// The parts of an offer the relay acts on.
 #[derive(Debug, Clone)]
@@ -130,7 +141,8 @@ fn parse_section<'s>(
         .filter_map(|format| format.parse::<u8>().ok().filter(|pt| *pt < 128));
     let mut by_payload_type = PayloadTypeAttributes::default();
     let mut extensions = Vec::new();
-    let (mut mid, mut setup) = (None, None);
+    let (mut mid, mut setup, mut simulcast) = (None, None, None);
+    let mut declared_rids: Vec<&str> = Vec::new();
     let (mut sendonly, mut recvonly, mut inactive, mut rtcp_mux) = (false, false, false, false);
     for attribute in &m.attributes {
         let value = attribute.value.as_deref();
@@ -143,6 +155,8 @@ fn parse_section<'s>(
             "recvonly" => recvonly = true,
             "inactive" => inactive = true,
             "rtcp-mux" => rtcp_mux = true,
+            "rid" => declared_rids.extend(value.and_then(sending_rid)),
+            "simulcast" => simulcast = simulcast.or(value),
             key => transport.note(key, value)?,
         }
     }
@@ -183,6 +197,10 @@ fn parse_section<'s>(
             feedback: by_payload_type.feedback_for(pt),
         });
     }
+    let rids = match simulcast {
+        Some(value) => simulcast_send_rids(value, &declared_rids)?,
+        None => Vec::new(),
+    };
     Ok(OfferedSection {
         mid: mid.map_or_else(|| index.to_string(), str::to_string),
         media: m.media_name.media.clone(),
@@ -193,7 +211,58 @@ fn parse_section<'s>(
         codecs,
         extensions,
         rtcp_mux,
+        rids,
     })
+}
+
+/// `a=rid:<id> send [<restrictions>]` as the id; `recv` RIDs are not the publisher's.
+fn sending_rid(value: &str) -> Option<&str> {
+    let mut parts = value.split_whitespace();
+    let id = parts.next()?;
+    (parts.next() == Some("send")).then_some(id)
+}
+
+/// The RIDs of `a=simulcast:send <list>` (RFC 8853 §5.1): `;` separates encodings, `,`
+/// alternatives of one (the first is taken), `~` marks one paused (left out). Each must be
+/// declared by an `a=rid:<id> send`. The first [`MAX_SIMULCAST_LAYERS`] count.
+fn simulcast_send_rids(value: &str, declared: &[&str]) -> Result<Vec<String>, NegotiationError> {
+    let mut words = value.split_whitespace();
+    let mut send = None;
+    while let Some(direction) = words.next() {
+        let list = words.next().unwrap_or_default();
+        if direction == "send" {
+            send = Some(list);
+        }
+    }
+    let Some(list) = send else {
+        return Ok(Vec::new()); // `recv` only: nothing the publisher sends
+    };
+    let mut rids: Vec<String> = Vec::new();
+    for encoding in list.split(';') {
+        let Some(rid) = encoding.split(',').next().filter(|r| !r.starts_with('~')) else {
+            continue;
+        };
+        let valid = !rid.is_empty()
+            && rid.len() <= MAX_RID_LENGTH
+            && rid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(malformed(format!(
+                "a=simulcast names the RID {:?}: a RID is 1 to {MAX_RID_LENGTH} letters, digits, '-' or '_'",
+                briefly(rid.to_string())
+            )));
+        }
+        if !declared.contains(&rid) {
+            return Err(malformed(format!(
+                "a=simulcast names the RID {rid}, which no a=rid:{rid} send declares"
+            )));
+        }
+        if rids.len() < MAX_SIMULCAST_LAYERS && !rids.iter().any(|r| r == rid) {
+            rids.push(rid.to_string());
+        }
+    }
+    Ok(rids)
 }
 
 /// `a=extmap:<id>[/<direction>] <uri> [<attributes>]` as `(id, uri)`.
