@@ -17,6 +17,7 @@ use axum::{Extension, Router};
 use tower_http::cors::{Any, CorsLayer};
 
 use super::gate::Gate;
+use super::layers::LayerRequest;
 use super::limits::HttpLimits;
 use super::{ApiError, Control, Created};
 
@@ -42,7 +43,10 @@ pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>, gate: Arc<Gate>) -
         .route("/whip/{stream}", post(whip))
         .route("/whep/{stream}", post(whep))
         .route("/session/{id}", delete(delete_session))
-        .route("/api/sessions/{id}", delete(delete_session))
+        .route(
+            "/api/sessions/{id}",
+            delete(delete_session).patch(patch_session),
+        )
         .route("/api/streams", get(streams))
         .route("/api/streams/{name}", get(stream).delete(terminate_stream))
         .route("/rest-api/pull/push", post(pull_push))
@@ -199,16 +203,66 @@ async fn whep(
     State(control): State<Arc<Control>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // `?layer=h|m|l|auto`, `?rid=NAME`, `?max_kbps=N`: a simulcast player's encoding.
+    let layers: LayerRequest = serde_urlencoded::from_str(uri.query().unwrap_or_default())
+        .map_err(|e| {
+            ApiError::new(
+                400,
+                format!("the query {e}: it takes layer, rid and max_kbps"),
+            )
+        })?;
     let result = match offer_text(&headers, &body) {
-        Ok(offer) => control.play_or_pull(&stream, offer, peer.ip()).await,
+        Ok(offer) => match control.check_layer_request(&stream, &layers) {
+            Ok(()) => control.play_or_pull(&stream, offer, peer.ip()).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
+    let result = result.and_then(|created| {
+        if !layers.is_empty() {
+            control.set_layer_preference(created.session, &layers)?;
+        }
+        Ok(created)
+    });
     result
         .map(created)
         .inspect_err(|_| control.count_rejected_offer())
+}
+
+/// `PATCH /api/sessions/{id}` with JSON `{"layer": "h"|"m"|"l"|"auto", "rid": "...",
+/// "max_kbps": N}`: a simulcast player's encoding, pinned or capped.
+async fn patch_session(
+    State(control): State<Arc<Control>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::new(400, format!("`{id}` is not a session id")))?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            415,
+            "send the session's changes as application/json",
+        ));
+    }
+    let request: LayerRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(400, format!("the JSON body: {e}")))?;
+    let preference = control.set_layer_preference(id, &request)?;
+    Ok(axum::Json(serde_json::json!({
+        "session": id,
+        "max_kbps": preference.max_bps.map(|b| b / 1000),
+        "pinned": preference.pinned.map(|p| format!("{p:?}").to_lowercase()),
+    }))
+    .into_response())
 }
 
 async fn delete_session(

@@ -8,6 +8,7 @@ pub mod dtls;
 pub mod gate;
 pub mod http;
 pub mod latency;
+pub mod layers;
 pub mod limits;
 pub mod listener;
 pub mod tls;

@@ -123,6 +123,16 @@ pub struct SessionView {
     /// reports, a publisher's from the delay between a NACK and its retransmission; `None`
     /// until measured.
     pub rtt_ms: Option<f64>,
+    /// A simulcast player's encoding (its RID), the one it is switching to, its path estimate
+    /// and its switches so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_layer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate_kbps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_switches: Option<u64>,
     /// The share of packets the peer lost between its last two reports (0 to 1, after repair),
     /// and in all since it started; `None` until it reports.
     pub loss: Option<f64>,
@@ -135,11 +145,46 @@ pub struct TrackView {
     pub codec: String,
 }
 
+/// One simulcast encoding of a stream, as the publisher's worker measures it.
+#[derive(Serialize)]
+pub struct LayerView {
+    pub rid: String,
+    pub bitrate_kbps: u64,
+    /// From the encoding's keyframes, when its codec carries the size (VP8, VP9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+}
+
+fn layer_views(stream: &StreamEntry) -> Vec<LayerView> {
+    let Some(video) = stream.tracks.iter().find(|t| t.is_simulcast()) else {
+        return Vec::new();
+    };
+    video
+        .rids
+        .iter()
+        .zip(&stream.meter.layers)
+        .map(|(rid, meter)| {
+            let known = |v: u64| (v > 0).then_some(v);
+            LayerView {
+                rid: rid.clone(),
+                bitrate_kbps: meter.bitrate_bps.load(Ordering::Relaxed) / 1000,
+                width: known(meter.width.load(Ordering::Relaxed)),
+                height: known(meter.height.load(Ordering::Relaxed)),
+            }
+        })
+        .collect()
+}
+
 #[derive(Serialize)]
 pub struct StreamView {
     pub stream: String,
     pub publisher: SessionView,
     pub tracks: Vec<TrackView>,
+    /// The video's simulcast encodings; empty without simulcast.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerView>,
     pub players: Vec<SessionView>,
     /// RTP packets and bytes the publisher has sent since it started (after repair): two
     /// readings make its bitrate.
@@ -168,7 +213,23 @@ impl Control {
     pub fn streams(&self) -> Vec<StreamView> {
         let registry = lock(&self.registry);
         let view = |id: SessionId| {
+            let rids = registry
+                .sessions
+                .get(&id)
+                .and_then(|s| registry.streams.get(&s.stream))
+                .and_then(|s| s.tracks.iter().find(|t| t.is_simulcast()))
+                .map(|t| t.rids.as_slice())
+                .unwrap_or_default();
+            let rid = |layer: u64| rids.get(layer as usize).cloned();
             registry.sessions.get(&id).map(|s| SessionView {
+                layer: rid(s.reception.layer.load(Ordering::Relaxed)),
+                target_layer: rid(s.reception.target_layer.load(Ordering::Relaxed)),
+                estimate_kbps: match s.reception.estimate_bps.load(Ordering::Relaxed) {
+                    0 => None,
+                    bps => Some(bps / 1000),
+                },
+                layer_switches: (!rids.is_empty())
+                    .then(|| s.reception.layer_switches.load(Ordering::Relaxed)),
                 session: id,
                 state: s.state,
                 worker: s.worker,
@@ -202,6 +263,7 @@ impl Control {
                             codec: format!("{}/{}", t.codec.name, t.codec.clock_rate),
                         })
                         .collect(),
+                    layers: layer_views(stream),
                     players: stream.players.iter().filter_map(|&p| view(p)).collect(),
                     packets_in: stream.meter.packets.load(Ordering::Relaxed),
                     bytes_in: stream.meter.bytes.load(Ordering::Relaxed),

@@ -12,15 +12,17 @@ use tokio::sync::{mpsc, oneshot};
 use super::registry::{Registry, SessionEntry, StreamEntry, notify};
 use super::{ApiError, Control, Ending, Role, SessionState, dtls, limits};
 use crate::io::socket::MediaSockets;
-use crate::media::SessionId;
 use crate::media::StreamId;
+use crate::media::{MAX_LAYERS, SessionId};
 use crate::ports::PortError;
 use crate::sdp::{
     AnswerSection, AnswerTransport, MediaKind, Offer, PublishedTrack, negotiate_play,
     negotiate_publish, write_answer,
 };
+use crate::session::publisher::VideoSettings;
 use crate::session::publisher_link::LinkSettings;
 use crate::util::{lock, random_token};
+use crate::wire::keyframe::VideoCodec;
 use crate::worker::stats::{SessionMeter, StreamMeter};
 use crate::worker::{Command, NewRole, NewSession};
 
@@ -53,12 +55,30 @@ fn link_settings(tracks: &[PublishedTrack], max_publish_kbps: u32) -> LinkSettin
         nack: video.is_some_and(|v| v.codec.feedback.iter().any(|f| f == "nack")),
         rtx: video.and_then(|v| Some((v.rtx_payload_type?, v.codec.payload_type))),
         max_kbps: max_publish_kbps,
+        video_layers: video.map_or(1, |v| v.rids.len().max(1)),
         clock_rates: [MediaKind::Audio, MediaKind::Video].map(|kind| {
             tracks
                 .iter()
                 .find(|t| t.kind == kind)
                 .map_or(0, |t| t.codec.clock_rate)
         }),
+    }
+}
+
+/// What the worker needs of a publisher's video beyond its payload types.
+fn video_settings(tracks: &[PublishedTrack]) -> VideoSettings {
+    let Some(video) = tracks.iter().find(|t| t.kind == MediaKind::Video) else {
+        return VideoSettings::default();
+    };
+    VideoSettings {
+        codec: Some(VideoCodec::from_name(&video.codec.name)),
+        rtx_payload_type: video.rtx_payload_type,
+        rids: if video.is_simulcast() {
+            video.rids.clone()
+        } else {
+            Vec::new()
+        },
+        rid_ids: video.rid_ids.filter(|_| video.is_simulcast()),
     }
 }
 
@@ -274,6 +294,7 @@ impl Control {
                 Ok(Plan {
                     role: NewRole::Publisher {
                         payload_types,
+                        video: video_settings(&tracks),
                         link,
                         meter: meter.clone(),
                     },
@@ -292,8 +313,14 @@ impl Control {
                 };
                 let (played, sections) =
                     negotiate_play(offer, &entry.tracks, stream, |_| rand::random())?;
+                let video = entry.tracks.iter().find(|t| t.kind == MediaKind::Video);
                 Ok(Plan {
-                    role: NewRole::Player { tracks: played },
+                    role: NewRole::Player {
+                        tracks: played,
+                        layers: video.map_or(1, |v| v.rids.len().clamp(1, MAX_LAYERS)) as u8,
+                        video_clock_rate: video.map_or(90_000, |v| v.codec.clock_rate),
+                        meter: entry.meter.clone(),
+                    },
                     sections,
                     stream: entry.id,
                     publisher_worker: Some(entry.worker),

@@ -7,6 +7,8 @@
 //! <- {"type":"answer","id":1,"session":7,"stream":"cam","sdp":"v=0..."}
 //! <- {"type":"status","session":7,"stream":"cam","status":"PUBLISHING"}
 //! -> {"type":"play","id":2,"stream":"cam","sdp":"v=0..."}
+//! -> {"type":"layer","id":5,"session":8,"layer":"l","max_kbps":800}
+//! <- {"type":"layer","id":5,"session":8}
 //! -> {"type":"stop","id":3,"session":7}
 //! <- {"type":"status","session":7,"stream":"cam","status":"UNPUBLISHED","reason":"stopped by the client"}
 //! <- {"type":"error","id":4,"status":404,"message":"stream `x` is not being published"}
@@ -36,6 +38,7 @@ use tokio::sync::mpsc;
 
 use super::auth::Right;
 use super::gate::Gate;
+use super::layers::LayerRequest;
 use super::limits::{HttpLimits, WS_MAX_MESSAGE, retry_after_seconds};
 use super::{ApiError, Control, Ending};
 use crate::media::SessionId;
@@ -50,6 +53,10 @@ struct Request {
     sdp: Option<String>,
     session: Option<SessionId>,
     token: Option<String>,
+    /// `layer` command (a simulcast player's encoding), and `play` may carry them too.
+    layer: Option<String>,
+    rid: Option<String>,
+    max_kbps: Option<u64>,
 }
 
 /// What a connection knows of its client.
@@ -209,11 +216,21 @@ async fn handle(
                 Ok(reservation) => reservation,
                 Err(denied) => return error(id, denied.error.status, denied.error.message),
             };
+            let layers = layer_request(&request);
             let created = if kind == "publish" {
                 control.publish(stream, sdp, peer)
             } else {
-                control.play_or_pull(stream, sdp, peer).await
+                match control.check_layer_request(stream, &layers) {
+                    Ok(()) => control.play_or_pull(stream, sdp, peer).await,
+                    Err(e) => Err(e),
+                }
             };
+            let created = created.and_then(|created| {
+                if kind == "play" && !layers.is_empty() {
+                    control.set_layer_preference(created.session, &layers)?;
+                }
+                Ok(created)
+            });
             let created = match created {
                 Ok(created) => {
                     let new = super::gate::Created {
@@ -241,6 +258,22 @@ async fn handle(
                 }
             }
         }
+        "layer" => {
+            let Some(session) = request.session else {
+                return error(id, 400, "`layer` needs `session`");
+            };
+            if !owned.contains(&session) {
+                return error(
+                    id,
+                    404,
+                    format!("session {session} was not started on this connection"),
+                );
+            }
+            match control.set_layer_preference(session, &layer_request(&request)) {
+                Ok(_) => json!({"type": "layer", "id": id, "session": session}),
+                Err(ApiError { status, message }) => error(id, status, message),
+            }
+        }
         "stop" => {
             let Some(session) = request.session else {
                 return error(id, 400, "`stop` needs `session`");
@@ -262,7 +295,15 @@ async fn handle(
         other => error(
             id,
             400,
-            format!("unknown command `{other}`: use publish, play, stop or auth"),
+            format!("unknown command `{other}`: use publish, play, layer, stop or auth"),
         ),
+    }
+}
+
+fn layer_request(request: &Request) -> LayerRequest {
+    LayerRequest {
+        layer: request.layer.clone(),
+        rid: request.rid.clone(),
+        max_kbps: request.max_kbps,
     }
 }

@@ -501,7 +501,10 @@ mod tests {
         assert!(played.iter().all(|p| p.transport_cc_id == Some(3)));
         let answer = write_answer(&play, &sections, &transport());
         assert!(answer.contains("a=rtcp-fb:96 transport-cc"), "{answer}");
-        assert!(answer.contains("transport-wide-cc-extensions-01"), "{answer}");
+        assert!(
+            answer.contains("transport-wide-cc-extensions-01"),
+            "{answer}"
+        );
         let (plain, _) = negotiate_publish(&Offer::parse(CHROME_PUBLISH_OFFER).unwrap()).unwrap();
         let (played, _) = negotiate_play(&play, &plain, "cam", |_| 7).unwrap();
         assert!(played.iter().all(|p| p.transport_cc_id.is_none()));
@@ -509,8 +512,10 @@ mod tests {
 
     #[test]
     fn simulcast_offers_that_cannot_work_say_why() {
-        let without_rid_extension = chrome_simulcast_publish_offer()
-            .replace("a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n", "");
+        let without_rid_extension = chrome_simulcast_publish_offer().replace(
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n",
+            "",
+        );
         let err = negotiate_publish(&Offer::parse(&without_rid_extension).unwrap()).unwrap_err();
         assert!(err.to_string().contains("rtp-stream-id"), "{err}");
         let undeclared = chrome_simulcast_publish_offer().replace("a=rid:h send\r\n", "");
@@ -521,7 +526,10 @@ mod tests {
         // Paused and alternative encodings: the first alternative counts, paused ones not;
         // more than three are left out of the answer.
         let many = chrome_simulcast_publish_offer()
-            .replace("a=rid:f send\r\n", "a=rid:f send\r\na=rid:x send\r\na=rid:y send\r\n")
+            .replace(
+                "a=rid:f send\r\n",
+                "a=rid:f send\r\na=rid:x send\r\na=rid:y send\r\n",
+            )
             .replace("q;h;f", "~y;q,x;h;f;x");
         let offer = Offer::parse(&many).unwrap();
         assert_eq!(offer.sections[1].rids, vec!["q", "h", "f"]);

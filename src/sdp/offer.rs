@@ -41,7 +41,7 @@ pub struct OfferedSection {
 /// Simulcast encodings a publisher may send in one section; further ones are left out of
 /// the answer (RFC 8853 lets the answerer accept a subset), so the publisher does not send
 /// them.
-pub const MAX_SIMULCAST_LAYERS: usize = 3;
+pub const MAX_SIMULCAST_LAYERS: usize = crate::media::MAX_LAYERS;
 /// A RID travels in a one-byte header extension element: at most 16 bytes (RFC 8852).
 const MAX_RID_LENGTH: usize = 16;
 

@@ -13,7 +13,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use crate::media::MediaKind;
+use crate::media::{SOURCES, Source};
 use crate::session::nack::{NackConfig, NackRequester, PacketOutcome};
 use crate::session::receive_stats::ReceiveStats;
 use crate::session::twcc::{RembCap, TwccConfig, TwccRecorder};
@@ -46,6 +46,8 @@ pub struct LinkSettings {
     /// The RTP clock rates of the audio and video tracks (by [`MediaKind::index`]), for the
     /// jitter in receiver reports; 0 for a kind not negotiated.
     pub clock_rates: [u32; 2],
+    /// The video's simulcast encodings (1 without simulcast): each is repaired on its own.
+    pub video_layers: usize,
 }
 
 /// What the link did, for `/metrics`.
@@ -90,15 +92,19 @@ pub enum LinkRtcp {
 pub struct PublisherLink {
     settings: LinkSettings,
     twcc: TwccRecorder,
-    nack: NackRequester,
+    /// Gaps per video encoding (each has its own sequence numbers).
+    nack: Box<[NackRequester]>,
+    /// The encoding whose NACKs the next poll writes first, so that none starves the others.
+    next_nack_layer: usize,
     remb: RembCap,
-    /// Reception statistics per kind, from the first packet of the kind's SSRC.
-    reception: [Option<ReceiveStats>; 2],
+    /// Reception statistics per source ([`Source::index`]), from the first packet of its SSRC.
+    reception: [Option<ReceiveStats>; SOURCES],
     next_report: Option<Instant>,
     /// Smoothed round trip to the publisher, from NACK-to-retransmission delays.
     rtt: Option<Duration>,
-    /// Whether a keyframe should be asked for: losses were given up, or a jump reset repair.
-    keyframe_wanted: bool,
+    /// Video encodings (a bit each) that want a keyframe: losses were given up, or a jump
+    /// reset repair.
+    keyframe_wanted: u8,
     counters: LinkCounters,
 }
 
@@ -107,12 +113,15 @@ impl PublisherLink {
         PublisherLink {
             settings,
             twcc: TwccRecorder::new(TwccConfig::default()),
-            nack: NackRequester::new(NackConfig::default()),
+            nack: (0..settings.video_layers.clamp(1, SOURCES - 1))
+                .map(|_| NackRequester::new(NackConfig::default()))
+                .collect(),
+            next_nack_layer: 0,
             remb: RembCap::new(settings.max_kbps, REMB_INTERVAL),
-            reception: [None, None],
+            reception: std::array::from_fn(|_| None),
             next_report: None,
             rtt: None,
-            keyframe_wanted: false,
+            keyframe_wanted: 0,
             counters: LinkCounters::default(),
         }
     }
@@ -126,14 +135,15 @@ impl PublisherLink {
         self.settings.nack
     }
 
-    /// An RTP packet from the publisher, decrypted, with its parsed header. `video_ssrc` is the
-    /// publisher's video SSRC once known (an RTX packet restores to it).
+    /// An RTP packet from the publisher, decrypted, with its parsed header. `repaired_ssrc` is,
+    /// for an RTX packet, the SSRC of the video encoding it repairs, once known (it restores
+    /// to it).
     pub fn on_rtp(
         &mut self,
         now: Instant,
         packet: &mut [u8],
         header: RtpHeader,
-        video_ssrc: Option<u32>,
+        repaired_ssrc: Option<u32>,
     ) -> Arrival {
         // Every packet with a transport-wide number counts for the publisher's estimate,
         // padding probes included: that is what probes are for.
@@ -156,7 +166,7 @@ impl PublisherLink {
                 retransmitted: false,
             };
         }
-        let Some(ssrc) = video_ssrc else {
+        let Some(ssrc) = repaired_ssrc else {
             return Arrival::Consumed;
         };
         let original = OriginalStream {
@@ -178,23 +188,32 @@ impl PublisherLink {
         }
     }
 
-    /// A video packet's sequence number, once it is known to be the publisher's video: tracks
-    /// gaps for NACKs. Returns whether to forward it (a retransmission of a packet that was
-    /// not missing is dropped: the players have it).
-    pub fn on_video(&mut self, now: Instant, sequence: u16, retransmitted: bool) -> bool {
+    /// A video packet's sequence number, once it is known to be the publisher's video of
+    /// encoding `layer`: tracks gaps for NACKs. Returns whether to forward it (a
+    /// retransmission of a packet that was not missing is dropped: the players have it).
+    pub fn on_video(
+        &mut self,
+        now: Instant,
+        layer: u8,
+        sequence: u16,
+        retransmitted: bool,
+    ) -> bool {
         if !self.repairs_loss() {
             return true;
         }
-        match self.nack.on_packet(now, sequence) {
+        let Some(nack) = self.nack.get_mut(layer as usize) else {
+            return true;
+        };
+        match nack.on_packet(now, sequence) {
             PacketOutcome::Recovered { requested: true } => {
                 self.counters.repaired += 1;
-                if let Some(sample) = self.nack.take_repair_delay() {
+                if let Some(sample) = nack.take_repair_delay() {
                     self.observe_rtt(sample);
                 }
                 true
             }
             PacketOutcome::Reset => {
-                self.keyframe_wanted = true;
+                self.keyframe_wanted |= 1 << layer;
                 true
             }
             PacketOutcome::Stale if retransmitted => {
@@ -205,17 +224,17 @@ impl PublisherLink {
         }
     }
 
-    /// A media packet of `kind` (restored, for a retransmission) counts in the reception
-    /// statistics its receiver reports carry. A new SSRC for the kind starts them afresh.
+    /// A media packet of `source` (restored, for a retransmission) counts in the reception
+    /// statistics its receiver reports carry. A new SSRC for the source starts them afresh.
     pub fn on_media(
         &mut self,
         now: Instant,
-        kind: MediaKind,
+        source: Source,
         header: &RtpHeader,
         retransmitted: bool,
     ) {
-        let clock_rate = self.settings.clock_rates[kind.index()];
-        let stats = &mut self.reception[kind.index()];
+        let clock_rate = self.settings.clock_rates[source.kind.index()];
+        let stats = &mut self.reception[source.index()];
         if stats.as_ref().is_none_or(|s| s.ssrc() != header.ssrc) {
             *stats = Some(ReceiveStats::new(header.ssrc, clock_rate.max(1)));
             self.next_report.get_or_insert(now + REPORT_INTERVAL);
@@ -243,7 +262,9 @@ impl PublisherLink {
             None => sample,
         };
         self.rtt = Some(smoothed);
-        self.nack.set_rtt(smoothed);
+        for nack in self.nack.iter_mut() {
+            nack.set_rtt(smoothed);
+        }
     }
 
     /// The round trip to the publisher, from its repairs; `None` before the first.
@@ -251,8 +272,9 @@ impl PublisherLink {
         self.rtt
     }
 
-    /// Takes the wish for a keyframe that losses given up (or a reset) left.
-    pub fn take_keyframe_wish(&mut self) -> bool {
+    /// Takes the wishes for a keyframe that losses given up (or a reset) left: a bit per
+    /// video encoding.
+    pub fn take_keyframe_wishes(&mut self) -> u8 {
         std::mem::take(&mut self.keyframe_wanted)
     }
 
@@ -261,7 +283,12 @@ impl PublisherLink {
         [
             self.twcc.next_timeout(),
             self.repairs_loss()
-                .then(|| self.nack.next_timeout())
+                .then(|| {
+                    self.nack
+                        .iter()
+                        .filter_map(NackRequester::next_timeout)
+                        .min()
+                })
                 .flatten(),
             self.remb.next_timeout(now),
             self.next_report,
@@ -272,61 +299,73 @@ impl PublisherLink {
     }
 
     /// Writes the next RTCP packet due at `now` into `out` (sent under `rtcp_ssrc`, about the
-    /// publisher's `ssrcs`: audio, video), or `None` when nothing is due. Call until `None`.
+    /// publisher's `ssrcs` by [`Source::index`]), or `None` when nothing is due. Call until
+    /// `None`.
     pub fn poll(
         &mut self,
         now: Instant,
         out: &mut [u8],
         rtcp_ssrc: u32,
-        ssrcs: [Option<u32>; 2],
+        ssrcs: [Option<u32>; SOURCES],
     ) -> Option<(usize, LinkRtcp)> {
-        let media_ssrc = ssrcs[1].or(ssrcs[0]).unwrap_or(0);
-        if let Ok(Some(len)) = self.twcc.poll(now, out, rtcp_ssrc, media_ssrc) {
+        let media_ssrc = ssrcs[1..].iter().chain(&ssrcs[..1]).flatten().next();
+        if let Ok(Some(len)) = self
+            .twcc
+            .poll(now, out, rtcp_ssrc, media_ssrc.copied().unwrap_or(0))
+        {
             self.counters.feedback_sent += 1;
             return Some((len, LinkRtcp::TransportFeedback));
         }
-        if self.repairs_loss()
-            && let Some(video_ssrc) = ssrcs[1]
-        {
-            let mut lost = [0u16; NACK_BATCH];
-            let polled = self.nack.poll(now, &mut lost);
-            if polled.gave_up > 0 {
-                self.counters.given_up += polled.gave_up;
-                self.keyframe_wanted = true;
-            }
-            if polled.requested > 0
-                && let Ok((len, covered)) =
-                    write_nack(out, rtcp_ssrc, video_ssrc, &lost[..polled.requested])
-            {
-                // What did not fit is asked again at the next retry.
-                self.counters.nacked += covered as u64;
-                return Some((len, LinkRtcp::Nack));
+        if self.repairs_loss() {
+            let layers = self.nack.len();
+            for step in 0..layers {
+                let layer = (self.next_nack_layer + step) % layers;
+                let Some(video_ssrc) = ssrcs[Source::video(layer as u8).index()] else {
+                    continue;
+                };
+                let mut lost = [0u16; NACK_BATCH];
+                let polled = self.nack[layer].poll(now, &mut lost);
+                if polled.gave_up > 0 {
+                    self.counters.given_up += polled.gave_up;
+                    self.keyframe_wanted |= 1 << layer;
+                }
+                if polled.requested > 0
+                    && let Ok((len, covered)) =
+                        write_nack(out, rtcp_ssrc, video_ssrc, &lost[..polled.requested])
+                {
+                    // What did not fit is asked again at the next retry.
+                    self.counters.nacked += covered as u64;
+                    self.next_nack_layer = (layer + 1) % layers;
+                    return Some((len, LinkRtcp::Nack));
+                }
             }
         }
-        let known: [u32; 2] = [ssrcs[0].unwrap_or(0), ssrcs[1].unwrap_or(0)];
-        let count = ssrcs.iter().flatten().count();
-        let listed = if ssrcs[0].is_some() {
-            &known[..count]
-        } else {
-            &known[1..1 + count]
-        };
-        if !listed.is_empty()
-            && let Ok(Some(len)) = self.remb.poll(now, out, rtcp_ssrc, listed)
+        let mut known = [0u32; SOURCES];
+        let mut count = 0;
+        for ssrc in ssrcs.iter().flatten() {
+            known[count] = *ssrc;
+            count += 1;
+        }
+        if count > 0
+            && let Ok(Some(len)) = self.remb.poll(now, out, rtcp_ssrc, &known[..count])
         {
             return Some((len, LinkRtcp::Remb));
         }
         if self.next_report.is_some_and(|due| due <= now) {
             self.next_report = Some(now + REPORT_INTERVAL);
-            let [audio, video] = &mut self.reception;
-            let audio = audio.as_mut().and_then(|s| s.report_block(now));
-            let video = video.as_mut().and_then(|s| s.report_block(now));
-            let written = match (audio, video) {
-                (Some(a), Some(v)) => write_receiver_report(out, rtcp_ssrc, &[a, v]),
-                (Some(one), None) | (None, Some(one)) => {
-                    write_receiver_report(out, rtcp_ssrc, &[one])
+            let mut blocks = [None; SOURCES];
+            let mut count = 0;
+            for stats in self.reception.iter_mut().flatten() {
+                if let Some(block) = stats.report_block(now) {
+                    blocks[count] = Some(block);
+                    count += 1;
                 }
-                (None, None) => return None,
-            };
+            }
+            if count == 0 {
+                return None;
+            }
+            let blocks = blocks.map(|b| b.unwrap_or_default());
+            let written = write_receiver_report(out, rtcp_ssrc, &blocks[..count]);
             if let Ok(len) = written {
                 self.counters.reports_sent += 1;
                 return Some((len, LinkRtcp::ReceiverReport));
@@ -367,6 +406,7 @@ mod tests {
             rtx: Some((97, 96)),
             max_kbps,
             clock_rates: [48_000, 90_000],
+            video_layers: 1,
         })
     }
 
@@ -378,7 +418,7 @@ mod tests {
                 retransmitted,
                 ..
             } => link
-                .on_video(now, header.sequence, retransmitted)
+                .on_video(now, 0, header.sequence, retransmitted)
                 .then_some(header.sequence),
             Arrival::Consumed => None,
         }
@@ -387,7 +427,12 @@ mod tests {
     fn drain(link: &mut PublisherLink, now: Instant) -> Vec<(LinkRtcp, Vec<u8>)> {
         let mut sent = Vec::new();
         let mut out = [0u8; 1500];
-        while let Some((len, kind)) = link.poll(now, &mut out, 1, [Some(0x111), Some(VIDEO_SSRC)]) {
+        while let Some((len, kind)) = link.poll(
+            now,
+            &mut out,
+            1,
+            [Some(0x111), Some(VIDEO_SSRC), None, None],
+        ) {
             sent.push((kind, out[..len].to_vec()));
         }
         sent
@@ -496,7 +541,7 @@ mod tests {
             let at = t0 + Duration::from_millis(u64::from(seq) * 5);
             let packet = video(seq, seq);
             let header = RtpHeader::parse(&packet).unwrap();
-            link.on_media(at, MediaKind::Video, &header, false);
+            link.on_media(at, Source::video(0), &header, false);
         }
         let ntp = 0x1122_3344_5566_7788u64;
         link.on_sender_report(t0 + Duration::from_millis(500), VIDEO_SSRC, ntp);
@@ -530,6 +575,7 @@ mod tests {
             rtx: None,
             max_kbps: 0,
             clock_rates: [48_000, 90_000],
+            video_layers: 1,
         });
         for seq in [1u16, 5, 5] {
             assert_eq!(arrive(&mut link, t0, video(seq, seq)), Some(seq));

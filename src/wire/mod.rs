@@ -3,6 +3,7 @@
 
 pub mod demux;
 pub mod framing;
+pub mod keyframe;
 pub mod nack;
 pub mod remb;
 pub mod rtcp;

@@ -1,6 +1,7 @@
 //! RTP fixed header (RFC 3550 §5.1) and header extensions (RFC 8285), parsed in place, and the
 //! per-player rewrite that copies a packet into an egress buffer with a new SSRC, payload type,
-//! sequence number and header-extension ids.
+//! sequence number, timestamp and header-extension ids, and the relay's own transport-wide
+//! sequence number where the player negotiated it.
 
 /// Why an RTP packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -102,19 +103,30 @@ pub struct Rewrite<'m> {
     pub ssrc: u32,
     pub payload_type: u8,
     pub sequence: u16,
+    pub timestamp: u32,
     pub extension_ids: &'m ExtensionIdMap,
+    /// `(id, number)`: the transport-wide sequence number element to add (the publisher's is
+    /// per hop and never forwarded; the relay numbers its own packets to the player).
+    pub transport_sequence: Option<(u8, u16)>,
 }
 
-/// Copies `packet` into `out` with the player's SSRC, payload type, sequence number and
-/// extension ids. Elements the player did not negotiate are dropped (the block shrinks, never
-/// grows), CSRCs and payload (padding included) are copied unchanged. Returns the length written.
+/// Bytes an added transport-wide sequence number may lengthen a header by: an extension
+/// block's 4-byte header and one padded element.
+pub const ADDED_EXTENSION_LEN: usize = 8;
+
+/// Copies `packet` into `out` with the player's SSRC, payload type, sequence number, timestamp
+/// and extension ids. Elements the player did not negotiate are dropped, a transport-wide
+/// sequence number is added when asked (the block grows by at most [`ADDED_EXTENSION_LEN`]),
+/// CSRCs and payload (padding included) are copied unchanged. Returns the length written.
 pub fn rewrite_into(
     packet: &[u8],
     header: &RtpHeader,
     rewrite: &Rewrite<'_>,
     out: &mut [u8],
 ) -> Result<usize, RtpError> {
-    if out.len() < packet.len() {
+    if out.len()
+        < packet.len() + ADDED_EXTENSION_LEN * rewrite.transport_sequence.is_some() as usize
+    {
         return Err(RtpError::BufferTooSmall);
     }
     let len = rewrite_header_into(packet, header, rewrite, out)?;
@@ -132,8 +144,9 @@ pub fn rewrite_header_into(
     rewrite: &Rewrite<'_>,
     out: &mut [u8],
 ) -> Result<usize, RtpError> {
-    // The rewritten header is never longer than the original.
-    if out.len() < header.header_len {
+    // The rewritten header is never longer than the original, but for an added element.
+    let added = ADDED_EXTENSION_LEN * rewrite.transport_sequence.is_some() as usize;
+    if out.len() < header.header_len + added {
         return Err(RtpError::BufferTooSmall);
     }
     let csrc_end = FIXED_HEADER_LEN + 4 * (packet[0] & 0x0f) as usize;
@@ -141,25 +154,86 @@ pub fn rewrite_header_into(
     out[0] &= !0x10; // X is set again below if any element survives
     out[1] = (packet[1] & 0x80) | (rewrite.payload_type & 0x7f);
     out[2..4].copy_from_slice(&rewrite.sequence.to_be_bytes());
+    out[4..8].copy_from_slice(&rewrite.timestamp.to_be_bytes());
     out[8..12].copy_from_slice(&rewrite.ssrc.to_be_bytes());
     let mut len = csrc_end;
-    if let Some((profile, start, end)) = header.extension {
-        let written = rewrite_extension(
+    let (profile, mut written) = match header.extension {
+        Some((profile, start, end)) => (
             profile,
-            &packet[start..end],
-            rewrite.extension_ids,
-            &mut out[csrc_end + 4..],
+            rewrite_extension(
+                profile,
+                &packet[start..end],
+                rewrite.extension_ids,
+                &mut out[csrc_end + 4..],
+            ),
+        ),
+        None => (ONE_BYTE_PROFILE, 0),
+    };
+    if let Some((id, number)) = rewrite.transport_sequence {
+        written += append_element(
+            profile,
+            id,
+            &number.to_be_bytes(),
+            &mut out[csrc_end + 4 + written..],
         );
-        if written > 0 {
-            let padded = written.div_ceil(4) * 4;
-            out[csrc_end + 4 + written..csrc_end + 4 + padded].fill(0);
-            out[0] |= 0x10;
-            out[csrc_end..csrc_end + 2].copy_from_slice(&profile.to_be_bytes());
-            out[csrc_end + 2..csrc_end + 4].copy_from_slice(&((padded / 4) as u16).to_be_bytes());
-            len = csrc_end + 4 + padded;
-        }
+    }
+    if written > 0 {
+        let padded = written.div_ceil(4) * 4;
+        out[csrc_end + 4 + written..csrc_end + 4 + padded].fill(0);
+        out[0] |= 0x10;
+        out[csrc_end..csrc_end + 2].copy_from_slice(&profile.to_be_bytes());
+        out[csrc_end + 2..csrc_end + 4].copy_from_slice(&((padded / 4) as u16).to_be_bytes());
+        len = csrc_end + 4 + padded;
     }
     Ok(len)
+}
+
+/// Writes a padding-only packet (RFC 3550 §5.1 P bit; what congestion controllers probe a
+/// path with) carrying the transport-wide number `(id, number)` in a one-byte element:
+/// `padding` bytes (1 to 255) after the header, the last one their count. Returns its
+/// length; `None` when `out` is too small or the id needs the two-byte form.
+pub fn write_padding(
+    out: &mut [u8],
+    payload_type: u8,
+    sequence: u16,
+    timestamp: u32,
+    ssrc: u32,
+    (id, number): (u8, u16),
+    padding: usize,
+) -> Option<usize> {
+    let padding = padding.clamp(1, 255);
+    let len = FIXED_HEADER_LEN + ADDED_EXTENSION_LEN + padding;
+    if out.len() < len || !(1..=14).contains(&id) {
+        return None;
+    }
+    out[0] = 0x80 | 0x20 | 0x10; // V=2, P, X
+    out[1] = payload_type & 0x7f;
+    out[2..4].copy_from_slice(&sequence.to_be_bytes());
+    out[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    out[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    out[12..16].copy_from_slice(&[0xbe, 0xde, 0, 1]);
+    let number = number.to_be_bytes();
+    out[16..20].copy_from_slice(&[(id << 4) | 1, number[0], number[1], 0]);
+    out[20..len].fill(0);
+    out[len - 1] = padding as u8;
+    Some(len)
+}
+
+/// Appends one element in the block's form (one-byte ids 1 to 14, or two-byte); returns its
+/// length, 0 when the id cannot be written in that form (the element is left out).
+fn append_element(profile: u16, id: u8, data: &[u8], out: &mut [u8]) -> usize {
+    if profile == ONE_BYTE_PROFILE && (1..=14).contains(&id) && (1..=16).contains(&data.len()) {
+        out[0] = (id << 4) | (data.len() as u8 - 1);
+        out[1..1 + data.len()].copy_from_slice(data);
+        1 + data.len()
+    } else if profile & TWO_BYTE_PROFILE_MASK == TWO_BYTE_PROFILE && id != 0 {
+        out[0] = id;
+        out[1] = data.len() as u8;
+        out[2..2 + data.len()].copy_from_slice(data);
+        2 + data.len()
+    } else {
+        0
+    }
 }
 
 /// Rewrites extension elements (RFC 8285 one-byte or two-byte form) into `out`; returns the
@@ -261,6 +335,8 @@ mod tests {
             payload_type: 100,
             sequence: 7,
             extension_ids: &ids,
+            timestamp: h.timestamp,
+            transport_sequence: None,
         };
         let mut out = [0u8; 64];
         let n = rewrite_into(&p, &h, &rw, &mut out).unwrap();
@@ -288,6 +364,8 @@ mod tests {
                 payload_type: 100,
                 sequence: 3,
                 extension_ids: &ids,
+                timestamp: h.timestamp,
+                transport_sequence: None,
             };
             let mut whole = [0u8; 64];
             let n = rewrite_into(&p, &h, &rw, &mut whole).unwrap();
@@ -306,6 +384,8 @@ mod tests {
             payload_type: 100,
             sequence: 3,
             extension_ids: &ExtensionIdMap::default(),
+            timestamp: h.timestamp,
+            transport_sequence: None,
         };
         assert_eq!(
             rewrite_header_into(&p, &h, &rw, &mut short),
@@ -324,6 +404,8 @@ mod tests {
             payload_type: 96,
             sequence: 1,
             extension_ids: &ids,
+            timestamp: h.timestamp,
+            transport_sequence: None,
         };
         let mut out = [0u8; 64];
         let n = rewrite_into(&p, &h, &rw, &mut out).unwrap();
@@ -359,6 +441,8 @@ mod tests {
             payload_type: 96,
             sequence: 1,
             extension_ids: &ids,
+            timestamp: h.timestamp,
+            transport_sequence: None,
         };
         let mut out = [0u8; 64];
         let n = rewrite_into(&p, &h, &rw, &mut out).unwrap();
@@ -379,5 +463,57 @@ mod tests {
         let mut cc = [0u8; 12];
         cc[0] = 0x8f; // 15 CSRCs in a 12-byte packet
         assert_eq!(RtpHeader::parse(&cc), Err(RtpError::TooShort));
+    }
+
+    #[test]
+    fn a_transport_sequence_number_is_added_in_the_blocks_form_or_a_new_block() {
+        let ids = ExtensionIdMap::default();
+        let plain = [0x80, 96, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, b'x'];
+        let p_one = packet_with_one_byte_extensions();
+        let mut two = vec![
+            0x90, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0x00, 0x00, 0x01,
+        ];
+        two.extend_from_slice(&[20, 1, 7, 0, b'x']);
+        for p in [&plain[..], &p_one[..], &two[..]] {
+            let h = RtpHeader::parse(p).unwrap();
+            let rw = Rewrite {
+                ssrc: 5,
+                payload_type: 96,
+                sequence: 2,
+                timestamp: 0xdead_beef,
+                extension_ids: &ids,
+                transport_sequence: Some((3, 0xabcd)),
+            };
+            let mut out = [0u8; 64];
+            let n = rewrite_into(p, &h, &rw, &mut out).unwrap();
+            let o = RtpHeader::parse(&out[..n]).unwrap();
+            assert_eq!(o.timestamp, 0xdead_beef);
+            assert_eq!(
+                crate::wire::twcc::read_transport_sequence(&out[..n], &o, 3),
+                Some(0xabcd)
+            );
+            assert_eq!(&out[o.header_len..n], &p[h.header_len..]);
+        }
+    }
+
+    #[test]
+    fn a_padding_packet_carries_its_number_and_says_how_much_is_padding() {
+        let mut out = [0u8; 300];
+        let len = write_padding(&mut out, 97, 5, 9000, 0x77, (3, 0x0102), 255).unwrap();
+        assert_eq!(len, 12 + 8 + 255);
+        let h = RtpHeader::parse(&out[..len]).unwrap();
+        assert_eq!((h.payload_type, h.sequence, h.ssrc), (97, 5, 0x77));
+        assert_eq!(out[0] & 0x20, 0x20, "P bit");
+        assert_eq!(out[len - 1], 255);
+        assert_eq!(h.header_len + 255, len, "all padding after the header");
+        assert_eq!(
+            crate::wire::twcc::read_transport_sequence(&out[..len], &h, 3),
+            Some(0x0102)
+        );
+        assert_eq!(
+            write_padding(&mut out[..100], 97, 5, 0, 1, (3, 1), 255),
+            None
+        );
+        assert_eq!(write_padding(&mut out, 97, 5, 0, 1, (15, 1), 10), None);
     }
 }

@@ -435,7 +435,6 @@ impl Output {
     }
 }
 
-/// Sends a Picture Loss Indication to a publisher for its video SSRC.
 /// Sends the RTCP the publisher's link has due at `now` (transport-wide feedback, NACKs, the
 /// operator's REMB), one packet per egress buffer, until it has nothing more.
 pub(super) fn send_link_feedback(session: &mut Session, now: Instant, out: &mut Output) {
@@ -482,12 +481,52 @@ pub(super) fn send_link_feedback(session: &mut Session, now: Instant, out: &mut 
     }
 }
 
-pub(super) fn send_pli(session: &mut Session, out: &mut Output) {
+/// Most probe padding packets one player gets per feedback tick (10 ms): 16 × 255 bytes is
+/// about 3 Mbit/s, more than any probe asks.
+const MAX_PADDING_PER_TICK: usize = 16;
+
+/// Sends a simulcast player the padding its path probe wants now, on its video's RTX stream.
+pub(super) fn send_probe_padding(session: &mut Session, now: Instant, out: &mut Output) {
+    let Role::Player(player) = &mut session.role else {
+        return;
+    };
+    if !player.has_layers() {
+        return;
+    }
+    let (Some(peer), Some(srtp)) = (session.remote, session.srtp_out.as_mut()) else {
+        return;
+    };
+    let mut due = player.probe_padding_due(now);
+    let mut sent = 0;
+    while due > 0 && sent < MAX_PADDING_PER_TICK {
+        let Some(egress) = out.ring.alloc_egress() else {
+            inc(&out.stats.drop_no_buffer);
+            return;
+        };
+        let buffer = &mut out.ring.egress_buffer(egress)[EGRESS_HEADROOM..];
+        let Some((len, _, _)) = player.write_probe_padding(now, buffer) else {
+            out.ring.release_egress(egress);
+            return;
+        };
+        match srtp.protect_rtp(buffer, len) {
+            Ok(protected) => {
+                out.transmit(session.udp_fd, &peer, egress, protected);
+                inc(&out.stats.probe_padding_packets);
+            }
+            Err(_) => out.ring.release_egress(egress),
+        }
+        due = due.saturating_sub(len);
+        sent += 1;
+    }
+}
+
+/// Sends a Picture Loss Indication to a publisher for its video encoding `layer`.
+pub(super) fn send_pli(session: &mut Session, layer: u8, out: &mut Output) {
     let Role::Publisher(publisher) = &session.role else {
         return;
     };
     let (true, Some(peer), Some(srtp)) = (
-        publisher.knows_video(),
+        publisher.knows_video(layer),
         session.remote,
         session.srtp_out.as_mut(),
     ) else {
@@ -498,7 +537,7 @@ pub(super) fn send_pli(session: &mut Session, out: &mut Output) {
         return;
     };
     let buffer = &mut out.ring.egress_buffer(egress)[EGRESS_HEADROOM..];
-    let Some(len) = publisher.write_pli(buffer) else {
+    let Some(len) = publisher.write_pli(layer, buffer) else {
         out.ring.release_egress(egress);
         return;
     };

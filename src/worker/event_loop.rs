@@ -277,7 +277,7 @@ impl Core {
                 .bursts
                 .next_due()
                 .into_iter()
-                .chain(self.table.has_publishers().then_some(self.next_feedback))
+                .chain(self.table.has_feedback_work().then_some(self.next_feedback))
                 .map(|due| due.saturating_duration_since(now))
                 .fold(MAX_WAIT, Duration::min);
             self.out.ring.submit_and_wait(wait)
@@ -308,11 +308,15 @@ impl Core {
                 } => {
                     if let Some(stream) = table.set_keys(session, profile, &material) {
                         // A player that just joined needs a keyframe to start decoding.
-                        self.fanout.request_keyframe(stream, now, table, out);
+                        self.fanout.request_keyframe(stream, 0, now, table, out);
                     }
                 }
                 Command::SendDtls { session, data } => table.send_dtls(session, &data, out),
                 Command::RemoveSession { session } => table.remove_session(session, out),
+                Command::SetLayerPreference {
+                    session,
+                    preference,
+                } => table.set_layer_preference(session, preference),
                 Command::RemoteInterest {
                     stream,
                     worker,
@@ -325,6 +329,13 @@ impl Core {
 
     fn tick(&mut self, now: Instant) {
         let census = self.table.tick(now, &mut self.out, &self.events);
+        // Simulcast players waiting to switch: a keyframe of the encoding they wait for.
+        let mut wanted = std::mem::take(&mut self.table.keyframes_wanted);
+        for (stream, layer) in wanted.drain(..) {
+            let (table, out) = (&mut self.table, &mut self.out);
+            self.fanout.request_keyframe(stream, layer, now, table, out);
+        }
+        self.table.keyframes_wanted = wanted;
         let stats = &self.out.stats;
         set(&stats.sessions, census.sessions);
         set(&stats.players, census.players);

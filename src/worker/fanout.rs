@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::egress::{Output, Peer, Sent, send_pli};
-use super::mesh::{self, CrossMessage, Forwarded, Mesh};
+use super::mesh::{self, CrossMessage, Forwarded, LayerTag, Mesh};
 use super::staged::{self, Staged};
 use super::stats::inc;
 use super::table::{Role, Session, Table};
 use crate::io::EGRESS_HEADROOM;
 use crate::media::{MediaKind, StreamId};
-use crate::session::player::PlayerTrack;
+use crate::session::player::Player;
 use crate::wire::rtp::RtpHeader;
 use crate::wire::srtp::SrtpContext;
 
@@ -76,8 +76,8 @@ impl Fanout {
         let mut shared: Option<Arc<mesh::SharedPacket>> = None;
         // Players here that repair loss get retransmissions from this stream's window: one
         // shared copy per packet, the same one the other workers get.
-        if let (Some(window), Forwarded::Rtp(header), MediaKind::Video) =
-            (local.repair.as_deref_mut(), what, kind)
+        if let (Forwarded::Rtp(header, tag), MediaKind::Video) = (what, kind)
+            && let Some(window) = local.repair.get_mut(tag.layer as usize)
         {
             let copy = self.shared_pool.share(packet, what, now);
             window.insert(header.sequence, now, copy.clone());
@@ -129,7 +129,7 @@ impl Fanout {
         if self.staged.is_empty() {
             return;
         }
-        let mut needs_keyframe = [0 as StreamId; staged::CAPACITY];
+        let mut needs_keyframe = [(0 as StreamId, 0u8); staged::CAPACITY];
         let mut count = 0;
         {
             let (streams, sessions) = (&table.streams, &mut table.sessions);
@@ -138,15 +138,17 @@ impl Fanout {
                 let Some(local) = streams.get(&stream) else {
                     continue;
                 };
-                if forward_to_players(&local.players, sessions, out, staged, group, now) {
-                    needs_keyframe[count] = stream;
+                if let Some(layer) =
+                    forward_to_players(&local.players, sessions, out, staged, group, now)
+                {
+                    needs_keyframe[count] = (stream, layer);
                     count += 1;
                 }
             }
         }
         // A player lost video frames: it cannot decode until the next keyframe.
-        for &stream in &needs_keyframe[..count] {
-            self.request_keyframe(stream, now, table, out);
+        for &(stream, layer) in &needs_keyframe[..count] {
+            self.request_keyframe(stream, layer, now, table, out);
         }
     }
 
@@ -179,8 +181,8 @@ impl Fanout {
                         let Some(local) = table.streams.get_mut(&stream) else {
                             continue;
                         };
-                        if let (Some(window), Forwarded::Rtp(header), MediaKind::Video) =
-                            (local.repair.as_deref_mut(), what, kind)
+                        if let (Forwarded::Rtp(header, tag), MediaKind::Video) = (what, kind)
+                            && let Some(window) = local.repair.get_mut(tag.layer as usize)
                         {
                             window.insert(header.sequence, now, packet.clone());
                         }
@@ -189,8 +191,8 @@ impl Fanout {
                             self.stage(stream, kind, what, bytes, at, table, out);
                         }
                     }
-                    CrossMessage::KeyframeRequest { stream } => {
-                        keyframe_to_publisher(stream, now, table, out)
+                    CrossMessage::KeyframeRequest { stream, layer } => {
+                        keyframe_to_publisher(stream, layer, now, table, out)
                     }
                 }
             }
@@ -198,10 +200,12 @@ impl Fanout {
         taken
     }
 
-    /// A player of `stream` needs a keyframe: asks the publisher, through its worker.
+    /// A player of `stream` needs a keyframe of video encoding `layer`: asks the publisher,
+    /// through its worker.
     pub(super) fn request_keyframe(
         &mut self,
         stream: StreamId,
+        layer: u8,
         now: Instant,
         table: &mut Table,
         out: &mut Output,
@@ -211,12 +215,12 @@ impl Fanout {
         };
         let publisher_worker = local.publisher_worker;
         if publisher_worker == self.index {
-            keyframe_to_publisher(stream, now, table, out);
+            keyframe_to_publisher(stream, layer, now, table, out);
         } else {
             match self.mesh.push(
                 self.index,
                 publisher_worker,
-                CrossMessage::KeyframeRequest { stream },
+                CrossMessage::KeyframeRequest { stream, layer },
             ) {
                 Ok(()) => self.wake_pending[publisher_worker] = true,
                 Err(_) => inc(&out.stats.drop_ring_full),
@@ -234,8 +238,15 @@ impl Fanout {
     }
 }
 
-/// Sends a PLI to `stream`'s publisher on this worker, unless one went out too recently.
-fn keyframe_to_publisher(stream: StreamId, now: Instant, table: &mut Table, out: &mut Output) {
+/// Sends a PLI for video encoding `layer` to `stream`'s publisher on this worker, unless one
+/// went out too recently.
+fn keyframe_to_publisher(
+    stream: StreamId,
+    layer: u8,
+    now: Instant,
+    table: &mut Table,
+    out: &mut Output,
+) {
     let Some(slot) = table.streams.get(&stream).and_then(|l| l.publisher) else {
         return;
     };
@@ -245,15 +256,15 @@ fn keyframe_to_publisher(stream: StreamId, now: Instant, table: &mut Table, out:
     let Role::Publisher(publisher) = &mut session.role else {
         return;
     };
-    if publisher.keyframe_requested(now) {
-        send_pli(session, out);
+    if publisher.keyframe_requested(now, layer) {
+        send_pli(session, layer, out);
     }
 }
 
 /// Copies a stream's staged packets (`group`, indices into `staged`) to each of its players,
 /// player by player: rewrite, protect, send (UDP video through the player's frame burst).
-/// Returns whether a video packet had to be dropped for a slow TCP player (it then needs a
-/// keyframe).
+/// Returns the encoding of a video packet that had to be dropped for a slow TCP player (it
+/// then needs a keyframe of it).
 fn forward_to_players(
     players: &[usize],
     sessions: &mut [Option<Session>],
@@ -261,8 +272,8 @@ fn forward_to_players(
     staged: &Staged,
     group: &[u8],
     now: Instant,
-) -> bool {
-    let mut dropped_video = false;
+) -> Option<u8> {
+    let mut dropped_video = None;
     for &slot in players {
         let Some(Session {
             remote: Some(peer),
@@ -281,17 +292,24 @@ fn forward_to_players(
             let staged_packet = staged.entry(index as usize);
             let packet = staged.bytes(index as usize);
             let kind = staged_packet.kind;
-            let Some(track) = player.track(kind) else {
-                continue;
-            };
             let Some(egress) = out.ring.alloc_egress() else {
                 inc(&out.stats.drop_no_buffer);
                 continue;
             };
             let buffer = &mut out.ring.egress_buffer(egress)[EGRESS_HEADROOM..];
             let header = &staged_packet.header;
-            let Some(len) = write_for_player(track, srtp, header.as_ref(), packet, buffer, now)
-            else {
+            let tag = staged_packet.tag;
+            let written = write_for_player(
+                player,
+                kind,
+                tag,
+                srtp,
+                header.as_ref(),
+                packet,
+                buffer,
+                now,
+            );
+            let Some(len) = written else {
                 out.ring.release_egress(egress);
                 continue;
             };
@@ -318,7 +336,7 @@ fn forward_to_players(
                         inc(&out.stats.forwarded_packets);
                         out.forwarded(received_at);
                     }
-                    Sent::Dropped if kind == MediaKind::Video => dropped_video = true,
+                    Sent::Dropped if kind == MediaKind::Video => dropped_video = Some(tag.layer),
                     _ => {}
                 },
             }
@@ -331,10 +349,15 @@ fn forward_to_players(
 }
 
 /// Writes a player's copy of a publisher's packet into `buffer`, protected: RTP (`header`, as
-/// parsed on receipt) rewritten for the track and encrypted from the publisher's payload in
-/// one pass, or a sender report under the track's SSRC. `None`: nothing for this player.
+/// parsed on receipt) rewritten for the player and encrypted from the publisher's payload in
+/// one pass, or a sender report under the track's SSRC. `None`: nothing for this player (not
+/// its kind, not its encoding).
+#[allow(clippy::too_many_arguments)]
+#[inline]
 fn write_for_player(
-    track: &mut PlayerTrack,
+    player: &mut Player,
+    kind: MediaKind,
+    tag: LayerTag,
     srtp: &mut SrtpContext,
     header: Option<&RtpHeader>,
     packet: &[u8],
@@ -343,14 +366,19 @@ fn write_for_player(
 ) -> Option<usize> {
     match header {
         Some(h) => {
-            let written = track.rewrite_rtp(packet, h, buffer)?;
+            let written =
+                player.rewrite_rtp(now, kind, (tag.layer, tag.keyframe), packet, h, buffer)?;
             let payload = &packet[h.header_len..];
             let (ssrc, sequence) = (written.ssrc, written.sequence);
             srtp.protect_rtp_written(buffer, written.header_len, ssrc, sequence, payload)
                 .ok()
         }
         None => {
-            let len = track.rewrite_sender_report(now, packet, buffer)?;
+            let ssrc = u32::from_be_bytes(packet.get(4..8)?.try_into().ok()?);
+            let offset = player.sender_report_offset(kind, ssrc)?;
+            let len = player
+                .track(kind)?
+                .rewrite_sender_report(now, packet, offset, buffer)?;
             srtp.protect_rtcp(buffer, len).ok()
         }
     }

@@ -10,10 +10,10 @@ use std::time::Instant;
 use super::Event;
 use super::egress::{Peer, send_pli};
 use super::event_loop::Core;
-use super::mesh::Forwarded;
+use super::mesh::{Forwarded, LayerTag};
 use super::stats::{add, inc};
 use super::table::Role;
-use crate::media::MediaKind;
+use crate::media::{MAX_LAYERS, MediaKind};
 use crate::session::player::Player;
 use crate::session::publisher_link::Arrival;
 use crate::wire::demux::{PacketKind, classify};
@@ -231,11 +231,14 @@ impl Core {
             return;
         };
         // Transport-wide feedback and loss repair see the packet first: a retransmission is
-        // restored to the original stream before anything else reads it.
-        let video_ssrc = publisher.ssrcs()[MediaKind::Video.index()];
+        // restored to the original stream (its encoding's SSRC) before anything else reads it.
+        let repaired_ssrc = match publisher.is_rtx(&header) {
+            true => publisher.repaired_ssrc(packet, &header),
+            false => None,
+        };
         let before = publisher.link.counters();
         let (packet, header, retransmitted) =
-            match publisher.link.on_rtp(now, packet, header, video_ssrc) {
+            match publisher.link.on_rtp(now, packet, header, repaired_ssrc) {
                 Arrival::Forward {
                     range,
                     header,
@@ -246,13 +249,23 @@ impl Core {
                     return;
                 }
             };
-        let Some(kind) = publisher.on_rtp(&header) else {
+        let Some(source) = publisher.on_rtp(packet, &header) else {
+            // A payload type not negotiated, or a simulcast SSRC no RID has named yet.
             inc(&self.out.stats.drop_unknown_payload_type);
             return;
         };
-        publisher.link.on_media(now, kind, &header, retransmitted);
-        if kind == MediaKind::Video {
-            let wanted = publisher.link.on_video(now, header.sequence, retransmitted);
+        publisher.link.on_media(now, source, &header, retransmitted);
+        let mut tag = LayerTag::default();
+        if source.kind == MediaKind::Video {
+            let layer = source.layer;
+            tag = LayerTag {
+                layer,
+                keyframe: publisher.on_video(layer, packet, &header),
+            };
+            publisher.rates.record(now, layer, packet.len());
+            let wanted = publisher
+                .link
+                .on_video(now, layer, header.sequence, retransmitted);
             let after = publisher.link.counters();
             add(
                 &self.out.stats.packets_repaired,
@@ -265,8 +278,12 @@ impl Core {
                 let rtt_us = rtt.as_micros() as u64;
                 session.reception.rtt_us.store(rtt_us, Ordering::Relaxed);
             }
-            if publisher.link.take_keyframe_wish() && publisher.keyframe_requested(now) {
-                send_pli(session, &mut self.out);
+            let wishes = publisher.link.take_keyframe_wishes();
+            let due = (0..MAX_LAYERS as u8)
+                .filter(|&l| wishes & (1 << l) != 0 && publisher.keyframe_requested(now, l))
+                .fold(0u8, |due, l| due | (1 << l));
+            for layer in (0..MAX_LAYERS as u8).filter(|l| due & (1 << l) != 0) {
+                send_pli(session, layer, &mut self.out);
             }
             if !wanted {
                 inc(&self.out.stats.retransmissions_consumed);
@@ -276,10 +293,10 @@ impl Core {
         if let Some(meter) = &session.meter {
             meter.record(packet.len());
         }
-        let what = Forwarded::Rtp(header);
+        let what = Forwarded::Rtp(header, tag);
         let (table, out) = (&mut self.table, &mut self.out);
         self.fanout
-            .fanout(stream, kind, what, packet, now, table, out);
+            .fanout(stream, source.kind, what, packet, now, table, out);
     }
 
     /// Plain RTCP from a session: a publisher's sender reports go to its players; a player's
@@ -300,11 +317,11 @@ impl Core {
                         publisher.link.on_sender_report(now, ssrc, ntp);
                     }
                 }
-                for (kind, report) in reports.into_iter().flatten() {
+                for (source, report) in reports.into_iter().flatten() {
                     let (table, out) = (&mut self.table, &mut self.out);
                     self.fanout.fanout(
                         stream,
-                        kind,
+                        source.kind,
                         Forwarded::SenderReport,
                         report,
                         now,
@@ -326,11 +343,16 @@ impl Core {
                     let lost = reception.cumulative_lost.max(0) as u64;
                     meter.cumulative_lost.store(lost, Ordering::Relaxed);
                 }
+                if player.has_layers() {
+                    let read = player.on_transport_feedback(now, packet);
+                    add(&self.out.stats.player_transport_feedback, read);
+                }
+                let layer = player.keyframe_layer();
                 // A requested packet the window no longer holds needs a keyframe instead.
                 let unrepairable = self.answer_nacks(slot, packet, now);
                 if unrepairable || Player::wants_keyframe(packet) {
                     let (table, out) = (&mut self.table, &mut self.out);
-                    self.fanout.request_keyframe(stream, now, table, out);
+                    self.fanout.request_keyframe(stream, layer, now, table, out);
                 }
             }
         }

@@ -17,12 +17,21 @@ use crate::wire::rtp::RtpHeader;
 use crate::media::StreamId;
 
 /// What a relayed packet is, so the receiving worker need not guess: RTP with its header as
-/// the publisher's worker parsed it on receipt (no worker parses it again), or one sender
-/// report.
+/// the publisher's worker parsed it on receipt (no worker parses it again) and its encoding,
+/// or one sender report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
-    Rtp(RtpHeader),
+    Rtp(RtpHeader, LayerTag),
     SenderReport,
+}
+
+/// A video packet's simulcast encoding (0 without simulcast, and for audio) and whether it
+/// starts a keyframe (where a player may switch encodings), read once on the publisher's
+/// worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LayerTag {
+    pub layer: u8,
+    pub keyframe: bool,
 }
 
 /// Largest packet handed between workers.
@@ -131,7 +140,7 @@ pub enum CrossMessage {
         packet: Arc<SharedPacket>,
     },
     /// A player on the sending worker wants a keyframe from the stream's publisher.
-    KeyframeRequest { stream: StreamId },
+    KeyframeRequest { stream: StreamId, layer: u8 },
 }
 
 /// Wakes a worker that may be parked in its ring wait.
@@ -280,6 +289,7 @@ mod tests {
             for to in (0..3).filter(|&t| t != from) {
                 let message = CrossMessage::KeyframeRequest {
                     stream: (from * 10 + to) as StreamId,
+                    layer: 0,
                 };
                 assert!(mesh.push(from, to, message).is_ok());
             }
@@ -287,7 +297,7 @@ mod tests {
         for from in 0..3 {
             for to in (0..3).filter(|&t| t != from) {
                 match mesh.pop(from, to) {
-                    Some(CrossMessage::KeyframeRequest { stream }) => {
+                    Some(CrossMessage::KeyframeRequest { stream, .. }) => {
                         assert_eq!(stream, (from * 10 + to) as StreamId)
                     }
                     _ => panic!("queue {from}->{to} lost its message"),

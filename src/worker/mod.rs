@@ -38,7 +38,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::io::WakeFd;
 use crate::media::{MediaKind, SessionId, StreamId};
 use crate::sdp::PlayedTrack;
+use crate::session::publisher::VideoSettings;
 use crate::session::publisher_link::LinkSettings;
+use crate::session::simulcast::LayerPreference;
 use crate::wire::srtp::SrtpProfile;
 use event_loop::Worker;
 use mesh::{Mesh, Waker};
@@ -84,6 +86,11 @@ pub enum Command {
     RemoveSession {
         session: SessionId,
     },
+    /// A simulcast player pins or caps its encoding.
+    SetLayerPreference {
+        session: SessionId,
+        preference: LayerPreference,
+    },
     /// A player of `stream` on `worker` came (+1) or went (-1); sent to the publisher's worker.
     RemoteInterest {
         stream: StreamId,
@@ -115,6 +122,8 @@ pub struct NewSession {
 pub enum NewRole {
     Publisher {
         payload_types: Vec<(u8, MediaKind)>,
+        /// The video's codec, RTX and simulcast encodings.
+        video: VideoSettings,
         /// What the relay feeds back to the publisher and repairs (transport-wide feedback,
         /// NACK/RTX, the operator's cap).
         link: LinkSettings,
@@ -123,6 +132,11 @@ pub enum NewRole {
     },
     Player {
         tracks: Vec<PlayedTrack>,
+        /// The stream's video encodings (1 without simulcast) and clock rate.
+        layers: u8,
+        video_clock_rate: u32,
+        /// The stream's meter: the encodings' bitrates pick the player's.
+        meter: Arc<StreamMeter>,
     },
 }
 

@@ -38,12 +38,12 @@ impl Core {
         else {
             return false;
         };
-        let Some(window) = table.streams.get(stream).and_then(|l| l.repair.as_deref()) else {
+        let Some(windows) = table.streams.get(stream).map(|l| &l.repair[..]) else {
             return false;
         };
-        let Some(track) = player.track(MediaKind::Video) else {
+        if windows.is_empty() {
             return false;
-        };
+        }
         let mut gone = false;
         let nacks = rtcp::compound(packet)
             .map_while(Result::ok)
@@ -55,18 +55,30 @@ impl Core {
             };
             inc(&out.stats.player_nacks_received);
             for lost in nack.lost() {
-                let Some((ssrc, sequence)) = track.publisher_sequence(lost) else {
+                let Some((ssrc, sequence)) = player
+                    .track(MediaKind::Video)
+                    .and_then(|t| t.publisher_sequence(lost))
+                else {
+                    continue;
+                };
+                // The encoding the player gets now; its window holds the publisher's packet.
+                let layer = player.keyframe_layer() as usize;
+                let Some(window) = windows.get(layer) else {
                     continue;
                 };
                 let kept = window
                     .get(sequence, now)
-                    .filter(|p| matches!(p.what, Forwarded::Rtp(h) if h.ssrc == ssrc));
+                    .filter(|p| matches!(p.what, Forwarded::Rtp(h, _) if h.ssrc == ssrc));
                 let Some(kept) = kept else {
                     inc(&out.stats.retransmit_misses);
                     gone |= !window.never_had(sequence);
                     continue;
                 };
-                let Forwarded::Rtp(header) = kept.what else {
+                let Forwarded::Rtp(header, _) = kept.what else {
+                    continue;
+                };
+                let timestamp = player.retransmission_timestamp(ssrc, header.timestamp);
+                let Some(track) = player.track(MediaKind::Video) else {
                     continue;
                 };
                 let Some(egress) = out.ring.alloc_egress() else {
@@ -74,7 +86,8 @@ impl Core {
                     continue;
                 };
                 let buffer = &mut out.ring.egress_buffer(egress)[EGRESS_HEADROOM..];
-                let written = track.write_retransmission(now, kept.bytes(), &header, lost, buffer);
+                let written =
+                    track.write_retransmission(now, kept.bytes(), &header, lost, timestamp, buffer);
                 let protected = match written {
                     Ok(len) => srtp.protect_rtp(buffer, len).ok(),
                     Err(RetransmitRefusal::OverBudget) => {

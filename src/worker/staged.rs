@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::media::{MediaKind, StreamId};
 use crate::wire::rtp::RtpHeader;
-use crate::worker::mesh::Forwarded;
+use crate::worker::mesh::{Forwarded, LayerTag};
 
 /// Packets set aside before they must be fanned out.
 pub(super) const CAPACITY: usize = 64;
@@ -24,6 +24,7 @@ pub(super) struct StagedPacket {
     pub(super) kind: MediaKind,
     /// Parsed once here for every player; `None` for an RTCP sender report.
     pub(super) header: Option<RtpHeader>,
+    pub(super) tag: LayerTag,
     pub(super) received_at: Instant,
     len: usize,
 }
@@ -65,10 +66,10 @@ impl Staged {
         if packet.len() > SLOT || self.is_full() {
             return false;
         }
-        let header = match what {
-            Forwarded::Rtp(h) if h.header_len <= packet.len() => Some(h),
-            Forwarded::Rtp(_) => return false,
-            Forwarded::SenderReport => None,
+        let (header, tag) = match what {
+            Forwarded::Rtp(h, tag) if h.header_len <= packet.len() => (Some(h), tag),
+            Forwarded::Rtp(..) => return false,
+            Forwarded::SenderReport => (None, LayerTag::default()),
         };
         let at = self.entries.len() * SLOT;
         self.data[at..at + packet.len()].copy_from_slice(packet);
@@ -76,6 +77,7 @@ impl Staged {
             stream,
             kind,
             header,
+            tag,
             received_at,
             len: packet.len(),
         });
@@ -148,7 +150,7 @@ mod tests {
     }
 
     fn parsed(packet: &[u8]) -> Forwarded {
-        Forwarded::Rtp(RtpHeader::parse(packet).unwrap())
+        Forwarded::Rtp(RtpHeader::parse(packet).unwrap(), LayerTag::default())
     }
 
     fn drain(staged: &mut Staged) -> Vec<(StreamId, Vec<u8>)> {

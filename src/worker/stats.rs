@@ -65,6 +65,25 @@ impl RelayLatency {
 pub struct StreamMeter {
     pub packets: AtomicU64,
     pub bytes: AtomicU64,
+    /// Each simulcast encoding (layer 0 alone without simulcast), as the publisher's worker
+    /// measures it; the players' workers read the bitrates to pick their encodings.
+    pub layers: [LayerMeter; crate::media::MAX_LAYERS],
+}
+
+/// One video encoding of a stream.
+#[derive(Default)]
+pub struct LayerMeter {
+    pub bitrate_bps: AtomicU64,
+    /// The picture size its last keyframe carried (0 when unknown).
+    pub width: AtomicU64,
+    pub height: AtomicU64,
+}
+
+impl StreamMeter {
+    /// The encodings' bitrates.
+    pub fn layer_rates(&self) -> [u64; crate::media::MAX_LAYERS] {
+        std::array::from_fn(|i| self.layers[i].bitrate_bps.load(Ordering::Relaxed))
+    }
 }
 
 impl StreamMeter {
@@ -87,6 +106,12 @@ pub struct SessionMeter {
     pub fraction_lost: AtomicU64,
     /// Packets lost since the start, as the player counts them (after repair).
     pub cumulative_lost: AtomicU64,
+    /// A simulcast player's encoding (`u64::MAX`: none yet), the one it waits to switch to,
+    /// its path estimate in bit/s (0: none) and its switches so far; written each tick.
+    pub layer: AtomicU64,
+    pub target_layer: AtomicU64,
+    pub estimate_bps: AtomicU64,
+    pub layer_switches: AtomicU64,
 }
 
 impl Default for SessionMeter {
@@ -95,6 +120,10 @@ impl Default for SessionMeter {
             rtt_us: AtomicU64::new(0),
             fraction_lost: AtomicU64::new(u64::MAX),
             cumulative_lost: AtomicU64::new(0),
+            layer: AtomicU64::new(u64::MAX),
+            target_layer: AtomicU64::new(u64::MAX),
+            estimate_bps: AtomicU64::new(0),
+            layer_switches: AtomicU64::new(0),
         }
     }
 }
@@ -209,6 +238,9 @@ counters! {
     /// Loop turns that stopped at a bound on their work (commands, cross-worker packets,
     /// completions) or ran past their time budget: the worker is saturated or stalled.
     loop_overruns,
+    layer_switches,
+    probe_padding_packets,
+    player_transport_feedback,
 }
 
 /// Adds to a counter only this thread writes.

@@ -7,22 +7,33 @@ use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::burst::{BurstId, Owner};
-use super::egress::{Output, Peer, send_link_feedback, send_pli};
+use super::egress::{Output, Peer, send_link_feedback, send_pli, send_probe_padding};
 use super::mesh::SharedPacket;
-use super::stats::{SessionMeter, StreamMeter};
+use super::stats::{SessionMeter, StreamMeter, add};
 use super::{Event, NewRole, NewSession, WorkerSettings};
 use crate::io::{Pending, Token};
-use crate::media::{MAX_PACKET, MediaKind, SessionId, StreamId};
+use crate::media::{MAX_LAYERS, MAX_PACKET, MediaKind, SessionId, StreamId};
+use crate::session::bwe::{BandwidthEstimator, EstimatorConfig};
 use crate::session::ice::IceLite;
 use crate::session::player::{Player, PlayerTrack, Repair};
 use crate::session::publisher::Publisher;
 use crate::session::retransmit::RetransmitWindow;
+use crate::session::simulcast::LayerPreference;
 use crate::wire::srtp::{SrtpContext, SrtpProfile};
+
+/// A simulcast player's path estimate: where it starts (the selector takes an encoding that
+/// fits, then probes upward) and its bounds.
+const PLAYER_ESTIMATE: EstimatorConfig = EstimatorConfig {
+    initial_bps: 1_000_000,
+    min_bps: 50_000,
+    max_bps: 50_000_000,
+};
 
 /// Packets a stream's retransmission window holds, and for how long: about a second of HD
 /// video, long enough for a few NACK round trips.
@@ -55,7 +66,8 @@ pub(super) struct Session {
     pub(super) dtls_records: tokio::sync::mpsc::Sender<Vec<u8>>,
     /// Records dropped for a full DTLS queue; at `DTLS_FLOOD_DROPS` the session is reported.
     pub(super) dtls_dropped: u32,
-    /// A publisher's count of what it sends, which the control thread reads.
+    /// The stream's meter: a publisher counts what it sends into it (the control thread and
+    /// the players' workers read it), a player reads its encodings' bitrates from it.
     pub(super) meter: Option<Arc<StreamMeter>>,
     /// What the peer's receiver reports say (a player's RTT and loss), for the control thread.
     pub(super) reception: Arc<SessionMeter>,
@@ -89,9 +101,10 @@ pub(super) struct LocalStream {
     pub(super) players: Vec<usize>,
     /// Players per other worker, kept on the publisher's worker.
     pub(super) remote_interest: Vec<u32>,
-    /// The stream's last video packets (by the publisher's sequence number), kept while a
-    /// player here repairs loss: its NACKs are answered from here.
-    pub(super) repair: Option<Box<RetransmitWindow<Arc<SharedPacket>>>>,
+    /// The stream's last video packets (by the publisher's sequence number), one window per
+    /// simulcast encoding, kept while a player here repairs loss: its NACKs are answered from
+    /// here. Empty when no player here repairs.
+    pub(super) repair: Vec<RetransmitWindow<Arc<SharedPacket>>>,
 }
 
 impl LocalStream {
@@ -101,7 +114,7 @@ impl LocalStream {
             publisher: None,
             players: Vec::new(),
             remote_interest: vec![0; workers],
-            repair: None,
+            repair: Vec::new(),
         }
     }
 
@@ -132,6 +145,9 @@ pub(super) struct Table {
     pub(super) streams: HashMap<StreamId, LocalStream>,
     /// Closed (and reported) once nothing queued on the ring refers to them.
     pub(super) to_close: Vec<ToClose>,
+    /// Keyframes simulcast players wait for, by stream and encoding: asked by the loop after
+    /// the tick.
+    pub(super) keyframes_wanted: Vec<(StreamId, u8)>,
 }
 
 impl Table {
@@ -147,6 +163,7 @@ impl Table {
             by_id: HashMap::new(),
             streams: HashMap::new(),
             to_close: Vec::new(),
+            keyframes_wanted: Vec::new(),
         }
     }
 
@@ -165,36 +182,58 @@ impl Table {
         });
         self.next_generation = self.next_generation.wrapping_add(1) & 0xff_ffff;
         let generation = self.next_generation;
-        let mut meter = None;
+        let meter;
+        let mut layers = 1;
         let role = match new.role {
             NewRole::Publisher {
                 payload_types,
+                video,
                 link,
                 meter: stream_meter,
             } => {
                 meter = Some(stream_meter);
                 Role::Publisher(Box::new(Publisher::new(
                     &payload_types,
+                    video,
                     link,
                     rand::random(),
                 )))
             }
-            NewRole::Player { tracks } => Role::Player(Player::new(tracks.into_iter().map(|t| {
-                let track = PlayerTrack::new(
-                    t.publisher_payload_type,
-                    t.payload_type,
-                    t.ssrc,
-                    t.extension_ids,
-                    rand::random(),
-                );
-                let track = match (t.kind, t.nack) {
-                    (MediaKind::Video, true) => {
-                        track.with_repair(Repair::new(t.rtx, rand::random()))
-                    }
-                    _ => track,
-                };
-                (t.kind, track)
-            }))),
+            NewRole::Player {
+                tracks,
+                layers: stream_layers,
+                video_clock_rate,
+                meter: stream_meter,
+            } => {
+                meter = Some(stream_meter);
+                layers = stream_layers.max(1);
+                let transport_cc = tracks.iter().any(|t| t.transport_cc_id.is_some());
+                let player = Player::new(tracks.into_iter().map(|t| {
+                    let track = PlayerTrack::new(
+                        t.publisher_payload_type,
+                        t.payload_type,
+                        t.ssrc,
+                        t.extension_ids,
+                        rand::random(),
+                    )
+                    .with_transport_cc(t.transport_cc_id);
+                    let track = match (t.kind, t.nack) {
+                        (MediaKind::Video, true) => {
+                            track.with_repair(Repair::new(t.rtx, rand::random()))
+                        }
+                        _ => track,
+                    };
+                    (t.kind, track)
+                }));
+                Role::Player(match layers {
+                    1 => player,
+                    _ => player.with_layers(
+                        layers,
+                        video_clock_rate,
+                        transport_cc.then(|| BandwidthEstimator::new(PLAYER_ESTIMATE)),
+                    ),
+                })
+            }
         };
         let repairs = match &role {
             Role::Player(player) => player.repairs_video(),
@@ -209,11 +248,10 @@ impl Table {
             Role::Publisher(_) => local.publisher = Some(slot),
             Role::Player(_) => local.players.push(slot),
         }
-        if repairs && local.repair.is_none() {
-            local.repair = Some(Box::new(RetransmitWindow::new(
-                RETRANSMIT_WINDOW_PACKETS,
-                RETRANSMIT_WINDOW_AGE,
-            )));
+        if repairs && local.repair.is_empty() {
+            local.repair = (0..layers)
+                .map(|_| RetransmitWindow::new(RETRANSMIT_WINDOW_PACKETS, RETRANSMIT_WINDOW_AGE))
+                .collect();
         }
         let udp_fd = new.udp.as_ref().map_or(-1, |s| s.as_raw_fd());
         let token = Token { slot, generation };
@@ -258,7 +296,8 @@ impl Table {
     }
 
     /// DTLS finished: the session's SRTP contexts. Returns the stream of a player that joined
-    /// with them: it needs a keyframe to start decoding.
+    /// with them: it needs a keyframe to start decoding (of the encoding it gets, unless it
+    /// is a simulcast player, whose next tick picks its encoding and asks for it).
     pub(super) fn set_keys(
         &mut self,
         id: SessionId,
@@ -271,7 +310,10 @@ impl Table {
             Ok((outbound, inbound)) => {
                 session.srtp_out = Some(outbound);
                 session.srtp_in = Some(inbound);
-                matches!(session.role, Role::Player(_)).then_some(session.stream)
+                match &session.role {
+                    Role::Player(player) if !player.has_layers() => Some(session.stream),
+                    _ => None,
+                }
             }
             Err(e) => {
                 tracing::warn!(session = id, error = %e, "unusable SRTP keys");
@@ -414,26 +456,46 @@ impl Table {
         }
     }
 
-    /// Sends each publisher the RTCP its link has due (feedback, NACKs, the operator's cap).
+    /// Sends each publisher the RTCP its link has due (feedback, NACKs, the operator's cap),
+    /// and each probing simulcast player its padding.
     pub(super) fn send_link_feedback(&mut self, now: Instant, out: &mut Output) {
         for session in self.sessions.iter_mut().flatten() {
-            if !session.closing && matches!(session.role, Role::Publisher(_)) {
-                send_link_feedback(session, now, out);
+            if session.closing {
+                continue;
+            }
+            match &session.role {
+                Role::Publisher(_) => send_link_feedback(session, now, out),
+                Role::Player(_) => send_probe_padding(session, now, out),
             }
         }
     }
 
-    /// Streams here that keep a retransmission window.
-    pub(super) fn repair_windows(&self) -> usize {
-        self.streams.values().filter(|l| l.repair.is_some()).count()
+    /// A simulcast player pins or caps its encoding.
+    pub(super) fn set_layer_preference(&mut self, id: SessionId, preference: LayerPreference) {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        if let Some(Session {
+            role: Role::Player(player),
+            ..
+        }) = self.sessions[slot].as_mut()
+        {
+            player.set_layer_preference(preference);
+        }
     }
 
-    /// Whether any session here is a publisher (whose link may want feedback sent).
-    pub(super) fn has_publishers(&self) -> bool {
-        self.sessions
-            .iter()
-            .flatten()
-            .any(|s| matches!(s.role, Role::Publisher(_)))
+    /// Retransmission windows here (one per stream and encoding).
+    pub(super) fn repair_windows(&self) -> usize {
+        self.streams.values().map(|l| l.repair.len()).sum()
+    }
+
+    /// Whether any session here has feedback to send on a short timer: a publisher (its
+    /// link), or a simulcast player (its probes).
+    pub(super) fn has_feedback_work(&self) -> bool {
+        self.sessions.iter().flatten().any(|s| match &s.role {
+            Role::Publisher(_) => true,
+            Role::Player(player) => player.has_layers(),
+        })
     }
 
     /// The timer's rounds: ICE timeouts reported, accepts re-armed, deferred keyframe
@@ -474,22 +536,37 @@ impl Table {
                 };
                 out.ring.arm_accept(listener.as_raw_fd(), token);
             }
-            let deferred_keyframe = match &mut session.role {
-                Role::Player(_) => {
+            let deferred_keyframes = match &mut session.role {
+                Role::Player(player) => {
                     census.players += 1;
-                    false
+                    if let Some(meter) = &session.meter {
+                        let switched_before =
+                            session.reception.layer_switches.load(Ordering::Relaxed);
+                        if let Some(layer) = choose_layer(player, now, meter, &session.reception) {
+                            self.keyframes_wanted.push((session.stream, layer));
+                        }
+                        let switched = session.reception.layer_switches.load(Ordering::Relaxed);
+                        add(&out.stats.layer_switches, switched - switched_before);
+                    }
+                    0
                 }
-                Role::Publisher(publisher) => publisher.poll(now),
+                Role::Publisher(publisher) => {
+                    if let (Some(rates), Some(meter)) = (publisher.rates.poll(now), &session.meter)
+                    {
+                        publish_layer_meters(meter, rates, publisher.sizes());
+                    }
+                    publisher.poll(now)
+                }
             };
-            if deferred_keyframe {
-                send_pli(session, out);
+            for layer in (0..MAX_LAYERS as u8).filter(|l| deferred_keyframes & (1 << l) != 0) {
+                send_pli(session, layer, out);
             }
         }
         self.close_unvalidated_conns(now, out);
         // A quiet stream lets go of the packets its window still holds, so they go back to
         // the pool.
         for local in self.streams.values_mut() {
-            if let Some(window) = local.repair.as_deref_mut() {
+            for window in &mut local.repair {
                 window.release_expired(now);
             }
         }
@@ -512,5 +589,49 @@ impl Table {
             .get(slot)
             .and_then(Option::as_ref)
             .is_some_and(|s| s.generation == generation && !s.closing && s.udp_fd == fd)
+    }
+}
+
+/// A simulcast player's encoding, picked from its estimate and the stream's encodings, shown
+/// in its meter; returns the encoding it waits for a keyframe of, if any.
+fn choose_layer(
+    player: &mut Player,
+    now: Instant,
+    stream: &StreamMeter,
+    reception: &SessionMeter,
+) -> Option<u8> {
+    let rates = stream.layer_rates();
+    let wanted = player.choose_layer(now, &rates);
+    let layers = player.layers()?;
+    let show = |layer: Option<u8>| layer.map_or(u64::MAX, u64::from);
+    reception
+        .layer
+        .store(show(layers.selector.current()), Ordering::Relaxed);
+    reception
+        .target_layer
+        .store(show(layers.selector.target()), Ordering::Relaxed);
+    reception
+        .layer_switches
+        .store(layers.selector.switches(), Ordering::Relaxed);
+    let estimate = layers
+        .estimator
+        .as_ref()
+        .map_or(0, BandwidthEstimator::estimate_bps);
+    reception.estimate_bps.store(estimate, Ordering::Relaxed);
+    wanted
+}
+
+/// A publisher's encodings as its worker measured them, for the players' workers and the API.
+fn publish_layer_meters(
+    meter: &StreamMeter,
+    rates: [u64; MAX_LAYERS],
+    sizes: [Option<(u16, u16)>; MAX_LAYERS],
+) {
+    for ((layer, rate), size) in meter.layers.iter().zip(rates).zip(sizes) {
+        layer.bitrate_bps.store(rate, Ordering::Relaxed);
+        if let Some((width, height)) = size {
+            layer.width.store(u64::from(width), Ordering::Relaxed);
+            layer.height.store(u64::from(height), Ordering::Relaxed);
+        }
     }
 }
