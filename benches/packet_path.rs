@@ -83,7 +83,9 @@ fn player_rewrite(sequence: u16, extension_ids: &ExtensionIdMap) -> Rewrite<'_> 
         ssrc: 1,
         payload_type: 100,
         sequence,
+        timestamp: 90_000,
         extension_ids,
+        transport_sequence: None,
     }
 }
 

@@ -7,12 +7,14 @@
 
 use std::time::Instant;
 
-use crate::media::{MAX_LAYERS, MediaKind};
+use crate::media::MediaKind;
 use crate::session::bwe::BandwidthEstimator;
 use crate::session::receive_stats::RttEstimator;
 use crate::session::retransmit::RetransmitBudget;
 use crate::session::sequence::SequenceMapper;
-use crate::session::simulcast::{LayerPreference, LayerSelector, LayerVerdict, TimestampMapper};
+use crate::session::simulcast::{
+    Encodings, LayerPreference, LayerSelector, LayerVerdict, TimestampMapper,
+};
 use crate::wire::rtcp::{self, RECEIVER_REPORT, SENDER_REPORT, TRANSPORT_FEEDBACK};
 use crate::wire::rtcp_report::report_blocks;
 use crate::wire::rtp::{ExtensionIdMap, Rewrite, RtpHeader, rewrite_header_into, write_padding};
@@ -451,15 +453,15 @@ impl Player {
 
     /// Picks the player's encoding from its estimate and the encodings' `rates`; returns the
     /// encoding to ask a keyframe of, when it waits for one. Per timer tick.
-    pub fn choose_layer(&mut self, now: Instant, rates: &[u64; MAX_LAYERS]) -> Option<u8> {
+    pub fn choose_layer(&mut self, now: Instant, encodings: &Encodings) -> Option<u8> {
         let layers = self.layers.as_deref_mut()?;
         let estimate = layers
             .estimator
             .as_ref()
             .map(BandwidthEstimator::estimate_bps);
-        let keyframe = layers.selector.update(now, estimate, rates);
+        let keyframe = layers.selector.update(now, estimate, encodings);
         if let Some(estimator) = layers.estimator.as_mut() {
-            estimator.set_wanted(layers.selector.next_up_bps(rates).unwrap_or(0));
+            estimator.set_wanted(layers.selector.next_up_bps(encodings).unwrap_or(0));
         }
         keyframe
     }

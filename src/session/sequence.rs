@@ -8,6 +8,9 @@ pub struct SequenceMapper {
     source_ssrc: Option<u32>,
     offset: u16,
     highest_out: Option<u16>,
+    /// The player's first number from the current source: numbers before it came from an
+    /// earlier source (another simulcast encoding) and map back to nothing.
+    source_start: u16,
 }
 
 impl SequenceMapper {
@@ -17,6 +20,7 @@ impl SequenceMapper {
             source_ssrc: None,
             offset: 0,
             highest_out: None,
+            source_start: initial,
         }
     }
 
@@ -26,6 +30,7 @@ impl SequenceMapper {
             let next = self.highest_out.map_or(self.initial, |h| h.wrapping_add(1));
             self.offset = next.wrapping_sub(sequence);
             self.source_ssrc = Some(ssrc);
+            self.source_start = next;
         }
         let out = sequence.wrapping_add(self.offset);
         let newer = self
@@ -41,7 +46,11 @@ impl SequenceMapper {
     /// source maps it (a player's NACK names its own numbers; the retransmission window keeps
     /// the publisher's).
     pub fn unmap(&self, out: u16) -> Option<(u32, u16)> {
-        Some((self.source_ssrc?, out.wrapping_sub(self.offset)))
+        let ssrc = self.source_ssrc?;
+        if (out.wrapping_sub(self.source_start) as i16) < 0 {
+            return None; // sent from an earlier source
+        }
+        Some((ssrc, out.wrapping_sub(self.offset)))
     }
 }
 
@@ -57,6 +66,20 @@ mod tests {
         assert_eq!(m.map(7, 110), 4, "wraps");
         assert_eq!(m.unmap(4), Some((7, 110)));
         assert_eq!(m.unmap(65_531), Some((7, 101)));
+    }
+
+    #[test]
+    fn numbers_from_an_earlier_source_map_back_to_nothing() {
+        let mut m = SequenceMapper::new(100);
+        m.map(1, 5000);
+        m.map(1, 5001);
+        assert_eq!(m.map(2, 9), 102, "a switch to another encoding");
+        assert_eq!(m.unmap(102), Some((2, 9)));
+        assert_eq!(
+            m.unmap(101),
+            None,
+            "the old encoding's packet is not the new one's 8"
+        );
     }
 
     #[test]

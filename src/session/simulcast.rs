@@ -78,6 +78,26 @@ impl LayerRates {
     }
 }
 
+/// A stream's encodings as the players see them: their bitrates (0: not sent now) and their
+/// picture sizes in pixels (0: unknown). Encodings rank by size when every one sent has a
+/// known size (a publisher ramping up may send a small encoding at a higher bitrate than a
+/// larger one for a while), else by bitrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Encodings {
+    pub bitrate_bps: [u64; MAX_LAYERS],
+    pub pixels: [u64; MAX_LAYERS],
+}
+
+impl Encodings {
+    /// Encodings of unknown size.
+    pub fn with_rates(bitrate_bps: [u64; MAX_LAYERS]) -> Encodings {
+        Encodings {
+            bitrate_bps,
+            pixels: [0; MAX_LAYERS],
+        }
+    }
+}
+
 /// What a player asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LayerPreference {
@@ -164,14 +184,18 @@ impl LayerSelector {
         &mut self,
         now: Instant,
         estimate_bps: Option<u64>,
-        rates: &[u64; MAX_LAYERS],
+        encodings: &Encodings,
     ) -> Option<u8> {
-        let rates = &rates[..self.layers as usize];
+        let layers = self.layers as usize;
+        let (rates, pixels) = (
+            &encodings.bitrate_bps[..layers],
+            &encodings.pixels[..layers],
+        );
         let budget = match (estimate_bps, self.preference.max_bps) {
             (Some(e), Some(m)) => Some(e.min(m)),
             (e, m) => e.or(m),
         };
-        let wanted = self.choose(now, budget, rates);
+        let wanted = self.choose(now, budget, rates, pixels);
         if wanted != self.target {
             self.target = wanted;
             self.last_keyframe_request = None;
@@ -187,7 +211,13 @@ impl LayerSelector {
         None
     }
 
-    fn choose(&mut self, now: Instant, budget: Option<u64>, rates: &[u64]) -> Option<u8> {
+    fn choose(
+        &mut self,
+        now: Instant,
+        budget: Option<u64>,
+        rates: &[u64],
+        pixels: &[u64],
+    ) -> Option<u8> {
         let active = |layer: usize| rates.get(layer).is_some_and(|&r| r > 0);
         // Before any rate is known, the encoding last in the offer (by convention the best)
         // when the budget is unknown, else the first.
@@ -204,7 +234,11 @@ impl LayerSelector {
             count += 1;
         }
         let order = &mut order[..count];
-        order.sort_by_key(|&l| (rates[l], l));
+        if order.iter().all(|&l| pixels[l] > 0) {
+            order.sort_by_key(|&l| (pixels[l], rates[l], l));
+        } else {
+            order.sort_by_key(|&l| (rates[l], l));
+        }
         match self.preference.pinned {
             Some(Pin::Layer(pinned)) => {
                 // The pinned one, or the nearest sent below (above when none is).
@@ -251,10 +285,11 @@ impl LayerSelector {
     }
 
     /// What the estimate must reach for the next encoding up (for probing), if there is one.
-    pub fn next_up_bps(&self, rates: &[u64; MAX_LAYERS]) -> Option<u64> {
+    pub fn next_up_bps(&self, encodings: &Encodings) -> Option<u64> {
         if self.preference.pinned.is_some() {
             return None;
         }
+        let rates = &encodings.bitrate_bps;
         let current = rates.get(self.target? as usize).copied()?;
         rates[..self.layers as usize]
             .iter()
@@ -358,7 +393,7 @@ mod tests {
     #[test]
     fn the_best_layer_that_fits_is_chosen_and_down_is_at_once_up_after_a_while() {
         let t0 = Instant::now();
-        let rates = [150_000, 500_000, 1_500_000];
+        let rates = Encodings::with_rates([150_000, 500_000, 1_500_000]);
         let mut s = LayerSelector::new(3);
         assert_eq!(s.update(t0, Some(2_000_000), &rates), Some(2));
         assert_eq!(s.target(), Some(2));
@@ -390,7 +425,7 @@ mod tests {
     #[test]
     fn a_switch_waits_for_a_keyframe_of_the_target_which_is_asked_again_until_it_comes() {
         let t0 = Instant::now();
-        let rates = [150_000, 500_000, 1_500_000];
+        let rates = Encodings::with_rates([150_000, 500_000, 1_500_000]);
         let mut s = LayerSelector::new(3);
         assert_eq!(s.update(t0, Some(600_000), &rates), Some(1));
         assert_eq!(s.on_packet(1, false), LayerVerdict::Drop, "not mid-frame");
@@ -412,7 +447,7 @@ mod tests {
     #[test]
     fn a_pinned_or_capped_player_stays_where_it_asked() {
         let t0 = Instant::now();
-        let rates = [150_000, 500_000, 1_500_000];
+        let rates = Encodings::with_rates([150_000, 500_000, 1_500_000]);
         let mut s = LayerSelector::new(3);
         s.set_preference(LayerPreference {
             pinned: Some(Pin::Layer(0)),
@@ -430,9 +465,17 @@ mod tests {
             pinned: Some(Pin::Layer(1)),
             max_bps: None,
         });
-        s.update(t0, Some(10_000_000), &[150_000, 0, 1_500_000]);
+        s.update(
+            t0,
+            Some(10_000_000),
+            &Encodings::with_rates([150_000, 0, 1_500_000]),
+        );
         assert_eq!(s.target(), Some(0));
-        s.update(t0, Some(10_000_000), &[0, 0, 1_500_000]);
+        s.update(
+            t0,
+            Some(10_000_000),
+            &Encodings::with_rates([0, 0, 1_500_000]),
+        );
         assert_eq!(s.target(), Some(2));
         // By rank, from the bitrates whatever the offer's order.
         for (pin, layer) in [(Pin::Lowest, 2), (Pin::Middle, 1), (Pin::Highest, 0)] {
@@ -440,7 +483,11 @@ mod tests {
                 pinned: Some(pin),
                 max_bps: None,
             });
-            s.update(t0, Some(100_000), &[1_500_000, 500_000, 150_000]);
+            s.update(
+                t0,
+                Some(100_000),
+                &Encodings::with_rates([1_500_000, 500_000, 150_000]),
+            );
             assert_eq!(s.target(), Some(layer), "{pin:?}");
         }
 
@@ -467,12 +514,32 @@ mod tests {
     fn layers_are_ranked_by_bitrate_not_by_their_place_in_the_offer() {
         let t0 = Instant::now();
         // An offer listing the best first.
-        let rates = [1_500_000, 500_000, 150_000];
+        let rates = Encodings::with_rates([1_500_000, 500_000, 150_000]);
         let mut s = LayerSelector::new(3);
         s.update(t0, Some(600_000), &rates);
         assert_eq!(s.target(), Some(1));
         s.update(t0, Some(100_000), &rates);
         assert_eq!(s.target(), Some(2));
+    }
+
+    #[test]
+    fn sizes_rank_the_encodings_when_known() {
+        let t0 = Instant::now();
+        // Ramping up: the small encoding briefly costs more than the middle one.
+        let encodings = Encodings {
+            bitrate_bps: [376_000, 247_000, 522_000],
+            pixels: [320 * 180, 640 * 360, 1280 * 720],
+        };
+        let mut s = LayerSelector::new(3);
+        s.set_preference(LayerPreference {
+            pinned: Some(Pin::Lowest),
+            max_bps: None,
+        });
+        s.update(t0, None, &encodings);
+        assert_eq!(s.target(), Some(0));
+        let by_rate = Encodings::with_rates(encodings.bitrate_bps);
+        s.update(t0, None, &by_rate);
+        assert_eq!(s.target(), Some(1), "without sizes, by bitrate");
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 
+use crate::session::simulcast::Encodings;
+
 /// Upper bounds (µs) of the Prometheus buckets `/metrics` derives from the relay-latency
 /// histogram.
 pub const LATENCY_BUCKETS_US: [u64; 16] = [
@@ -80,9 +82,15 @@ pub struct LayerMeter {
 }
 
 impl StreamMeter {
-    /// The encodings' bitrates.
-    pub fn layer_rates(&self) -> [u64; crate::media::MAX_LAYERS] {
-        std::array::from_fn(|i| self.layers[i].bitrate_bps.load(Ordering::Relaxed))
+    /// The encodings' bitrates and sizes.
+    pub fn encodings(&self) -> Encodings {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Encodings {
+            bitrate_bps: std::array::from_fn(|i| load(&self.layers[i].bitrate_bps)),
+            pixels: std::array::from_fn(|i| {
+                load(&self.layers[i].width) * load(&self.layers[i].height)
+            }),
+        }
     }
 }
 

@@ -600,8 +600,7 @@ fn choose_layer(
     stream: &StreamMeter,
     reception: &SessionMeter,
 ) -> Option<u8> {
-    let rates = stream.layer_rates();
-    let wanted = player.choose_layer(now, &rates);
+    let wanted = player.choose_layer(now, &stream.encodings());
     let layers = player.layers()?;
     let show = |layer: Option<u8>| layer.map_or(u64::MAX, u64::from);
     reception

@@ -10,7 +10,7 @@ const WINDOW_BUCKETS: i64 = 50;
 const MIN_SPAN_US: i64 = 150_000;
 
 #[derive(Debug, Clone)]
-pub struct AcknowledgedBitrate {
+pub(super) struct AcknowledgedBitrate {
     buckets: [u64; WINDOW_BUCKETS as usize],
     /// Index (arrival / bucket) of the newest bucket, and the newest arrival.
     newest: Option<(i64, i64)>,
@@ -18,7 +18,7 @@ pub struct AcknowledgedBitrate {
 }
 
 impl AcknowledgedBitrate {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         AcknowledgedBitrate {
             buckets: [0; WINDOW_BUCKETS as usize],
             newest: None,
@@ -26,7 +26,7 @@ impl AcknowledgedBitrate {
         }
     }
 
-    pub fn on_received(&mut self, arrival_us: i64, size: u32) {
+    pub(super) fn on_received(&mut self, arrival_us: i64, size: u32) {
         let index = arrival_us.div_euclid(BUCKET_US);
         match self.newest {
             None => {
@@ -50,7 +50,7 @@ impl AcknowledgedBitrate {
     }
 
     /// Bits per second over the window, once arrivals span enough of it.
-    pub fn bitrate_bps(&self) -> Option<u64> {
+    pub(super) fn bitrate_bps(&self) -> Option<u64> {
         let (newest, latest_us) = self.newest?;
         let window_start_us =
             ((newest - WINDOW_BUCKETS + 1) * BUCKET_US).max(self.first_arrival_us);

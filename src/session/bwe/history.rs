@@ -10,7 +10,7 @@ use crate::wire::twcc::{DELTA_TICK_US, PacketStatus, REFERENCE_TICK_US, Transpor
 
 /// Slots in the ring: at 2,000 packets a second (about 20 Mbit/s) that is 2 s of packets, ten
 /// times the feedback interval.
-pub const HISTORY_CAPACITY: usize = 4096;
+pub(super) const HISTORY_CAPACITY: usize = 4096;
 /// An extended number far from 0, so going back never underflows.
 const EXTENDED_START: u64 = 1 << 32;
 const REFERENCE_MODULUS: i64 = 1 << 24;
@@ -44,31 +44,31 @@ const EMPTY: Slot = Slot {
 
 /// One packet newly reported by a feedback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PacketResult {
-    pub sequence: u64,
+pub(super) struct PacketResult {
+    pub(super) sequence: u64,
     /// On the sender's clock, µs.
-    pub sent_us: i64,
+    pub(super) sent_us: i64,
     /// On the receiver's clock (only differences mean anything), µs; `None` when lost.
-    pub arrival_us: Option<i64>,
-    pub size: u32,
+    pub(super) arrival_us: Option<i64>,
+    pub(super) size: u32,
     /// The probe cluster the packet belonged to; 0 for none.
-    pub probe_cluster: u16,
+    pub(super) probe_cluster: u16,
     /// Sent as probe padding, not media.
-    pub padding: bool,
+    pub(super) padding: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HistoryCounters {
+pub(super) struct HistoryCounters {
     /// Feedback that reported nothing new (duplicate, stale, or for numbers never sent).
-    pub feedback_ignored: u64,
+    pub(super) feedback_ignored: u64,
     /// Statuses for numbers never sent or no longer in the ring.
-    pub unknown: u64,
+    pub(super) unknown: u64,
     /// Statuses already reported (received twice, or lost twice).
-    pub duplicates: u64,
+    pub(super) duplicates: u64,
 }
 
 #[derive(Debug, Clone)]
-pub struct SendHistory {
+pub(super) struct SendHistory {
     ring: Box<[Slot]>,
     mask: u64,
     highest: Option<u64>,
@@ -79,7 +79,7 @@ pub struct SendHistory {
 
 impl SendHistory {
     /// `capacity` is rounded up to a power of two.
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(16, 1 << 15).next_power_of_two();
         SendHistory {
             ring: vec![EMPTY; capacity].into_boxed_slice(),
@@ -90,12 +90,12 @@ impl SendHistory {
         }
     }
 
-    pub fn counters(&self) -> &HistoryCounters {
+    pub(super) fn counters(&self) -> &HistoryCounters {
         &self.counters
     }
 
     /// Records a packet sent at `now_us` carrying transport-wide number `sequence`.
-    pub fn on_sent(
+    pub(super) fn on_sent(
         &mut self,
         now_us: i64,
         sequence: u16,
@@ -120,7 +120,7 @@ impl SendHistory {
 
     /// Calls `each` for every packet this feedback reports for the first time (or reports
     /// received after an earlier one said lost), in sequence order; returns how many.
-    pub fn on_feedback(
+    pub(super) fn on_feedback(
         &mut self,
         feedback: &TransportFeedback<'_>,
         mut each: impl FnMut(PacketResult),
@@ -206,7 +206,7 @@ mod tests {
     use crate::wire::twcc::{FeedbackHeader, write_feedback};
 
     /// A feedback for numbers from `base` with these arrival times (µs on the receiver clock).
-    pub(crate) fn feedback(base: u16, count: u8, arrivals: &[Option<i64>]) -> Vec<u8> {
+    fn feedback(base: u16, count: u8, arrivals: &[Option<i64>]) -> Vec<u8> {
         let mut out = [0u8; 1500];
         let header = FeedbackHeader {
             sender_ssrc: 1,

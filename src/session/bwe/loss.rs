@@ -56,7 +56,7 @@ impl<T: Copy> Window<T> {
 }
 
 #[derive(Debug, Clone)]
-pub struct LossBasedBound {
+pub(super) struct LossBasedBound {
     bitrate_bps: f64,
     min_bps: f64,
     max_bps: f64,
@@ -70,7 +70,7 @@ pub struct LossBasedBound {
 }
 
 impl LossBasedBound {
-    pub fn new(initial_bps: u64, min_bps: u64, max_bps: u64) -> Self {
+    pub(super) fn new(initial_bps: u64, min_bps: u64, max_bps: u64) -> Self {
         LossBasedBound {
             bitrate_bps: initial_bps.clamp(min_bps, max_bps) as f64,
             min_bps: min_bps as f64,
@@ -83,17 +83,17 @@ impl LossBasedBound {
         }
     }
 
-    pub fn bitrate_bps(&self) -> u64 {
+    pub(super) fn bitrate_bps(&self) -> u64 {
         self.bitrate_bps as u64
     }
 
     /// When heavy loss last cut the bound.
-    pub fn last_decrease_us(&self) -> Option<i64> {
+    pub(super) fn last_decrease_us(&self) -> Option<i64> {
         self.last_decrease_us
     }
 
     /// The loss fraction of the last second's reported packets (0 while too few).
-    pub fn loss_fraction(&self) -> f64 {
+    pub(super) fn loss_fraction(&self) -> f64 {
         let (received, lost) = self.totals();
         if received + lost < MIN_PACKETS {
             0.0
@@ -102,7 +102,7 @@ impl LossBasedBound {
         }
     }
 
-    pub fn on_packet(&mut self, now_us: i64, received: bool) {
+    pub(super) fn on_packet(&mut self, now_us: i64, received: bool) {
         let bucket = self.reported.at(now_us);
         if received {
             bucket.0 += 1;
@@ -112,7 +112,7 @@ impl LossBasedBound {
     }
 
     /// A probe proved the path carries `bps`.
-    pub fn set_estimate(&mut self, now_us: i64, bps: u64) {
+    pub(super) fn set_estimate(&mut self, now_us: i64, bps: u64) {
         self.bitrate_bps = (bps as f64).clamp(self.min_bps, self.max_bps);
         self.lowest.clear();
         *self.lowest.at(now_us) = self.bitrate_bps;
@@ -122,7 +122,7 @@ impl LossBasedBound {
     /// Like the delay-based rate it grows only to 1.5 × the acknowledged throughput
     /// (`acked_bps`) + 10 kbit/s: a sender that backed off after loss learns nothing about the
     /// path by sending less, and growing back regardless would walk it into the same loss.
-    pub fn update(
+    pub(super) fn update(
         &mut self,
         now_us: i64,
         delay_based_bps: u64,

@@ -16,7 +16,7 @@ use super::history::PacketResult;
 
 const PROBE_DURATION_US: i64 = 300_000;
 /// How long the estimate must go without overuse, underuse or loss before a probe.
-pub const PROBE_STEADY_US: i64 = 2_000_000;
+pub(super) const PROBE_STEADY_US: i64 = 2_000_000;
 const INITIAL_BACKOFF_US: i64 = 5_000_000;
 const MAX_BACKOFF_US: i64 = 10_000_000;
 /// Results of a cluster not complete this long after it ended are taken as they are.
@@ -43,12 +43,12 @@ const MAX_CLUSTER_LOSS: f64 = 0.1;
 const LIFT_TRIAL_US: i64 = 15_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ProbeCounters {
-    pub started: u64,
-    pub succeeded: u64,
-    pub failed: u64,
+pub(super) struct ProbeCounters {
+    pub(super) started: u64,
+    pub(super) succeeded: u64,
+    pub(super) failed: u64,
     /// Lifts followed by heavy loss within their 15 s trial.
-    pub disproved: u64,
+    pub(super) disproved: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +71,7 @@ struct Cluster {
 }
 
 #[derive(Debug, Clone)]
-pub struct ProbeController {
+pub(super) struct ProbeController {
     wanted_bps: u64,
     /// The most wanted since the backoff last started over: wanting the same again (after
     /// dropping a layer, say) is no new goal.
@@ -87,7 +87,7 @@ pub struct ProbeController {
 }
 
 impl ProbeController {
-    pub fn new(max_bps: u64) -> Self {
+    pub(super) fn new(max_bps: u64) -> Self {
         ProbeController {
             wanted_bps: 0,
             goal_bps: 0,
@@ -101,13 +101,13 @@ impl ProbeController {
         }
     }
 
-    pub fn counters(&self) -> &ProbeCounters {
+    pub(super) fn counters(&self) -> &ProbeCounters {
         &self.counters
     }
 
     /// The rate the caller would like (the next layer's); 0 for none. Wanting more than ever
     /// since the backoff started over is a new goal: it starts over again.
-    pub fn set_wanted(&mut self, bps: u64) {
+    pub(super) fn set_wanted(&mut self, bps: u64) {
         let bps = bps.min(self.max_bps);
         if bps > self.goal_bps {
             self.goal_bps = bps;
@@ -131,7 +131,12 @@ impl ProbeController {
 
     /// Starts a cluster if one is wanted and allowed; `steady_for_us` is how long the estimate
     /// has gone without overuse or loss.
-    pub fn maybe_start(&mut self, now_us: i64, estimate_bps: u64, steady_for_us: i64) -> bool {
+    pub(super) fn maybe_start(
+        &mut self,
+        now_us: i64,
+        estimate_bps: u64,
+        steady_for_us: i64,
+    ) -> bool {
         self.settle_trial(now_us);
         if self.cluster.is_some()
             || self.wanted_bps <= estimate_bps
@@ -168,19 +173,19 @@ impl ProbeController {
 
     /// The cluster a packet sent now belongs to (0 for none): the one sending, and for padding
     /// also one just ended (the last poll's bytes, sent late) while its results are pending.
-    pub fn cluster_for(&self, now_us: i64, is_padding: bool) -> u16 {
+    pub(super) fn cluster_for(&self, now_us: i64, is_padding: bool) -> u16 {
         match self.cluster {
             Some(c) if now_us < c.end_us || is_padding => c.id,
             _ => 0,
         }
     }
 
-    pub fn probing(&self) -> bool {
+    pub(super) fn probing(&self) -> bool {
         self.cluster.is_some()
     }
 
     /// Records a packet sent as part of cluster `id` (from [`Self::cluster_for`]).
-    pub fn on_sent(&mut self, id: u16, size: usize) {
+    pub(super) fn on_sent(&mut self, id: u16, size: usize) {
         if let Some(c) = self.cluster.as_mut()
             && id == c.id
         {
@@ -190,7 +195,7 @@ impl ProbeController {
     }
 
     /// Padding bytes to send now so the cluster (media included) runs at its rate.
-    pub fn padding_due(&self, now_us: i64) -> usize {
+    pub(super) fn padding_due(&self, now_us: i64) -> usize {
         let Some(c) = self.cluster else {
             return 0;
         };
@@ -204,7 +209,7 @@ impl ProbeController {
     }
 
     /// A packet of the cluster reported by feedback.
-    pub fn on_result(&mut self, result: &PacketResult) {
+    pub(super) fn on_result(&mut self, result: &PacketResult) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -229,7 +234,7 @@ impl ProbeController {
 
     /// After feedback: once the cluster is over and reported (or given up on), judges it.
     /// Returns the rate the probe proved when that is above the estimate, to lift it to.
-    pub fn evaluate(&mut self, now_us: i64, estimate_bps: u64) -> Option<u64> {
+    pub(super) fn evaluate(&mut self, now_us: i64, estimate_bps: u64) -> Option<u64> {
         let c = self.cluster?;
         let complete = now_us >= c.end_us && c.reported >= c.sent_packets;
         if !complete && now_us < c.end_us + RESULT_TIMEOUT_US {
@@ -261,7 +266,7 @@ impl ProbeController {
 
     /// The loss-based bound cut the estimate: if a probe lifted it within the trial, the lift
     /// was wrong, and probing backs off as after a failed probe.
-    pub fn on_loss_backoff(&mut self, now_us: i64) {
+    pub(super) fn on_loss_backoff(&mut self, now_us: i64) {
         if let Some(lifted) = self.lifted_at_us.take()
             && now_us - lifted <= LIFT_TRIAL_US
         {

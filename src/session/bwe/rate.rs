@@ -71,7 +71,7 @@ impl LinkCapacity {
 }
 
 #[derive(Debug, Clone)]
-pub struct AimdRateControl {
+pub(super) struct AimdRateControl {
     bitrate_bps: f64,
     min_bps: f64,
     max_bps: f64,
@@ -82,7 +82,7 @@ pub struct AimdRateControl {
 }
 
 impl AimdRateControl {
-    pub fn new(initial_bps: u64, min_bps: u64, max_bps: u64) -> Self {
+    pub(super) fn new(initial_bps: u64, min_bps: u64, max_bps: u64) -> Self {
         AimdRateControl {
             bitrate_bps: initial_bps.clamp(min_bps, max_bps) as f64,
             min_bps: min_bps as f64,
@@ -94,12 +94,12 @@ impl AimdRateControl {
         }
     }
 
-    pub fn bitrate_bps(&self) -> u64 {
+    pub(super) fn bitrate_bps(&self) -> u64 {
         self.bitrate_bps as u64
     }
 
     /// A probe proved the path carries `bps`.
-    pub fn set_estimate(&mut self, now_us: i64, bps: u64) {
+    pub(super) fn set_estimate(&mut self, now_us: i64, bps: u64) {
         self.bitrate_bps = (bps as f64).clamp(self.min_bps, self.max_bps);
         self.last_change_us = Some(now_us);
     }
@@ -107,7 +107,7 @@ impl AimdRateControl {
     /// One step per feedback: `acked_bps` is the acknowledged throughput when known (the level
     /// to back off to), `used_bps` the part of it the sender sent of its own accord, without
     /// probe padding (the base of the ceiling on increases); `rtt_us` the round-trip estimate.
-    pub fn update(
+    pub(super) fn update(
         &mut self,
         now_us: i64,
         usage: BandwidthUsage,

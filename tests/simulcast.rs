@@ -1,0 +1,343 @@
+//! Simulcast with a bandwidth estimate per player, judged by Chromium's own getStats.
+//!
+//! A headless Chromium publishes its fake camera at 1280x720 as three encodings (`l`, `m`,
+//! `h`: scaled down by 4, 2 and 1). In a network namespace of the test's own, player A plays
+//! unconstrained and must decode the full 1280-wide picture; player B's path from the relay
+//! is policed by nftables to about 600 kbit/s (`limit rate over … drop` on its session's
+//! port) and must settle on the low encoding and keep decoding it at 20 fps or more with at
+//! most a second of freezes over 25 s; when its limit is lifted it must move up within 15 s.
+//! Player C pins the low encoding (`?layer=l`) and stays there.
+//!
+//! Needs root (the namespace and nftables) and Debian's `nftables` (tests/run installs it).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Relay;
+use common::chromium::Chromium;
+use serde_json::{Value, json};
+
+/// The relay's media ports: the namespace is private, so a fixed range is free.
+const MEDIA_PORTS: &str = "31000-31063";
+/// Player B's path: 600 kbit/s, with the burst of a policer (a fifth of a second): what
+/// exceeds it is dropped, not queued.
+const POLICE_BYTES_PER_SECOND: u32 = 75_000;
+const POLICE_BURST_BYTES: u32 = 15_000;
+
+const HARNESS: &str = r#"
+window.sc = (() => {
+  const sessions = new Map();
+  let next = 1;
+  async function negotiate(pc, path) {
+    await pc.setLocalDescription(await pc.createOffer());
+    const res = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp" },
+      body: pc.localDescription.sdp,
+    });
+    const text = await res.text();
+    if (res.status !== 201) throw new Error(`${res.status} ${text.trim()}`);
+    await pc.setRemoteDescription({ type: "answer", sdp: text });
+    return text;
+  }
+  async function start(path, setup) {
+    const id = next++;
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    const s = { pc, error: null, answer: "" };
+    sessions.set(id, s);
+    try {
+      await setup(pc);
+      s.answer = await negotiate(pc, path);
+    } catch (e) {
+      s.error = String(e.message || e);
+    }
+    return id;
+  }
+  function publish(stream) {
+    return start(`/whip/${stream}`, async (pc) => {
+      const media = await navigator.mediaDevices.getUserMedia({
+        audio: true,
+        video: { width: { exact: 1280 }, height: { exact: 720 }, frameRate: { ideal: 30 } },
+      });
+      pc.addTransceiver(media.getAudioTracks()[0], { direction: "sendonly", streams: [media] });
+      pc.addTransceiver(media.getVideoTracks()[0], {
+        direction: "sendonly",
+        streams: [media],
+        sendEncodings: [
+          { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+          { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+          { rid: "h", scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+        ],
+      });
+    });
+  }
+  function play(path) {
+    return start(path, async (pc) => {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+      pc.addTransceiver("video", { direction: "recvonly" });
+      const v = document.createElement("video");
+      v.autoplay = true; v.muted = true; v.playsInline = true;
+      document.body.appendChild(v);
+      pc.ontrack = (e) => { v.srcObject = e.streams[0] || new MediaStream([e.track]); };
+    });
+  }
+  async function stats(id) {
+    const s = sessions.get(id);
+    const out = { error: s.error, connectionState: s.pc.connectionState, outbound: [] };
+    const report = await s.pc.getStats();
+    report.forEach((r) => {
+      if (r.kind === "video" && r.type === "inbound-rtp") out.inbound = JSON.parse(JSON.stringify(r));
+      if (r.kind === "video" && r.type === "outbound-rtp") out.outbound.push(JSON.parse(JSON.stringify(r)));
+    });
+    return out;
+  }
+  function answer(id) { return sessions.get(id).answer; }
+  return { publish, play, stats, answer };
+})();
+return true;
+"#;
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(0.0)
+}
+
+/// The `nft` command: on the PATH, or in /usr/sbin.
+fn nft() -> String {
+    if std::path::Path::new("/usr/sbin/nft").exists() {
+        "/usr/sbin/nft".into()
+    } else {
+        "nft".into()
+    }
+}
+
+fn run_nft(args: &str) {
+    let status = Command::new("sh")
+        .args(["-c", &format!("{} {args}", nft())])
+        .status()
+        .expect("running nft");
+    assert!(status.success(), "nft {args}");
+}
+
+struct Page {
+    browser: Chromium,
+}
+
+impl Page {
+    async fn call(&self, script: &str, args: Vec<Value>) -> Value {
+        self.browser
+            .client
+            .execute(script, args)
+            .await
+            .expect("script in the page")
+    }
+
+    async fn stats(&self, id: &Value) -> Value {
+        self.call("return await sc.stats(arguments[0])", vec![id.clone()])
+            .await
+    }
+
+    async fn play(&self, path: &str) -> (Value, String) {
+        let id = self
+            .call("return await sc.play(arguments[0])", vec![json!(path)])
+            .await;
+        let s = self.stats(&id).await;
+        assert!(s["error"].is_null(), "playing {path}: {s:#}");
+        let answer = self
+            .call("return sc.answer(arguments[0])", vec![id.clone()])
+            .await;
+        (id, answer.as_str().unwrap_or_default().to_string())
+    }
+}
+
+/// What a player decoded over a span, from two getStats samples.
+#[derive(Debug, Clone, Copy)]
+struct Decoded {
+    width: f64,
+    fps: f64,
+    freeze_seconds: f64,
+}
+
+fn decoded_between(a: &Value, b: &Value, seconds: f64) -> Decoded {
+    let (a, b) = (&a["inbound"], &b["inbound"]);
+    Decoded {
+        width: num(b, "frameWidth"),
+        fps: (num(b, "framesDecoded") - num(a, "framesDecoded")) / seconds,
+        freeze_seconds: num(b, "totalFreezesDuration") - num(a, "totalFreezesDuration"),
+    }
+}
+
+fn streams(relay: &Relay) -> Value {
+    serde_json::from_str(&common::http("GET", &relay.url("/api/streams"), None, "").body)
+        .expect("/api/streams is JSON")
+}
+
+#[test]
+fn chromium_simulcast_players_get_the_layer_their_path_carries() {
+    let test = "chromium_simulcast_players_get_the_layer_their_path_carries";
+    let setup = format!(
+        "{nft} add table inet police && {nft} add chain inet police in \
+         '{{ type filter hook input priority 0; policy accept; }}'",
+        nft = nft()
+    );
+    if common::in_private_network_set_up(test, &setup) {
+        return;
+    }
+    assert!(
+        std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_some(),
+        "{test} needs a network namespace of its own for its nftables rules (run it as root)"
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(simulcast_players());
+}
+
+async fn simulcast_players() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", MEDIA_PORTS),
+    ]);
+    let browser = Chromium::launch(&[
+        "--use-fake-device-for-media-stream=fps=30",
+        "--disable-background-timer-throttling",
+        "--disable-renderer-backgrounding",
+        "--disable-backgrounding-occluded-windows",
+    ])
+    .await;
+    browser
+        .client
+        .goto(&relay.url("/"))
+        .await
+        .expect("loading the relay's page");
+    let page = Page { browser };
+    page.call(HARNESS, vec![]).await;
+
+    // The publisher: three encodings, all sent once its own estimate has ramped up.
+    let publisher = page
+        .call("return await sc.publish(arguments[0])", vec![json!("cam")])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let s = page.stats(&publisher).await;
+        assert!(s["error"].is_null(), "publishing: {s:#}");
+        let layers = streams(&relay)[0]["layers"].clone();
+        let sending = layers.as_array().map_or(0, |l| {
+            l.iter().filter(|l| num(l, "bitrate_kbps") > 0.0).count()
+        });
+        if sending == 3 {
+            eprintln!("layers: {layers}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay never saw three encodings: {layers:#}\npublisher: {s:#}\nlog:\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // B's path is policed from the start: its session's port is in its answer.
+    let (b, b_answer) = page.play("/whep/cam").await;
+    let b_port = common::answer_port(&b_answer);
+    run_nft(&format!(
+        "add rule inet police in udp sport {b_port} limit rate over \
+         {POLICE_BYTES_PER_SECOND} bytes/second burst {POLICE_BURST_BYTES} bytes drop \
+         comment police-b"
+    ));
+    let (a, _) = page.play("/whep/cam").await;
+    let (c, _) = page.play("/whep/cam?layer=l").await;
+
+    // B settles on the low encoding (320 wide) within 20 s...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = page.stats(&b).await;
+        if num(&s["inbound"], "frameWidth") == 320.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B did not settle on the low encoding: {:#}\n{:#}",
+            s["inbound"],
+            streams(&relay)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // ...and keeps decoding it for 25 s.
+    let before = [
+        page.stats(&a).await,
+        page.stats(&b).await,
+        page.stats(&c).await,
+    ];
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let after = [
+        page.stats(&a).await,
+        page.stats(&b).await,
+        page.stats(&c).await,
+    ];
+    let [da, db, dc] = [0, 1, 2].map(|i| decoded_between(&before[i], &after[i], 25.0));
+    let view = streams(&relay);
+    eprintln!("figures: A {da:?}\nfigures: B (600 kbit/s) {db:?}\nfigures: C (pinned l) {dc:?}");
+    eprintln!("streams: {view:#}");
+    assert!(
+        da.width >= 1280.0,
+        "A decodes the full picture: {da:?}\n{view:#}"
+    );
+    assert!(
+        db.width <= 320.0,
+        "B decodes the low encoding: {db:?}\n{view:#}"
+    );
+    assert!(
+        db.fps >= 20.0,
+        "B decodes at 20 fps or more: {db:?}\n{view:#}"
+    );
+    assert!(
+        db.freeze_seconds <= 1.0,
+        "B freezes at most 1 s: {db:?}\n{view:#}"
+    );
+    assert_eq!(dc.width, 320.0, "C stays on the pinned encoding: {dc:?}");
+
+    // Lifted: B moves up within 15 s.
+    let handle = Command::new("sh")
+        .args(["-c", &format!("{} -a list chain inet police in", nft())])
+        .output()
+        .expect("nft list");
+    let listing = String::from_utf8_lossy(&handle.stdout);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("police-b"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .expect("the police rule's handle")
+        .trim()
+        .to_string();
+    run_nft(&format!("delete rule inet police in handle {handle}"));
+    let lifted = Instant::now();
+    loop {
+        let s = page.stats(&b).await;
+        if num(&s["inbound"], "frameWidth") > 320.0 {
+            eprintln!(
+                "figures: B moved up to {} wide {:.1} s after its limit was lifted",
+                num(&s["inbound"], "frameWidth"),
+                lifted.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            lifted.elapsed() < Duration::from_secs(15),
+            "B did not move up after its limit was lifted: {:#}\n{:#}",
+            s["inbound"],
+            streams(&relay)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let c_now = page.stats(&c).await;
+    assert_eq!(
+        num(&c_now["inbound"], "frameWidth"),
+        320.0,
+        "C stays pinned"
+    );
+    page.browser.close().await;
+}
