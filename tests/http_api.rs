@@ -270,3 +270,99 @@ fn thousands_of_sessions_leave_nothing_behind() {
     assert_eq!(relay.metric("corecast_sessions_ended_total"), 1001);
     assert_eq!(http("GET", &relay.url("/api/streams"), None, "").body, "[]");
 }
+
+/// Chromium's publish offer with the lines it adds for three simulcast encodings.
+fn simulcast_publish_offer() -> String {
+    let layers = "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+                  a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+                  a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n";
+    format!("{}{layers}", CHROME_PUBLISH_OFFER.trim_end())
+}
+
+fn session_id(location: &str) -> &str {
+    location.rsplit('/').next().expect("a session id")
+}
+
+#[test]
+fn simulcast_players_pin_or_cap_their_layer_and_bad_requests_say_why() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "1"),
+        ("CORECAST_MEDIA_PORTS", &media_range(8)),
+    ]);
+    const JSON: Option<&str> = Some("application/json");
+    let r = http(
+        "POST",
+        &relay.url("/whip/sim"),
+        SDP,
+        &simulcast_publish_offer(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body.contains("a=simulcast:recv q;h;f"), "{}", r.body);
+    let publisher = r.header("location").unwrap().to_string();
+
+    for (query, needle) in [
+        ("?layer=x", "h, m, l"),
+        ("?rid=zz", "q, h, f"),
+        ("?layer=h&rid=q", "not both"),
+        ("?bogus=1", "layer, rid and max_kbps"),
+        ("?max_kbps=lots", "max_kbps"),
+    ] {
+        let r = http(
+            "POST",
+            &relay.url(&format!("/whep/sim{query}")),
+            SDP,
+            CHROME_PLAY_OFFER,
+        );
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert!(r.body.contains(needle), "{query}: {}", r.body);
+    }
+    let r = http(
+        "POST",
+        &relay.url("/whep/sim?layer=l&max_kbps=500"),
+        SDP,
+        CHROME_PLAY_OFFER,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        r.body.contains("transport-cc"),
+        "players of simulcast give feedback: {}",
+        r.body
+    );
+    let player = r.header("location").unwrap().to_string();
+    let patch = |id: &str, content_type, body: &str| {
+        http(
+            "PATCH",
+            &relay.url(&format!("/api/sessions/{id}")),
+            content_type,
+            body,
+        )
+    };
+    let r = patch(session_id(&player), JSON, r#"{"rid": "f", "max_kbps": 0}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let applied: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(applied["pinned"], "layer(2)", "{}", r.body);
+    assert!(applied["max_kbps"].is_null());
+    let r = patch(session_id(&player), Some("text/plain"), r#"{"layer": "h"}"#);
+    assert_eq!(r.status, 415, "{}", r.body);
+    let r = patch(session_id(&player), JSON, "{not json");
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = patch("999999", JSON, r#"{"layer": "h"}"#);
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = patch(session_id(&publisher), JSON, r#"{"layer": "h"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("only a player"), "{}", r.body);
+
+    // A stream of one encoding: nothing to choose.
+    let r = http("POST", &relay.url("/whip/plain"), SDP, CHROME_PUBLISH_OFFER);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = http("POST", &relay.url("/whep/plain"), SDP, CHROME_PLAY_OFFER);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(!r.body.contains("transport-cc"), "{}", r.body);
+    let r = patch(
+        session_id(r.header("location").unwrap()),
+        JSON,
+        r#"{"layer": "h"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("not simulcast"), "{}", r.body);
+}
