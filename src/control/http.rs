@@ -478,6 +478,20 @@ fn write_stream_metrics(control: &Control, out: &mut String) {
             }
         }
     }
+    // Simulcast: each player's path estimate and the encoding it gets.
+    let _ = writeln!(out, "# TYPE corecast_player_estimate_bps gauge");
+    let _ = writeln!(out, "# TYPE corecast_player_layer_info gauge");
+    for s in &streams {
+        for p in &s.players {
+            let labels = format!("stream=\"{}\",session=\"{}\"", s.stream, p.session);
+            if let Some(kbps) = p.estimate_kbps {
+                let _ = writeln!(out, "corecast_player_estimate_bps{{{labels}}} {}", kbps * 1000);
+            }
+            if let Some(rid) = &p.layer {
+                let _ = writeln!(out, "corecast_player_layer_info{{{labels},rid=\"{rid}\"}} 1");
+            }
+        }
+    }
 }
 
 async fn metrics(
