@@ -8,9 +8,9 @@
 
 use crate::wire::twcc::{DELTA_TICK_US, PacketStatus, REFERENCE_TICK_US, TransportFeedback};
 
-/// Slots in the ring: at 2,000 packets a second (about 20 Mbit/s) that is 2 s of packets, ten
-/// times the feedback interval.
-pub(super) const HISTORY_CAPACITY: usize = 4096;
+/// Slots in the ring: at 1,000 packets a second (about 10 Mbit/s, four times a 720p
+/// encoding) that is 1 s of packets, ten times the feedback interval; 32 KiB per player.
+pub(super) const HISTORY_CAPACITY: usize = 1024;
 /// An extended number far from 0, so going back never underflows.
 const EXTENDED_START: u64 = 1 << 32;
 const REFERENCE_MODULUS: i64 = 1 << 24;
