@@ -262,10 +262,14 @@ impl Core {
                 layer,
                 keyframe: publisher.on_video(layer, packet, &header),
             };
-            publisher.rates.record(now, layer, packet.len());
             let wanted = publisher
                 .link
                 .on_video(now, layer, header.sequence, retransmitted);
+            // What the players would get of this encoding: not the publisher's probes (it
+            // pads with retransmissions of what it sent, which are dropped below).
+            if wanted {
+                publisher.rates.record(now, layer, packet.len());
+            }
             let after = publisher.link.counters();
             add(
                 &self.out.stats.packets_repaired,
