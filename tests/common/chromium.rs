@@ -11,8 +11,9 @@ use serde_json::json;
 
 use super::free_tcp_port;
 
-/// Chromium and its chromedriver; the driver is ended and the profile removed when this is
-/// dropped, so a test that panics leaves no chromedriver behind.
+/// Chromium and its chromedriver; the browser and the driver are ended and the profile
+/// removed when this is dropped, so a test that panics leaves no browser behind (a browser
+/// whose driver is killed keeps running, its camera and encoders with it).
 pub struct Chromium {
     pub client: Client,
     driver: Child,
@@ -120,8 +121,36 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
+        // The browser is the driver's child: found before the driver goes, ended by its PID
+        // (it ends its own zygotes and renderers).
+        let browsers = children_of(self.driver.id());
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        for pid in browsers {
+            let _ = Command::new("kill")
+                .arg(pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
+}
+
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after its last ')'.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }
