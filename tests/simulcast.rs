@@ -1,7 +1,8 @@
 //! Simulcast with a bandwidth estimate per player, judged by Chromium's own getStats.
 //!
 //! A headless Chromium publishes its fake camera at 1280x720 as three encodings (`l`, `m`,
-//! `h`: scaled down by 4, 2 and 1). In a network namespace of the test's own, player A plays
+//! `h`: scaled down by 4, 2 and 1; at most 150, 900 and 2 000 kbit/s, so that only `l` fits
+//! 600 kbit/s). In a network namespace of the test's own, player A plays
 //! unconstrained and must decode the full 1280-wide picture; player B's path from the relay
 //! is policed by nftables to about 600 kbit/s (`limit rate over … drop` on its session's
 //! port) and must settle on the low encoding and keep decoding it at 20 fps or more with at
@@ -67,8 +68,8 @@ window.sc = (() => {
         streams: [media],
         sendEncodings: [
           { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 150000 },
-          { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 500000 },
-          { rid: "h", scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+          { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 900000 },
+          { rid: "h", scaleResolutionDownBy: 1, maxBitrate: 2000000 },
         ],
       });
       // On a busy test machine the encoder would shrink the picture for CPU; the sizes are

@@ -7,7 +7,10 @@
 //! carried the higher encoding (with headroom) for [`UP_AFTER`], so an estimate that wobbles
 //! does not make the picture flap. A switch takes effect at the first packet of a keyframe of
 //! the new encoding, never mid-frame: until then the player keeps the old one, and a keyframe
-//! is asked of the new one (again every [`KEYFRAME_RETRY`] while it does not come).
+//! is asked of the new one (again every [`KEYFRAME_RETRY`] while it does not come). A step up
+//! that does not hold (the player comes back down within [`UP_HELD`]) doubles the wait before
+//! the next, up to [`MAX_UP_WAIT`]: each switch costs a keyframe, and a path that only seemed
+//! to carry more (a policer's bucket let a probe through) would otherwise make it flap.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,10 @@ use crate::media::MAX_LAYERS;
 
 /// How long a higher encoding must fit before a player moves up to it.
 pub const UP_AFTER: Duration = Duration::from_secs(2);
+/// A step up that lasts this long held; one undone sooner doubles the wait before the next.
+const UP_HELD: Duration = Duration::from_secs(10);
+/// The longest wait before a step up.
+pub const MAX_UP_WAIT: Duration = Duration::from_secs(16);
 /// The headroom an estimate needs over an encoding's bitrate to move up to it.
 const UP_HEADROOM: f64 = 1.15;
 /// How often a keyframe of the encoding a player waits for is asked again.
@@ -137,6 +144,10 @@ pub struct LayerSelector {
     target: Option<u8>,
     /// Since when a higher encoding than the target has fitted.
     up_since: Option<Instant>,
+    /// How long it must fit before a step up (doubled by steps up that did not hold).
+    up_wait: Duration,
+    /// When the last step up was taken.
+    last_up: Option<Instant>,
     last_keyframe_request: Option<Instant>,
     switches: u64,
 }
@@ -149,6 +160,8 @@ impl LayerSelector {
             current: None,
             target: None,
             up_since: None,
+            up_wait: UP_AFTER,
+            last_up: None,
             last_keyframe_request: None,
             switches: 0,
         }
@@ -265,7 +278,19 @@ impl LayerSelector {
         };
         if fitting < rank {
             self.up_since = None;
+            if self
+                .last_up
+                .is_some_and(|at| now.saturating_duration_since(at) < UP_HELD)
+            {
+                self.up_wait = (self.up_wait * 2).min(MAX_UP_WAIT);
+            }
             return Some(order[fitting] as u8); // down at once
+        }
+        if self
+            .last_up
+            .is_some_and(|at| now.saturating_duration_since(at) >= UP_HELD * 3)
+        {
+            self.up_wait = UP_AFTER; // the path has held for a while: trust it again
         }
         // Up one step, once it has fitted with headroom for a while.
         let next = rank + 1;
@@ -277,8 +302,9 @@ impl LayerSelector {
             return self.target;
         }
         let since = *self.up_since.get_or_insert(now);
-        if now.saturating_duration_since(since) >= UP_AFTER {
+        if now.saturating_duration_since(since) >= self.up_wait {
             self.up_since = None;
+            self.last_up = Some(now);
             return Some(order[next] as u8);
         }
         self.target
@@ -420,6 +446,38 @@ mod tests {
         assert_eq!(s.target(), Some(1));
         s.update(t1 + 4500 * MS, Some(2_000_000), &rates);
         assert_eq!(s.target(), Some(2));
+    }
+
+    #[test]
+    fn steps_up_that_do_not_hold_make_the_next_wait_longer() {
+        let t0 = Instant::now();
+        let rates = Encodings::with_rates([150_000, 500_000, 1_500_000]);
+        let mut s = LayerSelector::new(3);
+        s.update(t0, Some(300_000), &rates);
+        assert_eq!(s.target(), Some(0));
+        // A probe lifts the estimate: up after 2 s; the path did not carry it: down at once.
+        let mut at = t0;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let start = at;
+            while s.target() == Some(0) {
+                at += 100 * MS;
+                s.update(at, Some(700_000), &rates);
+            }
+            waits.push((at - start).as_secs());
+            at += 1000 * MS;
+            s.update(at, Some(300_000), &rates);
+            assert_eq!(s.target(), Some(0));
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 16]);
+        // Held for long enough: back to the short wait.
+        s.update(at + 100 * MS, Some(700_000), &rates);
+        let up = at + 100 * MS + MAX_UP_WAIT;
+        s.update(up, Some(700_000), &rates);
+        assert_eq!(s.target(), Some(1));
+        s.update(up + 31_000 * MS, Some(2_000_000), &rates);
+        s.update(up + 33_000 * MS, Some(2_000_000), &rates);
+        assert_eq!(s.target(), Some(2), "after 30 s held, 2 s is enough again");
     }
 
     #[test]
