@@ -36,7 +36,7 @@ const LIFT_MARGIN: f64 = 1.05;
 const CARRIED_SHARE: f64 = 0.8;
 /// A cluster losing more than this share of its packets was not carried, whatever its
 /// receive rate says (a policer's bucket lets a short burst through, then drops).
-const MAX_CLUSTER_LOSS: f64 = 0.1;
+const MAX_CLUSTER_LOSS: f64 = 0.05;
 /// Heavy loss this soon after a lift disproves it: the probe got through a policer's bucket,
 /// the sustained rate did not. nftables byte limits hold a second of the rate, which a sender
 /// 15 % above it takes ~7 s to drain; the trial outlasts that.
