@@ -1,5 +1,5 @@
 //! HTTP: WHIP (`POST /whip/{stream}`), WHEP (`POST /whep/{stream}`), `DELETE /session/{id}`,
-//! `GET /api/streams`, `GET /metrics`, `GET /api/relay-latency`, the demo page at `/` and the
+//! `GET /api/streams`, `GET /api/cluster`, `GET /metrics`, `GET /api/relay-latency`, the demo page at `/` and the
 //! dashboard (`dashboard::routes`).
 
 use std::fmt::Write as _;
@@ -16,7 +16,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use tower_http::cors::{Any, CorsLayer};
 
-use super::gate::Gate;
+use super::gate::{Caller, Gate};
 use super::limits::HttpLimits;
 use super::{ApiError, Control, Created};
 
@@ -25,12 +25,16 @@ const INDEX_HTML: &str = include_str!("../web/index.html");
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("{}\n", self.message),
         )
-            .into_response()
+            .into_response();
+        if let Some(location) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
     }
 }
 
@@ -44,6 +48,7 @@ pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>, gate: Arc<Gate>) -
         .route("/session/{id}", delete(delete_session))
         .route("/api/sessions/{id}", delete(delete_session))
         .route("/api/streams", get(streams))
+        .route("/api/cluster", get(cluster))
         .route("/api/streams/{name}", get(stream).delete(terminate_stream))
         .route("/rest-api/pull/push", post(pull_push))
         .route(
@@ -182,15 +187,35 @@ fn created(created: Created) -> Response {
     response
 }
 
+/// Whether the relay itself or another node of its cluster sent a request: its token says so
+/// (the relay's own, `cluster.token`), or, where no tokens are required, the `node` query
+/// parameter a cluster pull carries.
+fn from_node(caller: Option<Extension<Caller>>, gate: &Gate, uri: &Uri) -> bool {
+    let internal = caller.is_some_and(|Extension(c)| c.internal);
+    let marked = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("node=")));
+    internal || (marked && !gate.enabled())
+}
+
 async fn whip(
     State(control): State<Arc<Control>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    offer_text(&headers, &body)
-        .and_then(|offer| control.publish(&stream, offer, peer.ip()))
+    let internal = caller.is_some_and(|Extension(c)| c.internal);
+    let result = match offer_text(&headers, &body) {
+        Ok(offer) => {
+            control
+                .publish_anywhere(&stream, offer, peer.ip(), internal)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    result
         .map(created)
         .inspect_err(|_| control.count_rejected_offer())
 }
@@ -199,16 +224,34 @@ async fn whep(
     State(control): State<Arc<Control>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
+    caller: Option<Extension<Caller>>,
+    Extension(gate): Extension<Arc<Gate>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let from_node = from_node(caller, &gate, &uri);
     let result = match offer_text(&headers, &body) {
-        Ok(offer) => control.play_or_pull(&stream, offer, peer.ip()).await,
+        Ok(offer) => {
+            control
+                .play_anywhere(&stream, offer, peer.ip(), from_node)
+                .await
+        }
         Err(e) => Err(e),
     };
+    // A redirect is no rejected offer: the player is sent where it will be taken.
     result
         .map(created)
-        .inspect_err(|_| control.count_rejected_offer())
+        .inspect_err(|e| {
+            if e.location.is_none() {
+                control.count_rejected_offer()
+            }
+        })
+}
+
+/// `GET /api/cluster`: the nodes with their load, and which node holds each stream.
+async fn cluster(State(control): State<Arc<Control>>) -> Result<Response, ApiError> {
+    Ok(axum::Json(control.cluster_view().await?).into_response())
 }
 
 async fn delete_session(
@@ -508,5 +551,8 @@ async fn metrics(
         let _ = writeln!(out, "# TYPE {metric} {kind}\n{metric} {value}");
     }
     gate.write_metrics(&mut out);
+    if let Some(cluster) = &control.cluster {
+        cluster.write_metrics(&mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -63,7 +63,7 @@ fn link_settings(tracks: &[PublishedTrack], max_publish_kbps: u32) -> LinkSettin
 }
 
 /// Stream names appear in URLs and logs: keep them plain.
-fn check_stream_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_stream_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name

@@ -210,9 +210,9 @@ async fn handle(
                 Err(denied) => return error(id, denied.error.status, denied.error.message),
             };
             let created = if kind == "publish" {
-                control.publish(stream, sdp, peer)
+                control.publish_anywhere(stream, sdp, peer, false).await
             } else {
-                control.play_or_pull(stream, sdp, peer).await
+                control.play_anywhere(stream, sdp, peer, false).await
             };
             let created = match created {
                 Ok(created) => {
@@ -235,7 +235,18 @@ async fn handle(
                     owned.push(created.session);
                     json!({"type": "answer", "id": id, "session": created.session, "stream": stream, "sdp": created.answer})
                 }
-                Err(ApiError { status, message }) => {
+                Err(ApiError {
+                    status,
+                    message,
+                    location: Some(location),
+                }) => {
+                    // A full cluster node: the client plays from the node named instead.
+                    json!({"type": "error", "id": id, "status": status, "message": message,
+                           "location": location})
+                }
+                Err(ApiError {
+                    status, message, ..
+                }) => {
                     control.count_rejected_offer();
                     error(id, status, message)
                 }
