@@ -44,9 +44,10 @@ pub struct RunArgs {
     /// WHIP endpoint; `{stream}` is replaced by the stream name.
     #[arg(long, default_value = "http://127.0.0.1:8080/whip/{stream}")]
     pub whip: String,
-    /// WHEP endpoint; `{stream}` is replaced by the stream name.
-    #[arg(long, default_value = "http://127.0.0.1:8080/whep/{stream}")]
-    pub whep: String,
+    /// WHEP endpoint; `{stream}` is replaced by the stream name. Several (repeated, or
+    /// separated by commas) drive a cluster: players join them in turn (round robin).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080/whep/{stream}")]
+    pub whep: Vec<String>,
     /// Streams, each with one publisher.
     #[arg(long, default_value_t = 1)]
     pub streams: u32,
@@ -244,6 +245,14 @@ impl Shared {
         if errors.len() < 20 {
             errors.push(message);
         }
+    }
+}
+
+/// The WHEP endpoint of player `index`: the `--whep` URLs in turn.
+pub fn whep_for(templates: &[String], index: u64) -> &str {
+    match templates.len() {
+        0 => "http://127.0.0.1:8080/whep/{stream}",
+        n => &templates[(index % n as u64) as usize],
     }
 }
 
