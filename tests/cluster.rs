@@ -81,7 +81,10 @@ fn holder(view: &Value, stream: &str) -> Option<String> {
 async fn wait_until(what: &str, within: Duration, logs: &[&Relay], done: impl FnMut() -> bool) {
     if !common::eventually(within, done).await {
         let logs: Vec<String> = logs.iter().map(|r| r.log()).collect();
-        panic!("timed out waiting for {what}; logs:\n{}", logs.join("\n----\n"));
+        panic!(
+            "timed out waiting for {what}; logs:\n{}",
+            logs.join("\n----\n")
+        );
     }
 }
 
@@ -150,9 +153,12 @@ async fn nodes_claim_streams_pull_them_and_redirect_players_from_a_full_node() {
     let a = node(&redis, "a", &[("CORECAST_CLUSTER_MAX_PLAYERS", "1")]);
     let b = node(&redis, "b", &[]);
     let certificate = Certificate::generate_self_signed(vec!["test".into()]).unwrap();
-    wait_until("both nodes in the directory", Duration::from_secs(10), &[&a, &b], || {
-        node_ids(&cluster(&b)) == ["a", "b"]
-    })
+    wait_until(
+        "both nodes in the directory",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || node_ids(&cluster(&b)) == ["a", "b"],
+    )
     .await;
 
     let _publishing = publish(a.url("/whip/cam"), &certificate).await;
@@ -160,31 +166,63 @@ async fn nodes_claim_streams_pull_them_and_redirect_players_from_a_full_node() {
     assert_eq!(holder(&view, "cam").as_deref(), Some("a"), "{view:#}");
 
     // The same name on another node: 409, naming the node that has it.
-    let twice = http("POST", &b.url("/whip/cam"), Some("application/sdp"), CHROME_PUBLISH_OFFER);
+    let twice = http(
+        "POST",
+        &b.url("/whip/cam"),
+        Some("application/sdp"),
+        CHROME_PUBLISH_OFFER,
+    );
     assert_eq!(twice.status, 409, "{}", twice.body);
     assert!(twice.body.contains("node `a`"), "{}", twice.body);
 
     // A player on A (room for one) plays there; a second is sent to B with a 307.
     let (_first, first_received) = play(a.url("/whep/cam"), &certificate).await;
-    assert!(flowing(&first_received).await, "the first player on A gets nothing");
-    let full = http("POST", &a.url("/whep/cam"), Some("application/sdp"), CHROME_PLAY_OFFER);
+    assert!(
+        flowing(&first_received).await,
+        "the first player on A gets nothing"
+    );
+    let full = http(
+        "POST",
+        &a.url("/whep/cam"),
+        Some("application/sdp"),
+        CHROME_PLAY_OFFER,
+    );
     assert_eq!(full.status, 307, "{}", full.body);
     assert_eq!(full.header("location"), Some(b.url("/whep/cam").as_str()));
     assert!(full.body.contains("at capacity"), "{}", full.body);
 
     // The library's client follows the redirect; B pulls the stream from A.
     let (_second, second_received) = play(a.url("/whep/cam"), &certificate).await;
-    assert!(flowing(&second_received).await, "the redirected player on B gets nothing:\n{}", b.log());
+    assert!(
+        flowing(&second_received).await,
+        "the redirected player on B gets nothing:\n{}",
+        b.log()
+    );
     // A third player asking B directly shares B's pull.
     let (_third, third_received) = play(b.url("/whep/cam"), &certificate).await;
-    assert!(flowing(&third_received).await, "the second player on B gets nothing");
+    assert!(
+        flowing(&third_received).await,
+        "the second player on B gets nothing"
+    );
     let record = |view: &Value, id: &str| -> Value {
-        view["nodes"].as_array().into_iter().flatten().find(|n| n["id"] == id).cloned().unwrap_or(Value::Null)
+        view["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
     };
-    wait_until("B's pull and players in the directory", Duration::from_secs(5), &[&a, &b], || {
-        let view = cluster(&a);
-        pulls_of(&view, "b") == [("cam".to_string(), "a".to_string())] && record(&view, "b")["players"] == 2
-    })
+    wait_until(
+        "B's pull and players in the directory",
+        Duration::from_secs(5),
+        &[&a, &b],
+        || {
+            let view = cluster(&a);
+            pulls_of(&view, "b") == [("cam".to_string(), "a".to_string())]
+                && record(&view, "b")["players"] == 2
+        },
+    )
     .await;
     let view = cluster(&a);
     assert!(pulls_of(&view, "a").is_empty(), "{view:#}");
@@ -197,9 +235,18 @@ async fn nodes_claim_streams_pull_them_and_redirect_players_from_a_full_node() {
     assert!(a.metric("corecast_cluster_directory_operations_total{op=\"heartbeat\"}") > 0);
 
     // A stream no node has: 404 that says so.
-    let none = http("POST", &b.url("/whep/nobody"), Some("application/sdp"), CHROME_PLAY_OFFER);
+    let none = http(
+        "POST",
+        &b.url("/whep/nobody"),
+        Some("application/sdp"),
+        CHROME_PLAY_OFFER,
+    );
     assert_eq!(none.status, 404, "{}", none.body);
-    assert!(none.body.contains("not being published on any node"), "{}", none.body);
+    assert!(
+        none.body.contains("not being published on any node"),
+        "{}",
+        none.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,13 +255,20 @@ async fn redis_down_keeps_local_streams_flowing_and_a_killed_node_leaves_the_dir
     let a = node(&redis, "a", &[]);
     let b = node(&redis, "b", &[]);
     let certificate = Certificate::generate_self_signed(vec!["test".into()]).unwrap();
-    wait_until("both nodes in the directory", Duration::from_secs(10), &[&a, &b], || {
-        node_ids(&cluster(&b)) == ["a", "b"]
-    })
+    wait_until(
+        "both nodes in the directory",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || node_ids(&cluster(&b)) == ["a", "b"],
+    )
     .await;
     let _publishing = publish(a.url("/whip/cam"), &certificate).await;
     let (player, received) = play(b.url("/whep/cam"), &certificate).await;
-    assert!(flowing(&received).await, "the player on B gets nothing:\n{}", b.log());
+    assert!(
+        flowing(&received).await,
+        "the player on B gets nothing:\n{}",
+        b.log()
+    );
 
     // Redis goes away: what flows keeps flowing; what needs the directory is a clear 503.
     redis.stop();
@@ -222,11 +276,24 @@ async fn redis_down_keeps_local_streams_flowing_and_a_killed_node_leaves_the_dir
         a.metric("corecast_cluster_redis_reachable") == 0
     })
     .await;
-    assert!(flowing(&received).await, "the pulled stream stopped with Redis");
-    let refused = http("POST", &a.url("/whip/cam2"), Some("application/sdp"), CHROME_PUBLISH_OFFER);
+    assert!(
+        flowing(&received).await,
+        "the pulled stream stopped with Redis"
+    );
+    let refused = http(
+        "POST",
+        &a.url("/whip/cam2"),
+        Some("application/sdp"),
+        CHROME_PUBLISH_OFFER,
+    );
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.body.contains("unreachable"), "{}", refused.body);
-    let unknown = http("POST", &b.url("/whep/other"), Some("application/sdp"), CHROME_PLAY_OFFER);
+    let unknown = http(
+        "POST",
+        &b.url("/whep/other"),
+        Some("application/sdp"),
+        CHROME_PLAY_OFFER,
+    );
     assert_eq!(unknown.status, 503, "{}", unknown.body);
     // A stream B has already plays without the directory.
     let (_local, local_received) = play(b.url("/whep/cam"), &certificate).await;
@@ -237,10 +304,15 @@ async fn redis_down_keeps_local_streams_flowing_and_a_killed_node_leaves_the_dir
 
     // Redis comes back empty: the nodes register again and A claims its stream anew.
     redis.resume();
-    wait_until("the directory to recover", Duration::from_secs(10), &[&a, &b], || {
-        let view = cluster(&b);
-        node_ids(&view) == ["a", "b"] && holder(&view, "cam").as_deref() == Some("a")
-    })
+    wait_until(
+        "the directory to recover",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || {
+            let view = cluster(&b);
+            node_ids(&view) == ["a", "b"] && holder(&view, "cam").as_deref() == Some("a")
+        },
+    )
     .await;
     assert!(flowing(&received).await);
     let _second = publish(a.url("/whip/cam2"), &certificate).await;
@@ -249,20 +321,39 @@ async fn redis_down_keeps_local_streams_flowing_and_a_killed_node_leaves_the_dir
     // A is killed: its keys expire within the TTL, and B's pull (and its players) end.
     let killed_at = Instant::now();
     drop(a);
-    wait_until("A's records to expire", Duration::from_secs(8), &[&b], || {
-        let view = cluster(&b);
-        node_ids(&view) == ["b"] && holder(&view, "cam").is_none() && holder(&view, "cam2").is_none()
-    })
+    wait_until(
+        "A's records to expire",
+        Duration::from_secs(8),
+        &[&b],
+        || {
+            let view = cluster(&b);
+            node_ids(&view) == ["b"]
+                && holder(&view, "cam").is_none()
+                && holder(&view, "cam2").is_none()
+        },
+    )
     .await;
     assert!(killed_at.elapsed() < Duration::from_secs(8));
     let ended = tokio::time::timeout(Duration::from_secs(15), player.closed()).await;
-    assert!(ended.is_ok(), "B kept its players of a stream whose node died:\n{}", b.log());
-    wait_until("B to drop the stream", Duration::from_secs(5), &[&b], || {
-        http("GET", &b.url("/api/streams"), None, "").body == "[]"
-    })
+    assert!(
+        ended.is_ok(),
+        "B kept its players of a stream whose node died:\n{}",
+        b.log()
+    );
+    wait_until(
+        "B to drop the stream",
+        Duration::from_secs(5),
+        &[&b],
+        || http("GET", &b.url("/api/streams"), None, "").body == "[]",
+    )
     .await;
     assert_eq!(b.metric("corecast_cluster_pulls"), 0);
-    let gone = http("POST", &b.url("/whep/cam"), Some("application/sdp"), CHROME_PLAY_OFFER);
+    let gone = http(
+        "POST",
+        &b.url("/whep/cam"),
+        Some("application/sdp"),
+        CHROME_PLAY_OFFER,
+    );
     assert_eq!(gone.status, 404, "{}", gone.body);
 }
 
@@ -270,12 +361,18 @@ async fn redis_down_keeps_local_streams_flowing_and_a_killed_node_leaves_the_dir
 
 impl Chromium {
     async fn call(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client.execute(script, args).await.expect("script in the page")
+        self.client
+            .execute(script, args)
+            .await
+            .expect("script in the page")
     }
 
     async fn stats(&self, id: &Value) -> Value {
-        self.call("return await corecast.stats(arguments[0])", vec![id.clone()])
-            .await
+        self.call(
+            "return await corecast.stats(arguments[0])",
+            vec![id.clone()],
+        )
+        .await
     }
 
     async fn start_session(&self, kind: &str, stream: &str, server: &str) -> Value {
@@ -287,7 +384,12 @@ impl Chromium {
     }
 
     /// Waits until `check` holds for the stats of every one of `ids`.
-    async fn wait_stats(&self, ids: &[&Value], what: &str, check: impl Fn(&Value) -> bool) -> Vec<Value> {
+    async fn wait_stats(
+        &self,
+        ids: &[&Value],
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(45);
         loop {
             let mut all = Vec::new();
@@ -297,13 +399,18 @@ impl Chromium {
             if all.iter().all(&check) {
                 return all;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {all:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {all:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
     async fn frames(&self, id: &Value) -> u64 {
-        self.stats(id).await["videoFramesDecoded"].as_u64().unwrap_or(0)
+        self.stats(id).await["videoFramesDecoded"]
+            .as_u64()
+            .unwrap_or(0)
     }
 }
 
@@ -343,12 +450,19 @@ fn chromium_publishes_on_one_node_and_plays_from_two_others_through_failures() {
         let b = node(&redis, "b", &[]);
         let c = node(&redis, "c", &[]);
         let all = [&a, &b, &c];
-        wait_until("three nodes in the directory", Duration::from_secs(10), &all, || {
-            node_ids(&cluster(&a)) == ["a", "b", "c"]
-        })
+        wait_until(
+            "three nodes in the directory",
+            Duration::from_secs(10),
+            &all,
+            || node_ids(&cluster(&a)) == ["a", "b", "c"],
+        )
         .await;
         let browser = Chromium::launch(&[]).await;
-        browser.client.goto(&a.url("/")).await.expect("loading the page");
+        browser
+            .client
+            .goto(&a.url("/"))
+            .await
+            .expect("loading the page");
         let publisher = browser.start_session("publish", "show", &a.http).await;
         browser
             .wait_stats(&[&publisher], "the publisher to send", |s| {
@@ -357,43 +471,78 @@ fn chromium_publishes_on_one_node_and_plays_from_two_others_through_failures() {
             .await;
         let on_b = browser.start_session("play", "show", &b.http).await;
         let on_c = browser.start_session("play", "show", &c.http).await;
-        browser.wait_stats(&[&on_b, &on_c], "the players on B and C to decode", decoding).await;
+        browser
+            .wait_stats(
+                &[&on_b, &on_c],
+                "the players on B and C to decode",
+                decoding,
+            )
+            .await;
 
         // One pull into each of B and C, from A; the stream is A's.
         let view = cluster(&a);
         assert_eq!(holder(&view, "show").as_deref(), Some("a"), "{view:#}");
         for id in ["b", "c"] {
-            assert_eq!(pulls_of(&view, id), [("show".to_string(), "a".to_string())], "{view:#}");
+            assert_eq!(
+                pulls_of(&view, id),
+                [("show".to_string(), "a".to_string())],
+                "{view:#}"
+            );
         }
         assert!(pulls_of(&view, "a").is_empty(), "{view:#}");
         // A second publisher of the name on C is refused.
-        let twice = http("POST", &c.url("/whip/show"), Some("application/sdp"), CHROME_PUBLISH_OFFER);
+        let twice = http(
+            "POST",
+            &c.url("/whip/show"),
+            Some("application/sdp"),
+            CHROME_PUBLISH_OFFER,
+        );
         assert_eq!(twice.status, 409, "{}", twice.body);
 
         // B is killed: its record expires within the TTL; C's player plays on.
         drop(b);
-        wait_until("B's record to expire", Duration::from_secs(8), &[&a, &c], || {
-            node_ids(&cluster(&a)) == ["a", "c"]
-        })
+        wait_until(
+            "B's record to expire",
+            Duration::from_secs(8),
+            &[&a, &c],
+            || node_ids(&cluster(&a)) == ["a", "c"],
+        )
         .await;
-        assert!(keeps_decoding(&browser, &on_c).await, "C's player stopped when B died");
+        assert!(
+            keeps_decoding(&browser, &on_c).await,
+            "C's player stopped when B died"
+        );
 
         // Redis stops: the stream keeps flowing to C; Redis returns: the directory recovers.
         redis.stop();
-        wait_until("the nodes to notice", Duration::from_secs(10), &[&a, &c], || {
-            a.metric("corecast_cluster_redis_reachable") == 0
-        })
+        wait_until(
+            "the nodes to notice",
+            Duration::from_secs(10),
+            &[&a, &c],
+            || a.metric("corecast_cluster_redis_reachable") == 0,
+        )
         .await;
-        assert!(keeps_decoding(&browser, &on_c).await, "C's player stopped with Redis");
+        assert!(
+            keeps_decoding(&browser, &on_c).await,
+            "C's player stopped with Redis"
+        );
         redis.resume();
-        wait_until("the directory to recover", Duration::from_secs(10), &[&a, &c], || {
-            let view = cluster(&c);
-            node_ids(&view) == ["a", "c"]
-                && holder(&view, "show").as_deref() == Some("a")
-                && pulls_of(&view, "c") == [("show".to_string(), "a".to_string())]
-        })
+        wait_until(
+            "the directory to recover",
+            Duration::from_secs(10),
+            &[&a, &c],
+            || {
+                let view = cluster(&c);
+                node_ids(&view) == ["a", "c"]
+                    && holder(&view, "show").as_deref() == Some("a")
+                    && pulls_of(&view, "c") == [("show".to_string(), "a".to_string())]
+            },
+        )
         .await;
-        assert!(keeps_decoding(&browser, &on_c).await, "C's player stopped after Redis returned");
+        assert!(
+            keeps_decoding(&browser, &on_c).await,
+            "C's player stopped after Redis returned"
+        );
         browser.close().await;
     });
 }

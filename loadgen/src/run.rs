@@ -46,7 +46,11 @@ pub struct RunArgs {
     pub whip: String,
     /// WHEP endpoint; `{stream}` is replaced by the stream name. Several (repeated, or
     /// separated by commas) drive a cluster: players join them in turn (round robin).
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080/whep/{stream}")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080/whep/{stream}"
+    )]
     pub whep: Vec<String>,
     /// Streams, each with one publisher.
     #[arg(long, default_value_t = 1)]

@@ -203,7 +203,11 @@ mod tests {
         ];
         assert_eq!(redirect_target("a", "cam", &nodes).unwrap().id, "c");
         // Load is a share of capacity: 30 of 100 is less loaded than 3 of 10.
-        let nodes = [node("a", 10, 10, &[], &[]), node("b", 3, 10, &[], &[]), node("c", 20, 100, &[], &[])];
+        let nodes = [
+            node("a", 10, 10, &[], &[]),
+            node("b", 3, 10, &[], &[]),
+            node("c", 20, 100, &[], &[]),
+        ];
         assert_eq!(redirect_target("a", "cam", &nodes).unwrap().id, "c");
     }
 
@@ -228,10 +232,25 @@ mod tests {
     #[test]
     fn a_pull_needs_a_holder_that_is_alive_and_not_this_node() {
         let b = node("b", 0, 10, &["cam"], &[]);
-        assert!(pull_source("a", "cam", None, None).unwrap_err().contains("not being published"));
-        assert!(pull_source("a", "cam", Some("a"), None).unwrap_err().contains("names this node"));
-        assert!(pull_source("a", "cam", Some("b"), None).unwrap_err().contains("stopped answering"));
-        assert_eq!(pull_source("a", "cam", Some("b"), Some(&b)).unwrap().id, "b");
+        assert!(
+            pull_source("a", "cam", None, None)
+                .unwrap_err()
+                .contains("not being published")
+        );
+        assert!(
+            pull_source("a", "cam", Some("a"), None)
+                .unwrap_err()
+                .contains("names this node")
+        );
+        assert!(
+            pull_source("a", "cam", Some("b"), None)
+                .unwrap_err()
+                .contains("stopped answering")
+        );
+        assert_eq!(
+            pull_source("a", "cam", Some("b"), Some(&b)).unwrap().id,
+            "b"
+        );
     }
 
     #[test]
@@ -247,7 +266,10 @@ mod tests {
         assert_eq!(pps, 1000.0);
         assert!((cpu - 0.5).abs() < 1e-9);
         // Counters that went back (a restart) read as no progress, not as a huge rate.
-        assert_eq!(meter.sample(t0 + Duration::from_secs(3), 10, Duration::ZERO), (0.0, 0.0));
+        assert_eq!(
+            meter.sample(t0 + Duration::from_secs(3), 10, Duration::ZERO),
+            (0.0, 0.0)
+        );
     }
 
     #[test]

@@ -313,7 +313,10 @@ impl Cluster {
     pub fn write_metrics(&self, out: &mut String) {
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# TYPE corecast_cluster_directory_operations_total counter");
+        let _ = writeln!(
+            out,
+            "# TYPE corecast_cluster_directory_operations_total counter"
+        );
         for (op, value) in [
             ("claim", load(&c.claims)),
             ("release", load(&c.releases)),
@@ -326,14 +329,46 @@ impl Cluster {
             );
         }
         for (metric, kind, value) in [
-            ("corecast_cluster_redis_errors_total", "counter", load(&c.redis_errors)),
-            ("corecast_cluster_redis_reachable", "gauge", self.is_reachable() as u64),
-            ("corecast_cluster_claims_refused_total", "counter", load(&c.claims_refused)),
-            ("corecast_cluster_pulls_started_total", "counter", load(&c.pulls_started)),
-            ("corecast_cluster_pulls", "gauge", lock(&self.pulls).len() as u64),
-            ("corecast_cluster_redirects_total", "counter", load(&c.redirects)),
-            ("corecast_cluster_unavailable_total", "counter", load(&c.unavailable)),
-            ("corecast_cluster_stream_conflicts_total", "counter", load(&c.conflicts)),
+            (
+                "corecast_cluster_redis_errors_total",
+                "counter",
+                load(&c.redis_errors),
+            ),
+            (
+                "corecast_cluster_redis_reachable",
+                "gauge",
+                self.is_reachable() as u64,
+            ),
+            (
+                "corecast_cluster_claims_refused_total",
+                "counter",
+                load(&c.claims_refused),
+            ),
+            (
+                "corecast_cluster_pulls_started_total",
+                "counter",
+                load(&c.pulls_started),
+            ),
+            (
+                "corecast_cluster_pulls",
+                "gauge",
+                lock(&self.pulls).len() as u64,
+            ),
+            (
+                "corecast_cluster_redirects_total",
+                "counter",
+                load(&c.redirects),
+            ),
+            (
+                "corecast_cluster_unavailable_total",
+                "counter",
+                load(&c.unavailable),
+            ),
+            (
+                "corecast_cluster_stream_conflicts_total",
+                "counter",
+                load(&c.conflicts),
+            ),
         ] {
             let _ = writeln!(out, "# TYPE {metric} {kind}\n{metric} {value}");
         }

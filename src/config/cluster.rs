@@ -95,7 +95,13 @@ pub(super) fn read_cluster(
             {
                 Some(u.trim_end_matches('/').to_string())
             }
-            other => return Err(bad("cluster.advertise", other, &format!("must be {ALLOWED}"))),
+            other => {
+                return Err(bad(
+                    "cluster.advertise",
+                    other,
+                    &format!("must be {ALLOWED}"),
+                ));
+            }
         };
     }
     if let Some(v) = get("max_players") {
@@ -113,7 +119,11 @@ pub(super) fn read_cluster(
         };
     }
     if let Some(v) = get("token") {
-        let token = string(&v, "cluster.token", "a shared secret of 16 or more characters")?;
+        let token = string(
+            &v,
+            "cluster.token",
+            "a shared secret of 16 or more characters",
+        )?;
         cluster.token = match token {
             "" => None,
             t if t.len() >= 16 => Some(Secret(t.to_string())),
@@ -165,7 +175,10 @@ impl Config {
         } else {
             "http"
         };
-        format!("{scheme}://{}", std::net::SocketAddr::new(ip, listen.port()))
+        format!(
+            "{scheme}://{}",
+            std::net::SocketAddr::new(ip, listen.port())
+        )
     }
 
     /// Players this node takes: `cluster.max_players`, or one per media port.
@@ -192,9 +205,10 @@ impl Config {
     /// `[cluster]` as `--print-config` writes it; the password and token are not printed.
     pub(super) fn cluster_toml(&self) -> String {
         let c = &self.cluster;
-        let redis = c.redis.as_ref().map_or(String::new(), |r| {
-            redis_url_without_password(&r.0)
-        });
+        let redis = c
+            .redis
+            .as_ref()
+            .map_or(String::new(), |r| redis_url_without_password(&r.0));
         let password = match &c.redis {
             Some(r) if redis_url_without_password(&r.0) != r.0 => {
                 "# redis password set (not shown)\n"
@@ -235,7 +249,10 @@ mod tests {
     #[test]
     fn cluster_keys_load_and_print_without_secrets() {
         let config = load(&[
-            ("CORECAST_CLUSTER_REDIS", "redis://:hunter2hunter2@127.0.0.1:6379/2"),
+            (
+                "CORECAST_CLUSTER_REDIS",
+                "redis://:hunter2hunter2@127.0.0.1:6379/2",
+            ),
             ("CORECAST_CLUSTER_NODE_ID", "node-a"),
             ("CORECAST_CLUSTER_MAX_PLAYERS", "40"),
             ("CORECAST_CLUSTER_TOKEN", "0123456789abcdef"),
@@ -246,7 +263,10 @@ mod tests {
         assert_eq!(config.max_players(), 40);
         assert_eq!(config.advertise_url(), "http://127.0.0.1:8080");
         let printed = config.to_toml();
-        assert!(printed.contains("redis = \"redis://127.0.0.1:6379/2\""), "{printed}");
+        assert!(
+            printed.contains("redis = \"redis://127.0.0.1:6379/2\""),
+            "{printed}"
+        );
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("0123456789abcdef"));
         assert!(printed.contains("# redis password set (not shown)"));
@@ -266,7 +286,10 @@ mod tests {
     #[test]
     fn bad_cluster_values_say_what_is_allowed() {
         let e = load(&[("CORECAST_CLUSTER_REDIS", "http://127.0.0.1:6379")]).unwrap_err();
-        assert!(e.contains("cluster.redis") && e.contains("redis://HOST:PORT/DB"), "{e}");
+        assert!(
+            e.contains("cluster.redis") && e.contains("redis://HOST:PORT/DB"),
+            "{e}"
+        );
         let e = load(&[("CORECAST_CLUSTER_NODE_ID", "a b")]).unwrap_err();
         assert!(e.contains("cluster.node_id"), "{e}");
         let e = load(&[("CORECAST_CLUSTER_ADVERTISE", "10.0.0.1:8080")]).unwrap_err();

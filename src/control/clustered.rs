@@ -46,7 +46,12 @@ fn process_cpu() -> Duration {
         return Duration::ZERO;
     };
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let hz = crate::io::sys::clock_ticks_per_second().max(1);
     Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz as f64)
 }
@@ -91,7 +96,9 @@ impl Control {
             Err(e) => Err(self.unavailable(&cluster, &e)),
             Ok(Claim::Taken { node }) => Err(ApiError::new(
                 409,
-                format!("stream `{stream}` already has a publisher, on node `{node}` of the cluster"),
+                format!(
+                    "stream `{stream}` already has a publisher, on node `{node}` of the cluster"
+                ),
             )),
             Ok(Claim::Ours) => {
                 let created = self.publish(stream, offer, client);
@@ -123,7 +130,10 @@ impl Control {
             PlayStep::Here => self.play(stream, offer, client),
             PlayStep::Redirect => {
                 check_stream_name(stream)?;
-                let nodes = cluster.nodes().await.map_err(|e| self.unavailable(&cluster, &e))?;
+                let nodes = cluster
+                    .nodes()
+                    .await
+                    .map_err(|e| self.unavailable(&cluster, &e))?;
                 let Some(target) = redirect_target(&cluster.node_id, stream, &nodes) else {
                     cluster.counters.unavailable.fetch_add(1, Ordering::Relaxed);
                     return Err(ApiError::new(
@@ -151,8 +161,9 @@ impl Control {
                     .holder(stream)
                     .await
                     .map_err(|e| self.unavailable(&cluster, &e))?;
-                let source = pull_source(&cluster.node_id, stream, holder.as_deref(), record.as_ref())
-                    .map_err(|why| ApiError::new(404, why))?;
+                let source =
+                    pull_source(&cluster.node_id, stream, holder.as_deref(), record.as_ref())
+                        .map_err(|why| ApiError::new(404, why))?;
                 self.pull_from_node(&cluster, source, stream).await?;
                 self.play(stream, offer, client)
             }
@@ -171,7 +182,10 @@ impl Control {
         let started = !self.cascade.is_pulling(stream);
         cluster.pull_started(stream, &node.id);
         if started {
-            cluster.counters.pulls_started.fetch_add(1, Ordering::Relaxed);
+            cluster
+                .counters
+                .pulls_started
+                .fetch_add(1, Ordering::Relaxed);
         }
         let client = self.cascade.cluster_client();
         let pulled = self
@@ -225,7 +239,9 @@ impl Control {
             let mut streams: Vec<String> = registry
                 .streams
                 .iter()
-                .filter(|(name, s)| s.pulled_by.is_none() && !pulls.iter().any(|p| &p.stream == *name))
+                .filter(|(name, s)| {
+                    s.pulled_by.is_none() && !pulls.iter().any(|p| &p.stream == *name)
+                })
                 .map(|(name, _)| name.clone())
                 .collect();
             streams.sort();
@@ -272,8 +288,14 @@ impl Control {
                 "this relay is not part of a cluster: set cluster.redis",
             ));
         };
-        let nodes = cluster.nodes().await.map_err(|e| self.unavailable(&cluster, &e))?;
-        let streams = cluster.streams().await.map_err(|e| self.unavailable(&cluster, &e))?;
+        let nodes = cluster
+            .nodes()
+            .await
+            .map_err(|e| self.unavailable(&cluster, &e))?;
+        let streams = cluster
+            .streams()
+            .await
+            .map_err(|e| self.unavailable(&cluster, &e))?;
         Ok(ClusterView {
             node: cluster.node_id.clone(),
             redis_reachable: cluster.is_reachable(),

@@ -240,13 +240,11 @@ async fn whep(
         Err(e) => Err(e),
     };
     // A redirect is no rejected offer: the player is sent where it will be taken.
-    result
-        .map(created)
-        .inspect_err(|e| {
-            if e.location.is_none() {
-                control.count_rejected_offer()
-            }
-        })
+    result.map(created).inspect_err(|e| {
+        if e.location.is_none() {
+            control.count_rejected_offer()
+        }
+    })
 }
 
 /// `GET /api/cluster`: the nodes with their load, and which node holds each stream.

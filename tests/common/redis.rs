@@ -19,7 +19,8 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> RedisServer {
         let port = free_tcp_port();
-        let dir = std::env::temp_dir().join(format!("corecast-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("corecast-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("the Redis test directory");
         let mut server = RedisServer {
             port,
@@ -38,7 +39,8 @@ impl RedisServer {
     /// Starts the server (again) on its port and waits until it answers PING.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "redis-server is running already");
-        let binary = std::env::var("CORECAST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let binary =
+            std::env::var("CORECAST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
@@ -53,7 +55,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.answers() {
-            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
