@@ -448,7 +448,8 @@ fn chromium_publishes_on_one_node_and_plays_from_two_others_through_failures() {
         let mut redis = RedisServer::start();
         let a = node(&redis, "a", &[]);
         let b = node(&redis, "b", &[]);
-        let c = node(&redis, "c", &[]);
+        // C takes one player: the page's second player there is sent on.
+        let c = node(&redis, "c", &[("CORECAST_CLUSTER_MAX_PLAYERS", "1")]);
         let all = [&a, &b, &c];
         wait_until(
             "three nodes in the directory",
@@ -490,6 +491,18 @@ fn chromium_publishes_on_one_node_and_plays_from_two_others_through_failures() {
             );
         }
         assert!(pulls_of(&view, "a").is_empty(), "{view:#}");
+        // C is full now: the page's next player there follows the 307 to the least loaded
+        // node with room (B: one player, against A's two pulls) and plays.
+        let redirected = browser.start_session("play", "show", &c.http).await;
+        browser
+            .wait_stats(&[&redirected], "the redirected player to decode", decoding)
+            .await;
+        assert_eq!(c.metric("corecast_cluster_redirects_total"), 1);
+        assert_eq!(
+            b.metric("corecast_cluster_pulls_started_total"),
+            1,
+            "B's pull is shared"
+        );
         // A second publisher of the name on C is refused.
         let twice = http(
             "POST",

@@ -369,3 +369,19 @@ async fn start_publishers(
     }
     Ok(tasks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::whep_for;
+
+    #[test]
+    fn players_join_the_whep_urls_in_turn() {
+        let urls = [
+            "http://a/whep/{stream}".to_string(),
+            "http://b/whep/{stream}".to_string(),
+        ];
+        let chosen: Vec<&str> = (0..4).map(|i| whep_for(&urls, i)).collect();
+        assert_eq!(chosen, [urls[0].as_str(), &urls[1], &urls[0], &urls[1]]);
+        assert_eq!(whep_for(&urls[..1], 7), urls[0]);
+    }
+}

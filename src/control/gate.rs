@@ -430,10 +430,13 @@ fn created_session(response: &Response) -> Option<SessionId> {
 }
 
 /// Who sent a request that creates a session, as the handlers see it (a request extension the
-/// gate adds): the relay itself or another node of its cluster is `internal`.
+/// gate adds): the relay itself or another node of its cluster is `internal`; `from_node` is
+/// also set, where no tokens are required, by the `node` query parameter a cluster pull
+/// carries (its WHEP is then never redirected nor pulled further).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Caller {
     pub internal: bool,
+    pub from_node: bool,
 }
 
 /// The middleware: every request through the gate.
@@ -484,8 +487,14 @@ pub async fn guard(
         Ok(r) => r,
         Err(denied) => return denied.into_response(),
     };
+    let internal = grant.as_ref().is_some_and(|g| g.internal);
+    let marked = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("node=")));
     request.extensions_mut().insert(Caller {
-        internal: grant.as_ref().is_some_and(|g| g.internal),
+        internal,
+        from_node: internal || (marked && !gate.enabled()),
     });
     let response = next.run(request).await;
     if response.status() != StatusCode::CREATED {

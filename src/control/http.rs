@@ -187,17 +187,6 @@ fn created(created: Created) -> Response {
     response
 }
 
-/// Whether the relay itself or another node of its cluster sent a request: its token says so
-/// (the relay's own, `cluster.token`), or, where no tokens are required, the `node` query
-/// parameter a cluster pull carries.
-fn from_node(caller: Option<Extension<Caller>>, gate: &Gate, uri: &Uri) -> bool {
-    let internal = caller.is_some_and(|Extension(c)| c.internal);
-    let marked = uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("node=")));
-    internal || (marked && !gate.enabled())
-}
-
 async fn whip(
     State(control): State<Arc<Control>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -225,12 +214,10 @@ async fn whep(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
     caller: Option<Extension<Caller>>,
-    Extension(gate): Extension<Arc<Gate>>,
-    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let from_node = from_node(caller, &gate, &uri);
+    let from_node = caller.is_some_and(|Extension(c)| c.from_node);
     let result = match offer_text(&headers, &body) {
         Ok(offer) => {
             control

@@ -16,6 +16,10 @@
 //! `token` field in a message (the first, or `{"type":"auth","token":"..."}`); each publish and
 //! play is checked against it as WHIP and WHEP are (401, 403 as `status` in the error).
 //!
+//! On a full node of a cluster, `play` answers
+//! `{"type":"error","id":2,"status":307,"message":"...","location":"http://node-b:8080/whep/cam"}`:
+//! the client plays from that node instead (over WHEP, or over that node's `/ws`).
+//!
 //! Closing the WebSocket ends every session it started. The HTTP limits hold here too: every
 //! message counts against `http.rate_limit` (an error with `retry_after` when over it), every
 //! session against `http.max_sessions_per_ip`, and a message over `limits::WS_MAX_MESSAGE`
