@@ -60,7 +60,7 @@ run() {
     local t0 t1
     t0=$(date +%s.%N)
     "$loadgen_bin" --whip "${url[a]}/whip/{stream}" "$@" --streams 1 --players "$players" \
-        --ramp 20 --duration "$duration" --stream-prefix "$name" --out "$out/$name" | tail -n 1
+        --ramp 20 --duration "$duration" --stream-prefix "$name" --out "$out/$name" | grep -E "^players" || true
     t1=$(date +%s.%N)
     curl -s "${url[a]}/api/cluster" >"$out/$name/cluster.json" || true
     printf '%-6s %10s %12s %10s %14s\n' node forwarded "pkt/s" "CPU s" "CPU µs/pkt"
