@@ -25,6 +25,7 @@
 #![cfg_attr(not(test), warn(unreachable_pub))]
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod control;
 mod dtls;

@@ -78,14 +78,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = TlsServer::new(&config.http.tls, listen)
         .map_err(anyhow::Error::msg)?
         .map(Arc::new);
-    let gate =
-        Gate::new(&config.auth, config.http.max_sessions_per_token).map_err(anyhow::Error::msg)?;
+    let cluster_token = config.cluster.token.as_ref().map(|t| t.0.as_str());
+    let gate = Gate::new(
+        &config.auth,
+        config.http.max_sessions_per_token,
+        cluster_token,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let cluster_client = remote_client(&config)?.with_token(cluster_token);
+    let cluster_line = cluster_summary(&config);
     let front_door_line = front_door_summary(&config, tls.as_deref(), &gate);
-    let remote = HttpClient::new(&Trust {
-        ca_file: config.cascade.ca_file.clone(),
-        insecure: config.cascade.insecure,
-    })
-    .context("cascade.ca_file")?;
+    let remote = remote_client(&config)?;
     let redirect_listen = config.http.redirect_listen;
     let cascade_token = config.cascade.token.clone();
     let control: Arc<Control> = Control::new(config, handles)?;
@@ -96,8 +99,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             insecure: true,
         })?
         .with_token(Some(gate.internal_token())),
+        cluster: cluster_client,
     });
     tokio::spawn(control.clone().dispatch_events(events_rx));
+    tokio::spawn(control.clone().heartbeat());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding http.listen {listen}"))?;
@@ -110,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("  streams: {scheme}://{addr}/api/streams   metrics: {scheme}://{addr}/metrics");
     println!("{limits_line}");
     println!("{front_door_line}");
+    println!("{cluster_line}");
     // One shutdown signal for every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -146,6 +152,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await;
     Ok(())
+}
+
+/// The client for other relays (cascade) and other nodes: the system's CAs, `cascade.ca_file`
+/// or `cascade.insecure`.
+fn remote_client(config: &Config) -> anyhow::Result<HttpClient> {
+    HttpClient::new(&Trust {
+        ca_file: config.cascade.ca_file.clone(),
+        insecure: config.cascade.insecure,
+    })
+    .context("cascade.ca_file")
+}
+
+/// The start-up line about the cluster.
+fn cluster_summary(config: &Config) -> String {
+    match &config.cluster.redis {
+        None => "  cluster: none (a single relay; set cluster.redis to join one)".into(),
+        Some(url) => format!(
+            "  cluster: node `{}` at {}, directory {}, up to {} players",
+            config.node_id(),
+            config.advertise_url(),
+            crate::config::redis_url_without_password(&url.0),
+            config.max_players()
+        ),
+    }
 }
 
 /// The start-up lines about TLS and tokens, and warnings where the relay is open to more than

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use webrtc_dtls::crypto::Certificate;
 
 use crate::player::{self, PlayerStats};
-use crate::run::{RunArgs, Shared, transport_of, url_for};
+use crate::run::{RunArgs, Shared, transport_of, url_for, whep_for};
 
 /// The ramp under way: its task ends when the last player has been started (not joined).
 pub struct Ramp {
@@ -66,7 +66,7 @@ fn join(
     let transport = transport_of(args.transport, index + 1);
     let stats = Arc::new(Mutex::new(PlayerStats::new()));
     let handler = player::handler(shared.clone(), stats.clone());
-    let url = url_for(&args.whep, &name);
+    let url = url_for(whep_for(&args.whep, index), &name);
     let options = args.client_options(http, certificate, url, Role::Play, transport, index);
     let shared = shared.clone();
     let sessions = sessions.clone();

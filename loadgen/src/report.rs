@@ -193,7 +193,7 @@ fn loadgen_cost(args: &RunArgs, shared: &Shared, cpu: f64, wall: f64) -> Cost {
 fn scenario(args: &RunArgs) -> Scenario {
     Scenario {
         whip: args.whip.clone(),
-        whep: args.whep.clone(),
+        whep: args.whep.join(","),
         streams: args.streams,
         players_per_stream: args.players,
         transport: format!("{:?}", args.transport).to_lowercase(),

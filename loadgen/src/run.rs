@@ -44,9 +44,14 @@ pub struct RunArgs {
     /// WHIP endpoint; `{stream}` is replaced by the stream name.
     #[arg(long, default_value = "http://127.0.0.1:8080/whip/{stream}")]
     pub whip: String,
-    /// WHEP endpoint; `{stream}` is replaced by the stream name.
-    #[arg(long, default_value = "http://127.0.0.1:8080/whep/{stream}")]
-    pub whep: String,
+    /// WHEP endpoint; `{stream}` is replaced by the stream name. Several (repeated, or
+    /// separated by commas) drive a cluster: players join them in turn (round robin).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080/whep/{stream}"
+    )]
+    pub whep: Vec<String>,
     /// Streams, each with one publisher.
     #[arg(long, default_value_t = 1)]
     pub streams: u32,
@@ -247,6 +252,14 @@ impl Shared {
     }
 }
 
+/// The WHEP endpoint of player `index`: the `--whep` URLs in turn.
+pub fn whep_for(templates: &[String], index: u64) -> &str {
+    match templates.len() {
+        0 => "http://127.0.0.1:8080/whep/{stream}",
+        n => &templates[(index % n as u64) as usize],
+    }
+}
+
 pub fn url_for(template: &str, stream: &str) -> String {
     template.replace("{stream}", stream)
 }
@@ -355,4 +368,20 @@ async fn start_publishers(
         )));
     }
     Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whep_for;
+
+    #[test]
+    fn players_join_the_whep_urls_in_turn() {
+        let urls = [
+            "http://a/whep/{stream}".to_string(),
+            "http://b/whep/{stream}".to_string(),
+        ];
+        let chosen: Vec<&str> = (0..4).map(|i| whep_for(&urls, i)).collect();
+        assert_eq!(chosen, [urls[0].as_str(), &urls[1], &urls[0], &urls[1]]);
+        assert_eq!(whep_for(&urls[..1], 7), urls[0]);
+    }
 }

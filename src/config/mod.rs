@@ -2,6 +2,7 @@
 //! environment variables. Every value is checked here, and a bad one stops start-up with a
 //! message that names the key, the value and what is allowed.
 
+mod cluster;
 mod parse;
 #[cfg(test)]
 mod tests;
@@ -16,6 +17,7 @@ use toml::{Table, Value};
 use crate::control::auth::{AuthConfig, Secret};
 use crate::control::limits::{AddressList, Cidr};
 use crate::control::tls::TlsSetting;
+pub use cluster::{ClusterConfig, redis_url_without_password};
 
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +28,8 @@ pub struct Config {
     pub cascade: CascadeConfig,
     /// Tokens, JWTs and the admission webhook (`[auth]`); none configured: open as before.
     pub auth: AuthConfig,
+    /// The Redis directory this node shares with others (`[cluster]`); none: a single relay.
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -213,6 +217,10 @@ const KEYS: &[(&str, &[&str])] = &[
     ("workers", &["count", "pin"]),
     ("cascade", &["origin", "token", "ca_file", "insecure"]),
     ("auth", crate::control::auth::KEYS),
+    (
+        "cluster",
+        &["redis", "node_id", "advertise", "max_players", "token"],
+    ),
 ];
 
 /// Keys of tables inside a section, reachable from the environment as
@@ -268,6 +276,7 @@ impl Default for Config {
             },
             cascade: CascadeConfig::default(),
             auth: AuthConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

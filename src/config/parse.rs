@@ -11,7 +11,7 @@ use super::*;
 
 impl Config {
     /// Every section in the order the README lists them (http, auth, media, workers,
-    /// cascade), each key read and checked where it is named; unknown sections and keys first.
+    /// cascade, cluster), each key read and checked where it is named; unknown sections and keys first.
     pub(super) fn from_table(table: &Table) -> Result<Config, ConfigError> {
         check_known(table)?;
         let mut config = Config::default();
@@ -23,6 +23,9 @@ impl Config {
         read_media(&mut config.media, section("media"))?;
         read_workers(&mut config.workers, section("workers"))?;
         read_cascade(&mut config.cascade, section("cascade"))?;
+        let cluster = section("cluster");
+        cluster::read_cluster(&mut config.cluster, |key| cluster.get(key).cloned())?;
+        config.check_cluster()?;
         Ok(config)
     }
 }

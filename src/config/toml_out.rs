@@ -38,6 +38,7 @@ impl Config {
             "\n[cascade]\norigin = \"{}\"\n",
             self.cascade.origin.as_deref().unwrap_or("")
         ) + &self.front_door_toml()
+            + &self.cluster_toml()
     }
 
     /// The `[http]` keys of TLS and tokens, as `--print-config` writes them.

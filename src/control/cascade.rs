@@ -27,6 +27,9 @@ use crate::wire::rtcp;
 use crate::wire::rtp::RtpHeader;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A bridge whose source sends nothing for this long ends: the relay it plays from is gone
+/// (killed, cut off) without closing the session.
+const SOURCE_SILENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -102,11 +105,13 @@ impl Bridge {
 
 type PullResult = Option<Result<u64, String>>;
 
-/// The HTTP clients of the bridges: to other relays, and to this one.
+/// The HTTP clients of the bridges: to other relays, to this one, and to the other nodes of
+/// its cluster (with `cluster.token`).
 #[derive(Clone)]
 pub struct Clients {
     pub remote: HttpClient,
     pub local: HttpClient,
+    pub cluster: HttpClient,
 }
 
 struct Inner {
@@ -152,6 +157,7 @@ impl Cascade {
                         insecure: true,
                     })
                     .unwrap_or_default(),
+                    cluster: HttpClient::default(),
                 }),
                 bridges: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
@@ -232,6 +238,16 @@ impl Cascade {
         Ok(view)
     }
 
+    /// The client for pulls from the other nodes of this relay's cluster.
+    pub fn cluster_client(&self) -> HttpClient {
+        self.clients().cluster
+    }
+
+    /// Whether a pull of `stream` is under way or running.
+    pub fn is_pulling(&self, stream: &str) -> bool {
+        lock(&self.inner.pulls).contains_key(stream)
+    }
+
     /// Pulls `stream` from the origin into this relay, or joins a pull already under way;
     /// returns once the stream is published here or the pull failed.
     pub async fn pull(
@@ -242,6 +258,23 @@ impl Cascade {
         let Some(origin) = self.inner.origin.clone() else {
             return Err("no cascade.origin is configured".into());
         };
+        let source = endpoint(&origin, "whep", stream);
+        let client = self.clients().remote;
+        self.pull_from(streams, &origin, source, stream, client)
+            .await
+    }
+
+    /// Pulls `stream` from the WHEP URL `source` on the relay at `origin` with `client`, or
+    /// joins a pull of it already under way; returns once the stream is published here or the
+    /// pull failed.
+    pub async fn pull_from(
+        &self,
+        streams: &(impl LocalStreams + Sync),
+        origin: &str,
+        source: String,
+        stream: &str,
+        client: HttpClient,
+    ) -> Result<(), String> {
         let mut outcome = {
             let mut pulls = lock(&self.inner.pulls);
             match pulls.get(stream) {
@@ -249,16 +282,14 @@ impl Cascade {
                 None => {
                     let (tx, rx) = watch::channel(None);
                     pulls.insert(stream.to_string(), rx.clone());
-                    let source = endpoint(&origin, "whep", stream);
                     let target = endpoint(&self.inner.self_url, "whip", stream);
-                    let clients = self.clients();
                     let bridge = self.start(
                         Direction::Pull,
-                        &origin,
+                        origin,
                         stream,
                         stream,
-                        (source, clients.remote),
-                        (target, clients.local),
+                        (source, client),
+                        (target, self.clients().local),
                         Some(tx),
                     );
                     lock(&self.inner.bridges).push(bridge);
@@ -268,7 +299,7 @@ impl Cascade {
         };
         let result = tokio::time::timeout(CONNECT_TIMEOUT * 2, outcome.wait_for(|r| r.is_some()))
             .await
-            .map_err(|_| "pulling from the origin timed out".to_string())?
+            .map_err(|_| format!("pulling from {origin} timed out"))?
             .map_err(|_| "the pull ended".to_string())?
             .clone()
             .expect("waited for Some");
@@ -489,10 +520,13 @@ async fn forward(
     );
     let mut source_video_ssrc = None;
     let mut pli = [0u8; 12];
+    let silence = tokio::time::sleep(SOURCE_SILENCE);
+    tokio::pin!(silence);
     loop {
         tokio::select! {
             packet = packets.recv() => {
                 let Some(mut packet) = packet else { return Err("the source stopped".into()) };
+                silence.as_mut().reset(tokio::time::Instant::now() + SOURCE_SILENCE);
                 let Ok(header) = RtpHeader::parse(&packet) else { continue };
                 let pt = Some(header.payload_type);
                 let (target_pt, ssrc) = if pt == source_video {
@@ -518,6 +552,9 @@ async fn forward(
             }
             _ = &mut *stop => return Ok(()),
             _ = &mut source_closed => return Err("the source stream ended".into()),
+            _ = &mut silence => {
+                return Err(format!("the source sent nothing for {} s", SOURCE_SILENCE.as_secs()));
+            }
             _ = &mut target_closed => return Err("the target closed the session".into()),
         }
     }

@@ -7,6 +7,8 @@ use crate::sdp::NegotiationError;
 pub struct ApiError {
     pub status: u16,
     pub message: String,
+    /// Where to go instead (a 307's `Location`): a cluster node with room.
+    pub location: Option<String>,
 }
 
 impl ApiError {
@@ -14,6 +16,15 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            location: None,
+        }
+    }
+
+    /// A `307 Temporary Redirect` to `location`: the request is to be sent there unchanged.
+    pub fn redirect(location: String, message: impl Into<String>) -> Self {
+        ApiError {
+            location: Some(location),
+            ..ApiError::new(307, message)
         }
     }
 }

@@ -190,7 +190,13 @@ fn session_right(control: &Control, id: SessionId) -> Option<(String, Right)> {
 }
 
 impl Gate {
-    pub fn new(config: &AuthConfig, max_per_token: usize) -> Result<Arc<Gate>, String> {
+    /// The gate of `[auth]`, also accepting `cluster_token` (`cluster.token`) for pulls between
+    /// the nodes of a cluster.
+    pub fn new(
+        config: &AuthConfig,
+        max_per_token: usize,
+        cluster_token: Option<&str>,
+    ) -> Result<Arc<Gate>, String> {
         let internal = random_token();
         let webhook = config
             .webhook
@@ -199,7 +205,7 @@ impl Gate {
             .transpose()?
             .map(Arc::new);
         Ok(Arc::new(Gate {
-            auth: Authenticator::new(config, &internal)?,
+            auth: Authenticator::new(config, &internal)?.with_cluster_token(cluster_token),
             webhook,
             metrics: config.metrics,
             max_per_token,
@@ -423,11 +429,21 @@ fn created_session(response: &Response) -> Option<SessionId> {
         .ok()
 }
 
+/// Who sent a request that creates a session, as the handlers see it (a request extension the
+/// gate adds): the relay itself or another node of its cluster is `internal`; `from_node` is
+/// also set, where no tokens are required, by the `node` query parameter a cluster pull
+/// carries (its WHEP is then never redirected nor pulled further).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    pub internal: bool,
+    pub from_node: bool,
+}
+
 /// The middleware: every request through the gate.
 pub async fn guard(
     State((gate, control)): State<(Arc<Gate>, Arc<Control>)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let peer = peer.ip();
@@ -471,6 +487,15 @@ pub async fn guard(
         Ok(r) => r,
         Err(denied) => return denied.into_response(),
     };
+    let internal = grant.as_ref().is_some_and(|g| g.internal);
+    let marked = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("node=")));
+    request.extensions_mut().insert(Caller {
+        internal,
+        from_node: internal || (marked && !gate.enabled()),
+    });
     let response = next.run(request).await;
     if response.status() != StatusCode::CREATED {
         return response;

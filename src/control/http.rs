@@ -1,5 +1,5 @@
 //! HTTP: WHIP (`POST /whip/{stream}`), WHEP (`POST /whep/{stream}`), `DELETE /session/{id}`,
-//! `GET /api/streams`, `GET /metrics`, `GET /api/relay-latency`, the demo page at `/` and the
+//! `GET /api/streams`, `GET /api/cluster`, `GET /metrics`, `GET /api/relay-latency`, the demo page at `/` and the
 //! dashboard (`dashboard::routes`).
 
 use std::fmt::Write as _;
@@ -16,7 +16,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use tower_http::cors::{Any, CorsLayer};
 
-use super::gate::Gate;
+use super::gate::{Caller, Gate};
 use super::layers::LayerRequest;
 use super::limits::HttpLimits;
 use super::{ApiError, Control, Created};
@@ -26,12 +26,16 @@ const INDEX_HTML: &str = include_str!("../web/index.html");
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("{}\n", self.message),
         )
-            .into_response()
+            .into_response();
+        if let Some(location) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
     }
 }
 
@@ -48,6 +52,7 @@ pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>, gate: Arc<Gate>) -
             delete(delete_session).patch(patch_session),
         )
         .route("/api/streams", get(streams))
+        .route("/api/cluster", get(cluster))
         .route("/api/streams/{name}", get(stream).delete(terminate_stream))
         .route("/rest-api/pull/push", post(pull_push))
         .route(
@@ -190,11 +195,20 @@ async fn whip(
     State(control): State<Arc<Control>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    offer_text(&headers, &body)
-        .and_then(|offer| control.publish(&stream, offer, peer.ip()))
+    let internal = caller.is_some_and(|Extension(c)| c.internal);
+    let result = match offer_text(&headers, &body) {
+        Ok(offer) => {
+            control
+                .publish_anywhere(&stream, offer, peer.ip(), internal)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    result
         .map(created)
         .inspect_err(|_| control.count_rejected_offer())
 }
@@ -204,6 +218,7 @@ async fn whep(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(stream): Path<String>,
     uri: Uri,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -215,9 +230,14 @@ async fn whep(
                 format!("the query {e}: it takes layer, rid and max_kbps"),
             )
         })?;
+    let from_node = caller.is_some_and(|Extension(c)| c.from_node);
     let result = match offer_text(&headers, &body) {
         Ok(offer) => match control.check_layer_request(&stream, &layers) {
-            Ok(()) => control.play_or_pull(&stream, offer, peer.ip()).await,
+            Ok(()) => {
+                control
+                    .play_anywhere(&stream, offer, peer.ip(), from_node)
+                    .await
+            }
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -228,9 +248,17 @@ async fn whep(
         }
         Ok(created)
     });
-    result
-        .map(created)
-        .inspect_err(|_| control.count_rejected_offer())
+    // A redirect is no rejected offer: the player is sent where it will be taken.
+    result.map(created).inspect_err(|e| {
+        if e.location.is_none() {
+            control.count_rejected_offer()
+        }
+    })
+}
+
+/// `GET /api/cluster`: the nodes with their load, and which node holds each stream.
+async fn cluster(State(control): State<Arc<Control>>) -> Result<Response, ApiError> {
+    Ok(axum::Json(control.cluster_view().await?).into_response())
 }
 
 /// `PATCH /api/sessions/{id}` with JSON `{"layer": "h"|"m"|"l"|"auto", "rid": "...",
@@ -485,10 +513,17 @@ fn write_stream_metrics(control: &Control, out: &mut String) {
         for p in &s.players {
             let labels = format!("stream=\"{}\",session=\"{}\"", s.stream, p.session);
             if let Some(kbps) = p.estimate_kbps {
-                let _ = writeln!(out, "corecast_player_estimate_bps{{{labels}}} {}", kbps * 1000);
+                let _ = writeln!(
+                    out,
+                    "corecast_player_estimate_bps{{{labels}}} {}",
+                    kbps * 1000
+                );
             }
             if let Some(rid) = &p.layer {
-                let _ = writeln!(out, "corecast_player_layer_info{{{labels},rid=\"{rid}\"}} 1");
+                let _ = writeln!(
+                    out,
+                    "corecast_player_layer_info{{{labels},rid=\"{rid}\"}} 1"
+                );
             }
         }
     }
@@ -576,5 +611,8 @@ async fn metrics(
         let _ = writeln!(out, "# TYPE {metric} {kind}\n{metric} {value}");
     }
     gate.write_metrics(&mut out);
+    if let Some(cluster) = &control.cluster {
+        cluster.write_metrics(&mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

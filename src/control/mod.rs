@@ -15,10 +15,12 @@ pub mod tls;
 pub mod webhook;
 pub mod ws;
 
+mod clustered;
 mod errors;
 mod registry;
 mod sessions;
 
+pub use clustered::{ClusterView, StreamHolder};
 pub use errors::ApiError;
 pub use registry::{Ending, Role, SessionState, SessionView, StatusEvent, StreamView, TrackView};
 pub use sessions::Created;
@@ -61,6 +63,8 @@ pub struct Control {
     ports: Mutex<PortAllocator>,
     pub counters: ControlCounters,
     pub cascade: cascade::Cascade,
+    /// This relay's cluster (`cluster.redis`), if it is a node of one.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What `Control::session_facts` says of one session.
@@ -82,8 +86,10 @@ impl Control {
             format_fingerprint(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         let ports = PortAllocator::new(config.media.ports, workers.len());
         let cascade = cascade::Cascade::new(&config, certificate.clone());
+        let cluster = crate::cluster::Cluster::new(&config)?.map(Arc::new);
         Ok(Arc::new(Control {
             cascade,
+            cluster,
             config,
             workers,
             certificate,
@@ -164,6 +170,7 @@ impl Control {
                                 .remove(&entry.stream)
                                 .expect("checked above");
                             players.extend(stream.players);
+                            self.stream_ended(&entry.stream, stream.pulled_by.is_some());
                         }
                     }
                     Role::Player => {

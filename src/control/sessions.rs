@@ -83,7 +83,7 @@ fn video_settings(tracks: &[PublishedTrack]) -> VideoSettings {
 }
 
 /// Stream names appear in URLs and logs: keep them plain.
-fn check_stream_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_stream_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name

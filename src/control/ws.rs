@@ -18,6 +18,10 @@
 //! `token` field in a message (the first, or `{"type":"auth","token":"..."}`); each publish and
 //! play is checked against it as WHIP and WHEP are (401, 403 as `status` in the error).
 //!
+//! On a full node of a cluster, `play` answers
+//! `{"type":"error","id":2,"status":307,"message":"...","location":"http://node-b:8080/whep/cam"}`:
+//! the client plays from that node instead (over WHEP, or over that node's `/ws`).
+//!
 //! Closing the WebSocket ends every session it started. The HTTP limits hold here too: every
 //! message counts against `http.rate_limit` (an error with `retry_after` when over it), every
 //! session against `http.max_sessions_per_ip`, and a message over `limits::WS_MAX_MESSAGE`
@@ -218,10 +222,10 @@ async fn handle(
             };
             let layers = layer_request(&request);
             let created = if kind == "publish" {
-                control.publish(stream, sdp, peer)
+                control.publish_anywhere(stream, sdp, peer, false).await
             } else {
                 match control.check_layer_request(stream, &layers) {
-                    Ok(()) => control.play_or_pull(stream, sdp, peer).await,
+                    Ok(()) => control.play_anywhere(stream, sdp, peer, false).await,
                     Err(e) => Err(e),
                 }
             };
@@ -252,7 +256,18 @@ async fn handle(
                     owned.push(created.session);
                     json!({"type": "answer", "id": id, "session": created.session, "stream": stream, "sdp": created.answer})
                 }
-                Err(ApiError { status, message }) => {
+                Err(ApiError {
+                    status,
+                    message,
+                    location: Some(location),
+                }) => {
+                    // A full cluster node: the client plays from the node named instead.
+                    json!({"type": "error", "id": id, "status": status, "message": message,
+                           "location": location})
+                }
+                Err(ApiError {
+                    status, message, ..
+                }) => {
                     control.count_rejected_offer();
                     error(id, status, message)
                 }
@@ -271,7 +286,9 @@ async fn handle(
             }
             match control.set_layer_preference(session, &layer_request(&request)) {
                 Ok(_) => json!({"type": "layer", "id": id, "session": session}),
-                Err(ApiError { status, message }) => error(id, status, message),
+                Err(ApiError {
+                    status, message, ..
+                }) => error(id, status, message),
             }
         }
         "stop" => {

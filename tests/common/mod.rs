@@ -5,6 +5,7 @@
 
 pub mod chromium;
 pub mod live;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};

@@ -331,6 +331,24 @@ impl Authenticator {
         })
     }
 
+    /// Also accepts the cluster's token (`cluster.token`): playing any stream, as one node
+    /// pulling a stream from another does; like the relay's own, no per-token cap applies.
+    pub fn with_cluster_token(mut self, token: Option<&str>) -> Authenticator {
+        if let Some(token) = token {
+            self.tokens.push(StaticToken {
+                digest: sha256(token.as_bytes()),
+                rights: Rights {
+                    play: true,
+                    ..Rights::default()
+                },
+                streams: Glob::any(),
+                name: "a node of the cluster".into(),
+                internal: true,
+            });
+        }
+        self
+    }
+
     /// Whether tokens are required (`[[auth.tokens]]` or `[auth.jwt]` configured).
     pub fn enabled(&self) -> bool {
         self.enabled

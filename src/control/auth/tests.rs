@@ -198,3 +198,24 @@ fn bearer_headers_parse_case_insensitively() {
     assert_eq!(bearer("bearer  abc "), Some("abc"));
     assert_eq!(bearer("Basic abc"), None);
 }
+
+#[test]
+fn the_cluster_token_plays_any_stream_and_does_nothing_else() {
+    let auth = with_tokens().with_cluster_token(Some("cluster-token-00000001"));
+    let grant = auth
+        .authenticate(Some("cluster-token-00000001"), NOW)
+        .unwrap();
+    assert!(
+        grant.internal,
+        "no per-token cap, no webhook for a node's pull"
+    );
+    assert!(grant.check(Right::Play, Some("any-stream")).is_ok());
+    assert!(grant.check(Right::Publish, Some("any-stream")).is_err());
+    assert!(grant.check(Right::Admin, None).is_err());
+    // Without a cluster token configured, it is just an unknown token.
+    assert!(
+        with_tokens()
+            .authenticate(Some("cluster-token-00000001"), NOW)
+            .is_err()
+    );
+}
