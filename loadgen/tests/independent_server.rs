@@ -48,7 +48,11 @@ struct Server {
     next: Mutex<u64>,
     /// Close each publisher's connection this long after it published: the publisher dies.
     drop_publishers_after: Option<Duration>,
+    /// Every answer given, for the test to see what loadgen was asked to do.
+    answers: Answers,
 }
+
+type Answers = Arc<Mutex<Vec<String>>>;
 
 fn webrtc_api() -> API {
     let mut media = MediaEngine::default();
@@ -89,10 +93,13 @@ impl Server {
             .await
             .map_err(|e| e.to_string())?;
         let _ = gathered.recv().await;
-        pc.local_description()
+        let answer = pc
+            .local_description()
             .await
             .map(|d| d.sdp)
-            .ok_or_else(|| "no local description".to_string())
+            .ok_or_else(|| "no local description".to_string())?;
+        self.answers.lock().unwrap().push(answer.clone());
+        Ok(answer)
     }
 
     fn created(&self, pc: Arc<RTCPeerConnection>, answer: String) -> Response {
@@ -237,8 +244,11 @@ async fn end_session(State(server): State<Arc<Server>>, UrlPath(id): UrlPath<u64
     }
 }
 
-/// Starts the webrtc-rs relay on a runtime of its own; returns its base URL.
-fn start_server(drop_publishers_after: Option<Duration>) -> String {
+/// Starts the webrtc-rs relay on a runtime of its own; returns its base URL and the answers it
+/// will give.
+fn start_server(drop_publishers_after: Option<Duration>) -> (String, Answers) {
+    let answers = Answers::default();
+    let given = answers.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -255,6 +265,7 @@ fn start_server(drop_publishers_after: Option<Duration>) -> String {
                 sessions: Mutex::default(),
                 next: Mutex::new(0),
                 drop_publishers_after,
+                answers: given,
             });
             let app = axum::Router::new()
                 .route("/whip/{name}", post(whip))
@@ -265,7 +276,7 @@ fn start_server(drop_publishers_after: Option<Duration>) -> String {
             axum::serve(listener, app).await.unwrap();
         });
     });
-    base
+    (base, answers)
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -312,7 +323,7 @@ fn loadgen(server: &str, out: &Path, players: &str, duration: &str) -> std::proc
 
 #[test]
 fn loadgen_drives_a_full_ice_setup_active_webrtc_rs_server_without_loss() {
-    let server = start_server(None);
+    let (server, answers) = start_server(None);
     let out = scratch("clean");
     let result = loadgen(&server, &out, "10", "3");
     let stdout = String::from_utf8_lossy(&result.stdout);
@@ -338,13 +349,22 @@ fn loadgen_drives_a_full_ice_setup_active_webrtc_rs_server_without_loss() {
     assert!(relay["forwarded_packets"].as_u64().unwrap() > 500, "{s:#}");
     assert!(relay["cpu_ns_per_forwarded_packet"].as_f64().unwrap() > 0.0, "{s:#}");
     assert!(stdout.contains("packets/s received by players"), "{stdout}");
+    // What made this server different: every answer made loadgen the DTLS server, and none
+    // was ICE-lite (the server checked back, and loadgen answered).
+    let answers = answers.lock().unwrap();
+    assert_eq!(answers.len(), 11);
+    for answer in answers.iter() {
+        assert!(answer.contains("a=setup:active"), "{answer}");
+        assert!(!answer.contains("a=ice-lite"), "{answer}");
+        assert!(answer.contains("typ host"), "{answer}");
+    }
 }
 
 #[test]
 fn loadgen_reports_a_stream_whose_publisher_died_and_fails() {
     // The server drops the publisher 2 s after it published; the run lasts 4 s after the
     // players joined.
-    let server = start_server(Some(Duration::from_secs(2)));
+    let (server, _) = start_server(Some(Duration::from_secs(2)));
     let out = scratch("stopped");
     let result = loadgen(&server, &out, "3", "4");
     let stdout = String::from_utf8_lossy(&result.stdout);
