@@ -73,9 +73,18 @@ impl Browsers {
         let script = format!("return await corecast.{role}(arguments[0], arguments[1])");
         let args = vec![json!(stream), options];
         if firefox {
-            On::Firefox(self.firefox.call(&script, args).as_u64().expect("a session id"))
+            On::Firefox(
+                self.firefox
+                    .call(&script, args)
+                    .as_u64()
+                    .expect("a session id"),
+            )
         } else {
-            On::Chromium(self.chromium_call(&script, args).as_u64().expect("a session id"))
+            On::Chromium(
+                self.chromium_call(&script, args)
+                    .as_u64()
+                    .expect("a session id"),
+            )
         }
     }
 
@@ -124,9 +133,7 @@ fn sending(s: &Value) -> bool {
 }
 
 fn decoding(s: &Value) -> bool {
-    s["error"].is_null()
-        && num(s, "videoFramesDecoded") > 30
-        && num(s, "audioPacketsReceived") > 20
+    s["error"].is_null() && num(s, "videoFramesDecoded") > 30 && num(s, "audioPacketsReceived") > 20
 }
 
 /// Every case on one relay over `protocol`: Firefox publishing with each bundle policy and

@@ -111,10 +111,7 @@ impl Server {
         self.sessions.lock().unwrap().insert(id, pc);
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, "application/sdp".parse().unwrap());
-        headers.insert(
-            header::LOCATION,
-            format!("/session/{id}").parse().unwrap(),
-        );
+        headers.insert(header::LOCATION, format!("/session/{id}").parse().unwrap());
         (StatusCode::CREATED, headers, answer).into_response()
     }
 }
@@ -124,7 +121,11 @@ async fn whip(
     UrlPath(name): UrlPath<String>,
     offer: String,
 ) -> Response {
-    let pc = match server.api.new_peer_connection(RTCConfiguration::default()).await {
+    let pc = match server
+        .api
+        .new_peer_connection(RTCConfiguration::default())
+        .await
+    {
         Ok(pc) => Arc::new(pc),
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
@@ -206,12 +207,19 @@ async fn whep(
     let Some((audio, video)) = tracks else {
         return refuse(StatusCode::NOT_FOUND, format!("no stream {name}"));
     };
-    let pc = match server.api.new_peer_connection(RTCConfiguration::default()).await {
+    let pc = match server
+        .api
+        .new_peer_connection(RTCConfiguration::default())
+        .await
+    {
         Ok(pc) => Arc::new(pc),
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     for track in [audio, video] {
-        match pc.add_track(track as Arc<dyn TrackLocal + Send + Sync>).await {
+        match pc
+            .add_track(track as Arc<dyn TrackLocal + Send + Sync>)
+            .await
+        {
             // The player's RTCP must be read for the interceptors (NACK, reports) to run.
             Ok(sender) => {
                 tokio::spawn(async move {
@@ -280,10 +288,8 @@ fn start_server(drop_publishers_after: Option<Duration>) -> (String, Answers) {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "loadgen-independent-{}-{name}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("loadgen-independent-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -342,12 +348,19 @@ fn loadgen_drives_a_full_ice_setup_active_webrtc_rs_server_without_loss() {
         "{s:#}"
     );
     assert_eq!(s["media"]["gaps"], 0, "{s:#}");
-    assert_eq!(s["media"]["stopped_streams"], serde_json::json!([]), "{s:#}");
+    assert_eq!(
+        s["media"]["stopped_streams"],
+        serde_json::json!([]),
+        "{s:#}"
+    );
     // `--relay-pid` alone: the server's CPU over the packets its players received.
     let relay = &s["relay"];
     assert_eq!(relay["packets_from"], "players", "{s:#}");
     assert!(relay["forwarded_packets"].as_u64().unwrap() > 500, "{s:#}");
-    assert!(relay["cpu_ns_per_forwarded_packet"].as_f64().unwrap() > 0.0, "{s:#}");
+    assert!(
+        relay["cpu_ns_per_forwarded_packet"].as_f64().unwrap() > 0.0,
+        "{s:#}"
+    );
     assert!(stdout.contains("packets/s received by players"), "{stdout}");
     // What made this server different: every answer made loadgen the DTLS server, and none
     // was ICE-lite (the server checked back, and loadgen answered).

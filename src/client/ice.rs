@@ -104,8 +104,7 @@ impl Responder {
             return IceEvent::Ignored;
         }
         let mut out = vec![0u8; 128];
-        match stun::write_binding_success(&mut out, &message.transaction_id, from, &self.our_key)
-        {
+        match stun::write_binding_success(&mut out, &message.transaction_id, from, &self.our_key) {
             Ok(n) => {
                 out.truncate(n);
                 IceEvent::Reply(out)

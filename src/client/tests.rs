@@ -470,7 +470,11 @@ fn the_reader_task_answers_the_servers_check_and_notes_the_answers_after_it() {
     demux.packet(t0, SERVER, &mut success_signed_with(SERVER_PWD));
     let seen = *progress.borrow();
     assert_eq!(
-        (seen.checks_answered, seen.answered, seen.answered_after_our_answer),
+        (
+            seen.checks_answered,
+            seen.answered,
+            seen.answered_after_our_answer
+        ),
         (1, 2, 1)
     );
 }

@@ -423,7 +423,10 @@ mod tests {
         assert_eq!(kinds, [MediaKind::Audio, MediaKind::Video]);
         let answer = write_answer(&play, &sections, &transport());
         assert!(answer.contains("m=video 31000 "), "{answer}");
-        assert!(answer.contains("a=ssrc:1001 cname:corecast-fox"), "{answer}");
+        assert!(
+            answer.contains("a=ssrc:1001 cname:corecast-fox"),
+            "{answer}"
+        );
     }
 
     /// Port 0 means rejected unless the section is bundle-only inside the BUNDLE group: a
