@@ -1,6 +1,7 @@
 //! The client's offer and answer against the relay's own negotiation, and its reader task's
 //! loss repair driven packet by packet with a fake clock and SRTP on both ends.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,7 @@ use crate::wire::srtp::{SrtpContext, SrtpProfile};
 
 const OUR_PWD: &str = "our-password-our-password";
 const SERVER_PWD: &str = "server-password-server-pw";
-const SERVER: std::net::SocketAddr =
-    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000);
+const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5000);
 
 fn fingerprint() -> String {
     vec!["AB"; 32].join(":")
