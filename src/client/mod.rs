@@ -4,7 +4,7 @@
 //! It offers like a browser (Opus, VP8, H264; BUNDLE, rtcp-mux, `setup:actpass`), sends the
 //! offer with WHIP or WHEP, then acts as the controlling ICE agent towards the server's host
 //! candidates over UDP or ICE-TCP (RFC 4571 framing), whether the server is ICE-lite or a full
-//! agent that checks back ([`ice`]), runs DTLS (webrtc-dtls) in the role the answer's
+//! agent that checks back (`ice`), runs DTLS (webrtc-dtls) in the role the answer's
 //! `a=setup` leaves it (the client for `passive`, the server for `active`) and protects and
 //! unprotects SRTP in place with the relay's own [`crate::wire::srtp`].
 //!
