@@ -85,7 +85,11 @@ fn run_scenario(args: run::RunArgs) -> ExitCode {
     match runtime.block_on(run::run(args)) {
         Ok(summary) => {
             print_summary(&summary, &out);
-            if summary.media.stopped_streams.is_empty() && summary.media.silent_players == 0 {
+            let media_stopped =
+                !summary.media.stopped_streams.is_empty() || summary.media.silent_players > 0;
+            // find-max pushes the server until it fails: media that stops there is its answer
+            // (reported above), not a failed run.
+            if !media_stopped || summary.scenario.find_max {
                 ExitCode::SUCCESS
             } else {
                 eprintln!("loadgen: media stopped during the run (see above)");
