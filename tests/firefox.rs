@@ -26,7 +26,8 @@ enum On {
     Chromium(u64),
 }
 
-/// The two browsers, both on the relay's page.
+/// The two browsers, both on the relay's page. Dropping it ends both: Chromium's session
+/// (its browser; the driver goes with `Chromium`), and Firefox's process group.
 struct Browsers {
     firefox: Firefox,
     chromium: Chromium,
@@ -125,6 +126,12 @@ impl Browsers {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+}
+
+impl Drop for Browsers {
+    fn drop(&mut self) {
+        let _ = self.runtime.block_on(self.chromium.client.clone().close());
     }
 }
 
