@@ -3,6 +3,7 @@
 
 mod compare;
 mod hgrm;
+mod liveness;
 mod payload;
 mod player;
 mod progress;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::summary::{Frames, RelayCost, Repair, Summary};
+use crate::summary::{Frames, Media, RelayCost, Repair, Summary};
 
 #[derive(Parser)]
 #[command(
@@ -84,7 +85,16 @@ fn run_scenario(args: run::RunArgs) -> ExitCode {
     match runtime.block_on(run::run(args)) {
         Ok(summary) => {
             print_summary(&summary, &out);
-            ExitCode::SUCCESS
+            let media_stopped =
+                !summary.media.stopped_streams.is_empty() || summary.media.silent_players > 0;
+            // find-max pushes the server until it fails: media that stops there is its answer
+            // (reported above), not a failed run.
+            if !media_stopped || summary.scenario.find_max {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("loadgen: media stopped during the run (see above)");
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             eprintln!("loadgen: {e:#}");
@@ -117,6 +127,7 @@ fn print_summary(summary: &Summary, out: &Path) {
     if let Some(relay) = &summary.relay {
         print_relay(relay);
     }
+    print_media(&summary.media);
     let repair = &summary.repair;
     if repair.injected_loss_percent > 0.0
         || repair.injected_publish_loss_percent > 0.0
@@ -151,10 +162,40 @@ fn print_relay(r: &RelayCost) {
         ),
         _ => "relay latency not served (no /api/relay-latency beside the metrics)".to_string(),
     };
+    if r.packets_from == "players" {
+        // A server without corecast's counters: its CPU over what the players received.
+        println!(
+            "relay: {:.0} packets/s received by players, {:.0} ns CPU per packet ({:.2} CPU seconds over {:.1} s)",
+            r.forwarded_pps, r.cpu_ns_per_forwarded_packet, r.cpu_seconds, r.seconds,
+        );
+        return;
+    }
     println!(
         "relay: {:.0} forwarded packets/s on {} worker(s), {:.0} ns CPU per forwarded packet, {latency}",
         r.forwarded_pps, r.workers, r.cpu_ns_per_forwarded_packet,
     );
+}
+
+/// Gaps in the media and streams that stopped: silent unless there were some.
+fn print_media(media: &Media) {
+    if media.gaps > 0 {
+        println!(
+            "media gaps: {} longer than {:.0} ms at {} player(s), the longest {:.0} ms",
+            media.gaps, media.gap_after_ms, media.players_with_gaps, media.longest_gap_ms
+        );
+    }
+    for stopped in &media.stopped_streams {
+        println!(
+            "error: stream {} stopped: none of its {} player(s) received media after {:.1} s into the run",
+            stopped.stream, stopped.players, stopped.last_media_s
+        );
+    }
+    if media.silent_players > 0 {
+        println!(
+            "error: {} player(s) of streams that still played received no media for over {:.0} ms at the end",
+            media.silent_players, media.gap_after_ms
+        );
+    }
 }
 
 fn print_repair(repair: &Repair, frames: &Frames) {

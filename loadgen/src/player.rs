@@ -9,6 +9,7 @@ use corecast::util::lock;
 use corecast::wire::rtp::RtpHeader;
 use hdrhistogram::Histogram;
 
+use crate::liveness::Liveness;
 use crate::payload::Stamp;
 use crate::quality::{Arrival, Frames, Track};
 use crate::run::{Shared, Verify};
@@ -16,7 +17,11 @@ use crate::summary;
 
 /// What one player measured, read by the progress lines and the report.
 pub struct PlayerStats {
+    /// The stream's index (`PREFIX-<stream>`).
+    pub stream: u32,
     join_started: Instant,
+    /// Gaps in the media, and whether it still comes.
+    pub liveness: Liveness,
     joined: bool,
     /// Audio and video, by the stamp's kind.
     pub tracks: [Track; 2],
@@ -35,10 +40,13 @@ pub struct PlayerStats {
 }
 
 impl PlayerStats {
-    /// A player that starts joining now.
-    pub fn new() -> Self {
+    /// A player of `stream` that starts joining now.
+    pub fn new(stream: u32) -> Self {
+        let now = Instant::now();
         Self {
-            join_started: Instant::now(),
+            stream,
+            join_started: now,
+            liveness: Liveness::new(now),
             joined: false,
             tracks: [Track::default(), Track::default()],
             frames: Frames::default(),
@@ -65,6 +73,7 @@ pub fn handler(shared: Arc<Shared>, stats: Arc<Mutex<PlayerStats>>) -> client::H
         let mut s = lock(&stats);
         s.received_packets += 1;
         s.received_bytes += packet.len() as u64;
+        s.liveness.on_packet(now);
         let Some((header, stamp)) = RtpHeader::parse(packet)
             .ok()
             .and_then(|h| Some((h, Stamp::read(&packet[h.header_len..])?)))

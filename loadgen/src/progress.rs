@@ -143,7 +143,7 @@ impl Watch<'_> {
             ramp_end.update(self, record.loss_percent, record.players);
             intervals.push(record);
             if ramp_end.at.is_some() && relay_start.is_none() {
-                relay_start = relay::sample(self.http, self.args).await;
+                relay_start = relay::sample(self.http, self.args, self.shared).await;
             }
             if ramp_end.at.is_some_and(|t| t.elapsed() >= linger) {
                 break;

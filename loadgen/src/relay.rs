@@ -1,6 +1,7 @@
 //! What the relay says about itself: its packet counters from `/metrics`, its CPU time from
 //! /proc, its relay-latency histogram; and the cost of the run's steady phase from two such
-//! readings.
+//! readings. Any WHIP/WHEP server's CPU can be read with `--relay-pid` alone: its packets are
+//! then those the players received, which is what it forwarded to them less any loss.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use base64::Engine as _;
 use corecast::client::http::HttpClient;
 use hdrhistogram::Histogram;
 
-use crate::run::RunArgs;
+use crate::run::{RunArgs, Shared};
 use crate::summary::RelayCost;
 
 /// What the relay says about itself at one moment.
@@ -16,8 +17,11 @@ use crate::summary::RelayCost;
 pub struct RelaySample {
     at: Option<Instant>,
     cpu_seconds: f64,
-    forwarded: u64,
+    /// From corecast's `/metrics`, when read.
+    forwarded: Option<u64>,
     workers: usize,
+    /// Packets the players received so far.
+    received_by_players: u64,
     /// The relay-latency histogram of all workers (ns), when the relay serves one.
     latency: Option<Histogram<u64>>,
 }
@@ -47,30 +51,37 @@ async fn fetch_relay_latency(http: &HttpClient, url: &str) -> Option<Histogram<u
         .ok()
 }
 
-/// Reads the relay now: `None` without `--relay-metrics` or when its `/metrics` does not
-/// answer.
-pub async fn sample(http: &HttpClient, args: &RunArgs) -> Option<RelaySample> {
-    let metrics = args.relay_metrics.as_deref()?;
-    let body = http
-        .request("GET", metrics, None, "", Duration::from_secs(5))
-        .await
-        .ok()?
-        .body;
+/// Reads the relay now: `None` without `--relay-metrics` or `--relay-pid`, or when the
+/// given `/metrics` does not answer.
+pub async fn sample(http: &HttpClient, args: &RunArgs, shared: &Shared) -> Option<RelaySample> {
+    if args.relay_metrics.is_none() && args.relay_pid.is_none() {
+        return None;
+    }
     let mut sample = RelaySample {
         at: Some(Instant::now()),
+        received_by_players: crate::report::received_by_players(shared),
         ..Default::default()
     };
-    for line in body.lines() {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        if name.starts_with("corecast_forwarded_packets_total{") {
-            sample.forwarded += value.parse::<u64>().unwrap_or(0);
-            sample.workers += 1;
+    if let Some(metrics) = args.relay_metrics.as_deref() {
+        let body = http
+            .request("GET", metrics, None, "", Duration::from_secs(5))
+            .await
+            .ok()?
+            .body;
+        let mut forwarded = 0;
+        for line in body.lines() {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            if name.starts_with("corecast_forwarded_packets_total{") {
+                forwarded += value.parse::<u64>().unwrap_or(0);
+                sample.workers += 1;
+            }
         }
-    }
-    if let Some(url) = relay_latency_url(metrics) {
-        sample.latency = fetch_relay_latency(http, &url).await;
+        sample.forwarded = Some(forwarded);
+        if let Some(url) = relay_latency_url(metrics) {
+            sample.latency = fetch_relay_latency(http, &url).await;
+        }
     }
     if let Some(pid) = args.relay_pid {
         sample.cpu_seconds = process_cpu_seconds(&format!("/proc/{pid}/stat"));
@@ -83,12 +94,13 @@ pub async fn sample(http: &HttpClient, args: &RunArgs) -> Option<RelaySample> {
 pub async fn finish(
     http: &HttpClient,
     args: &RunArgs,
+    shared: &Shared,
     start: Option<&RelaySample>,
 ) -> (Option<RelayCost>, Option<Histogram<u64>>) {
     let Some(start) = start else {
         return (None, None);
     };
-    match sample(http, args).await {
+    match sample(http, args, shared).await {
         Some(end) => {
             let (cost, latency) = relay_cost(start, &end);
             (Some(cost), latency)
@@ -103,7 +115,14 @@ fn relay_cost(start: &RelaySample, end: &RelaySample) -> (RelayCost, Option<Hist
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
         _ => 0.0,
     };
-    let forwarded = end.forwarded.saturating_sub(start.forwarded);
+    let (forwarded, packets_from) = match (start.forwarded, end.forwarded) {
+        (Some(before), Some(after)) => (after.saturating_sub(before), "relay"),
+        _ => (
+            end.received_by_players
+                .saturating_sub(start.received_by_players),
+            "players",
+        ),
+    };
     let cpu = (end.cpu_seconds - start.cpu_seconds).max(0.0);
     // The relay's histogram only grows: the later reading less the earlier is this run.
     let latency = match (&start.latency, &end.latency) {
@@ -129,6 +148,7 @@ fn relay_cost(start: &RelaySample, end: &RelaySample) -> (RelayCost, Option<Hist
             0.0
         },
         workers: end.workers,
+        packets_from: packets_from.to_string(),
         latency_p50_us: us(0.5),
         latency_p99_us: us(0.99),
         latency_p999_us: us(0.999),

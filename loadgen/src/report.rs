@@ -11,12 +11,14 @@ use corecast::client::Session;
 use corecast::util::lock;
 use hdrhistogram::Histogram;
 
+use crate::liveness::GAP_AFTER;
 use crate::player::PlayerStats;
 use crate::progress::Interval;
 use crate::quality;
 use crate::run::{RunArgs, Shared};
 use crate::summary::{
-    self, Cost, Percentiles, Players, RelayCost, Repair, Scenario, Summary, Totals, percent,
+    self, Cost, Media, Percentiles, Players, RelayCost, Repair, Scenario, StoppedStream, Summary,
+    Totals, percent,
 };
 
 /// What the run itself measured, beside the clients' counters.
@@ -25,6 +27,8 @@ pub struct Measured {
     pub target: u64,
     pub max_without_loss: Option<u64>,
     pub relay: Option<RelayCost>,
+    /// The players' media as the steady phase ended.
+    pub media: Media,
     /// The load generator's CPU and wall time over the run.
     pub cpu: f64,
     pub wall: f64,
@@ -95,6 +99,7 @@ pub fn summarize(
         relay: measured.relay,
         repair,
         frames,
+        media: measured.media,
         errors: lock(&shared.errors).clone(),
     };
     Report {
@@ -102,6 +107,56 @@ pub fn summarize(
         latency,
         join,
     }
+}
+
+/// Packets all players received so far.
+pub fn received_by_players(shared: &Shared) -> u64 {
+    lock(&shared.players)
+        .iter()
+        .map(|p| lock(p).received_packets)
+        .sum()
+}
+
+/// The players' media at `now` (the end of the steady phase, publishers still sending): gaps,
+/// and streams none of whose players have received anything for over [`GAP_AFTER`].
+pub fn media_at(args: &RunArgs, shared: &Shared, now: Instant) -> Media {
+    let mut media = Media {
+        gap_after_ms: GAP_AFTER.as_secs_f64() * 1e3,
+        ..Default::default()
+    };
+    // Per stream: players, silent players, the latest media any of them received.
+    let mut streams: Vec<(u64, u64, Option<Instant>)> = vec![(0, 0, None); args.streams as usize];
+    for player in lock(&shared.players).iter() {
+        let p = lock(player);
+        let gaps = p.liveness.gaps(now);
+        media.gaps += gaps;
+        media.players_with_gaps += u64::from(gaps > 0);
+        media.longest_gap_ms = media
+            .longest_gap_ms
+            .max(p.liveness.longest_gap(now).as_secs_f64() * 1e3);
+        let Some(stream) = streams.get_mut(p.stream as usize) else {
+            continue;
+        };
+        stream.0 += 1;
+        let silent_since = p.liveness.silent_since(now);
+        stream.1 += u64::from(silent_since.is_some());
+        let last = silent_since.unwrap_or(now);
+        stream.2 = Some(stream.2.map_or(last, |l: Instant| l.max(last)));
+    }
+    for (index, (players, silent, last)) in streams.into_iter().enumerate() {
+        if players > 0 && silent == players {
+            media.stopped_streams.push(StoppedStream {
+                stream: format!("{}-{index}", args.stream_prefix),
+                players,
+                last_media_s: last.map_or(0.0, |l| {
+                    l.saturating_duration_since(shared.epoch).as_secs_f64()
+                }),
+            });
+        } else {
+            media.silent_players += silent;
+        }
+    }
+    media
 }
 
 /// Adds the players' counts into `totals`, `repair` and `frames` (ending their frames now);

@@ -96,8 +96,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub quiet: bool,
     /// The relay's process id (on this machine): its CPU time over the steady phase is read
-    /// from /proc to report CPU per forwarded packet.
-    #[arg(long, requires = "relay_metrics")]
+    /// from /proc to report CPU per forwarded packet. Any server's: without --relay-metrics
+    /// the packets are those the players received.
+    #[arg(long)]
     pub relay_pid: Option<u32>,
     /// The relay's Prometheus endpoint (corecast's /metrics), for its packet counters; its
     /// relay-latency HdrHistogram is read from `/api/relay-latency` beside it.
@@ -301,7 +302,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
     }
     .run()
     .await;
-    let (relay, relay_latency) = relay::finish(&http, &args, progress.relay_start.as_ref()).await;
+    // Before the publishers stop: a stream whose players hear nothing now has died.
+    let media = report::media_at(&args, &shared, Instant::now());
+    let (relay, relay_latency) =
+        relay::finish(&http, &args, &shared, progress.relay_start.as_ref()).await;
 
     // Stop the publishers, let packets in flight arrive, then read the players.
     shared.stop.store(true, Ordering::Relaxed);
@@ -316,6 +320,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Summary> {
         target: if args.find_max { 0 } else { target },
         max_without_loss: progress.max_without_loss,
         relay,
+        media,
         wall: wall_start.elapsed().as_secs_f64(),
         cpu: relay::cpu_seconds() - cpu_start,
     };

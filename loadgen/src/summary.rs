@@ -14,7 +14,7 @@ pub struct Summary {
     pub join_ms: Percentiles,
     pub jitter_ms_mean: f64,
     pub loadgen: Cost,
-    /// The relay's own cost over the steady phase, with `--relay-pid` and `--relay-metrics`.
+    /// The relay's own cost over the steady phase, with `--relay-pid` or `--relay-metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayCost>,
     /// Loss, its repair and what it cost (zeros in summaries written before loadgen measured
@@ -24,6 +24,9 @@ pub struct Summary {
     /// Video frames that froze.
     #[serde(default)]
     pub frames: Frames,
+    /// Gaps in the media at players, and streams that stopped (the run fails on those).
+    #[serde(default)]
+    pub media: Media,
     pub errors: Vec<String>,
 }
 
@@ -89,16 +92,48 @@ pub struct Frames {
     pub frozen_percent: f64,
 }
 
+/// Whether the media kept coming: gaps longer than `gap_after_ms` between a player's packets,
+/// and, at the end of the steady phase, players that had received nothing for that long.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Media {
+    pub gap_after_ms: f64,
+    /// Gaps at all players, a silence under way at the end among them.
+    pub gaps: u64,
+    pub players_with_gaps: u64,
+    pub longest_gap_ms: f64,
+    /// Streams none of whose players received media at the end: the stream died.
+    pub stopped_streams: Vec<StoppedStream>,
+    /// Silent players of streams that still played to others.
+    pub silent_players: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoppedStream {
+    pub stream: String,
+    pub players: u64,
+    /// When the last of its players' media arrived, in seconds since the run began.
+    pub last_media_s: f64,
+}
+
+/// Summaries written before `--relay-pid` worked alone counted the relay's packets.
+fn relay_counted() -> String {
+    "relay".to_string()
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RelayCost {
     pub seconds: f64,
     pub cpu_seconds: f64,
-    /// Packets the relay forwarded to players (its `corecast_forwarded_packets_total`).
+    /// Packets the relay forwarded to players: its `corecast_forwarded_packets_total`
+    /// (`packets_from` "relay"), or, for a server without it, those the players received
+    /// ("players").
     pub forwarded_packets: u64,
     pub forwarded_pps: f64,
     /// Relay CPU time over forwarded packets.
     pub cpu_ns_per_forwarded_packet: f64,
     pub workers: usize,
+    #[serde(default = "relay_counted")]
+    pub packets_from: String,
     /// Relay-added latency (receive completion to send submission) over the steady phase:
     /// the difference of two readings of corecast's HdrHistogram (`/api/relay-latency`),
     /// to within 1 %; absent where the relay serves no such histogram. Summaries written

@@ -21,12 +21,15 @@ impl RecordSink for Link {
 }
 
 /// Runs the handshake with the server at `server` over `link`, `records` being what the
-/// reader task receives. Returns the association and the SRTP contexts (outbound, inbound).
+/// reader task receives, as the DTLS client when `dtls_client` (the answer said
+/// `setup:passive`) or else as the DTLS server (`setup:active`). Returns the association and
+/// the SRTP contexts (outbound, inbound).
 pub(super) async fn handshake(
     link: &Link,
     records: mpsc::Receiver<Vec<u8>>,
     server: SocketAddr,
     fingerprint: &[u8],
+    dtls_client: bool,
     options: &ClientOptions,
 ) -> Result<(DTLSConn, SrtpContext, SrtpContext), ClientError> {
     let conn = Arc::new(RecordConn::new(
@@ -36,8 +39,9 @@ pub(super) async fn handshake(
         server,
         Some(server),
     ));
-    let config = crate::dtls::config(options.certificate.clone(), false);
-    let dtls = tokio::time::timeout(options.timeout, DTLSConn::new(conn, config, true, None))
+    let config = crate::dtls::config(options.certificate.clone(), !dtls_client);
+    let started = DTLSConn::new(conn, config, dtls_client, None);
+    let dtls = tokio::time::timeout(options.timeout, started)
         .await
         .map_err(|_| ClientError::Dtls("handshake timed out".into()))?
         .map_err(|e| ClientError::Dtls(e.to_string()))?;
@@ -50,7 +54,7 @@ pub(super) async fn handshake(
         }
         KeyError::Export(e) => ClientError::Dtls(e),
     })?;
-    let (srtp_out, srtp_in) = SrtpContext::from_dtls_export(profile, &material, true)
+    let (srtp_out, srtp_in) = SrtpContext::from_dtls_export(profile, &material, dtls_client)
         .map_err(|e| ClientError::Dtls(e.to_string()))?;
     Ok((dtls, srtp_out, srtp_in))
 }

@@ -12,13 +12,13 @@ use tokio::net::UdpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
+use super::ice::{IceEvent, IceProgress, Responder};
 use super::repair::{self, LossGate, PlayRepair, PublishRepair};
 use super::{ClientError, ClientOptions, Handler, Incoming, SessionCounters, Transport};
 use crate::util::lock;
 use crate::wire::demux::{PacketKind, classify};
 use crate::wire::framing::FrameReader;
 use crate::wire::srtp::SrtpContext;
-use crate::wire::stun::StunMessage;
 
 /// The sending half of the transport.
 #[derive(Clone)]
@@ -28,6 +28,7 @@ pub(super) enum Link {
 }
 
 impl Link {
+    /// Sends on the path ICE chose (UDP: the address the socket is connected to).
     pub(super) async fn send(&self, packet: &[u8]) -> std::io::Result<()> {
         match self {
             Link::Udp(socket) => socket.send(packet).await.map(|_| ()),
@@ -36,6 +37,23 @@ impl Link {
                 w.write_all(&(packet.len() as u16).to_be_bytes()).await?;
                 w.write_all(packet).await
             }
+        }
+    }
+
+    /// Sends to `to` (a candidate being checked, or where a check came from); over TCP there
+    /// is only the one connection.
+    pub(super) async fn send_to(&self, packet: &[u8], to: SocketAddr) -> std::io::Result<()> {
+        match self {
+            Link::Udp(socket) => socket.send_to(packet, to).await.map(|_| ()),
+            Link::Tcp(_) => self.send(packet).await,
+        }
+    }
+
+    /// Fixes the path ICE chose: from now on the UDP socket hears only from `to`.
+    pub(super) async fn settle(&self, to: SocketAddr) -> std::io::Result<()> {
+        match self {
+            Link::Udp(socket) => socket.connect(to).await,
+            Link::Tcp(_) => Ok(()),
         }
     }
 }
@@ -64,7 +82,10 @@ pub(super) const OUTGOING_LEN: usize = repair::RETRANSMISSION_BUFFER_LEN + 64;
 /// Demultiplexes what arrives: STUN to ICE, DTLS to the handshake, SRTP to the handler once
 /// the keys are known; and says what the reader task sends in return (NACKs, retransmissions).
 pub(super) struct Demux {
-    pub(super) ice_ok: watch::Sender<u64>,
+    pub(super) ice: watch::Sender<IceProgress>,
+    pub(super) responder: Responder,
+    /// The answer to the server's last check, and where it goes: sent by the reader task.
+    pub(super) ice_reply: Option<(Vec<u8>, SocketAddr)>,
     pub(super) dtls: mpsc::Sender<Vec<u8>>,
     pub(super) keys: Option<oneshot::Receiver<Media>>,
     pub(super) media: Option<Media>,
@@ -73,7 +94,7 @@ pub(super) struct Demux {
 }
 
 impl Demux {
-    pub(super) fn packet(&mut self, now: Instant, data: &mut [u8]) {
+    pub(super) fn packet(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
         if self.media.is_none()
             && let Some(rx) = self.keys.as_mut()
             && let Ok(media) = rx.try_recv()
@@ -82,11 +103,20 @@ impl Demux {
             self.keys = None;
         }
         match classify(data) {
-            PacketKind::Stun => {
-                if StunMessage::parse(data).is_ok_and(|m| m.is_binding_success()) {
-                    self.ice_ok.send_modify(|n| *n += 1);
+            PacketKind::Stun => match self.responder.on_stun(data, from) {
+                IceEvent::Answered => self.ice.send_modify(|p| {
+                    p.answered += 1;
+                    p.answered_by = Some(from);
+                    if p.checks_answered > 0 {
+                        p.answered_after_our_answer += 1;
+                    }
+                }),
+                IceEvent::Reply(reply) => {
+                    self.ice_reply = Some((reply, from));
+                    self.ice.send_modify(|p| p.checks_answered += 1);
                 }
-            }
+                IceEvent::Ignored => {}
+            },
             PacketKind::Dtls => {
                 let _ = self.dtls.try_send(data.to_vec());
             }
@@ -186,6 +216,9 @@ impl Demux {
 
 /// Sends what the reader task owes the server after a packet or a wake-up.
 async fn flush(demux: &mut Demux, link: &Link, out: &mut [u8]) {
+    if let Some((reply, to)) = demux.ice_reply.take() {
+        let _ = link.send_to(&reply, to).await;
+    }
     while let Some(n) = demux.next_outgoing(Instant::now(), out) {
         if link.send(&out[..n]).await.is_err() {
             break;
@@ -200,7 +233,8 @@ const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// Where the reader task reads from, with its buffer.
 enum Reader {
     Udp(Arc<UdpSocket>, Vec<u8>),
-    Tcp(OwnedReadHalf, FrameReader, Vec<u8>),
+    /// The connection, and the server's address it goes to.
+    Tcp(OwnedReadHalf, FrameReader, Vec<u8>, SocketAddr),
 }
 
 impl Reader {
@@ -208,18 +242,21 @@ impl Reader {
     /// transport has ended (or its framing broke).
     async fn receive(&mut self, demux: &mut Demux) -> bool {
         match self {
-            Reader::Udp(socket, buf) => match socket.recv(buf).await {
-                Ok(n) => {
-                    demux.packet(Instant::now(), &mut buf[..n]);
+            Reader::Udp(socket, buf) => match socket.recv_from(buf).await {
+                Ok((n, from)) => {
+                    demux.packet(Instant::now(), from, &mut buf[..n]);
                     true
                 }
                 Err(_) => false,
             },
-            Reader::Tcp(read, frames, buf) => match read.read(buf).await {
+            Reader::Tcp(read, frames, buf, server) => match read.read(buf).await {
                 Ok(0) | Err(_) => false,
                 Ok(n) => {
                     let now = Instant::now();
-                    frames.feed(&mut buf[..n], |f| demux.packet(now, f)).is_ok()
+                    let from = *server;
+                    frames
+                        .feed(&mut buf[..n], |f| demux.packet(now, from, f))
+                        .is_ok()
                 }
             },
         }
@@ -247,7 +284,8 @@ async fn read_task(mut demux: Demux, mut reader: Reader, replies: Link) {
     }
 }
 
-/// Opens the transport `options` asks for towards `server` and starts the reader task with
+/// Opens the transport `options` asks for towards `server` (UDP: a socket of its address
+/// family, not yet tied to one address: ICE picks the path) and starts the reader task with
 /// `demux`.
 pub(super) async fn open(
     options: &ClientOptions,
@@ -270,7 +308,6 @@ pub(super) async fn open(
                 bind
             };
             let socket = Arc::new(UdpSocket::bind(bind).await.map_err(transport_error)?);
-            socket.connect(server).await.map_err(transport_error)?;
             let reader = Reader::Udp(socket.clone(), vec![0u8; 2048]);
             (Link::Udp(socket), reader)
         }
@@ -291,7 +328,7 @@ pub(super) async fn open(
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
             let frames = FrameReader::new(crate::media::MAX_PACKET);
-            let reader = Reader::Tcp(read, frames, vec![0u8; 65536]);
+            let reader = Reader::Tcp(read, frames, vec![0u8; 65536], server);
             (Link::Tcp(Arc::new(Mutex::new(write))), reader)
         }
     };
@@ -299,22 +336,25 @@ pub(super) async fn open(
     Ok((link, task))
 }
 
-/// The reader task's side of the session's set-up: what it reports (ICE answers, DTLS
+/// The reader task's side of the session's set-up: what it reports (ICE progress, DTLS
 /// records) and where the keys come from once DTLS has them.
 pub(super) fn demux(
     options: &ClientOptions,
+    responder: Responder,
     counters: Arc<SessionCounters>,
 ) -> (
     Demux,
-    watch::Receiver<u64>,
+    watch::Receiver<IceProgress>,
     mpsc::Receiver<Vec<u8>>,
     oneshot::Sender<Media>,
 ) {
-    let (ice_tx, ice_rx) = watch::channel(0u64);
+    let (ice_tx, ice_rx) = watch::channel(IceProgress::default());
     let (dtls_tx, dtls_rx) = mpsc::channel(64);
     let (keys_tx, keys_rx) = oneshot::channel();
     let demux = Demux {
-        ice_ok: ice_tx,
+        ice: ice_tx,
+        responder,
+        ice_reply: None,
         dtls: dtls_tx,
         keys: Some(keys_rx),
         media: None,

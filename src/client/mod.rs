@@ -3,8 +3,10 @@
 //!
 //! It offers like a browser (Opus, VP8, H264; BUNDLE, rtcp-mux, `setup:actpass`), sends the
 //! offer with WHIP or WHEP, then acts as the controlling ICE agent towards the server's host
-//! candidate over UDP or ICE-TCP (RFC 4571 framing), runs the DTLS client (webrtc-dtls) and
-//! protects and unprotects SRTP in place with the relay's own [`crate::wire::srtp`].
+//! candidates over UDP or ICE-TCP (RFC 4571 framing), whether the server is ICE-lite or a full
+//! agent that checks back (`ice`), runs DTLS (webrtc-dtls) in the role the answer's
+//! `a=setup` leaves it (the client for `passive`, the server for `active`) and protects and
+//! unprotects SRTP in place with the relay's own [`crate::wire::srtp`].
 //!
 //! It repairs loss as a browser does ([`repair`]): it offers generic NACK and RTX for video; as
 //! a player it NACKs the gaps in the video stream and restores the RTX packets that answer, as
@@ -338,35 +340,59 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         options.repair,
     );
     let (location, answer) = post_offer(options, &offer).await?;
-    let server = answer
+    // The first candidate of the transport fixes the address family (the socket's); over TCP
+    // it is the one connection.
+    let first = answer
         .candidates
         .iter()
         .find(|(t, _)| *t == options.transport)
         .map(|(_, a)| *a)
         .ok_or_else(|| ClientError::Answer(format!("no {} candidate", options.transport)))?;
+    let candidates: Vec<SocketAddr> = match options.transport {
+        Transport::Udp => answer
+            .candidates
+            .iter()
+            .filter(|(t, a)| *t == Transport::Udp && a.is_ipv4() == first.is_ipv4())
+            .map(|(_, a)| *a)
+            .collect(),
+        Transport::Tcp => vec![first],
+    };
 
     let counters = Arc::new(SessionCounters::default());
-    let (demux, mut ice_ok, dtls_records, keys) = link::demux(options, counters.clone());
-    let (link, reader) = link::open(options, server, demux).await?;
+    let responder = ice::Responder::new(&local_ufrag, &local_pwd, &answer.ice_pwd);
+    let (demux, mut ice_progress, dtls_records, keys) =
+        link::demux(options, responder, counters.clone());
+    let (link, reader) = link::open(options, first, demux).await?;
     let mut tasks = vec![reader];
     let tie_breaker: u64 = rand::random();
-    ice::check(
+    let server = ice::check(
         &link,
         &answer,
+        &candidates,
         &local_ufrag,
         tie_breaker,
-        &mut ice_ok,
+        &mut ice_progress,
         options,
     )
     .await?;
+    link.settle(server)
+        .await
+        .map_err(transport_error(options.transport))?;
     tasks.push(ice::keep_alive(
         link.clone(),
         answer.clone(),
         local_ufrag.clone(),
         tie_breaker,
     ));
-    let (dtls, srtp_out, srtp_in) =
-        dtls::handshake(&link, dtls_records, server, &answer.fingerprint, options).await?;
+    let (dtls, srtp_out, srtp_in) = dtls::handshake(
+        &link,
+        dtls_records,
+        server,
+        &answer.fingerprint,
+        !answer.server_is_dtls_client,
+        options,
+    )
+    .await?;
 
     let negotiated = Negotiated::new(options, &answer, server);
     let video_rtx_ssrc = rtx_ssrc_of(video_ssrc);

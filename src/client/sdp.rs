@@ -160,6 +160,12 @@ pub struct Answer {
     pub ice_ufrag: String,
     pub ice_pwd: String,
     pub fingerprint: Vec<u8>,
+    /// `a=ice-lite`: the server only answers checks. Without it the server is a full agent
+    /// that checks the pair too before it takes the nomination.
+    pub ice_lite: bool,
+    /// `a=setup:active`: the server is the DTLS client and this endpoint the DTLS server.
+    /// (`passive`, or none, leaves the client role here.)
+    pub server_is_dtls_client: bool,
     /// (transport, address) of every host candidate.
     pub candidates: Vec<(Transport, SocketAddr)>,
     pub audio_payload_type: Option<u8>,
@@ -175,10 +181,20 @@ pub struct Answer {
     pub video_rtx_ssrc: Option<u32>,
 }
 
+/// Notes the first payload type of an accepted audio or video section.
+fn accept_section(answer: &mut Answer, media: &str, payload_type: Option<u8>) {
+    match media {
+        "audio" => answer.audio_payload_type = payload_type,
+        "video" => answer.video_payload_type = payload_type,
+        _ => {}
+    }
+}
+
 pub fn parse_answer(text: &str) -> Result<Answer, ClientError> {
     let mut answer = Answer::default();
     let mut media = "";
     let mut section_rejected = false;
+    let mut section_payload_type: Option<u8> = None;
     // In the video section: payload types mapped to rtx, `apt=` pairs, and those with NACK.
     // Resolved against the video payload type at the end, since any order is valid.
     let mut rtx_types: Vec<u8> = Vec::new();
@@ -195,14 +211,20 @@ pub fn parse_answer(text: &str) -> Result<Answer, ClientError> {
                 ""
             };
             section_rejected = fields.get(1) == Some(&"0");
-            let pt = fields.get(3).and_then(|p| p.parse::<u8>().ok());
+            section_payload_type = fields.get(3).and_then(|p| p.parse::<u8>().ok());
             if !section_rejected {
-                match media {
-                    "audio" => answer.audio_payload_type = pt,
-                    "video" => answer.video_payload_type = pt,
-                    _ => {}
-                }
+                accept_section(&mut answer, media, section_payload_type);
             }
+        } else if line == "a=bundle-only" {
+            // Port 0 with bundle-only (RFC 8843): accepted, on the BUNDLE transport.
+            if section_rejected {
+                section_rejected = false;
+                accept_section(&mut answer, media, section_payload_type);
+            }
+        } else if line == "a=ice-lite" {
+            answer.ice_lite = true;
+        } else if let Some(v) = line.strip_prefix("a=setup:") {
+            answer.server_is_dtls_client = v.trim() == "active";
         } else if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
             answer.ice_ufrag = v.to_string();
         } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {

@@ -1,11 +1,13 @@
 //! The client's offer and answer against the relay's own negotiation, and its reader task's
 //! loss repair driven packet by packet with a fake clock and SRTP on both ends.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::ice::{IceEvent, IceProgress, Responder};
 use super::link::{Demux, OUTGOING_LEN};
 use super::repair::{PlayRepair, PublishRepair};
 use super::*;
@@ -14,6 +16,10 @@ use crate::wire::nack::{Nack, write_nack};
 use crate::wire::rtp::RtpHeader;
 use crate::wire::rtx::{OriginalStream, RtxStream, build_rtx, restore_into};
 use crate::wire::srtp::{SrtpContext, SrtpProfile};
+
+const OUR_PWD: &str = "our-password-our-password";
+const SERVER_PWD: &str = "server-password-server-pw";
+const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5000);
 
 fn fingerprint() -> String {
     vec!["AB"; 32].join(":")
@@ -164,10 +170,12 @@ type Delivered = Arc<SyncMutex<Vec<Vec<u8>>>>;
 
 fn demux(media: Media, loss: Option<LossGate>) -> (Demux, Arc<SessionCounters>) {
     let counters = Arc::new(SessionCounters::default());
-    let (ice_ok, _) = watch::channel(0);
+    let (ice, _) = watch::channel(IceProgress::default());
     let (dtls, _) = mpsc::channel(1);
     let demux = Demux {
-        ice_ok,
+        ice,
+        responder: Responder::new("ours", OUR_PWD, SERVER_PWD),
+        ice_reply: None,
         dtls,
         keys: None,
         media: Some(media),
@@ -239,7 +247,7 @@ fn a_player_nacks_a_gap_over_srtcp_and_hands_the_restored_rtx_packet_on() {
     let (mut demux, counters) = demux(media, None);
     for seq in [10, 11, 14] {
         let mut p = protected_rtp(&mut relay_out, &rtp(VIDEO_PT, seq, RELAY_VIDEO_SSRC));
-        demux.packet(t0, &mut p);
+        demux.packet(t0, SERVER, &mut p);
     }
     assert_eq!(demux.next_timeout(), Some(t0), "due at once");
     let sent = outgoing(&mut demux, t0);
@@ -264,7 +272,7 @@ fn a_player_nacks_a_gap_over_srtcp_and_hands_the_restored_rtx_packet_on() {
     let mut rtx = [0u8; 256];
     let len = build_rtx(&rtp(VIDEO_PT, 12, RELAY_VIDEO_SSRC), &stream, &mut rtx).unwrap();
     let mut p = protected_rtp(&mut relay_out, &rtx[..len]);
-    demux.packet(t0 + Duration::from_millis(3), &mut p);
+    demux.packet(t0 + Duration::from_millis(3), SERVER, &mut p);
     let got = delivered.lock().unwrap().clone();
     assert_eq!(got.len(), 4);
     assert_eq!(got[3], rtp(VIDEO_PT, 12, RELAY_VIDEO_SSRC));
@@ -319,7 +327,7 @@ fn a_publisher_answers_the_relays_nack_with_protected_rtx() {
     let mut nack = [0u8; 64];
     let (n, _) = write_nack(&mut nack, 0x4444, OURS, &[3, 5]).unwrap();
     let mut p = protected_rtcp(&mut relay_out, &nack[..n]);
-    demux.packet(t0 + Duration::from_millis(20), &mut p);
+    demux.packet(t0 + Duration::from_millis(20), SERVER, &mut p);
     let sent = outgoing(&mut demux, t0 + Duration::from_millis(20));
     assert_eq!(sent.len(), 2);
     let original = OriginalStream {
@@ -366,11 +374,134 @@ fn arrival_loss_drops_media_before_decryption() {
     let (mut demux, counters) = demux(media, Some(LossGate::new(50.0, 3)));
     for seq in 0..1000u16 {
         let mut p = protected_rtp(&mut relay_out, &rtp(VIDEO_PT, seq, RELAY_VIDEO_SSRC));
-        demux.packet(t0, &mut p);
+        demux.packet(t0, SERVER, &mut p);
     }
     use std::sync::atomic::Ordering::Relaxed;
     let dropped = counters.dropped_on_arrival.load(Relaxed);
     assert!((400..600).contains(&dropped), "{dropped}");
     assert_eq!(delivered.lock().unwrap().len() as u64, 1000 - dropped);
     assert_eq!(counters.srtp_errors.load(Relaxed), 0);
+}
+
+/// A full ICE server's check towards us (`username` `ours:server`), signed with `password`.
+fn server_check(username: &str, password: &str) -> Vec<u8> {
+    use crate::wire::stun::{BINDING_REQUEST, StunWriter, short_term_key};
+    let mut out = vec![0u8; 256];
+    let mut w = StunWriter::new(&mut out, BINDING_REQUEST, &[7; 12]).unwrap();
+    w.username(username.as_bytes())
+        .unwrap()
+        .priority(1)
+        .unwrap()
+        .message_integrity(&short_term_key(password))
+        .unwrap();
+    let n = w.fingerprint().unwrap();
+    out.truncate(n);
+    out
+}
+
+fn success_signed_with(password: &str) -> Vec<u8> {
+    let mut out = vec![0u8; 256];
+    let n = crate::wire::stun::write_binding_success(
+        &mut out,
+        &[9; 12],
+        "127.0.0.1:6000".parse().unwrap(),
+        &crate::wire::stun::short_term_key(password),
+    )
+    .unwrap();
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn a_full_servers_check_is_answered_with_our_credentials_and_its_own_address() {
+    use crate::wire::stun::{StunMessage, short_term_key};
+    let responder = Responder::new("ours", OUR_PWD, SERVER_PWD);
+    let IceEvent::Reply(reply) = responder.on_stun(&server_check("ours:server", OUR_PWD), SERVER)
+    else {
+        panic!("a valid check is answered");
+    };
+    let reply = StunMessage::parse(&reply).expect("a STUN message with a valid FINGERPRINT");
+    assert!(reply.is_binding_success());
+    assert_eq!(reply.transaction_id, [7; 12]);
+    assert_eq!(reply.xor_mapped_address, Some(SERVER));
+    reply.verify_integrity(&short_term_key(OUR_PWD)).unwrap();
+
+    // Not ours, or not signed with our password: nothing goes back.
+    for bad in [
+        server_check("theirs:server", OUR_PWD),
+        server_check("ours:server", SERVER_PWD),
+    ] {
+        assert_eq!(responder.on_stun(&bad, SERVER), IceEvent::Ignored);
+    }
+    // An answer to our check counts only when signed with the server's password.
+    assert_eq!(
+        responder.on_stun(&success_signed_with(SERVER_PWD), SERVER),
+        IceEvent::Answered
+    );
+    assert_eq!(
+        responder.on_stun(&success_signed_with(OUR_PWD), SERVER),
+        IceEvent::Ignored
+    );
+}
+
+#[test]
+fn the_reader_task_answers_the_servers_check_and_notes_the_answers_after_it() {
+    let ((_, ours_in), (ours_out, _)) = srtp_pairs();
+    let media = Media {
+        srtp_in: ours_in,
+        handler: Box::new(|_| {}),
+        outbound: Arc::new(SyncMutex::new(Outbound {
+            srtp: ours_out,
+            publish: None,
+        })),
+        play: None,
+    };
+    let (mut demux, _) = demux(media, None);
+    let progress = demux.ice.subscribe();
+    let t0 = Instant::now();
+    demux.packet(t0, SERVER, &mut success_signed_with(SERVER_PWD));
+    assert_eq!(progress.borrow().answered, 1);
+    assert_eq!(progress.borrow().answered_by, Some(SERVER));
+    assert_eq!(progress.borrow().answered_after_our_answer, 0);
+
+    demux.packet(t0, SERVER, &mut server_check("ours:server", OUR_PWD));
+    let (_, to) = demux.ice_reply.take().expect("an answer to send");
+    assert_eq!(to, SERVER);
+    demux.packet(t0, SERVER, &mut success_signed_with(SERVER_PWD));
+    let seen = *progress.borrow();
+    assert_eq!(
+        (
+            seen.checks_answered,
+            seen.answered,
+            seen.answered_after_our_answer
+        ),
+        (1, 2, 1)
+    );
+}
+
+#[test]
+fn the_answer_says_the_dtls_role_ice_lite_and_bundle_only_sections_are_accepted() {
+    let fp = fingerprint();
+    let answer = format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=ice-pwd:{SERVER_PWD}\r\n\
+         a=fingerprint:sha-256 {fp}\r\na=setup:active\r\na=rtpmap:111 opus/48000/2\r\n\
+         a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n\
+         m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=bundle-only\r\na=rtpmap:96 VP8/90000\r\n"
+    );
+    let parsed = parse_answer(&answer).unwrap();
+    assert!(parsed.server_is_dtls_client);
+    assert!(!parsed.ice_lite);
+    assert_eq!(parsed.audio_payload_type, Some(111));
+    assert_eq!(parsed.video_payload_type, Some(96));
+    assert_eq!(parsed.video_codec, "VP8/90000");
+
+    let lite = answer
+        .replace("a=setup:active", "a=setup:passive")
+        .replace("a=group:BUNDLE", "a=ice-lite\r\na=group:BUNDLE")
+        .replace("a=bundle-only\r\n", "");
+    let parsed = parse_answer(&lite).unwrap();
+    assert!(!parsed.server_is_dtls_client);
+    assert!(parsed.ice_lite);
+    assert_eq!(parsed.video_payload_type, None, "port 0 alone is rejected");
 }

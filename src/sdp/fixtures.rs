@@ -27,6 +27,14 @@ pub(super) fn transport() -> AnswerTransport<'static> {
 pub(super) const FIREFOX_PUBLISH_OFFER: &str =
     include_str!("../../tests/fixtures/firefox_style_publish_offer.sdp");
 
+/// Offers captured from Debian's firefox-esr 153 ESR (headless, fake camera and microphone)
+/// with `bundlePolicy: "max-bundle"`: the video section is offered with port 0 and
+/// `a=bundle-only` (RFC 8843), on the transport of the BUNDLE group's first section.
+pub(super) const FIREFOX_MAX_BUNDLE_PUBLISH_OFFER: &str =
+    include_str!("../../tests/fixtures/firefox_max_bundle_publish_offer.sdp");
+pub(super) const FIREFOX_MAX_BUNDLE_PLAY_OFFER: &str =
+    include_str!("../../tests/fixtures/firefox_max_bundle_play_offer.sdp");
+
 /// Chromium's captured publish offer with the lines Chromium adds for three simulcast layers.
 pub(super) fn chrome_simulcast_publish_offer() -> String {
     let layers = "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\

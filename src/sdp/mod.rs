@@ -5,6 +5,9 @@
 //! A publisher's offer fixes the stream's tracks (one audio, one video, each with one codec and
 //! the header extensions the relay forwards). A player's offer is matched against those tracks:
 //! the player gets the publisher's codec under the player's own payload type and extension ids.
+//! A section offered with port 0 is turned down, unless it says `a=bundle-only` and its mid is
+//! in the BUNDLE group (RFC 8843, as Firefox offers with `max-bundle`): that is offered media,
+//! answered on the bundle transport like the rest.
 //!
 //! The parts, in the order an offer meets them: `limits` caps the offer's text before anything
 //! is parsed, `offer` reads it into a model, `codec` says which codecs, header extensions and

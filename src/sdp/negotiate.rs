@@ -101,7 +101,7 @@ pub fn negotiate_publish(
         let kind = MediaKind::from_media(&section.media);
         let sends = matches!(section.direction, Direction::SendOnly | Direction::SendRecv);
         let chosen = kind
-            .filter(|k| sends && !section.port_zero && !tracks.iter().any(|t| t.kind == *k))
+            .filter(|k| sends && !section.declined && !tracks.iter().any(|t| t.kind == *k))
             .and_then(|k| {
                 section
                     .codecs
@@ -236,7 +236,7 @@ pub fn negotiate_play(
     for section in &offer.sections {
         let receives = matches!(section.direction, Direction::RecvOnly | Direction::SendRecv);
         let matched = MediaKind::from_media(&section.media)
-            .filter(|k| receives && !section.port_zero && !played.iter().any(|p| p.kind == *k))
+            .filter(|k| receives && !section.declined && !played.iter().any(|p| p.kind == *k))
             .and_then(|k| published.iter().find(|t| t.kind == k))
             .and_then(|track| {
                 section
@@ -390,7 +390,8 @@ fn check_bundle(offer: &Offer, answer: &[AnswerSection]) -> Result<(), Negotiati
 mod tests {
     use super::*;
     use crate::sdp::fixtures::{
-        CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, chrome_simulcast_publish_offer, transport,
+        CHROME_PLAY_OFFER, CHROME_PUBLISH_OFFER, FIREFOX_MAX_BUNDLE_PLAY_OFFER,
+        FIREFOX_MAX_BUNDLE_PUBLISH_OFFER, chrome_simulcast_publish_offer, transport,
     };
     use crate::sdp::write_answer;
 
@@ -533,5 +534,53 @@ mod tests {
             .replace("q;h;f", "~y;q,x;h;f;x");
         let offer = Offer::parse(&many).unwrap();
         assert_eq!(offer.sections[1].rids, vec!["q", "h", "f"]);
+    }
+
+    /// Firefox with `max-bundle` offers its video section with port 0 and `a=bundle-only`:
+    /// offered media on the bundle transport (RFC 8843 6), answered with that transport like
+    /// the first section (JSEP, RFC 9429 5.3.1: an accepted section of the BUNDLE group
+    /// carries the group's port, and the answer has no bundle-only).
+    #[test]
+    fn firefox_max_bundle_sections_are_offered_media_on_the_bundle_transport() {
+        let publish = Offer::parse(FIREFOX_MAX_BUNDLE_PUBLISH_OFFER).unwrap();
+        assert!(publish.sections.iter().all(|s| !s.declined));
+        let (tracks, sections) = negotiate_publish(&publish).unwrap();
+        let kinds: Vec<MediaKind> = tracks.iter().map(|t| t.kind).collect();
+        assert_eq!(kinds, [MediaKind::Audio, MediaKind::Video]);
+        assert_eq!(tracks[1].codec.name, "VP8");
+        let answer = write_answer(&publish, &sections, &transport());
+        assert!(answer.contains("a=group:BUNDLE 0 1"), "{answer}");
+        assert!(answer.contains("m=video 31000 "), "{answer}");
+        assert!(!answer.contains(" 0 UDP/TLS"), "{answer}");
+        assert!(!answer.contains("bundle-only"), "{answer}");
+
+        let play = Offer::parse(FIREFOX_MAX_BUNDLE_PLAY_OFFER).unwrap();
+        let (played, sections) =
+            negotiate_play(&play, &tracks, "fox", |k| 1000 + k.index() as u32).unwrap();
+        let kinds: Vec<MediaKind> = played.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, [MediaKind::Audio, MediaKind::Video]);
+        let answer = write_answer(&play, &sections, &transport());
+        assert!(answer.contains("m=video 31000 "), "{answer}");
+        assert!(
+            answer.contains("a=ssrc:1001 cname:corecast-fox"),
+            "{answer}"
+        );
+    }
+
+    /// Port 0 means rejected unless the section is bundle-only inside the BUNDLE group: a
+    /// bundle-only section outside it has no transport, and a plain port 0 is turned down.
+    #[test]
+    fn port_zero_outside_the_bundle_group_or_without_bundle_only_stays_rejected() {
+        for offer in [
+            FIREFOX_MAX_BUNDLE_PUBLISH_OFFER.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0"),
+            FIREFOX_MAX_BUNDLE_PUBLISH_OFFER.replace("a=bundle-only\r\n", ""),
+        ] {
+            let offer = Offer::parse(&offer).unwrap();
+            assert!(offer.sections[1].declined);
+            let (tracks, sections) = negotiate_publish(&offer).unwrap();
+            assert_eq!(tracks.len(), 1, "audio alone");
+            let answer = write_answer(&offer, &sections, &transport());
+            assert!(answer.contains("m=video 0 "), "{answer}");
+        }
     }
 }

@@ -27,7 +27,10 @@ pub struct OfferedSection {
     pub media: String,
     pub protocol: String,
     pub first_format: String,
-    pub port_zero: bool,
+    /// The offerer turned the section down (port 0) rather than offering it for the bundle
+    /// transport alone (port 0 with `a=bundle-only`, its mid in the BUNDLE group: RFC 8843
+    /// 6, as Firefox offers every section after the first with `max-bundle`).
+    pub declined: bool,
     pub direction: Direction,
     pub codecs: Vec<Codec>,
     pub extensions: Vec<(u8, String)>,
@@ -97,11 +100,14 @@ impl Offer {
                 transport.note(&attribute.key, value)?;
             }
         }
+        let bundle: Vec<String> = bundle
+            .map(|mids| mids.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
         let sections = session
             .media_descriptions
             .iter()
             .enumerate()
-            .map(|(index, m)| parse_section(index, m, &mut transport))
+            .map(|(index, m)| parse_section(index, m, &bundle, &mut transport))
             .collect::<Result<Vec<_>, _>>()?;
         let ice_ufrag = transport
             .ice_ufrag
@@ -117,9 +123,7 @@ impl Offer {
             ice_pwd: ice_pwd.to_string(),
             fingerprint: parse_fingerprint(fingerprint)?,
             sections,
-            bundle: bundle
-                .map(|mids| mids.split_whitespace().map(str::to_string).collect())
-                .unwrap_or_default(),
+            bundle,
         })
     }
 }
@@ -128,6 +132,7 @@ impl Offer {
 fn parse_section<'s>(
     index: usize,
     m: &'s MediaDescription,
+    bundle: &[String],
     transport: &mut TransportAttributes<'s>,
 ) -> Result<OfferedSection, NegotiationError> {
     // `check_limits` has seen each format of an RTP section is a payload type, listed once.
@@ -144,6 +149,7 @@ fn parse_section<'s>(
     let (mut mid, mut setup, mut simulcast) = (None, None, None);
     let mut declared_rids: Vec<&str> = Vec::new();
     let (mut sendonly, mut recvonly, mut inactive, mut rtcp_mux) = (false, false, false, false);
+    let mut bundle_only = false;
     for attribute in &m.attributes {
         let value = attribute.value.as_deref();
         match attribute.key.as_str() {
@@ -157,6 +163,7 @@ fn parse_section<'s>(
             "rtcp-mux" => rtcp_mux = true,
             "rid" => declared_rids.extend(value.and_then(sending_rid)),
             "simulcast" => simulcast = simulcast.or(value),
+            "bundle-only" => bundle_only = true,
             key => transport.note(key, value)?,
         }
     }
@@ -201,12 +208,15 @@ fn parse_section<'s>(
         Some(value) => simulcast_send_rids(value, &declared_rids)?,
         None => Vec::new(),
     };
+    let mid = mid.map_or_else(|| index.to_string(), str::to_string);
+    // A bundle-only section outside the BUNDLE group has no transport at all: turned down.
+    let bundled_only = bundle_only && bundle.contains(&mid);
     Ok(OfferedSection {
-        mid: mid.map_or_else(|| index.to_string(), str::to_string),
         media: m.media_name.media.clone(),
         protocol: m.media_name.protos.join("/"),
         first_format: m.media_name.formats.first().cloned().unwrap_or_default(),
-        port_zero: m.media_name.port.value == 0,
+        declined: m.media_name.port.value == 0 && !bundled_only,
+        mid,
         direction,
         codecs,
         extensions,

@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests: a real corecast process on loopback, a minimal
-//! HTTP client, and a Chromium driven through chromedriver.
+//! HTTP client, a Chromium driven through chromedriver and a Firefox driven through WebDriver
+//! BiDi.
 
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod firefox;
 pub mod live;
 pub mod redis;
 
