@@ -150,6 +150,8 @@ pub enum Event {
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// What runs the workers' I/O (decided at start: `crate::io::choose_backend`).
+    pub backend: crate::io::IoBackend,
     /// Frame bursts go out as UDP GSO sends (already probed: the kernel has `UDP_SEGMENT`).
     pub gso: bool,
     /// Longest hold of a packet waiting for the rest of its frame's burst.
