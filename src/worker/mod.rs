@@ -1,5 +1,5 @@
-//! Workers: one thread per core, each pinned, with its own io_uring, sockets, sessions and
-//! buffers. The control thread hands sessions over with [`Command`]s; workers report back
+//! Workers: one thread per core, each pinned, with its own io_uring (or epoll set, per
+//! `workers.backend`), sockets, sessions and buffers. The control thread hands sessions over with [`Command`]s; workers report back
 //! with [`Event`]s; publishers' packets reach players on other workers through the [`Mesh`].
 //!
 //! A packet's walk, each file handing on to the next: `event_loop` takes a typed completion
@@ -168,6 +168,8 @@ pub struct WorkerSettings {
 #[derive(Clone)]
 pub struct WorkerHandle {
     pub index: usize,
+    /// What runs this worker's I/O.
+    pub backend: crate::io::IoBackend,
     commands: Arc<SegQueue<Command>>,
     mesh: Arc<Mesh>,
     pub stats: Arc<WorkerStats>,
@@ -246,6 +248,7 @@ pub fn start_workers(
         }
         handles.push(WorkerHandle {
             index,
+            backend: settings.backend,
             commands,
             mesh: mesh.clone(),
             stats,
