@@ -75,7 +75,7 @@ fn start_relay(extra: &[(&str, &str)]) -> String {
             // The suite's second pass runs the workers on epoll (tests/run).
             (
                 "CORECAST_WORKERS_BACKEND".to_string(),
-                std::env::var("CORECAST_TEST_BACKEND").unwrap_or_else(|_| "auto".to_string()),
+                std::env::var("TEST_BACKEND_OF_CORECAST").unwrap_or_else(|_| "auto".to_string()),
             ),
             ("CORECAST_MEDIA_PROTOCOL".to_string(), "all".to_string()),
         ]

@@ -95,11 +95,12 @@ pub fn media_range(len: u16) -> String {
     format!("{}-{}", base, base + len - 1)
 }
 
-/// The workers' I/O backend the suite runs its relays on: `CORECAST_TEST_BACKEND` (`epoll`,
+/// The workers' I/O backend the suite runs its relays on: `TEST_BACKEND_OF_CORECAST` (`epoll`,
 /// `io_uring`, `auto`), which `tests/run` sets for its second pass; unset, the relay's default.
-/// A test's own `CORECAST_WORKERS_BACKEND` wins.
+/// A test's own `CORECAST_WORKERS_BACKEND` wins. (Not `CORECAST_...`: the relay refuses
+/// environment variables of that prefix that name no key.)
 pub fn test_backend() -> Option<String> {
-    std::env::var("CORECAST_TEST_BACKEND")
+    std::env::var("TEST_BACKEND_OF_CORECAST")
         .ok()
         .filter(|b| !b.is_empty())
 }
