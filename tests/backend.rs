@@ -195,3 +195,33 @@ fn a_forced_io_uring_that_is_refused_stops_start_up_saying_how_to_allow_it() {
         assert!(stderr.contains(needed), "the message says {needed:?}:\n{stderr}");
     }
 }
+
+#[test]
+fn tuning_check_says_the_workers_will_run_on_epoll_where_io_uring_is_refused() {
+    let out = without_io_uring(|| {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/check"))
+            .env("CORECAST_BIN", env!("CARGO_BIN_EXE_corecast"))
+            .output()
+            .expect("running tuning/check")
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("workers.backend"))
+        .unwrap_or_else(|| panic!("a workers.backend row:\n{text}"));
+    assert!(row.contains("epoll") && row.contains("ok"), "{row}");
+    let forced = without_io_uring(|| {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/check"))
+            .env("CORECAST_BIN", env!("CARGO_BIN_EXE_corecast"))
+            .env("CORECAST_WORKERS_BACKEND", "io_uring")
+            .output()
+            .expect("running tuning/check")
+    });
+    let text = String::from_utf8_lossy(&forced.stdout);
+    assert!(
+        !forced.status.success() && text.contains("FAIL") && text.contains("io_uring_disabled"),
+        "a forced io_uring that cannot run fails the check:\n{text}"
+    );
+}
