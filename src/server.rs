@@ -68,8 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         loopback_only: media.bind_ip.is_loopback(),
         pin: config.workers.pin,
     };
-    let handles =
-        start_workers(workers, settings, events_tx).context("starting the workers")?;
+    let handles = start_workers(workers, settings, events_tx).context("starting the workers")?;
     let listen = config.http.listen;
     let ports = media.ports;
     let transports = match media.protocol {

@@ -29,7 +29,12 @@ fn refuse_io_uring_on_this_thread() {
     };
     let syscall_number = 0; // offset of `nr` in struct seccomp_data
     let filter = [
-        statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, syscall_number, 0, 0),
+        statement(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            syscall_number,
+            0,
+            0,
+        ),
         statement(
             libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
             libc::SYS_io_uring_setup as u32,
@@ -192,7 +197,10 @@ fn a_forced_io_uring_that_is_refused_stops_start_up_saying_how_to_allow_it() {
         "seccomp",
         "workers.backend = \"epoll\"",
     ] {
-        assert!(stderr.contains(needed), "the message says {needed:?}:\n{stderr}");
+        assert!(
+            stderr.contains(needed),
+            "the message says {needed:?}:\n{stderr}"
+        );
     }
 }
 

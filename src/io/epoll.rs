@@ -24,7 +24,9 @@ use super::addr::RawAddr;
 use super::completion::{Completion, Op, Pending, Received, Token, decode, user_data};
 use super::egress::EgressPool;
 use super::gso::GsoSends;
-use super::recv::{NAME_LEN, PAYLOAD_OFFSET, RECV_BUFFER_SIZE, RECVMSG_OUT_LEN, RecvBuffer, RecvMemory};
+use super::recv::{
+    NAME_LEN, PAYLOAD_OFFSET, RECV_BUFFER_SIZE, RECVMSG_OUT_LEN, RecvBuffer, RecvMemory,
+};
 use super::tcp::{TcpSends, adopt_stream};
 use super::wake::WakeFd;
 
@@ -121,7 +123,9 @@ fn zeroed_iovecs(count: usize) -> Box<[libc::iovec]> {
 }
 
 fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 fn set_nonblocking(fd: RawFd) {
@@ -302,8 +306,7 @@ impl Epoll {
         for &egress in gso.finish(index) {
             pool.returned(egress);
         }
-        self.ready
-            .push_back(Completion::GsoSent { index, result });
+        self.ready.push_back(Completion::GsoSent { index, result });
     }
 
     /// Starts connection `conn`'s gathered send (prepared in `tcp`) of `total` bytes.
@@ -358,9 +361,8 @@ impl Epoll {
         let result = loop {
             // SAFETY: the batch's header and iovecs are boxed in `tcp` and its slots in flight
             // until `finish`.
-            let sent = unsafe {
-                libc::sendmsg(io.fd, msghdr, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            };
+            let sent =
+                unsafe { libc::sendmsg(io.fd, msghdr, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
             if sent > 0 {
                 sending.written += sent as usize;
                 if sending.written >= sending.total {

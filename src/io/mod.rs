@@ -32,15 +32,15 @@ mod uring;
 mod wake;
 
 pub use addr::RawAddr;
+pub use backend::{
+    AUTO_PREFERS, BackendChoice, BackendSetting, IoBackend, choose_backend, probe_io_uring,
+};
 pub use completion::{Completion, Pending, Received, Token};
 pub use egress::{EGRESS_BUFFER_SIZE, EGRESS_HEADROOM};
 pub use gso::{MAX_GSO_SEGMENTS, udp_gso_supported};
 pub use recv::{RECV_BUFFER_SIZE, RecvBuffer, RecvBuffers};
-pub use tcp::MAX_SEND_BATCH;
-pub use backend::{
-    AUTO_PREFERS, BackendChoice, BackendSetting, IoBackend, choose_backend, probe_io_uring,
-};
 pub use ring::{Ring, RingSizes};
+pub use tcp::MAX_SEND_BATCH;
 pub use wake::{WakeFd, notify};
 
 /// Re-exported from [`crate::media`], its home.

@@ -360,7 +360,11 @@ mod tests {
             ring.submit_and_wait(Duration::from_millis(100)).unwrap();
             ring.completions(&mut completions, usize::MAX);
             for completion in completions.drain(..) {
-                let Completion::Datagram { session: s, received } = completion else {
+                let Completion::Datagram {
+                    session: s,
+                    received,
+                } = completion
+                else {
                     panic!("only datagrams expected");
                 };
                 assert_eq!(s, session);
