@@ -209,7 +209,7 @@ fn tuning_check_says_the_workers_will_run_on_epoll_where_io_uring_is_refused() {
     let out = without_io_uring(|| {
         Command::new("bash")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/check"))
-            .env("CORECAST_BIN", env!("CARGO_BIN_EXE_corecast"))
+            .env("RELAY_BIN", env!("CARGO_BIN_EXE_corecast"))
             .output()
             .expect("running tuning/check")
     });
@@ -222,7 +222,7 @@ fn tuning_check_says_the_workers_will_run_on_epoll_where_io_uring_is_refused() {
     let forced = without_io_uring(|| {
         Command::new("bash")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/check"))
-            .env("CORECAST_BIN", env!("CARGO_BIN_EXE_corecast"))
+            .env("RELAY_BIN", env!("CARGO_BIN_EXE_corecast"))
             .env("CORECAST_WORKERS_BACKEND", "io_uring")
             .output()
             .expect("running tuning/check")

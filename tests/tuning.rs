@@ -10,7 +10,7 @@ fn tuning_check_prints_every_setting_and_the_buffer_verdicts() {
     let out = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/check"))
         .env("CORECAST_MEDIA_UDP_RECV_BUFFER", "1073741824")
-        .env("CORECAST_BIN", env!("CARGO_BIN_EXE_corecast"))
+        .env("RELAY_BIN", env!("CARGO_BIN_EXE_corecast"))
         .output()
         .expect("running tuning/check");
     let text = String::from_utf8_lossy(&out.stdout);
