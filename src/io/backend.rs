@@ -50,8 +50,9 @@ impl fmt::Display for BackendSetting {
     }
 }
 
-/// What `auto` picks where io_uring works. See BENCHMARKS.md ("io_uring or epoll"): on the
-/// scenarios measured there epoll forwards a packet for less CPU.
+/// What `auto` picks where io_uring works. See BENCHMARKS.md ("io_uring or epoll"): on every
+/// scenario measured there io_uring forwards a packet for less CPU (epoll about 1.2×) and far
+/// fewer system calls, with the same loss.
 pub const AUTO_PREFERS: IoBackend = IoBackend::IoUring;
 
 /// The backend that will run, and why (for the start-up log and `tuning/check`).
