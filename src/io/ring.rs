@@ -1,7 +1,8 @@
 //! The worker's one interface to the kernel: operations in (arm a receive, send, cancel),
 //! typed [`Completion`]s out, whichever backend runs underneath ([`IoBackend`], chosen once
 //! per worker: `uring` or `epoll`). The backend is an enum matched at each call, a branch that
-//! always goes the same way, not a virtual call; BENCHMARKS.md measured it free.
+//! always goes the same way, not a virtual call (not yet measured against the build before
+//! it: BENCHMARKS.md, "io_uring or epoll").
 //!
 //! It owns every piece of memory an operation in flight points at, and the backend (the
 //! kernel's ring, or the epoll set) is dropped before any of it.
