@@ -6,6 +6,12 @@
 # RELAY_BIN=path runs another relay build (for before/after comparisons); SCENARIOS="udp-1w
 # tcp-1w" picks scenarios; PLAYERS and DURATION size them.
 #
+# BACKENDS="io_uring epoll" runs each scenario once per workers.backend (named
+# SCENARIO-BACKEND), ROUNDS=N repeats the whole set N times, each round in the other backend
+# order, so a noisy neighbour costs both alike (named ...-rN). SYSCALLS=1 counts the worker
+# threads' system calls (perf stat, raw_syscalls:sys_enter) over 3 s of each run's steady phase
+# and prints them per forwarded packet.
+#
 # Scaling series: udp-<N>w-hd-scaled runs N workers (HD media, one stream) with N x PLAYERS
 # players, so each worker carries the same load and most players are fed across workers. On a
 # 16-core machine:
@@ -28,6 +34,9 @@ players=${PLAYERS:-200}
 relay_bin=${RELAY_BIN:-target/release/corecast}
 scenarios=${SCENARIOS:-udp-1w udp-1w-nogso tcp-1w udp-2w udp-1w-hd udp-1w-hd-nogso}
 duration=${DURATION:-10}
+backends=${BACKENDS:-default}
+rounds=${ROUNDS:-1}
+count_syscalls=${SYSCALLS:-0}
 
 # A CPU list ("1", "8-15", "2,4-5") as the hex mask sysfs takes, in 32-bit groups.
 cpumask() {
@@ -68,6 +77,25 @@ fi
 cargo build --release -p corecast -p loadgen >/dev/null
 mkdir -p "$out"
 
+forwarded() { # port
+    curl -s "http://127.0.0.1:$1/metrics" | awk '/^corecast_forwarded_packets_total/ { s += $2 } END { print s + 0 }'
+}
+
+# The worker threads' system calls per forwarded packet over 3 s of the steady phase.
+syscalls_per_packet() { # name relay_pid port
+    local name=$1 relay=$2 port=$3
+    sleep $((duration / 3 + 2))
+    local tids
+    tids=$(for t in /proc/"$relay"/task/*; do [[ $(cat "$t/comm") == corecast-w* ]] && echo "${t##*/}"; done | paste -sd,)
+    local before after calls
+    before=$(forwarded "$port")
+    calls=$(perf stat -x, -e raw_syscalls:sys_enter -t "$tids" -- sleep 3 2>&1 >/dev/null | awk -F, '/raw_syscalls/ { print $1 }')
+    after=$(forwarded "$port")
+    awk -v c="${calls:-0}" -v f=$((after - before)) -v n="$name" \
+        'BEGIN { printf "syscalls %s: %d in 3 s for %d forwarded packets: %.4f per packet\n", n, c, f, (f > 0 ? c / f : 0) }' \
+        >"$out/$name.syscalls"
+}
+
 run() { # name workers protocol transport gso [extra loadgen args...]
     local name=$1 workers=$2 protocol=$3 transport=$4 gso=$5
     shift 5
@@ -75,29 +103,47 @@ run() { # name workers protocol transport gso [extra loadgen args...]
     # Only "off" is spelled out, so a RELAY_BIN from before media.gso existed still runs.
     local gso_env=()
     [[ $gso == false ]] && gso_env=(CORECAST_MEDIA_GSO=false)
+    # Likewise only a chosen backend is, for a RELAY_BIN from before workers.backend.
+    [[ $backend != default ]] && gso_env+=(CORECAST_WORKERS_BACKEND=$backend) && name=$name-$backend
+    [[ $rounds -gt 1 ]] && name=$name-r$round
     env CORECAST_HTTP_LISTEN=127.0.0.1:$port CORECAST_WORKERS_COUNT=$workers CORECAST_WORKERS_PIN=false \
         CORECAST_MEDIA_PORTS=30000-39999 CORECAST_MEDIA_PROTOCOL=$protocol "${gso_env[@]}" \
         RUST_LOG=warn taskset -c "$relay_cores" "$relay_bin" >"$out/$name.relay.log" 2>&1 &
     local relay=$!
+    run_name=$name
     for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/metrics" && break; sleep 0.1; done
     if ! curl -s -o /dev/null "http://127.0.0.1:$port/metrics"; then
         echo "the relay did not start:" >&2
         cat "$out/$name.relay.log" >&2
         exit 1
     fi
-    echo "== $name: $workers worker(s), $transport, GSO $gso, $players players $*"
+    echo "== $name: $workers worker(s), $transport, GSO $gso, backend $backend, $players players $*"
+    local counter=
+    if [[ $count_syscalls == 1 ]]; then
+        syscalls_per_packet "$name" "$relay" "$port" &
+        counter=$!
+    fi
     taskset -c "$loadgen_cores" target/release/loadgen --whip "http://127.0.0.1:$port/whip/{stream}" \
         --whep "http://127.0.0.1:$port/whep/{stream}" --streams 1 --players "$players" --ramp 200 \
         --duration "$duration" --transport "$transport" --relay-pid "$relay" \
         --relay-metrics "http://127.0.0.1:$port/metrics" --out "$out/$name" --quiet "$@" | grep -E "^(players|relay|note)"
     curl -s "http://127.0.0.1:$port/metrics" | grep -E "^corecast_(gso_sends|gso_segments|tx_packets|send_errors)_total" \
         | awk '{ split($1, m, "{"); sum[m[1]] += $2 } END { for (k in sum) printf "%s %d  ", k, sum[k]; print "" }'
+    if [[ -n $counter ]]; then
+        wait "$counter" || true
+        cat "$out/$name.syscalls"
+    fi
     kill "$relay"
     wait "$relay" 2>/dev/null || true
 }
 
 dirs=()
+for round in $(seq "$rounds"); do
+# Every other round runs the backends in the opposite order.
+order=$backends
+if ((round % 2 == 0)); then order=$(echo "$backends" | tr ' ' '\n' | tac | paste -sd' '); fi
 for scenario in $scenarios; do
+for backend in $order; do
     case $scenario in
         udp-1w) run udp-1w 1 udp udp true ;;
         udp-1w-nogso) run udp-1w-nogso 1 udp udp false ;;
@@ -117,6 +163,8 @@ for scenario in $scenarios; do
             ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
-    dirs+=("$out/$scenario")
+    dirs+=("$out/$run_name")
+done
+done
 done
 target/release/loadgen compare "${dirs[@]}" --plot "$out/latency.svg"

@@ -10,10 +10,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "\
 corecast: a WebRTC media relay (SFU) for bare-metal Linux
 
-usage: corecast [--config FILE] [--print-config]
+usage: corecast [--config FILE] [--print-config | --check-backend]
 
   --config FILE    read configuration from a TOML file
   --print-config   print the effective configuration and exit
+  --check-backend  say which I/O backend the workers would run on (workers.backend), and
+                   why, and exit (2 where the configured one cannot run here)
   -h, --help       this text
 
 Every key can be set by an environment variable CORECAST_<SECTION>_<KEY>,
@@ -23,6 +25,7 @@ Log level: RUST_LOG (default info).";
 fn main() -> ExitCode {
     let mut config_file = None;
     let mut print_config = false;
+    let mut check_backend = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
                 None => return fail("--config needs a file name"),
             },
             "--print-config" => print_config = true,
+            "--check-backend" => check_backend = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -52,6 +56,18 @@ fn main() -> ExitCode {
     if print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
+    }
+    if check_backend {
+        return match corecast::io::choose_backend(
+            config.workers.backend,
+            corecast::io::probe_io_uring,
+        ) {
+            Ok(choice) => {
+                println!("{}: {}", choice.backend, choice.reason);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
     }
     corecast::logging::init();
     // webrtc-dtls verifies signatures through rustls; name its crypto provider explicitly so

@@ -48,8 +48,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         _ => tracing::info!("UDP GSO off: one send per packet"),
     }
+    let choice = crate::io::choose_backend(config.workers.backend, crate::io::probe_io_uring)
+        .map_err(anyhow::Error::msg)?;
+    if choice.backend == crate::io::IoBackend::Epoll
+        && config.workers.backend == crate::io::BackendSetting::Auto
+        && crate::io::AUTO_PREFERS == crate::io::IoBackend::IoUring
+    {
+        tracing::warn!(backend = %choice.backend, "{}", choice.reason);
+    } else {
+        tracing::info!(backend = %choice.backend, "{}", choice.reason);
+    }
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let settings = WorkerSettings {
+        backend: choice.backend,
         gso,
         gso_hold: media.gso_hold,
         ice_timeout: media.ice_timeout,
@@ -57,8 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         loopback_only: media.bind_ip.is_loopback(),
         pin: config.workers.pin,
     };
-    let handles =
-        start_workers(workers, settings, events_tx).context("starting the io_uring workers")?;
+    let handles = start_workers(workers, settings, events_tx).context("starting the workers")?;
     let listen = config.http.listen;
     let ports = media.ports;
     let transports = match media.protocol {

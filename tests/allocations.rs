@@ -72,6 +72,11 @@ fn start_relay(extra: &[(&str, &str)]) -> String {
                 format!("{base}-{}", base + 49),
             ),
             ("CORECAST_WORKERS_COUNT".to_string(), "2".to_string()),
+            // The suite's second pass runs the workers on epoll (tests/run).
+            (
+                "CORECAST_WORKERS_BACKEND".to_string(),
+                std::env::var("TEST_BACKEND_OF_CORECAST").unwrap_or_else(|_| "auto".to_string()),
+            ),
             ("CORECAST_MEDIA_PROTOCOL".to_string(), "all".to_string()),
         ]
         .into_iter()

@@ -10,6 +10,7 @@ fn tuning_check_prints_every_setting_and_the_buffer_verdicts() {
     let out = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/check"))
         .env("CORECAST_MEDIA_UDP_RECV_BUFFER", "1073741824")
+        .env("RELAY_BIN", env!("CARGO_BIN_EXE_corecast"))
         .output()
         .expect("running tuning/check");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -18,6 +19,7 @@ fn tuning_check_prints_every_setting_and_the_buffer_verdicts() {
         "net.core.wmem_max",
         "net.ipv4.ip_local_port_range",
         "kernel.io_uring_disabled",
+        "workers.backend",
         "open files (ulimit -n)",
         "locked memory (ulimit -l, KiB)",
         "media.tcp_send_buffer",

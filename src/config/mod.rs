@@ -134,6 +134,9 @@ pub struct WorkersConfig {
     pub count: usize,
     /// Pin each worker to its own core.
     pub pin: bool,
+    /// What runs the workers' I/O: `auto` (io_uring where the kernel allows it, else epoll),
+    /// `io_uring` (refuse to start without it) or `epoll`.
+    pub backend: crate::io::BackendSetting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +217,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "max_publish_kbps",
         ],
     ),
-    ("workers", &["count", "pin"]),
+    ("workers", &["count", "pin", "backend"]),
     ("cascade", &["origin", "token", "ca_file", "insecure"]),
     ("auth", crate::control::auth::KEYS),
     (
@@ -273,6 +276,7 @@ impl Default for Config {
             workers: WorkersConfig {
                 count: 0,
                 pin: true,
+                backend: crate::io::BackendSetting::Auto,
             },
             cascade: CascadeConfig::default(),
             auth: AuthConfig::default(),

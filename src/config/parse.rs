@@ -252,6 +252,21 @@ fn read_workers(workers: &mut WorkersConfig, get: Section<'_>) -> Result<(), Con
     if let Some(v) = get.get("pin") {
         workers.pin = boolean(v, "workers.pin")?;
     }
+    if let Some(v) = get.get("backend") {
+        use crate::io::BackendSetting;
+        workers.backend = match v {
+            Value::String(s) if s == "auto" => BackendSetting::Auto,
+            Value::String(s) if s == "io_uring" => BackendSetting::IoUring,
+            Value::String(s) if s == "epoll" => BackendSetting::Epoll,
+            other => {
+                return Err(bad(
+                    "workers.backend",
+                    other,
+                    "must be \"auto\", \"io_uring\" or \"epoll\"",
+                ));
+            }
+        };
+    }
     Ok(())
 }
 

@@ -45,6 +45,7 @@ fn environment_overrides_file() {
 fn printed_config_loads_back_unchanged() {
     let mut c = Config::default();
     c.workers.count = 2;
+    c.workers.backend = crate::io::BackendSetting::Epoll;
     c.media.protocol = MediaProtocol::Tcp;
     c.media.tcp_send_queue = 64;
     c.cascade.origin = Some("http://127.0.0.1:9000".into());
@@ -130,6 +131,11 @@ fn bad_values_name_key_value_and_what_is_allowed() {
     );
     let err = Config::load(None, env(&[("CORECAST_WORKERS_PIN", "sometimes")])).unwrap_err();
     assert!(err.0.contains("workers.pin"), "{err}");
+    let err = Config::load(None, env(&[("CORECAST_WORKERS_BACKEND", "kqueue")])).unwrap_err();
+    assert!(
+        err.0.contains("workers.backend") && err.0.contains("\"io_uring\" or \"epoll\""),
+        "{err}"
+    );
 }
 
 #[test]

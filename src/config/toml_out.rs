@@ -9,7 +9,7 @@ impl Config {
             "[http]\nlisten = \"{}\"\nheader_timeout_ms = {}\nidle_timeout_ms = {}\nmax_connections = {}\n\
              max_sessions_per_ip = {}\nrate_limit = {}\nrate_burst = {}\nlimit_exempt = {}\n{}\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
              udp_recv_buffer = {}\nudp_send_buffer = {}\ntcp_recv_buffer = {}\ntcp_send_buffer = {}\n\
-             tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\nmax_publish_kbps = {}\n\n[workers]\ncount = {}\npin = {}\n",
+             tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\nmax_publish_kbps = {}\n\n[workers]\ncount = {}\npin = {}\nbackend = \"{}\"\n",
             self.http.listen,
             self.http.header_timeout.as_millis(),
             self.http.idle_timeout.as_millis(),
@@ -34,6 +34,7 @@ impl Config {
             self.media.max_publish_kbps,
             self.workers.count,
             self.workers.pin,
+            self.workers.backend,
         ) + &format!(
             "\n[cascade]\norigin = \"{}\"\n",
             self.cascade.origin.as_deref().unwrap_or("")

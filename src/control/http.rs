@@ -564,6 +564,17 @@ async fn metrics(
             "# TYPE corecast_kernel_udp_{name}_total counter\ncorecast_kernel_udp_{name}_total {value}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP corecast_worker_backend What runs the worker's I/O (workers.backend), 1 for the one in use.\n# TYPE corecast_worker_backend gauge"
+    );
+    for w in workers {
+        let _ = writeln!(
+            out,
+            "corecast_worker_backend{{worker=\"{}\",backend=\"{}\"}} 1",
+            w.index, w.backend
+        );
+    }
     let _ = writeln!(out, "# TYPE corecast_ring_occupancy gauge");
     for w in workers {
         let _ = writeln!(

@@ -3,6 +3,10 @@
 //!
 //! The memory lives in a [`RecvMemory`] that both the worker's [`RecvBuffers`] and the ring
 //! hold, so it outlives every receive in flight whichever of them goes first.
+//!
+//! The epoll backend uses the same ring without registering it: the worker offers buffers
+//! exactly as it does to the kernel, and the backend takes them from the ring's head as it
+//! fills them with `recvmmsg`.
 
 use std::alloc::Layout;
 use std::io;
@@ -16,9 +20,10 @@ use super::addr::sockaddr_from_bytes;
 
 pub const RECV_BUFFER_SIZE: usize = 2048;
 /// `struct io_uring_recvmsg_out`: name length, control length, payload length, flags.
-const RECVMSG_OUT_LEN: usize = 16;
+/// A backend that fills buffers itself (epoll) writes the same header, so both read alike.
+pub(super) const RECVMSG_OUT_LEN: usize = 16;
 pub(super) const NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
-const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN;
+pub(super) const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN;
 
 /// The buffer ring's entries and the buffers themselves, allocated once.
 pub(super) struct RecvMemory {
@@ -58,6 +63,39 @@ impl RecvMemory {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
         Ok(memory)
+    }
+}
+
+impl RecvMemory {
+    /// Buffers offered past `head` (the consumer's position) and not yet taken.
+    pub(super) fn offered(&self, head: u16) -> u16 {
+        self.tail().wrapping_sub(head)
+    }
+
+    /// The id of the buffer offered at ring position `position` (below the tail).
+    pub(super) fn offered_id(&self, position: u16) -> u16 {
+        let mask = self.count - 1;
+        // SAFETY: the index is masked into the ring's `count` entries; the worker wrote the
+        // entry before publishing the tail that passed it (read with acquire in `offered`).
+        let entry = unsafe { &*self.entries.add((position & mask) as usize) };
+        entry.bid()
+    }
+
+    /// Where buffer `id` starts: `RECV_BUFFER_SIZE` bytes that only the consumer that took it
+    /// from the ring writes, until its `RecvBuffer` is handed to the worker.
+    pub(super) fn buffer_start(&self, id: u16) -> *mut u8 {
+        assert!(id < self.count, "receive buffer {id} out of range");
+        // SAFETY: in bounds of the data allocation (id < count).
+        unsafe { self.data.add(id as usize * RECV_BUFFER_SIZE) }
+    }
+
+    fn tail(&self) -> u16 {
+        // SAFETY: the tail is a u16 inside the first entry, per the kernel's buf_ring layout;
+        // the acquire load orders the entry reads after it.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail).load(Ordering::Acquire)
+        }
     }
 }
 

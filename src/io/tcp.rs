@@ -15,6 +15,8 @@ struct SendBatch {
     msghdr: libc::msghdr,
     slots: [u32; MAX_SEND_BATCH],
     count: usize,
+    /// The first iovec not yet written (the epoll backend writes a batch in several goes).
+    next: usize,
     in_flight: bool,
 }
 
@@ -44,6 +46,7 @@ impl TcpSends {
                 msghdr: unsafe { mem::zeroed() },
                 slots: [0; MAX_SEND_BATCH],
                 count: 0,
+                next: 0,
                 in_flight: false,
             })
         });
@@ -61,9 +64,42 @@ impl TcpSends {
             total += len;
         }
         batch.count = count;
+        batch.next = 0;
         batch.msghdr.msg_iov = batch.iovecs.as_mut_ptr();
         batch.msghdr.msg_iovlen = count as _;
         (&batch.msghdr, total)
+    }
+
+    /// Connection `conn`'s send in flight, after `written` more of its bytes went out (a short
+    /// write of a non-blocking socket): returns the header of what is left.
+    pub(super) fn advance(&mut self, conn: usize, mut written: usize) -> *const libc::msghdr {
+        let batch = self.batches[conn]
+            .as_mut()
+            .expect("advancing a TCP send that was never prepared");
+        while written > 0 && batch.next < batch.count {
+            let iovec = &mut batch.iovecs[batch.next];
+            if written >= iovec.iov_len {
+                written -= iovec.iov_len;
+                batch.next += 1;
+            } else {
+                // SAFETY: `written` is below the iovec's length, so the pointer stays inside
+                // the egress buffer it points into.
+                iovec.iov_base = unsafe { (iovec.iov_base as *mut u8).add(written) } as *mut _;
+                iovec.iov_len -= written;
+                written = 0;
+            }
+        }
+        batch.msghdr.msg_iov = batch.iovecs[batch.next..].as_mut_ptr();
+        batch.msghdr.msg_iovlen = (batch.count - batch.next) as _;
+        &batch.msghdr
+    }
+
+    /// The header of connection `conn`'s send in flight.
+    pub(super) fn header(&self, conn: usize) -> *const libc::msghdr {
+        let batch = self.batches[conn]
+            .as_ref()
+            .expect("a TCP send that was never prepared");
+        &batch.msghdr
     }
 
     /// Connection `conn`'s send completed: its slots, for the pool to take back.

@@ -1,12 +1,11 @@
-//! The ring: submissions (with a backlog for what does not fit the queue), waiting, and
-//! completions decoded into [`Completion`]s. It owns every piece of memory an operation in
-//! flight points at, and its kernel ring is dropped before any of it.
+//! The io_uring backend: submissions (with a backlog for what does not fit the queue),
+//! waiting, and completions decoded into [`Completion`]s. Receives are multishot, drawing from
+//! the provided-buffer ring; sends point into the egress pool until their completion.
 
 use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
 use std::time::Duration;
 
 use io_uring::types::{Fd, SubmitArgs, Timespec};
@@ -14,57 +13,40 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use super::addr::RawAddr;
 use super::completion::{Completion, Op, Pending, Received, Token, decode, user_data};
-use super::egress::{EGRESS_HEADROOM, EgressPool};
+use super::egress::EgressPool;
 use super::gso::GsoSends;
-use super::recv::{NAME_LEN, RecvBuffer, RecvBuffers, RecvMemory};
+use super::recv::{NAME_LEN, RecvBuffer, RecvMemory};
 use super::tcp::{TcpSends, adopt_stream};
 use super::wake::WakeFd;
 
 /// The provided-buffer group all of a worker's receives draw from.
 const RECV_GROUP: u16 = 0;
 
-/// How large a worker's ring and its tables are.
-#[derive(Debug, Clone, Copy)]
-pub struct RingSizes {
-    /// Submission queue entries (the completion queue has four times as many).
-    pub entries: u32,
-    /// Provided receive buffers (a power of two).
-    pub recv_buffers: u16,
-    pub egress_buffers: u32,
-    /// GSO sends that can be in flight at once (0 without GSO).
-    pub gso_sends: usize,
-}
-
-/// A worker's io_uring and everything the kernel may read or write for it.
-pub struct Ring {
-    // Field order is drop order: the kernel's ring goes first, then the memory it used.
+/// A worker's io_uring. The memory its operations point at is the enclosing
+/// [`super::Ring`]'s, dropped after this.
+pub(super) struct Uring {
+    // Field order is drop order: the kernel's ring goes first.
     ring: IoUring,
     backlog: VecDeque<squeue::Entry>,
-    pool: EgressPool,
-    gso: GsoSends,
-    tcp: TcpSends,
     /// The template header for multishot recvmsg: where the source address goes.
     recv_msghdr: Box<libc::msghdr>,
-    /// Held, never read: keeps the receive buffers alive while the kernel may write them.
-    _recv_memory: Rc<RecvMemory>,
     wake: WakeFd,
     wake_buffer: Box<[u8; 8]>,
-    /// Features the kernel granted, for the start-up log.
-    pub description: String,
+    /// The set-up features the kernel granted, for the start-up log.
+    pub(super) granted: &'static str,
 }
 
-impl Ring {
-    /// Builds a ring, asking for single-issuer mode and cooperative task running and falling
-    /// back to a plain ring where the kernel refuses them, with its receive buffers
-    /// registered; returns it and the worker's side of the receive buffers.
-    pub fn new(sizes: RingSizes, wake: WakeFd) -> io::Result<(Ring, RecvBuffers)> {
-        let entries = sizes.entries;
+impl Uring {
+    /// Builds a ring of `entries`, asking for single-issuer mode and cooperative task running
+    /// and falling back to a plain ring where the kernel refuses them, with `recv_memory`
+    /// registered as its provided buffers (the caller keeps the memory alive past the ring).
+    pub(super) fn new(entries: u32, recv_memory: &RecvMemory, wake: WakeFd) -> io::Result<Uring> {
         let tuned = IoUring::builder()
             .setup_cqsize(entries * 4)
             .setup_single_issuer()
             .setup_coop_taskrun()
             .build(entries);
-        let (ring, description) = match tuned {
+        let (ring, granted) = match tuned {
             Ok(r) => (r, "single-issuer, cooperative task running"),
             Err(_) => (
                 IoUring::builder()
@@ -73,10 +55,8 @@ impl Ring {
                 "plain (single-issuer and cooperative task running refused by the kernel)",
             ),
         };
-        let recv_memory = Rc::new(RecvMemory::new(sizes.recv_buffers)?);
-        let buffers = RecvBuffers::new(recv_memory.clone());
-        // SAFETY: `entries` is page-aligned memory for `count` entries that this ring keeps
-        // (in `recv_memory`) until after the kernel's ring is dropped.
+        // SAFETY: `entries` is page-aligned memory for `count` entries that the enclosing
+        // `Ring` keeps until after this ring is dropped.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 recv_memory.entries as u64,
@@ -94,19 +74,14 @@ impl Ring {
         // SAFETY: all-zero is a valid msghdr; only the name length is set below.
         let mut recv_msghdr: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
         recv_msghdr.msg_namelen = NAME_LEN as libc::socklen_t;
-        let ring = Ring {
+        Ok(Uring {
             ring,
             backlog: VecDeque::new(),
-            pool: EgressPool::new(sizes.egress_buffers),
-            gso: GsoSends::new(sizes.gso_sends),
-            tcp: TcpSends::default(),
             recv_msghdr,
-            _recv_memory: recv_memory,
             wake,
             wake_buffer: Box::new([0; 8]),
-            description: description.to_string(),
-        };
-        Ok((ring, buffers))
+            granted,
+        })
     }
 
     /// Queues a submission; when the queue is full it is submitted first, and what still does
@@ -140,15 +115,13 @@ impl Ring {
         }
     }
 
-    /// Submits what is queued without waiting.
-    pub fn submit(&mut self) -> io::Result<()> {
+    pub(super) fn submit(&mut self) -> io::Result<()> {
         self.drain_backlog();
         self.ring.submit()?;
         Ok(())
     }
 
-    /// Submits and waits for at least one completion or the timeout.
-    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+    pub(super) fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
         self.drain_backlog();
         let ts = Timespec::from(timeout);
         let args = SubmitArgs::new().timespec(&ts);
@@ -159,27 +132,26 @@ impl Ring {
         }
     }
 
-    pub fn backlog_is_empty(&self) -> bool {
+    pub(super) fn backlog_is_empty(&self) -> bool {
         self.backlog.is_empty()
     }
 
-    pub fn has_completions(&mut self) -> bool {
+    pub(super) fn has_completions(&mut self) -> bool {
         !self.ring.completion().is_empty()
     }
 
-    /// Moves up to `limit` completions into `out` (reused, so no allocation once it has
-    /// grown), decoded; returns how many. Egress slots of finished sends are taken back here:
-    /// a plain send's slot is free again, a GSO or TCP send's slots are the worker's again.
-    pub fn completions(&mut self, out: &mut Vec<Completion>, limit: usize) -> usize {
-        let Ring {
-            ring,
-            pool,
-            gso,
-            tcp,
-            ..
-        } = self;
+    /// Moves up to `limit` completions into `out`, decoded, taking the egress slots of
+    /// finished sends back into `pool`; returns how many.
+    pub(super) fn completions(
+        &mut self,
+        pool: &mut EgressPool,
+        gso: &mut GsoSends,
+        tcp: &mut TcpSends,
+        out: &mut Vec<Completion>,
+        limit: usize,
+    ) -> usize {
         let mut taken = 0;
-        for cqe in ring.completion().take(limit) {
+        for cqe in self.ring.completion().take(limit) {
             taken += 1;
             let (result, flags) = (cqe.result(), cqe.flags());
             let Some((op, slot, generation)) = decode(cqe.user_data()) else {
@@ -238,28 +210,15 @@ impl Ring {
         taken
     }
 
-    /// A free egress slot, held by the caller until it sends or releases it.
-    #[inline]
-    pub fn alloc_egress(&mut self) -> Option<u32> {
-        self.pool.alloc()
-    }
-
-    /// The whole buffer of a held egress slot; packets start at `EGRESS_HEADROOM`.
-    #[inline]
-    pub fn egress_buffer(&mut self, slot: u32) -> &mut [u8] {
-        self.pool.buffer(slot)
-    }
-
-    /// Gives back a held egress slot that is not sent after all.
-    #[inline]
-    pub fn release_egress(&mut self, slot: u32) {
-        self.pool.release(slot)
-    }
-
-    /// Queues a send of the `len`-byte packet at `EGRESS_HEADROOM` in egress `slot` to `to`
-    /// on `fd`; the slot is free again once the send completes.
-    pub fn send(&mut self, fd: RawFd, slot: u32, len: usize, to: &RawAddr) {
-        let (bytes, addr) = self.pool.lend(slot, EGRESS_HEADROOM, len, Some(to));
+    /// Queues a send of `len` bytes at `bytes` (egress `slot`, lent) to `addr`.
+    pub(super) fn send(
+        &mut self,
+        fd: RawFd,
+        slot: u32,
+        bytes: *const u8,
+        len: usize,
+        addr: *const RawAddr,
+    ) {
         // SAFETY: `addr` points into the pool's boxed address table, which does not move.
         let addr = unsafe { &*addr };
         let entry = opcode::Send::new(Fd(fd), bytes, len as u32)
@@ -268,82 +227,50 @@ impl Ring {
             .build()
             .user_data(user_data(Op::Send, slot as usize, 0));
         // SAFETY: the slot's bytes and address are in flight (the pool refuses to hand them
-        // out) until the completion returns the slot; the pool is this ring's.
+        // out) until the completion returns the slot; the pool outlives this ring.
         unsafe { self.push(entry) };
     }
 
-    /// Queues one `sendmsg` of `segments` (egress slot, length; each packet at
-    /// `EGRESS_HEADROOM`) to `to` on `fd`, which the kernel cuts every `segment_size` bytes;
-    /// every segment but the last must be `segment_size` long. `index` (below
-    /// `RingSizes::gso_sends`) names the send in its completion and must not be in flight.
-    pub fn send_gso(
-        &mut self,
-        index: usize,
-        fd: RawFd,
-        to: &RawAddr,
-        segment_size: usize,
-        segments: impl Iterator<Item = (u32, usize)>,
-    ) {
-        let pool = &mut self.pool;
-        let lent = segments.map(|(slot, len)| {
-            let (bytes, _) = pool.lend(slot, EGRESS_HEADROOM, len, None);
-            (slot, bytes, len)
-        });
-        let msghdr = self.gso.prepare(index, to, segment_size, lent);
+    /// Queues GSO send `index`, whose message `msghdr` the GSO table holds.
+    pub(super) fn send_gso(&mut self, index: usize, fd: RawFd, msghdr: *const libc::msghdr) {
         let entry = opcode::SendMsg::new(Fd(fd), msghdr)
             .build()
             .user_data(user_data(Op::GsoSend, index, 0));
-        // SAFETY: the message lives in this ring's boxed table and its slots are in flight
-        // until the completion for `index` returns them.
+        // SAFETY: the message lives in the boxed GSO table and its slots are in flight until
+        // the completion for `index` returns them.
         unsafe { self.push(entry) };
     }
 
-    /// Sends `frames` (egress slot, offset, length) on connection `conn`'s socket `fd` in order
-    /// with one `sendmsg`; returns the bytes it carries. MSG_WAITALL makes the kernel finish
-    /// a short write itself, so frames are never torn. One send per connection at a time.
-    pub fn send_tcp(
-        &mut self,
-        conn: Token,
-        fd: RawFd,
-        frames: impl Iterator<Item = (u32, usize, usize)>,
-    ) -> usize {
-        let pool = &mut self.pool;
-        let lent = frames.map(|(slot, offset, len)| {
-            let (bytes, _) = pool.lend(slot, offset, len, None);
-            (slot, bytes, len)
-        });
-        let (msghdr, total) = self.tcp.prepare(conn.slot, lent);
+    /// Queues connection `conn`'s gathered send. MSG_WAITALL makes the kernel finish a short
+    /// write itself, so frames are never torn.
+    pub(super) fn send_tcp(&mut self, conn: Token, fd: RawFd, msghdr: *const libc::msghdr) {
         let entry = opcode::SendMsg::new(Fd(fd), msghdr)
             .flags((libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32)
             .build()
             .user_data(user_data(Op::TcpSend, conn.slot, conn.generation));
-        // SAFETY: the batch is boxed in this ring's table and its slots are in flight until
+        // SAFETY: the batch is boxed in the TCP send table and its slots are in flight until
         // the completion returns them.
         unsafe { self.push(entry) };
-        total
     }
 
-    /// Arms a multishot datagram receive (with source addresses) on `fd` for `session`.
-    pub fn arm_recv(&mut self, fd: RawFd, session: Token) {
+    pub(super) fn arm_recv(&mut self, fd: RawFd, session: Token) {
         let entry = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_msghdr, RECV_GROUP)
             .build()
             .user_data(user_data(Op::Recv, session.slot, session.generation));
         // SAFETY: the msghdr template is boxed in this ring, and the buffers come from the
-        // provided ring this ring keeps alive.
+        // provided ring the enclosing `Ring` keeps alive.
         unsafe { self.push(entry) };
     }
 
-    /// Arms a multishot receive on a connection's stream socket.
-    pub fn arm_stream_recv(&mut self, fd: RawFd, conn: Token) {
+    pub(super) fn arm_stream_recv(&mut self, fd: RawFd, conn: Token) {
         let entry = opcode::RecvMulti::new(Fd(fd), RECV_GROUP)
             .build()
             .user_data(user_data(Op::TcpRecv, conn.slot, conn.generation));
-        // SAFETY: the kernel picks buffers from the provided ring this ring keeps alive.
+        // SAFETY: the kernel picks buffers from the provided ring kept alive as above.
         unsafe { self.push(entry) };
     }
 
-    /// Arms a multishot accept on a session's listener.
-    pub fn arm_accept(&mut self, fd: RawFd, session: Token) {
+    pub(super) fn arm_accept(&mut self, fd: RawFd, session: Token) {
         let entry = opcode::AcceptMulti::new(Fd(fd))
             .flags(libc::SOCK_CLOEXEC)
             .build()
@@ -352,8 +279,7 @@ impl Ring {
         unsafe { self.push(entry) };
     }
 
-    /// Arms the read on the wake-up eventfd.
-    pub fn arm_wake(&mut self) {
+    pub(super) fn arm_wake(&mut self) {
         let entry = opcode::Read::new(
             Fd(self.wake.fd.as_raw_fd()),
             self.wake_buffer.as_mut_ptr(),
@@ -366,8 +292,7 @@ impl Ring {
         unsafe { self.push(entry) };
     }
 
-    /// Cancels an operation; it completes (cancelled) on its own.
-    pub fn cancel(&mut self, pending: Pending) {
+    pub(super) fn cancel(&mut self, pending: Pending) {
         let target = match pending {
             Pending::Recv(t) => user_data(Op::Recv, t.slot, t.generation),
             Pending::Accept(t) => user_data(Op::Accept, t.slot, t.generation),
@@ -379,64 +304,5 @@ impl Ring {
             .user_data(user_data(Op::Cancel, 0, 0));
         // SAFETY: a cancel points at no buffer.
         unsafe { self.push(entry) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::io::udp_gso_supported;
-
-    #[test]
-    fn a_gso_send_arrives_as_one_datagram_per_segment() {
-        if !udp_gso_supported() {
-            eprintln!("skipped: this kernel has no UDP_SEGMENT");
-            return;
-        }
-        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sizes = RingSizes {
-            entries: 8,
-            recv_buffers: 8,
-            egress_buffers: 4,
-            gso_sends: 1,
-        };
-        let (mut ring, _buffers) = Ring::new(sizes, WakeFd::new().unwrap()).unwrap();
-        let lens = [1000, 1000, 400];
-        let slots: Vec<u32> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &len)| {
-                let slot = ring.alloc_egress().unwrap();
-                ring.egress_buffer(slot)[EGRESS_HEADROOM..EGRESS_HEADROOM + len].fill(i as u8 + 1);
-                slot
-            })
-            .collect();
-        let to = RawAddr::new(receiver.local_addr().unwrap());
-        let segments = slots.iter().copied().zip(lens);
-        ring.send_gso(0, sender.as_raw_fd(), &to, 1000, segments);
-        ring.submit_and_wait(Duration::from_secs(5)).unwrap();
-        let mut completions = Vec::new();
-        assert_eq!(ring.completions(&mut completions, usize::MAX), 1);
-        assert!(matches!(
-            completions[0],
-            Completion::GsoSent {
-                index: 0,
-                result: 2400
-            }
-        ));
-        // The slots are the caller's again.
-        for slot in slots {
-            ring.release_egress(slot);
-        }
-        let mut buf = [0u8; 2048];
-        for (i, &len) in lens.iter().enumerate() {
-            let n = receiver.recv(&mut buf).unwrap();
-            assert_eq!(n, len, "datagram {i}");
-            assert!(buf[..n].iter().all(|&b| b == i as u8 + 1), "datagram {i}");
-        }
     }
 }

@@ -83,7 +83,7 @@ impl Worker {
             egress_buffers: EGRESS_BUFFERS,
             gso_sends: if settings.gso { BURSTS } else { 0 },
         };
-        let (ring, buffers) = Ring::new(sizes, wake)?;
+        let (ring, buffers) = Ring::new(settings.backend, sizes, wake)?;
         let out = Output::new(
             ring,
             stats,
@@ -151,7 +151,7 @@ impl Worker {
                 }
             }
             if let Err(e) = self.core.submit_or_wait() {
-                tracing::error!(worker = self.core.index, error = %e, "io_uring submit failed");
+                tracing::error!(worker = self.core.index, error = %e, "submitting I/O failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -262,13 +262,13 @@ impl Core {
     /// know to wake it), at most until the next burst's hold deadline.
     fn submit_or_wait(&mut self) -> std::io::Result<()> {
         if self.has_work() {
-            return self.out.ring.submit();
+            return self.out.ring.submit_and_poll();
         }
         let mesh = self.mesh.clone();
         let waker = &mesh.wakers[self.index];
         waker.park();
         let result = if self.has_work() {
-            self.out.ring.submit()
+            self.out.ring.submit_and_poll()
         } else {
             // Wake for the next burst's hold deadline; no timer operation needed.
             let now = Instant::now();

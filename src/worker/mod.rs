@@ -1,5 +1,5 @@
-//! Workers: one thread per core, each pinned, with its own io_uring, sockets, sessions and
-//! buffers. The control thread hands sessions over with [`Command`]s; workers report back
+//! Workers: one thread per core, each pinned, with its own io_uring (or epoll set, per
+//! `workers.backend`), sockets, sessions and buffers. The control thread hands sessions over with [`Command`]s; workers report back
 //! with [`Event`]s; publishers' packets reach players on other workers through the [`Mesh`].
 //!
 //! A packet's walk, each file handing on to the next: `event_loop` takes a typed completion
@@ -164,6 +164,8 @@ pub enum Event {
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// What runs the workers' I/O (decided at start: `crate::io::choose_backend`).
+    pub backend: crate::io::IoBackend,
     /// Frame bursts go out as UDP GSO sends (already probed: the kernel has `UDP_SEGMENT`).
     pub gso: bool,
     /// Longest hold of a packet waiting for the rest of its frame's burst.
@@ -180,6 +182,8 @@ pub struct WorkerSettings {
 #[derive(Clone)]
 pub struct WorkerHandle {
     pub index: usize,
+    /// What runs this worker's I/O.
+    pub backend: crate::io::IoBackend,
     commands: Arc<SegQueue<Command>>,
     mesh: Arc<Mesh>,
     pub stats: Arc<WorkerStats>,
@@ -258,6 +262,7 @@ pub fn start_workers(
         }
         handles.push(WorkerHandle {
             index,
+            backend: settings.backend,
             commands,
             mesh: mesh.clone(),
             stats,

@@ -98,6 +98,16 @@ pub fn media_range(len: u16) -> String {
     format!("{}-{}", base, base + len - 1)
 }
 
+/// The workers' I/O backend the suite runs its relays on: `TEST_BACKEND_OF_CORECAST` (`epoll`,
+/// `io_uring`, `auto`), which `tests/run` sets for its second pass; unset, the relay's default.
+/// A test's own `CORECAST_WORKERS_BACKEND` wins. (Not `CORECAST_...`: the relay refuses
+/// environment variables of that prefix that name no key.)
+pub fn test_backend() -> Option<String> {
+    std::env::var("TEST_BACKEND_OF_CORECAST")
+        .ok()
+        .filter(|b| !b.is_empty())
+}
+
 /// A corecast process started for one test; killed (by its PID) when dropped.
 pub struct Relay {
     child: Child,
@@ -120,6 +130,9 @@ impl Relay {
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(backend) = test_backend() {
+            cmd.env("CORECAST_WORKERS_BACKEND", backend);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
