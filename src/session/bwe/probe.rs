@@ -199,7 +199,9 @@ impl ProbeController {
         let Some(c) = self.cluster else {
             return 0;
         };
-        if now_us >= c.end_us || now_us < c.start_us {
+        // A packet of the cluster already reported lost: the path does not carry the rate (a
+        // policer drops what exceeds it, media included), so the rest is not sent.
+        if now_us >= c.end_us || now_us < c.start_us || c.reported > c.received {
             return 0;
         }
         let elapsed = (now_us - c.start_us) as u64;
