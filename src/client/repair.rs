@@ -222,6 +222,9 @@ pub struct PublishRepair {
     pending_head: usize,
     pending_len: usize,
     counters: PublishCounters,
+    /// `(from, to)`: the header-extension id an RTX packet carries its original's element
+    /// under (a simulcast encoding's RID becomes its repaired RID).
+    rtx_extension_rename: Option<(u8, u8)>,
 }
 
 impl PublishRepair {
@@ -247,7 +250,14 @@ impl PublishRepair {
             pending_head: 0,
             pending_len: 0,
             counters: PublishCounters::default(),
+            rtx_extension_rename: None,
         }
+    }
+
+    /// Retransmissions as RTX carry the original's extension element `from` as `to`.
+    pub fn renaming_in_rtx(mut self, from: u8, to: u8) -> Self {
+        self.rtx_extension_rename = Some((from, to));
+        self
     }
 
     pub fn counters(&self) -> &PublishCounters {
@@ -336,6 +346,9 @@ impl PublishRepair {
                     match rtx::build_rtx(kept, &stream, out) {
                         Ok(n) => {
                             self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
+                            if let Some((from, to)) = self.rtx_extension_rename {
+                                super::simulcast::rename_extension(&mut out[..n], from, to);
+                            }
                             n
                         }
                         Err(_) => {
