@@ -66,6 +66,9 @@ pub fn summarize(
         let video = &p.tracks[1];
         g.video_expected_packets += video.expected();
         g.video_lost_packets += video.lost();
+        let (expected_then, lost_then) = p.video_at_last_switch;
+        g.settled_video_expected_packets += video.expected().saturating_sub(expected_then);
+        g.settled_video_lost_packets += video.lost().saturating_sub(lost_then);
         g.frames += p.frames.frames();
         g.frozen_frames += p.frames.frozen();
         let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
@@ -77,7 +80,10 @@ pub fn summarize(
         });
         g.dropped_by_rate_limit += dropped;
         if let Some(first) = p.first_arrival {
-            let seconds = end.saturating_duration_since(first).as_secs_f64().max(0.001);
+            let seconds = end
+                .saturating_duration_since(first)
+                .as_secs_f64()
+                .max(0.001);
             group_kbps[at] += p.received_bytes as f64 * 8.0 / 1000.0 / seconds;
         }
         let rid_of = |layer: u8| rids[usize::from(layer).min(LAYERS - 1)].clone();
@@ -106,6 +112,10 @@ pub fn summarize(
             .map(|t| round(100.0 * t / total.max(1e-9), 1))
             .collect();
         g.video_loss_percent = percent(g.video_lost_packets, g.video_expected_packets);
+        g.settled_video_loss_percent = percent(
+            g.settled_video_lost_packets,
+            g.settled_video_expected_packets,
+        );
         g.received_kbps_per_player = round(kbps / g.players.max(1) as f64, 1);
     }
     // Unlimited first, as a reader compares the limited ones to them.

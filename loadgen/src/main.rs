@@ -208,18 +208,24 @@ fn print_simulcast(s: &Simulcast) {
             .zip(&g.final_layer_players)
             .map(|(rid, n)| format!("{rid} {n}"))
             .collect();
-        let share: Vec<String> = g.time_share_percent.iter().map(|p| format!("{p:.0}")).collect();
+        let share: Vec<String> = g
+            .time_share_percent
+            .iter()
+            .map(|p| format!("{p:.0}"))
+            .collect();
         println!(
-            "  {} players {name}: ended on {}; time on {} {}%; {} switches (last at {}); video loss after repair {:.3}% ({} of {}); frozen frames {} of {}; {:.0} kbit/s received each; {} packets dropped by the rate limit",
+            "  {} players {name}: ended on {}; time on {} {}%; {} switches (last at {}); video loss after repair {:.3}% ({} of {}), {:.3}% after the last switch; frozen frames {} of {}; {:.0} kbit/s received each; {} packets dropped by the rate limit",
             g.players,
             ended.join(", "),
             s.rids.join("/"),
             share.join("/"),
             g.switches,
-            g.last_switch_s.map_or("-".to_string(), |t| format!("{t:.1} s")),
+            g.last_switch_s
+                .map_or("-".to_string(), |t| format!("{t:.1} s")),
             g.video_loss_percent,
             g.video_lost_packets,
             g.video_expected_packets,
+            g.settled_video_loss_percent,
             g.frozen_frames,
             g.frames,
             g.received_kbps_per_player,

@@ -73,7 +73,10 @@ pub enum Vp8Frame {
     /// A packet after a frame's first.
     Continuing,
     /// A frame's first packet: of a keyframe of this picture size, or of an inter frame.
-    Keyframe { width: u16, height: u16 },
+    Keyframe {
+        width: u16,
+        height: u16,
+    },
     Inter,
 }
 

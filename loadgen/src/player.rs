@@ -40,6 +40,9 @@ pub struct PlayerStats {
     pub rate_limit_kbps: Option<u32>,
     /// When its first packet arrived.
     pub first_arrival: Option<Instant>,
+    /// The video track's (expected, lost) at the last layer switch: what came after is the
+    /// loss once settled.
+    pub video_at_last_switch: (u64, u64),
 }
 
 impl PlayerStats {
@@ -62,6 +65,7 @@ impl PlayerStats {
             layers: LayerLog::default(),
             rate_limit_kbps,
             first_arrival: None,
+            video_at_last_switch: (0, 0),
         }
     }
 }
@@ -92,7 +96,15 @@ pub fn handler(shared: Arc<Shared>, stats: Arc<Mutex<PlayerStats>>) -> client::H
         let video = stamp.kind & 1 == 1;
         let sequence = if video && stamp.layer > 0 {
             let at_s = now.duration_since(shared.epoch).as_secs_f64();
-            s.layers.on_video(now, at_s, stamp.layer - 1, stamp.sequence)
+            let switches = s.layers.switches();
+            let sequence = s
+                .layers
+                .on_video(now, at_s, stamp.layer - 1, stamp.sequence);
+            if s.layers.switches() != switches {
+                let video = &s.tracks[1];
+                s.video_at_last_switch = (video.expected(), video.lost());
+            }
+            sequence
         } else {
             stamp.sequence
         };

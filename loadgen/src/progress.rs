@@ -196,9 +196,9 @@ impl Watch<'_> {
             return;
         }
         let args = self.args;
-        let layers = record
-            .layers
-            .map_or(String::new(), |[l, m, h]| format!("  layers l/m/h {l}/{m}/{h}"));
+        let layers = record.layers.map_or(String::new(), |[l, m, h]| {
+            format!("  layers l/m/h {l}/{m}/{h}")
+        });
         println!(
             "[{:>4}s] clients {:>5}/{:<5} pub {:>8} pkt/s  recv {:>9} pkt/s {:>8.1} Mbit/s  loss {:>7.3}%  p50 {:>7.3} ms  p99 {:>7.3} ms{layers}",
             record.second,

@@ -23,7 +23,10 @@ pub const ENCODINGS: [(&str, (usize, usize), (u16, u16)); 3] = [
 
 /// The RIDs of [`ENCODINGS`], for the offer.
 pub fn rids() -> Vec<String> {
-    ENCODINGS.iter().map(|(rid, _, _)| rid.to_string()).collect()
+    ENCODINGS
+        .iter()
+        .map(|(rid, _, _)| rid.to_string())
+        .collect()
 }
 
 /// The bitrate (kbit/s) of each encoding at `video_kbps`.
@@ -157,7 +160,9 @@ pub async fn publish(
     keyframes: Arc<KeyframeRequests>,
 ) -> Session {
     match session.simulcast.clone() {
-        Some(simulcast) => publish_simulcast(session, simulcast, stream, args, shared, keyframes).await,
+        Some(simulcast) => {
+            publish_simulcast(session, simulcast, stream, args, shared, keyframes).await
+        }
         None => publish_single(session, stream, args, shared).await,
     }
 }
@@ -364,9 +369,14 @@ async fn send_simulcast_frame(
     let mut remaining = frame_bytes;
     let mut index = 0u16;
     while remaining > 0 {
-        let frame = if index == 0 { first } else { Vp8Frame::Continuing };
+        let frame = if index == 0 {
+            first
+        } else {
+            Vp8Frame::Continuing
+        };
         // Header and prefix first, to know the room left; the marker bit set after.
-        let stamp_end = encoding.write_simulcast(simulcast, buf, false, frame, stream, index, shared);
+        let stamp_end =
+            encoding.write_simulcast(simulcast, buf, false, frame, stream, index, shared);
         let room = buf.len() - (stamp_end - payload::LEN);
         let payload_len = remaining.min(room).max(payload::LEN);
         remaining = remaining.saturating_sub(room);

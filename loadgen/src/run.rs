@@ -136,7 +136,7 @@ pub struct RunArgs {
     pub rate_limit: Option<u32>,
     /// The percentage of players --rate-limit applies to, spread evenly over the ramp (the
     /// rest are not limited).
-    #[arg(long, default_value_t = 100.0, value_parser = loss_percent, requires = "rate_limit")]
+    #[arg(long, default_value_t = 100.0, value_parser = loss_percent)]
     pub rate_limit_share: f64,
 }
 

@@ -65,6 +65,10 @@ pub struct LayerGroup {
     pub video_expected_packets: u64,
     pub video_lost_packets: u64,
     pub video_loss_percent: f64,
+    /// The same from each player's last switch on: the loss once the group had settled.
+    pub settled_video_expected_packets: u64,
+    pub settled_video_lost_packets: u64,
+    pub settled_video_loss_percent: f64,
     pub frozen_frames: u64,
     pub frames: u64,
     /// What the rate limit dropped on arrival (media, retransmissions and RTCP).

@@ -65,10 +65,8 @@ pub(super) struct Media {
 
 /// Room for one packet the reader task sends: a retransmission (or a NACK) and its SRTP
 /// trailer.
-pub(super) const OUTGOING_LEN: usize = max(
-    repair::RETRANSMISSION_BUFFER_LEN,
-    FEEDBACK_BUFFER_LEN,
-) + 64;
+pub(super) const OUTGOING_LEN: usize =
+    max(repair::RETRANSMISSION_BUFFER_LEN, FEEDBACK_BUFFER_LEN) + 64;
 
 const fn max(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
@@ -212,13 +210,17 @@ impl Demux {
         }
         let mut outbound = lock(&media.outbound);
         let Outbound { srtp, publish } = &mut *outbound;
+        if !publish.iter().any(PublishRepair::has_pending) {
+            return None;
+        }
         // A retransmission that fails to protect is skipped, not the ones behind it.
-        for encoding in publish.iter_mut().filter(|p| p.has_pending()) {
+        let mut sent = None;
+        'encodings: for encoding in publish.iter_mut().filter(|p| p.has_pending()) {
             while let Some(n) = encoding.next_retransmission(now, out) {
                 match srtp.protect_rtp(out, n) {
                     Ok(n) => {
-                        self.counters.record_publish(publish);
-                        return Some(n);
+                        sent = Some(n);
+                        break 'encodings;
                     }
                     Err(_) => {
                         self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
@@ -227,7 +229,7 @@ impl Demux {
             }
         }
         self.counters.record_publish(publish);
-        None
+        sent
     }
 }
 

@@ -35,13 +35,12 @@ use tokio::sync::watch;
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
 
-pub use ice::binding_request;
 use feedback::PlayFeedback;
+pub use ice::binding_request;
 use link::{Link, Media, Outbound};
-use policer::Policer;
-use simulcast::Simulcast;
 use repair::{LossGate, PlayRepair, PublishRepair};
 pub use sdp::{Answer, fingerprint_of, parse_answer, rtx_ssrc_of, write_offer, write_offer_with};
+use simulcast::Simulcast;
 
 use crate::util::{lock, random_token};
 use crate::wire::framing;
@@ -243,7 +242,8 @@ impl SessionCounters {
         }
         self.nacks_received
             .store(sum.nacks_received, Ordering::Relaxed);
-        self.retransmitted.store(sum.retransmitted, Ordering::Relaxed);
+        self.retransmitted
+            .store(sum.retransmitted, Ordering::Relaxed);
         self.retransmitted_bytes
             .store(sum.retransmitted_bytes, Ordering::Relaxed);
         self.retransmit_misses.store(sum.missed, Ordering::Relaxed);

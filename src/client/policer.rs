@@ -81,7 +81,10 @@ mod tests {
         let mut p = Policer::new(400);
         // 1000-byte packets every 25 ms: 320 kbit/s, all through.
         for i in 0..400u32 {
-            assert!(p.allow(t0 + Duration::from_millis(25) * i, 1000), "packet {i}");
+            assert!(
+                p.allow(t0 + Duration::from_millis(25) * i, 1000),
+                "packet {i}"
+            );
         }
         // Then every 10 ms for 10 s: 800 kbit/s offered, about half passes.
         let start = t0 + Duration::from_secs(10);

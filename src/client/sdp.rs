@@ -264,7 +264,9 @@ pub fn parse_answer(text: &str) -> Result<Answer, ClientError> {
             }
         } else if let Some(v) = line.strip_prefix("a=extmap:") {
             let mut fields = v.split_whitespace();
-            let id = fields.next().and_then(|i| i.split('/').next()?.parse::<u8>().ok());
+            let id = fields
+                .next()
+                .and_then(|i| i.split('/').next()?.parse::<u8>().ok());
             if let (false, Some(id), Some(uri)) = (section_rejected, id, fields.next())
                 && !answer.extensions.iter().any(|(i, _)| *i == id)
             {

@@ -53,9 +53,8 @@ pub fn valid_rid(rid: &str) -> bool {
 
 /// The video section's offer lines for sending `rids`.
 pub fn offer_lines(rids: &[String]) -> String {
-    let mut lines = format!(
-        "a=extmap:{RID_ID} {RID_URI}\r\na=extmap:{REPAIRED_RID_ID} {REPAIRED_RID_URI}\r\n"
-    );
+    let mut lines =
+        format!("a=extmap:{RID_ID} {RID_URI}\r\na=extmap:{REPAIRED_RID_ID} {REPAIRED_RID_URI}\r\n");
     for rid in rids {
         lines.push_str(&format!("a=rid:{rid} send\r\n"));
     }
@@ -106,7 +105,9 @@ impl Simulcast {
                 .map(|(id, _)| *id)
         };
         let rid_id = id_of(RID_URI).ok_or_else(|| {
-            ClientError::Answer(format!("simulcast answered without the {RID_URI} extension"))
+            ClientError::Answer(format!(
+                "simulcast answered without the {RID_URI} extension"
+            ))
         })?;
         let encodings = rids
             .iter()
@@ -215,7 +216,9 @@ pub fn rename_extension(packet: &mut [u8], from: u8, to: u8) {
     let Ok(header) = RtpHeader::parse(packet) else {
         return;
     };
-    let one_byte = header.extension.is_some_and(|(profile, _, _)| profile == 0xbede);
+    let one_byte = header
+        .extension
+        .is_some_and(|(profile, _, _)| profile == 0xbede);
     if let Some(data) = find_extension(packet, &header, from).filter(|_| one_byte)
         && (1..=14).contains(&to)
     {
@@ -256,7 +259,12 @@ mod tests {
         assert_eq!(len, 12 + 4 + 4);
         let header = RtpHeader::parse(&buf).unwrap();
         assert_eq!(
-            (header.ssrc, header.sequence, header.marker, header.header_len),
+            (
+                header.ssrc,
+                header.sequence,
+                header.marker,
+                header.header_len
+            ),
             (2, 7, true, len)
         );
         let rid = find_extension(&buf, &header, RID_ID).unwrap();
@@ -280,7 +288,20 @@ mod tests {
         let mut compound = vec![0u8; 12];
         rtcp::write_pli(&mut compound, 9, 2);
         // A FIR for SSRCs 3 and 1.
-        let mut fir = vec![0x80 | FMT_FIR, PAYLOAD_FEEDBACK, 0, 6, 0, 0, 0, 9, 0, 0, 0, 0];
+        let mut fir = vec![
+            0x80 | FMT_FIR,
+            PAYLOAD_FEEDBACK,
+            0,
+            6,
+            0,
+            0,
+            0,
+            9,
+            0,
+            0,
+            0,
+            0,
+        ];
         fir.extend_from_slice(&[0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0]);
         compound.extend_from_slice(&fir);
         assert_eq!(keyframe_requests(&compound).collect::<Vec<_>>(), [2, 3, 1]);

@@ -42,7 +42,16 @@ fn answer_of(offer: &Offer, sections: &[crate::sdp::AnswerSection]) -> Answer {
 
 fn base_offer(role: Role) -> String {
     let fp = vec!["AB"; 32].join(":");
-    write_offer_with(role, "ufrag", "pwpwpwpwpwpwpwpwpwpwpwpw", &fp, 1, 2, Some("VP8"), true)
+    write_offer_with(
+        role,
+        "ufrag",
+        "pwpwpwpwpwpwpwpwpwpwpwpw",
+        &fp,
+        1,
+        2,
+        Some("VP8"),
+        true,
+    )
 }
 
 #[test]
@@ -65,7 +74,11 @@ fn the_relay_receives_the_encodings_by_rid_and_its_players_negotiate_feedback() 
     // The relay's publisher state tells the encodings apart by the RID each packet names,
     // and learns each RTX SSRC from the repaired RID its retransmissions carry.
     let mut relay = Publisher::new(
-        &[(111, MediaKind::Audio), (96, MediaKind::Video), (97, MediaKind::Video)],
+        &[
+            (111, MediaKind::Audio),
+            (96, MediaKind::Video),
+            (97, MediaKind::Video),
+        ],
         VideoSettings {
             codec: Some(VideoCodec::Vp8),
             rtx_payload_type: Some(97),
@@ -77,22 +90,32 @@ fn the_relay_receives_the_encodings_by_rid_and_its_players_negotiate_feedback() 
     );
     let mut buf = [0u8; 64];
     for layer in [2usize, 0, 1] {
-        let len = simulcast.write_header(layer, &mut buf, 96, true, 100, 3000).unwrap();
+        let len = simulcast
+            .write_header(layer, &mut buf, 96, true, 100, 3000)
+            .unwrap();
         buf[len..len + 8].copy_from_slice(b"payload!");
         let packet = &buf[..len + 8];
         let header = RtpHeader::parse(packet).unwrap();
-        assert_eq!(relay.on_rtp(packet, &header), Some(Source::video(layer as u8)));
+        assert_eq!(
+            relay.on_rtp(packet, &header),
+            Some(Source::video(layer as u8))
+        );
     }
     let mut repairs = simulcast.repairs(Some(97), 64, Duration::from_secs(1));
     let t0 = Instant::now();
-    let len = simulcast.write_header(2, &mut buf, 96, false, 100, 3000).unwrap();
+    let len = simulcast
+        .write_header(2, &mut buf, 96, false, 100, 3000)
+        .unwrap();
     buf[len..len + 8].copy_from_slice(b"payload!");
     let original = buf[..len + 8].to_vec();
     repairs[2].on_sent(t0, &original);
     let mut nack = [0u8; 64];
     let (n, _) = crate::wire::nack::write_nack(&mut nack, 9, ssrcs[2], &[100]).unwrap();
     assert!(repairs[2].on_rtcp(t0, &nack[..n]));
-    assert!(!repairs[0].on_rtcp(t0, &nack[..n]), "another encoding's NACK");
+    assert!(
+        !repairs[0].on_rtcp(t0, &nack[..n]),
+        "another encoding's NACK"
+    );
     let mut rtx = [0u8; 1600];
     let n = repairs[2].next_retransmission(t0, &mut rtx).unwrap();
     let header = RtpHeader::parse(&rtx[..n]).unwrap();
@@ -204,7 +227,10 @@ fn a_policed_player_drops_beyond_its_rate_and_reports_only_what_passed() {
     assert!((10..=13).contains(&passed), "{passed} passed");
     // Feedback went out each 100 ms, and covers exactly the numbers that passed.
     assert!(feedback.len() >= 8, "{} feedback messages", feedback.len());
-    assert_eq!(counters.transport_feedback_sent.load(Relaxed), feedback.len() as u64);
+    assert_eq!(
+        counters.transport_feedback_sent.load(Relaxed),
+        feedback.len() as u64
+    );
     let mut received = 0;
     for f in &feedback {
         let fb = TransportFeedback::parse(f).unwrap();
@@ -214,5 +240,8 @@ fn a_policed_player_drops_beyond_its_rate_and_reports_only_what_passed() {
             .count() as u64;
     }
     // The last interval's arrivals are not due yet.
-    assert!(received <= passed && received + 2 >= passed, "{received} of {passed}");
+    assert!(
+        received <= passed && received + 2 >= passed,
+        "{received} of {passed}"
+    );
 }
