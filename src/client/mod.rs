@@ -74,6 +74,8 @@ pub enum ClientError {
     Refused { status: u16, message: String },
     #[error("unusable answer: {0}")]
     Answer(String),
+    #[error("cannot make the offer: {0}")]
+    Offer(String),
     #[error("connecting the {0} transport: {1}")]
     Transport(Transport, String),
     #[error("ICE: no answer to connectivity checks within {0:?}")]
@@ -379,7 +381,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
     let offer = match options.role {
         Role::Publish if !options.simulcast.is_empty() => {
             if let Some(bad) = options.simulcast.iter().find(|r| !simulcast::valid_rid(r)) {
-                return Err(ClientError::Answer(format!(
+                return Err(ClientError::Offer(format!(
                     "cannot offer the RID {bad:?}: 1 to {} letters or digits",
                     simulcast::MAX_RID_LEN
                 )));
