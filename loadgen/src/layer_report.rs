@@ -79,6 +79,10 @@ pub fn summarize(
             )
         });
         g.dropped_by_rate_limit += dropped;
+        if let Some(c) = &p.counters {
+            g.probes_received += read(&c.probes_received);
+            g.probe_bytes_received += read(&c.probe_bytes_received);
+        }
         if let Some(first) = p.first_arrival {
             let seconds = end
                 .saturating_duration_since(first)

@@ -73,6 +73,9 @@ pub struct LayerGroup {
     pub frames: u64,
     /// What the rate limit dropped on arrival (media, retransmissions and RTCP).
     pub dropped_by_rate_limit: u64,
+    /// The relay's padding probes of the players' paths that arrived, and their bytes.
+    pub probes_received: u64,
+    pub probe_bytes_received: u64,
     /// Mean bitrate a player of the group received (after the policer), first packet to end.
     pub received_kbps_per_player: f64,
 }

@@ -208,6 +208,9 @@ pub struct SessionCounters {
     pub nacked_packets: AtomicU64,
     pub rtx_received: AtomicU64,
     pub rtx_received_bytes: AtomicU64,
+    /// Playing: padding-only probes of the path on the RTX stream, and their bytes.
+    pub probes_received: AtomicU64,
+    pub probe_bytes_received: AtomicU64,
     pub repaired: AtomicU64,
     pub rtx_duplicates: AtomicU64,
     pub given_up: AtomicU64,
@@ -231,6 +234,10 @@ impl SessionCounters {
         self.rtx_duplicates
             .store(c.rtx_duplicates, Ordering::Relaxed);
         self.given_up.store(c.given_up, Ordering::Relaxed);
+        self.probes_received
+            .store(c.probes_received, Ordering::Relaxed);
+        self.probe_bytes_received
+            .store(c.probe_bytes_received, Ordering::Relaxed);
     }
 
     /// The publishing side's counters, summed over its encodings.

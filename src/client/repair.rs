@@ -54,8 +54,12 @@ pub struct PlayCounters {
     pub repaired: u64,
     /// RTX packets for sequence numbers not missing (or given up): not delivered.
     pub rtx_duplicates: u64,
-    /// RTX packets that could not be restored (a padding-only probe, no known video SSRC).
+    /// RTX packets that could not be restored (no known video SSRC, malformed).
     pub rtx_unrestorable: u64,
+    /// Padding-only packets on the RTX stream: the server probing the path (not
+    /// retransmissions, so not counted as RTX received), and their bytes.
+    pub probes_received: u64,
+    pub probe_bytes_received: u64,
     /// Missing packets given up after the last request.
     pub given_up: u64,
 }
@@ -136,6 +140,15 @@ impl PlayRepair {
     }
 
     fn on_rtx<'a>(&'a mut self, now: Instant, packet: &'a [u8]) -> Option<&'a [u8]> {
+        let padding_only = RtpHeader::parse(packet)
+            .ok()
+            .and_then(|h| rtx::payload_range(packet, &h).ok())
+            .is_some_and(|payload| payload.is_empty());
+        if padding_only {
+            self.counters.probes_received += 1;
+            self.counters.probe_bytes_received += packet.len() as u64;
+            return None;
+        }
         self.counters.rtx_received += 1;
         self.counters.rtx_received_bytes += packet.len() as u64;
         let Some(ssrc) = self.media_ssrc else {
