@@ -13,27 +13,44 @@ use corecast::client::{self, Incoming, Session};
 use crate::payload::{self, Stamp, VP8_PREFIX_LEN, Vp8Frame, write_vp8_prefix};
 use crate::run::{RunArgs, Shared};
 
-/// A simulcast publisher's encodings, lowest first: RID, share of `--video-kbps` (numerator,
-/// denominator) and the picture size its keyframes announce.
-pub const ENCODINGS: [(&str, (usize, usize), (u16, u16)); 3] = [
-    ("l", (1, 8), (320, 180)),
-    ("m", (1, 3), (640, 360)),
-    ("h", (1, 1), (1280, 720)),
+/// A simulcast publisher's encodings, lowest first.
+pub const ENCODINGS: [EncodingSpec; 3] = [
+    EncodingSpec {
+        rid: "l",
+        share: (1, 8),
+        size: (320, 180),
+    },
+    EncodingSpec {
+        rid: "m",
+        share: (1, 3),
+        size: (640, 360),
+    },
+    EncodingSpec {
+        rid: "h",
+        share: (1, 1),
+        size: (1280, 720),
+    },
 ];
+
+/// One encoding a simulcast publisher sends.
+pub struct EncodingSpec {
+    pub rid: &'static str,
+    /// Its share of `--video-kbps`: numerator, denominator.
+    pub share: (usize, usize),
+    /// The picture size its keyframes announce.
+    pub size: (u16, u16),
+}
 
 /// The RIDs of [`ENCODINGS`], for the offer.
 pub fn rids() -> Vec<String> {
-    ENCODINGS
-        .iter()
-        .map(|(rid, _, _)| rid.to_string())
-        .collect()
+    ENCODINGS.iter().map(|e| e.rid.to_string()).collect()
 }
 
 /// The bitrate (kbit/s) of each encoding at `video_kbps`.
 pub fn encoding_kbps(video_kbps: u32) -> Vec<u32> {
     ENCODINGS
         .iter()
-        .map(|(_, (n, d), _)| (video_kbps as usize * n / d) as u32)
+        .map(|e| (video_kbps as usize * e.share.0 / e.share.1) as u32)
         .collect()
 }
 
@@ -323,7 +340,8 @@ async fn publish_simulcast(
             }
             keyframe_due |= keyframes.take();
             for (layer, encoding) in encodings.iter_mut().enumerate() {
-                let (_, (n, d), (width, height)) = ENCODINGS[layer.min(ENCODINGS.len() - 1)];
+                let spec = &ENCODINGS[layer.min(ENCODINGS.len() - 1)];
+                let ((n, d), (width, height)) = (spec.share, spec.size);
                 let keyframe = keyframe_due & (1 << layer) != 0;
                 let first = if keyframe {
                     shared.keyframes_sent[layer.min(2)].fetch_add(1, Ordering::Relaxed);
