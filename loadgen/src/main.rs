@@ -3,6 +3,8 @@
 
 mod compare;
 mod hgrm;
+mod layer_report;
+mod layers;
 mod liveness;
 mod payload;
 mod player;
@@ -20,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::summary::{Frames, Media, RelayCost, Repair, Summary};
+use crate::summary::{Frames, Media, RelayCost, Repair, Simulcast, Summary};
 
 #[derive(Parser)]
 #[command(
@@ -135,6 +137,9 @@ fn print_summary(summary: &Summary, out: &Path) {
     {
         print_repair(repair, &summary.frames);
     }
+    if let Some(simulcast) = &summary.simulcast {
+        print_simulcast(simulcast);
+    }
     if let Some(max) = summary.players.max_without_loss {
         println!("find-max: the server carried {max} players without loss");
     }
@@ -216,4 +221,56 @@ fn print_repair(repair: &Repair, frames: &Frames) {
         frames.frames,
         frames.freeze_ms,
     );
+}
+
+/// A line per group of players: the layers they ended on and spent their time on, switches,
+/// loss after repair, what they received.
+fn print_simulcast(s: &Simulcast) {
+    let layers: Vec<String> = s
+        .rids
+        .iter()
+        .zip(&s.layer_kbps)
+        .map(|(rid, kbps)| format!("{rid} {kbps}"))
+        .collect();
+    println!(
+        "simulcast: layers {} kbit/s; keyframes sent {:?} after {} requests",
+        layers.join(", "),
+        s.keyframes_sent,
+        s.keyframe_requests
+    );
+    for g in &s.groups {
+        let name = match g.rate_limit_kbps {
+            Some(kbps) => format!("limited to {kbps} kbit/s"),
+            None => "unlimited".to_string(),
+        };
+        let ended: Vec<String> = s
+            .rids
+            .iter()
+            .zip(&g.final_layer_players)
+            .map(|(rid, n)| format!("{rid} {n}"))
+            .collect();
+        let share: Vec<String> = g
+            .time_share_percent
+            .iter()
+            .map(|p| format!("{p:.0}"))
+            .collect();
+        println!(
+            "  {} players {name}: ended on {}; time on {} {}%; {} switches (last at {}); video loss after repair {:.3}% ({} of {}), {:.3}% after the last switch; frozen frames {} of {}; {:.0} kbit/s received each; {} packets dropped by the rate limit",
+            g.players,
+            ended.join(", "),
+            s.rids.join("/"),
+            share.join("/"),
+            g.switches,
+            g.last_switch_s
+                .map_or("-".to_string(), |t| format!("{t:.1} s")),
+            g.video_loss_percent,
+            g.video_lost_packets,
+            g.video_expected_packets,
+            g.settled_video_loss_percent,
+            g.frozen_frames,
+            g.frames,
+            g.received_kbps_per_player,
+            g.dropped_by_rate_limit,
+        );
+    }
 }

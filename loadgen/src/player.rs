@@ -1,5 +1,6 @@
 //! A player: what it measures of each packet that arrives (loss and order by the stamp's
-//! sequence, frames, latency and jitter by the stamp's send time).
+//! sequence, frames, latency and jitter by the stamp's send time; with simulcast, the layer
+//! the stamp names, its switches, and each layer's sequence made continuous).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -9,6 +10,7 @@ use corecast::util::lock;
 use corecast::wire::rtp::RtpHeader;
 use hdrhistogram::Histogram;
 
+use crate::layers::LayerLog;
 use crate::liveness::Liveness;
 use crate::payload::Stamp;
 use crate::quality::{Arrival, Frames, Track};
@@ -37,11 +39,21 @@ pub struct PlayerStats {
     pub jitter_ns: f64,
     last_transit_ns: Option<i64>,
     sampled: u64,
+    /// Simulcast: the layers received.
+    pub layers: LayerLog,
+    /// The `--rate-limit` this player's downlink is policed to, if it is.
+    pub rate_limit_kbps: Option<u32>,
+    /// When its first packet arrived.
+    pub first_arrival: Option<Instant>,
+    /// The video track's (expected, lost) at the last layer switch: what came after is the
+    /// loss once settled.
+    pub video_at_last_switch: (u64, u64),
 }
 
 impl PlayerStats {
-    /// A player of `stream` that starts joining now.
-    pub fn new(stream: u32) -> Self {
+    /// A player of `stream` that starts joining now, its downlink policed to
+    /// `rate_limit_kbps`.
+    pub fn new(stream: u32, rate_limit_kbps: Option<u32>) -> Self {
         let now = Instant::now();
         Self {
             stream,
@@ -59,6 +71,10 @@ impl PlayerStats {
             jitter_ns: 0.0,
             last_transit_ns: None,
             sampled: 0,
+            layers: LayerLog::default(),
+            rate_limit_kbps,
+            first_arrival: None,
+            video_at_last_switch: (0, 0),
         }
     }
 }
@@ -83,11 +99,26 @@ pub fn handler(shared: Arc<Shared>, stats: Arc<Mutex<PlayerStats>>) -> client::H
         };
         if !s.joined {
             s.joined = true;
+            s.first_arrival = Some(now);
             let join = now.duration_since(s.join_started).as_nanos() as u64;
             let _ = lock(&shared.join).record(join.max(1_000));
         }
         let video = stamp.kind & 1 == 1;
-        match s.tracks[usize::from(video)].on_packet(stamp.sequence) {
+        let sequence = if video && stamp.layer > 0 {
+            let at_s = now.duration_since(shared.epoch).as_secs_f64();
+            let switches = s.layers.switches();
+            let sequence = s
+                .layers
+                .on_video(now, at_s, stamp.layer - 1, stamp.sequence);
+            if s.layers.switches() != switches {
+                let video = &s.tracks[1];
+                s.video_at_last_switch = (video.expected(), video.lost());
+            }
+            sequence
+        } else {
+            stamp.sequence
+        };
+        match s.tracks[usize::from(video)].on_packet(sequence) {
             Arrival::New { .. } if video => {
                 s.frames
                     .on_packet(now, header.timestamp, header.marker, stamp.index)

@@ -28,6 +28,9 @@ pub struct Interval {
     loss_percent: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Simulcast: the players on each layer (lowest first) at the second's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layers: Option<[u64; 3]>,
 }
 
 /// The players' counters summed at one moment.
@@ -38,6 +41,7 @@ struct Snapshot {
     expected: u64,
     received_counted: u64,
     sent_packets: u64,
+    layers: [u64; 3],
 }
 
 /// Sums the players' counters, and moves their latencies since the last snapshot into
@@ -54,6 +58,9 @@ fn snapshot(shared: &Shared, interval: &mut Histogram<u64>) -> Snapshot {
         for t in &p.tracks {
             s.expected += t.expected();
             s.received_counted += t.received();
+        }
+        if let Some(layer) = p.layers.current() {
+            s.layers[usize::from(layer).min(2)] += 1;
         }
         let _ = interval.add(&p.interval);
         p.interval.reset();
@@ -178,6 +185,7 @@ impl Watch<'_> {
             loss_percent: loss,
             p50_ms: interval_hist.value_at_quantile(0.5) as f64 / 1e6,
             p99_ms: interval_hist.value_at_quantile(0.99) as f64 / 1e6,
+            layers: self.args.simulcast.then_some(now.layers),
         };
         (record, now)
     }
@@ -188,8 +196,11 @@ impl Watch<'_> {
             return;
         }
         let args = self.args;
+        let layers = record.layers.map_or(String::new(), |[l, m, h]| {
+            format!("  layers l/m/h {l}/{m}/{h}")
+        });
         println!(
-            "[{:>4}s] clients {:>5}/{:<5} pub {:>8} pkt/s  recv {:>9} pkt/s {:>8.1} Mbit/s  loss {:>7.3}%  p50 {:>7.3} ms  p99 {:>7.3} ms",
+            "[{:>4}s] clients {:>5}/{:<5} pub {:>8} pkt/s  recv {:>9} pkt/s {:>8.1} Mbit/s  loss {:>7.3}%  p50 {:>7.3} ms  p99 {:>7.3} ms{layers}",
             record.second,
             record.players + self.shared.publishers_up.load(Ordering::Relaxed),
             if args.find_max {

@@ -64,7 +64,10 @@ fn join(
     let stream = (index % args.streams.max(1) as u64) as u32;
     let name = format!("{}-{stream}", args.stream_prefix);
     let transport = transport_of(args.transport, index + 1);
-    let stats = Arc::new(Mutex::new(PlayerStats::new(stream)));
+    let stats = Arc::new(Mutex::new(PlayerStats::new(
+        stream,
+        args.rate_limit_of(index),
+    )));
     let handler = player::handler(shared.clone(), stats.clone());
     let url = url_for(whep_for(&args.whep, index), &name);
     let options = args.client_options(http, certificate, url, Role::Play, transport, index);

@@ -67,6 +67,9 @@ pub fn summarize(
     };
     let players = lock(&shared.players).clone();
     let (latency, jitter_sum) = tally_players(&players, &mut totals, &mut repair, &mut frames);
+    let simulcast = args
+        .simulcast
+        .then(|| crate::layer_report::summarize(args, shared, &players, Instant::now()));
     tally_publishers(publishers, &mut repair);
     totals.loss_percent = percent(totals.lost_packets, totals.expected_packets);
     repair.video_residual_loss_percent =
@@ -100,6 +103,7 @@ pub fn summarize(
         repair,
         frames,
         media: measured.media,
+        simulcast,
         errors: lock(&shared.errors).clone(),
     };
     Report {
@@ -260,6 +264,9 @@ fn scenario(args: &RunArgs) -> Scenario {
         ramp_per_s: args.ramp,
         verify: format!("{:?}", args.verify).to_lowercase(),
         find_max: args.find_max,
+        simulcast: args.simulcast,
+        rate_limit_kbps: args.rate_limit,
+        rate_limit_share_percent: args.rate_limit.map(|_| args.rate_limit_share),
     }
 }
 

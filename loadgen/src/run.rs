@@ -18,7 +18,7 @@ use webrtc_dtls::crypto::Certificate;
 use crate::payload;
 use crate::player::PlayerStats;
 use crate::progress::Watch;
-use crate::publisher::publish;
+use crate::publisher::{KeyframeRequests, publish};
 use crate::report::{self, Measured};
 use crate::summary::{self, Summary};
 use crate::{ramp, relay};
@@ -131,6 +131,19 @@ pub struct RunArgs {
     /// Offer no NACK or RTX: loss stays unrepaired (to measure what repair saves).
     #[arg(long)]
     pub no_repair: bool,
+    /// Publish video as three simulcast encodings (RIDs l, m, h at 1/8, 1/3 and all of
+    /// --video-kbps, VP8): the server gives each player the one its path carries, and players
+    /// report the layers they got.
+    #[arg(long)]
+    pub simulcast: bool,
+    /// Police each player's downlink to this many kbit/s: what exceeds it (token bucket, 100 ms
+    /// burst) is dropped on arrival, as a policer on the path would.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(8..))]
+    pub rate_limit: Option<u32>,
+    /// The percentage of players --rate-limit applies to, spread evenly over the ramp (the
+    /// rest are not limited).
+    #[arg(long, default_value_t = 100.0, value_parser = loss_percent)]
+    pub rate_limit_share: f64,
 }
 
 fn loss_percent(text: &str) -> Result<f64, String> {
@@ -154,6 +167,14 @@ impl RunArgs {
             percent: self.loss,
             seed: self.seed ^ (tag | index).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         })
+    }
+
+    /// The rate limit of player `index`: every player's, or an even spread of
+    /// `--rate-limit-share` percent of them (with 50, every second player).
+    pub fn rate_limit_of(&self, index: u64) -> Option<u32> {
+        let share = self.rate_limit_share / 100.0;
+        let limited = ((index + 1) as f64 * share).floor() > (index as f64 * share).floor();
+        self.rate_limit.filter(|_| limited)
     }
 
     /// The departure loss of publisher `index` (its seed apart from its arrival loss's).
@@ -203,6 +224,13 @@ impl RunArgs {
             // A second of video, with room for a burst.
             options.retransmit_packets = (self.video_packets_per_second() * 5 / 4).max(64);
             options.departure_loss = self.departure_loss(index);
+            if self.simulcast {
+                options.simulcast = crate::publisher::rids();
+                // The relay finds keyframes in the VP8 payload descriptor loadgen writes.
+                options.video_codec = Some("VP8".into());
+            }
+        } else {
+            options.rate_limit_kbps = self.rate_limit_of(index);
         }
         options
     }
@@ -223,6 +251,9 @@ pub struct Shared {
     pub errors: Mutex<Vec<String>>,
     pub players: Mutex<Vec<Arc<Mutex<PlayerStats>>>>,
     pub join: Mutex<Histogram<u64>>,
+    /// Simulcast: keyframes publishers sent, by layer, and the requests that asked for them.
+    pub keyframes_sent: [AtomicU64; 3],
+    pub keyframe_requests: AtomicU64,
 }
 
 impl Shared {
@@ -241,6 +272,8 @@ impl Shared {
             errors: Mutex::new(Vec::new()),
             players: Mutex::new(Vec::new()),
             join: Mutex::new(summary::latency_histogram()),
+            keyframes_sent: Default::default(),
+            keyframe_requests: AtomicU64::new(0),
         }
     }
 
@@ -361,7 +394,8 @@ async fn start_publishers(
         let transport = transport_of(args.transport, index);
         let url = url_for(&args.whip, &name);
         let options = args.client_options(http, certificate, url, Role::Publish, transport, index);
-        let session = client::connect(&options, Box::new(|_| {}))
+        let keyframes = Arc::new(KeyframeRequests::default());
+        let session = client::connect(&options, keyframes.handler(shared.clone()))
             .await
             .with_context(|| format!("publishing {name} over {transport}"))?;
         shared.publishers_up.fetch_add(1, Ordering::Relaxed);
@@ -370,6 +404,7 @@ async fn start_publishers(
             stream,
             args.clone(),
             shared.clone(),
+            keyframes,
         )));
     }
     Ok(tasks)

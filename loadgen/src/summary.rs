@@ -27,7 +27,73 @@ pub struct Summary {
     /// Gaps in the media at players, and streams that stopped (the run fails on those).
     #[serde(default)]
     pub media: Media,
+    /// With `--simulcast`: the layers players received, by group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulcast: Option<Simulcast>,
     pub errors: Vec<String>,
+}
+
+/// A simulcast run: the encodings published, and what each group of players (policed by
+/// `--rate-limit`, or not) received.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Simulcast {
+    /// The encodings, lowest first, and their configured bitrates.
+    pub rids: Vec<String>,
+    pub layer_kbps: Vec<u32>,
+    /// Keyframes publishers sent, by layer (one at the start, then one per request), and the
+    /// keyframe requests (PLI, FIR) the relay sent them.
+    pub keyframes_sent: Vec<u64>,
+    pub keyframe_requests: u64,
+    pub groups: Vec<LayerGroup>,
+    pub players: Vec<PlayerLayers>,
+}
+
+/// The players of one group together.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LayerGroup {
+    /// `limited` or `unlimited`.
+    pub name: String,
+    pub rate_limit_kbps: Option<u32>,
+    pub players: u64,
+    /// Players whose last layer was each layer (by `rids`); players that got no video are
+    /// counted nowhere.
+    pub final_layer_players: Vec<u64>,
+    /// The share of the group's playing time spent on each layer, in percent.
+    pub time_share_percent: Vec<f64>,
+    pub switches: u64,
+    /// The latest switch of any of the group's players, in seconds since the run began: when
+    /// the group had settled.
+    pub last_switch_s: Option<f64>,
+    /// Video after repair (each layer's packets counted by its own stamp sequence).
+    pub video_expected_packets: u64,
+    pub video_lost_packets: u64,
+    pub video_loss_percent: f64,
+    /// The same from each player's last switch on: the loss once the group had settled.
+    pub settled_video_expected_packets: u64,
+    pub settled_video_lost_packets: u64,
+    pub settled_video_loss_percent: f64,
+    pub frozen_frames: u64,
+    pub frames: u64,
+    /// What the rate limit dropped on arrival (media, retransmissions and RTCP).
+    pub dropped_by_rate_limit: u64,
+    /// The relay's padding probes of the players' paths that arrived, and their bytes.
+    pub probes_received: u64,
+    pub probe_bytes_received: u64,
+    /// Mean bitrate a player of the group received (after the policer), first packet to end.
+    pub received_kbps_per_player: f64,
+}
+
+/// One player's layers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlayerLayers {
+    pub group: String,
+    pub final_layer: Option<String>,
+    pub switches: u64,
+    /// Its first switches: seconds since the run began, from and to (RIDs).
+    pub switched: Vec<(f64, String, String)>,
+    pub time_share_percent: Vec<f64>,
+    pub video_loss_percent: f64,
+    pub transport_feedback_sent: u64,
 }
 
 /// Loss and its repair. Players count packets by the stamp's sequence number, each once: a
@@ -163,6 +229,13 @@ pub struct Scenario {
     pub ramp_per_s: f64,
     pub verify: String,
     pub find_max: bool,
+    /// `--simulcast`, `--rate-limit` and `--rate-limit-share` (absent in older summaries).
+    #[serde(default)]
+    pub simulcast: bool,
+    #[serde(default)]
+    pub rate_limit_kbps: Option<u32>,
+    #[serde(default)]
+    pub rate_limit_share_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

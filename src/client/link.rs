@@ -12,7 +12,9 @@ use tokio::net::UdpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
+use super::feedback::{FEEDBACK_BUFFER_LEN, PlayFeedback};
 use super::ice::{IceEvent, IceProgress, Responder};
+use super::policer::Policer;
 use super::repair::{self, LossGate, PlayRepair, PublishRepair};
 use super::{ClientError, ClientOptions, Handler, Incoming, SessionCounters, Transport};
 use crate::util::lock;
@@ -63,7 +65,9 @@ impl Link {
 /// stay single, and the publisher's kept packets beside it.
 pub(super) struct Outbound {
     pub(super) srtp: SrtpContext,
-    pub(super) publish: Option<PublishRepair>,
+    /// The retransmissions of each video encoding we send (one without simulcast; none
+    /// without NACK).
+    pub(super) publish: Vec<PublishRepair>,
 }
 
 /// What the reader task needs once DTLS has given the keys.
@@ -73,11 +77,18 @@ pub(super) struct Media {
     pub(super) outbound: Arc<SyncMutex<Outbound>>,
     /// Playing with NACK negotiated.
     pub(super) play: Option<PlayRepair>,
+    /// Playing with the transport-wide sequence number negotiated.
+    pub(super) feedback: Option<PlayFeedback>,
 }
 
 /// Room for one packet the reader task sends: a retransmission (or a NACK) and its SRTP
 /// trailer.
-pub(super) const OUTGOING_LEN: usize = repair::RETRANSMISSION_BUFFER_LEN + 64;
+pub(super) const OUTGOING_LEN: usize =
+    max(repair::RETRANSMISSION_BUFFER_LEN, FEEDBACK_BUFFER_LEN) + 64;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
 
 /// Demultiplexes what arrives: STUN to ICE, DTLS to the handshake, SRTP to the handler once
 /// the keys are known; and says what the reader task sends in return (NACKs, retransmissions).
@@ -91,6 +102,8 @@ pub(super) struct Demux {
     pub(super) media: Option<Media>,
     pub(super) counters: Arc<SessionCounters>,
     pub(super) loss: Option<LossGate>,
+    /// The emulated policer of `--rate-limit`, after the loss.
+    pub(super) policer: Option<Policer>,
 }
 
 impl Demux {
@@ -130,6 +143,14 @@ impl Demux {
                         .fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                if let Some(policer) = self.policer.as_mut()
+                    && !policer.allow(now, data.len())
+                {
+                    self.counters
+                        .dropped_by_rate_limit
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 let Some(media) = self.media.as_mut() else {
                     return;
                 };
@@ -137,6 +158,9 @@ impl Demux {
                 match plain {
                     Ok(n) if kind == PacketKind::Rtp => {
                         let packet = &data[..n];
+                        if let Some(feedback) = media.feedback.as_mut() {
+                            feedback.on_rtp(now, packet);
+                        }
                         match media.play.as_mut() {
                             Some(play) => {
                                 if let Some(packet) = play.on_rtp(now, packet) {
@@ -155,10 +179,10 @@ impl Demux {
                                 .fetch_add(1, Ordering::Relaxed);
                         }
                         let mut outbound = lock(&media.outbound);
-                        if let Some(publish) = outbound.publish.as_mut() {
+                        for publish in outbound.publish.iter_mut() {
                             publish.on_rtcp(now, rtcp);
-                            self.counters.record_publish(publish.counters());
                         }
+                        self.counters.record_publish(&outbound.publish);
                         drop(outbound);
                         (media.handler)(Incoming::Rtcp(rtcp))
                     }
@@ -171,12 +195,16 @@ impl Demux {
         }
     }
 
-    /// When the reader task must wake without a packet: a NACK (or its retry) falls due.
+    /// When the reader task must wake without a packet: a NACK (or its retry) or feedback
+    /// falls due.
     pub(super) fn next_timeout(&self) -> Option<Instant> {
-        self.media
-            .as_ref()
-            .and_then(|m| m.play.as_ref())
-            .and_then(PlayRepair::next_timeout)
+        let media = self.media.as_ref()?;
+        let nack = media.play.as_ref().and_then(PlayRepair::next_timeout);
+        let feedback = media.feedback.as_ref().and_then(PlayFeedback::next_timeout);
+        match (nack, feedback) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Writes the next packet to send, protected, into `out` (at least [`OUTGOING_LEN`]
@@ -196,21 +224,42 @@ impl Demux {
                 }
             };
         }
-        let mut outbound = lock(&media.outbound);
-        let Outbound { srtp, publish } = &mut *outbound;
-        let publish = publish.as_mut().filter(|p| p.has_pending())?;
-        // A retransmission that fails to protect is skipped, not the ones behind it.
-        while let Some(n) = publish.next_retransmission(now, out) {
-            self.counters.record_publish(publish.counters());
-            match srtp.protect_rtp(out, n) {
-                Ok(n) => return Some(n),
+        if let Some(feedback) = media.feedback.as_mut()
+            && let Some(n) = feedback.poll(now, out)
+        {
+            self.counters
+                .transport_feedback_sent
+                .store(feedback.sent(), Ordering::Relaxed);
+            return match lock(&media.outbound).srtp.protect_rtcp(out, n) {
+                Ok(n) => Some(n),
                 Err(_) => {
                     self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+        }
+        let mut outbound = lock(&media.outbound);
+        let Outbound { srtp, publish } = &mut *outbound;
+        if !publish.iter().any(PublishRepair::has_pending) {
+            return None;
+        }
+        // A retransmission that fails to protect is skipped, not the ones behind it.
+        let mut sent = None;
+        'encodings: for encoding in publish.iter_mut().filter(|p| p.has_pending()) {
+            while let Some(n) = encoding.next_retransmission(now, out) {
+                match srtp.protect_rtp(out, n) {
+                    Ok(n) => {
+                        sent = Some(n);
+                        break 'encodings;
+                    }
+                    Err(_) => {
+                        self.counters.srtp_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
-        self.counters.record_publish(publish.counters());
-        None
+        self.counters.record_publish(publish);
+        sent
     }
 }
 
@@ -362,6 +411,7 @@ pub(super) fn demux(
         loss: options
             .arrival_loss
             .map(|l| LossGate::new(l.percent, l.seed)),
+        policer: options.rate_limit_kbps.map(Policer::new),
     };
     (demux, ice_rx, dtls_rx, keys_tx)
 }

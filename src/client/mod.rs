@@ -11,13 +11,20 @@
 //! It repairs loss as a browser does ([`repair`]): it offers generic NACK and RTX for video; as
 //! a player it NACKs the gaps in the video stream and restores the RTX packets that answer, as
 //! a publisher it keeps the last second of video and resends what the server NACKs.
+//!
+//! It publishes simulcast ([`simulcast`]: encodings by RID, each under its own SSRC), sends
+//! transport-wide feedback as a player when the answer negotiated it ([`feedback`]), and can
+//! police what arrives to a rate ([`policer`]): a thin link for the load generator.
 
 mod dtls;
+pub mod feedback;
 pub mod http;
 mod ice;
 mod link;
+pub mod policer;
 pub mod repair;
 mod sdp;
+pub mod simulcast;
 #[cfg(test)]
 mod tests;
 
@@ -30,10 +37,12 @@ use tokio::sync::watch;
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
 
+use feedback::PlayFeedback;
 pub use ice::binding_request;
 use link::{Link, Media, Outbound};
 use repair::{LossGate, PlayRepair, PublishRepair};
 pub use sdp::{Answer, fingerprint_of, parse_answer, rtx_ssrc_of, write_offer, write_offer_with};
+use simulcast::Simulcast;
 
 use crate::util::{lock, random_token};
 use crate::wire::framing;
@@ -67,6 +76,8 @@ pub enum ClientError {
     Refused { status: u16, message: String },
     #[error("unusable answer: {0}")]
     Answer(String),
+    #[error("cannot make the offer: {0}")]
+    Offer(String),
     #[error("connecting the {0} transport: {1}")]
     Transport(Transport, String),
     #[error("ICE: no answer to connectivity checks within {0:?}")]
@@ -90,6 +101,9 @@ pub struct Negotiated {
     /// (`a=ssrc-group:FID`).
     pub remote_video_ssrc: Option<u32>,
     pub remote_video_rtx_ssrc: Option<u32>,
+    /// The id of the transport-wide sequence number extension, when answered: a player then
+    /// sends transport-wide feedback.
+    pub transport_cc_id: Option<u8>,
 }
 
 /// Packets a session receives, decrypted, for the caller's handler.
@@ -129,6 +143,12 @@ pub struct ClientOptions {
     /// retransmission: a lossy uplink that the server repairs with NACKs (the load
     /// generator's `--publish-loss`). Retransmissions are not dropped.
     pub departure_loss: Option<LinkLoss>,
+    /// Publishing: send video as these simulcast encodings, by RID, lowest first (empty: one
+    /// encoding). The session's [`Session::simulcast`] says their SSRCs.
+    pub simulcast: Vec<String>,
+    /// Drops, on arrival, the SRTP and SRTCP beyond this rate (kbit/s), as a policer on the
+    /// path would (the load generator's `--rate-limit`).
+    pub rate_limit_kbps: Option<u32>,
 }
 
 /// A share of packets to drop, and the seed that picks which.
@@ -164,6 +184,8 @@ impl ClientOptions {
             retransmit_packets: 1024,
             arrival_loss: None,
             departure_loss: None,
+            simulcast: Vec::new(),
+            rate_limit_kbps: None,
         }
     }
 }
@@ -177,6 +199,10 @@ pub struct SessionCounters {
     /// packets not sent by [`ClientOptions::departure_loss`].
     pub dropped_on_arrival: AtomicU64,
     pub dropped_on_departure: AtomicU64,
+    /// SRTP and SRTCP packets dropped on arrival by [`ClientOptions::rate_limit_kbps`].
+    pub dropped_by_rate_limit: AtomicU64,
+    /// Playing: transport-wide feedback messages sent.
+    pub transport_feedback_sent: AtomicU64,
     /// Playing: NACK packets sent, the sequence numbers they asked for (retries included),
     /// RTX packets received and their bytes, missing packets that arrived after a NACK,
     /// retransmissions of packets not missing (not delivered), and missing packets given up.
@@ -184,6 +210,9 @@ pub struct SessionCounters {
     pub nacked_packets: AtomicU64,
     pub rtx_received: AtomicU64,
     pub rtx_received_bytes: AtomicU64,
+    /// Playing: padding-only probes of the path on the RTX stream, and their bytes.
+    pub probes_received: AtomicU64,
+    pub probe_bytes_received: AtomicU64,
     pub repaired: AtomicU64,
     pub rtx_duplicates: AtomicU64,
     pub given_up: AtomicU64,
@@ -207,16 +236,28 @@ impl SessionCounters {
         self.rtx_duplicates
             .store(c.rtx_duplicates, Ordering::Relaxed);
         self.given_up.store(c.given_up, Ordering::Relaxed);
+        self.probes_received
+            .store(c.probes_received, Ordering::Relaxed);
+        self.probe_bytes_received
+            .store(c.probe_bytes_received, Ordering::Relaxed);
     }
 
-    fn record_publish(&self, c: &repair::PublishCounters) {
+    /// The publishing side's counters, summed over its encodings.
+    fn record_publish(&self, encodings: &[PublishRepair]) {
+        let mut sum = repair::PublishCounters::default();
+        for c in encodings.iter().map(PublishRepair::counters) {
+            sum.nacks_received += c.nacks_received;
+            sum.retransmitted += c.retransmitted;
+            sum.retransmitted_bytes += c.retransmitted_bytes;
+            sum.missed += c.missed + c.overflowed;
+        }
         self.nacks_received
-            .store(c.nacks_received, Ordering::Relaxed);
-        self.retransmitted.store(c.retransmitted, Ordering::Relaxed);
+            .store(sum.nacks_received, Ordering::Relaxed);
+        self.retransmitted
+            .store(sum.retransmitted, Ordering::Relaxed);
         self.retransmitted_bytes
-            .store(c.retransmitted_bytes, Ordering::Relaxed);
-        self.retransmit_misses
-            .store(c.missed + c.overflowed, Ordering::Relaxed);
+            .store(sum.retransmitted_bytes, Ordering::Relaxed);
+        self.retransmit_misses.store(sum.missed, Ordering::Relaxed);
     }
 }
 
@@ -230,6 +271,8 @@ pub struct Session {
     pub video_ssrc: u32,
     /// The SSRC a publisher's video retransmissions go under (announced with FID).
     pub video_rtx_ssrc: u32,
+    /// Publishing simulcast: the encodings and their SSRCs (`video_ssrc` is unused then).
+    pub simulcast: Option<Simulcast>,
     pub counters: Arc<SessionCounters>,
     link: Link,
     outbound: Arc<SyncMutex<Outbound>>,
@@ -285,6 +328,11 @@ impl Negotiated {
             video_rtx_payload_type: answer.video_rtx_payload_type.filter(|_| options.repair),
             remote_video_ssrc: answer.video_ssrc,
             remote_video_rtx_ssrc: answer.video_rtx_ssrc,
+            transport_cc_id: answer
+                .extensions
+                .iter()
+                .find(|(_, uri)| uri == crate::sdp::TRANSPORT_CC_URI)
+                .map(|(id, _)| *id),
         }
     }
 
@@ -339,7 +387,30 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         options.video_codec.as_deref(),
         options.repair,
     );
+    let offer = match options.role {
+        Role::Publish if !options.simulcast.is_empty() => {
+            if let Some(bad) = options.simulcast.iter().find(|r| !simulcast::valid_rid(r)) {
+                return Err(ClientError::Offer(format!(
+                    "cannot offer the RID {bad:?}: 1 to {} letters or digits",
+                    simulcast::MAX_RID_LEN
+                )));
+            }
+            let lines = simulcast::offer_lines(&options.simulcast);
+            simulcast::amend_offer(&offer, "", &lines, true)
+        }
+        Role::Publish => offer,
+        Role::Play => {
+            let lines = feedback::offer_lines();
+            simulcast::amend_offer(&offer, &lines, &lines, false)
+        }
+    };
     let (location, answer) = post_offer(options, &offer).await?;
+    let simulcast = match options.role {
+        Role::Publish if !options.simulcast.is_empty() => {
+            Some(Simulcast::from_answer(&options.simulcast, &answer)?)
+        }
+        _ => None,
+    };
     // The first candidate of the transport fixes the address family (the socket's); over TCP
     // it is the one connection.
     let first = answer
@@ -397,6 +468,19 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
     let negotiated = Negotiated::new(options, &answer, server);
     let video_rtx_ssrc = rtx_ssrc_of(video_ssrc);
     let (play, publish) = negotiated.repair(options, video_ssrc, video_rtx_ssrc);
+    let publish = match (&simulcast, negotiated.video_nack) {
+        (Some(s), true) => s.repairs(
+            negotiated.video_rtx_payload_type,
+            options.retransmit_packets,
+            RETRANSMIT_AGE,
+        ),
+        (Some(_), false) => Vec::new(),
+        (None, _) => publish.into_iter().collect(),
+    };
+    let feedback = negotiated
+        .transport_cc_id
+        .filter(|_| options.role == Role::Play)
+        .map(|id| PlayFeedback::new(id, video_ssrc, negotiated.remote_video_ssrc.unwrap_or(0)));
     let outbound = Arc::new(SyncMutex::new(Outbound {
         srtp: srtp_out,
         publish,
@@ -406,6 +490,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         handler,
         outbound: outbound.clone(),
         play,
+        feedback,
     });
     let dtls = Arc::new(dtls);
     let (closed_tx, closed) = watch::channel(false);
@@ -416,6 +501,7 @@ pub async fn connect(options: &ClientOptions, handler: Handler) -> Result<Sessio
         audio_ssrc,
         video_ssrc,
         video_rtx_ssrc,
+        simulcast,
         counters,
         link,
         outbound,
@@ -441,8 +527,9 @@ impl Session {
         self.buffer[..len].copy_from_slice(packet);
         let n = {
             let mut outbound = lock(&self.outbound);
-            if let Some(publish) = outbound.publish.as_mut() {
-                publish.on_sent(Instant::now(), packet);
+            let now = Instant::now();
+            for publish in outbound.publish.iter_mut() {
+                publish.on_sent(now, packet);
             }
             outbound.srtp.protect_rtp(&mut self.buffer, len)
         }

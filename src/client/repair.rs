@@ -54,8 +54,12 @@ pub struct PlayCounters {
     pub repaired: u64,
     /// RTX packets for sequence numbers not missing (or given up): not delivered.
     pub rtx_duplicates: u64,
-    /// RTX packets that could not be restored (a padding-only probe, no known video SSRC).
+    /// RTX packets that could not be restored (no known video SSRC, malformed).
     pub rtx_unrestorable: u64,
+    /// Padding-only packets on the RTX stream: the server probing the path (not
+    /// retransmissions, so not counted as RTX received), and their bytes.
+    pub probes_received: u64,
+    pub probe_bytes_received: u64,
     /// Missing packets given up after the last request.
     pub given_up: u64,
 }
@@ -136,6 +140,15 @@ impl PlayRepair {
     }
 
     fn on_rtx<'a>(&'a mut self, now: Instant, packet: &'a [u8]) -> Option<&'a [u8]> {
+        let padding_only = RtpHeader::parse(packet)
+            .ok()
+            .and_then(|h| rtx::payload_range(packet, &h).ok())
+            .is_some_and(|payload| payload.is_empty());
+        if padding_only {
+            self.counters.probes_received += 1;
+            self.counters.probe_bytes_received += packet.len() as u64;
+            return None;
+        }
         self.counters.rtx_received += 1;
         self.counters.rtx_received_bytes += packet.len() as u64;
         let Some(ssrc) = self.media_ssrc else {
@@ -222,6 +235,9 @@ pub struct PublishRepair {
     pending_head: usize,
     pending_len: usize,
     counters: PublishCounters,
+    /// `(from, to)`: the header-extension id an RTX packet carries its original's element
+    /// under (a simulcast encoding's RID becomes its repaired RID).
+    rtx_extension_rename: Option<(u8, u8)>,
 }
 
 impl PublishRepair {
@@ -247,7 +263,14 @@ impl PublishRepair {
             pending_head: 0,
             pending_len: 0,
             counters: PublishCounters::default(),
+            rtx_extension_rename: None,
         }
+    }
+
+    /// Retransmissions as RTX carry the original's extension element `from` as `to`.
+    pub fn renaming_in_rtx(mut self, from: u8, to: u8) -> Self {
+        self.rtx_extension_rename = Some((from, to));
+        self
     }
 
     pub fn counters(&self) -> &PublishCounters {
@@ -336,6 +359,9 @@ impl PublishRepair {
                     match rtx::build_rtx(kept, &stream, out) {
                         Ok(n) => {
                             self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
+                            if let Some((from, to)) = self.rtx_extension_rename {
+                                super::simulcast::rename_extension(&mut out[..n], from, to);
+                            }
                             n
                         }
                         Err(_) => {

@@ -117,7 +117,9 @@ fn rtx_before_any_video_or_as_a_padding_probe_is_counted_and_dropped() {
     probe.extend_from_slice(&[0, 0, 0, 4]);
     r.on_rtp(t0, &packet(VIDEO_PT, 1, MEDIA_SSRC, false));
     assert_eq!(r.on_rtp(t0, &probe), None);
-    assert_eq!(r.counters().rtx_unrestorable, 2);
+    let c = r.counters();
+    assert_eq!((c.rtx_unrestorable, c.rtx_received), (1, 1));
+    assert_eq!((c.probes_received, c.probe_bytes_received), (1, 16));
 }
 
 #[test]

@@ -179,6 +179,10 @@ pub struct Answer {
     /// `a=ssrc`) and its RTX SSRC (the second of the FID group).
     pub video_ssrc: Option<u32>,
     pub video_rtx_ssrc: Option<u32>,
+    /// The header extensions `(id, uri)` the accepted sections answered (`a=extmap`).
+    pub extensions: Vec<(u8, String)>,
+    /// The video section receives simulcast (`a=simulcast:recv`).
+    pub simulcast: bool,
 }
 
 /// Notes the first payload type of an accepted audio or video section.
@@ -280,6 +284,18 @@ pub fn parse_answer(text: &str) -> Result<Answer, ClientError> {
                     .next()
                     .and_then(|s| s.parse::<u32>().ok());
             }
+        } else if let Some(v) = line.strip_prefix("a=extmap:") {
+            let mut fields = v.split_whitespace();
+            let id = fields
+                .next()
+                .and_then(|i| i.split('/').next()?.parse::<u8>().ok());
+            if let (false, Some(id), Some(uri)) = (section_rejected, id, fields.next())
+                && !answer.extensions.iter().any(|(i, _)| *i == id)
+            {
+                answer.extensions.push((id, uri.to_string()));
+            }
+        } else if line.starts_with("a=simulcast:recv") {
+            answer.simulcast |= media == "video" && !section_rejected;
         } else if let Some(v) = line.strip_prefix("a=candidate:") {
             let f: Vec<&str> = v.split_whitespace().collect();
             if f.len() >= 8 && f[6] == "typ" && f[7] == "host" {

@@ -181,6 +181,7 @@ fn demux(media: Media, loss: Option<LossGate>) -> (Demux, Arc<SessionCounters>) 
         media: Some(media),
         counters: counters.clone(),
         loss,
+        policer: None,
     };
     (demux, counters)
 }
@@ -240,9 +241,10 @@ fn a_player_nacks_a_gap_over_srtcp_and_hands_the_restored_rtx_packet_on() {
         handler,
         outbound: Arc::new(SyncMutex::new(Outbound {
             srtp: ours_out,
-            publish: None,
+            publish: Vec::new(),
         })),
         play: Some(PlayRepair::new(VIDEO_PT, Some(RTX_PT), None, OURS)),
+        feedback: None,
     };
     let (mut demux, counters) = demux(media, None);
     for seq in [10, 11, 14] {
@@ -299,13 +301,13 @@ fn a_publisher_answers_the_relays_nack_with_protected_rtx() {
     let rtx_ssrc = rtx_ssrc_of(OURS);
     let outbound = Arc::new(SyncMutex::new(Outbound {
         srtp: ours_out,
-        publish: Some(PublishRepair::new(
+        publish: vec![PublishRepair::new(
             OURS,
             Some((RTX_PT, rtx_ssrc)),
             7,
             128,
             RETRANSMIT_AGE,
-        )),
+        )],
     }));
     let (handler, _) = recording();
     let media = Media {
@@ -313,13 +315,14 @@ fn a_publisher_answers_the_relays_nack_with_protected_rtx() {
         handler,
         outbound: outbound.clone(),
         play: None,
+        feedback: None,
     };
     let (mut demux, counters) = demux(media, None);
     // What Session::send_rtp does for each packet: keep it, then protect and send it.
     for seq in 0..20u16 {
         let plain = rtp(VIDEO_PT, seq, OURS);
         let mut o = outbound.lock().unwrap();
-        o.publish.as_mut().unwrap().on_sent(t0, &plain);
+        o.publish[0].on_sent(t0, &plain);
         let sent = protected_rtp(&mut o.srtp, &plain);
         drop(o);
         relay_in.unprotect_rtp(&mut sent.clone()).unwrap();
@@ -367,9 +370,10 @@ fn arrival_loss_drops_media_before_decryption() {
         handler,
         outbound: Arc::new(SyncMutex::new(Outbound {
             srtp: ours_out,
-            publish: None,
+            publish: Vec::new(),
         })),
         play: None,
+        feedback: None,
     };
     let (mut demux, counters) = demux(media, Some(LossGate::new(50.0, 3)));
     for seq in 0..1000u16 {
@@ -452,9 +456,10 @@ fn the_reader_task_answers_the_servers_check_and_notes_the_answers_after_it() {
         handler: Box::new(|_| {}),
         outbound: Arc::new(SyncMutex::new(Outbound {
             srtp: ours_out,
-            publish: None,
+            publish: Vec::new(),
         })),
         play: None,
+        feedback: None,
     };
     let (mut demux, _) = demux(media, None);
     let progress = demux.ice.subscribe();

@@ -101,9 +101,9 @@ pub const TRANSPORT_CC_URI: &str =
 
 /// The RTP stream id (RFC 8852): which simulcast encoding a packet belongs to. Per hop: read,
 /// never forwarded.
-pub(super) const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 /// The RTP stream id an RTX packet repairs (RFC 8852).
-pub(super) const REPAIRED_RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+pub const REPAIRED_RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 /// The media section a packet belongs to (RFC 8843); answered beside the RIDs for simulcast.
 pub(super) const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 

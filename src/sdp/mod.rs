@@ -26,7 +26,7 @@ mod offer;
 pub use crate::media::MediaKind;
 pub use answer::{AnswerTransport, format_fingerprint, write_answer};
 pub use codec::Codec;
-pub use codec::TRANSPORT_CC_URI;
+pub use codec::{REPAIRED_RID_URI, RID_URI, TRANSPORT_CC_URI};
 pub use limits::{
     MAX_ATTRIBUTES_PER_SECTION, MAX_FORMATS_PER_SECTION, MAX_OFFER_BYTES, MAX_SECTIONS,
 };

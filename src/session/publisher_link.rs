@@ -43,8 +43,9 @@ pub struct LinkSettings {
     pub rtx: Option<(u8, u8)>,
     /// The operator's cap on what the publisher sends (`media.max_publish_kbps`); 0 for none.
     pub max_kbps: u32,
-    /// The RTP clock rates of the audio and video tracks (by [`MediaKind::index`]), for the
-    /// jitter in receiver reports; 0 for a kind not negotiated.
+    /// The RTP clock rates of the audio and video tracks (by
+    /// [`crate::media::MediaKind::index`]), for the jitter in receiver reports; 0 for a kind
+    /// not negotiated.
     pub clock_rates: [u32; 2],
     /// The video's simulcast encodings (1 without simulcast): each is repaired on its own.
     pub video_layers: usize,

@@ -25,9 +25,9 @@ pub const MAX_UP_WAIT: Duration = Duration::from_secs(16);
 /// The headroom an estimate needs over an encoding's bitrate to move up to it.
 const UP_HEADROOM: f64 = 1.15;
 /// How often a keyframe of the encoding a player waits for is asked again.
-const KEYFRAME_RETRY: Duration = Duration::from_millis(1000);
+pub const KEYFRAME_RETRY: Duration = Duration::from_millis(1000);
 /// The window over which an encoding's bitrate is measured.
-const RATE_WINDOW: Duration = Duration::from_millis(500);
+pub const RATE_WINDOW: Duration = Duration::from_millis(500);
 
 /// The bitrate of each encoding a publisher sends, measured over [`RATE_WINDOW`]s and smoothed;
 /// 0 for an encoding not sent in the last window (the publisher's own congestion control
