@@ -19,7 +19,7 @@ use crate::media::MAX_LAYERS;
 /// How long a higher encoding must fit before a player moves up to it.
 pub const UP_AFTER: Duration = Duration::from_secs(2);
 /// A step up that lasts this long held; one undone sooner doubles the wait before the next.
-const UP_HELD: Duration = Duration::from_secs(10);
+pub const UP_HELD: Duration = Duration::from_secs(10);
 /// The longest wait before a step up.
 pub const MAX_UP_WAIT: Duration = Duration::from_secs(16);
 /// The headroom an estimate needs over an encoding's bitrate to move up to it.
