@@ -304,7 +304,7 @@ fn simulcast_players_pin_or_cap_their_layer_and_bad_requests_say_why() {
         ("?layer=x", "h, m, l"),
         ("?rid=zz", "q, h, f"),
         ("?layer=h&rid=q", "not both"),
-        ("?bogus=1", "layer, rid and max_kbps"),
+        ("?bogus=1", "layer, rid, max_kbps and node"),
         ("?max_kbps=lots", "max_kbps"),
     ] {
         let r = http(

@@ -213,6 +213,18 @@ async fn whip(
         .inspect_err(|_| control.count_rejected_offer())
 }
 
+/// What a WHEP URL's query may say.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhepQuery {
+    layer: Option<String>,
+    rid: Option<String>,
+    max_kbps: Option<u64>,
+    /// The pulling node, in the cluster (the gate reads it into the `Caller`).
+    #[serde(rename = "node")]
+    _node: Option<String>,
+}
+
 async fn whep(
     State(control): State<Arc<Control>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -222,14 +234,20 @@ async fn whep(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    // `?layer=h|m|l|auto`, `?rid=NAME`, `?max_kbps=N`: a simulcast player's encoding.
-    let layers: LayerRequest = serde_urlencoded::from_str(uri.query().unwrap_or_default())
-        .map_err(|e| {
+    // `?layer=h|m|l|auto`, `?rid=NAME`, `?max_kbps=N`: a simulcast player's encoding;
+    // `?node=ID`: a cluster node pulling the stream (read by the gate).
+    let query: WhepQuery =
+        serde_urlencoded::from_str(uri.query().unwrap_or_default()).map_err(|e| {
             ApiError::new(
                 400,
-                format!("the query {e}: it takes layer, rid and max_kbps"),
+                format!("the query {e}: it takes layer, rid, max_kbps and node"),
             )
         })?;
+    let layers = LayerRequest {
+        layer: query.layer,
+        rid: query.rid,
+        max_kbps: query.max_kbps,
+    };
     let from_node = caller.is_some_and(|Extension(c)| c.from_node);
     let result = match offer_text(&headers, &body) {
         Ok(offer) => match control.check_layer_request(&stream, &layers) {
