@@ -238,8 +238,9 @@ async fn two_thousand_sessions_joining_and_leaving_leave_the_memory_where_it_was
     let live = LiveStream::start(&relay, "live").await;
     // One cycle: a player joins (offer, answer, a valid ICE check over UDP: the relay nominates
     // the pair and waits for DTLS),
-    // then leaves. The first thousand cycles warm up the allocator and the tables (measured:
-    // the relay's RSS rises in 2 MiB segments over the first two thousand, then stays flat).
+    // then leaves. The first two thousand cycles warm up the allocator and the tables
+    // (measured: the relay's RSS rises in 2 MiB segments over the first two thousand, then
+    // stays flat).
     let cycle = |i: usize| {
         let ufrag = format!("churn{i}");
         let (answer, location) = create_session(&relay, "/whep/live", Role::Play, &ufrag);
@@ -257,9 +258,9 @@ async fn two_thousand_sessions_joining_and_leaving_leave_the_memory_where_it_was
             cycle(i);
         }
     };
-    tokio::task::block_in_place(|| churn(0..1000));
+    tokio::task::block_in_place(|| churn(0..2000));
     let rss_start = relay.rss_kib();
-    tokio::task::block_in_place(|| churn(1000..3000));
+    tokio::task::block_in_place(|| churn(2000..4000));
     let rss_end = relay.rss_kib();
     eprintln!("churn: RSS {rss_start} KiB after the warm-up, {rss_end} KiB after 2 000 more");
     assert!(

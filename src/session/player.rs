@@ -258,8 +258,6 @@ pub struct PlayerLayers {
     timestamps: TimestampMapper,
     /// The relay's transport-wide numbering towards this player.
     transport_sequence: u16,
-    /// RTX numbering of padding (probes), apart from the track's retransmissions.
-    padding_sequence: u16,
     last_timestamp: u32,
 }
 
@@ -298,7 +296,6 @@ impl Player {
             estimator,
             timestamps: TimestampMapper::new(clock_rate),
             transport_sequence: rand::random(),
-            padding_sequence: rand::random(),
             last_timestamp: 0,
         }));
         self
@@ -403,11 +400,13 @@ impl Player {
         out: &mut [u8],
     ) -> Option<(usize, u32, u16)> {
         let layers = self.layers.as_deref_mut()?;
-        let track = self.tracks[MediaKind::Video.index()].as_deref()?;
+        let track = self.tracks[MediaKind::Video.index()].as_deref_mut()?;
         let id = track.transport_cc_id?;
-        let (rtx_payload_type, rtx_ssrc) = track.repair.as_ref()?.rtx?;
+        let repair = track.repair.as_mut()?;
+        let (rtx_payload_type, rtx_ssrc) = repair.rtx?;
         let number = layers.transport_sequence;
-        let sequence = layers.padding_sequence;
+        // The RTX stream's numbers, shared with the track's retransmissions.
+        let sequence = repair.rtx_sequence.wrapping_add(1);
         let len = write_padding(
             out,
             rtx_payload_type,
@@ -418,7 +417,7 @@ impl Player {
             PADDING_PER_PACKET,
         )?;
         layers.transport_sequence = number.wrapping_add(1);
-        layers.padding_sequence = sequence.wrapping_add(1);
+        repair.rtx_sequence = sequence;
         if let Some(estimator) = layers.estimator.as_mut() {
             estimator.on_packet_sent(now, number, len, true);
         }
