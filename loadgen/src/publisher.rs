@@ -227,17 +227,28 @@ async fn publish_single(
         if let Some(audio) = &mut audio
             && now >= next_audio
         {
-            let len = 12 + 100;
-            audio.write(&mut buf, false, stream, 0, &shared);
-            if session.send_rtp(&buf[..len]).await.is_ok() {
-                shared.sent_packets.fetch_add(1, Ordering::Relaxed);
-                shared.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            }
-            audio.ts = audio.ts.wrapping_add(960);
+            send_audio(&mut session, audio, &mut buf, stream, &shared).await;
             next_audio += Duration::from_millis(20);
         }
     }
     session
+}
+
+/// One 20 ms audio packet (100 bytes of payload), counted as sent.
+async fn send_audio(
+    session: &mut Session,
+    audio: &mut Outgoing,
+    buf: &mut [u8],
+    stream: u32,
+    shared: &Shared,
+) {
+    let len = 12 + 100;
+    audio.write(buf, false, stream, 0, shared);
+    if session.send_rtp(&buf[..len]).await.is_ok() {
+        shared.sent_packets.fetch_add(1, Ordering::Relaxed);
+        shared.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+    audio.ts = audio.ts.wrapping_add(960);
 }
 
 /// One video frame of `frame_bytes`: packets of `buf.len()` bytes (the last one shorter), the
@@ -361,13 +372,7 @@ async fn publish_simulcast(
         if let Some(audio) = &mut audio
             && now >= next_audio
         {
-            let len = 12 + 100;
-            audio.write(&mut buf, false, stream, 0, &shared);
-            if session.send_rtp(&buf[..len]).await.is_ok() {
-                shared.sent_packets.fetch_add(1, Ordering::Relaxed);
-                shared.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            }
-            audio.ts = audio.ts.wrapping_add(960);
+            send_audio(&mut session, audio, &mut buf, stream, &shared).await;
             next_audio += Duration::from_millis(20);
         }
     }

@@ -79,10 +79,6 @@ impl LayerRates {
         self.window_start = Some(now);
         Some(self.rates_bps)
     }
-
-    pub fn rates(&self) -> [u64; MAX_LAYERS] {
-        self.rates_bps
-    }
 }
 
 /// A stream's encodings as the players see them: their bitrates (0: not sent now) and their
