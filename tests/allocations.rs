@@ -203,17 +203,6 @@ async fn forward_in_steady_state(relay: &str, loss: Option<f64>) -> (u64, [u64; 
         }
     };
     let total = || -> u64 { received.iter().map(|r| r.load(Ordering::Relaxed)).sum() };
-    let wait_for = async |target: u64| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while total() < target {
-            assert!(
-                Instant::now() < deadline,
-                "players got {} of {target}",
-                total()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
 
     // A player's connect returns when DTLS ends on its side; the relay's worker gets its SRTP
     // keys a moment later. Send frames until every player has media, then count from there.
@@ -229,14 +218,40 @@ async fn forward_in_steady_state(relay: &str, loss: Option<f64>) -> (u64, [u64; 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let primed = total();
 
+    // Sends `count` packets and waits until every player holds every packet sent since
+    // priming. A loss is found from the packet after it, so a lost last packet would never be
+    // repaired: with loss, a further frame goes out every 100 ms while waiting, and all but
+    // that frame's own last packet must then arrive (the next frame would reveal that one).
+    let mut sent: u64 = 0;
+    let mut deliver = async |count: u32, seq: &mut u16, sent: &mut u64| {
+        send(count, seq).await;
+        *sent += u64::from(count);
+        let mut expected = *sent;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last_frame = Instant::now();
+        while total() < primed + 4 * expected {
+            assert!(
+                Instant::now() < deadline,
+                "players got {} of {} packets",
+                total() - primed,
+                4 * expected
+            );
+            if loss.is_some() && last_frame.elapsed() >= Duration::from_millis(100) {
+                send(5, seq).await;
+                *sent += 5;
+                expected = *sent - 1;
+                last_frame = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
     // Warm up: pools, queues and tables reach their working size.
-    send(2000, &mut seq).await;
-    wait_for(primed + 4 * 2000).await;
+    deliver(2000, &mut seq, &mut sent).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let before = WORKER_ALLOCATIONS.load(Ordering::Relaxed);
-    send(5000, &mut seq).await;
-    wait_for(primed + 4 * 7000).await;
+    deliver(5000, &mut seq, &mut sent).await;
     let allocations = WORKER_ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert!(
         WORKER_ALLOCATIONS.load(Ordering::Relaxed) > 0,
