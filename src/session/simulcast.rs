@@ -9,8 +9,9 @@
 //! the new encoding, never mid-frame: until then the player keeps the old one, and a keyframe
 //! is asked of the new one (again every [`KEYFRAME_RETRY`] while it does not come). A step up
 //! that does not hold (the player comes back down within [`UP_HELD`]) doubles the wait before
-//! the next, up to [`MAX_UP_WAIT`]: each switch costs a keyframe, and a path that only seemed
-//! to carry more (a policer's bucket let a probe through) would otherwise make it flap.
+//! the next, up to [`MAX_UP_WAIT`]: each switch costs a keyframe. The wait stays short because
+//! the estimator is the main guard against a path that only seemed to carry more (a policer's
+//! bucket let a probe through): its probes back off and lengthen after such a lift.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ pub const UP_AFTER: Duration = Duration::from_secs(2);
 /// A step up that lasts this long held; one undone sooner doubles the wait before the next.
 pub const UP_HELD: Duration = Duration::from_secs(10);
 /// The longest wait before a step up.
-pub const MAX_UP_WAIT: Duration = Duration::from_secs(16);
+pub const MAX_UP_WAIT: Duration = Duration::from_secs(4);
 /// The headroom an estimate needs over an encoding's bitrate to move up to it.
 const UP_HEADROOM: f64 = 1.15;
 /// How often a keyframe of the encoding a player waits for is asked again.
@@ -465,7 +466,7 @@ mod tests {
             s.update(at, Some(300_000), &rates);
             assert_eq!(s.target(), Some(0));
         }
-        assert_eq!(waits, [2, 4, 8, 16, 16]);
+        assert_eq!(waits, [2, 4, 4, 4, 4]);
         // Held for long enough: back to the short wait.
         s.update(at + 100 * MS, Some(700_000), &rates);
         let up = at + 100 * MS + MAX_UP_WAIT;

@@ -542,7 +542,9 @@ impl Table {
                     if let Some(meter) = &session.meter {
                         let switched_before =
                             session.reception.layer_switches.load(Ordering::Relaxed);
-                        if let Some(layer) = choose_layer(player, now, meter, &session.reception) {
+                        if let Some(layer) =
+                            choose_layer(player, session.id, now, meter, &session.reception)
+                        {
                             self.keyframes_wanted.push((session.stream, layer));
                         }
                         let switched = session.reception.layer_switches.load(Ordering::Relaxed);
@@ -596,6 +598,7 @@ impl Table {
 /// in its meter; returns the encoding it waits for a keyframe of, if any.
 fn choose_layer(
     player: &mut Player,
+    session: SessionId,
     now: Instant,
     stream: &StreamMeter,
     reception: &SessionMeter,
@@ -609,14 +612,29 @@ fn choose_layer(
     reception
         .target_layer
         .store(show(layers.selector.target()), Ordering::Relaxed);
-    reception
-        .layer_switches
-        .store(layers.selector.switches(), Ordering::Relaxed);
     let estimate = layers
         .estimator
         .as_ref()
         .map_or(0, BandwidthEstimator::estimate_bps);
     reception.estimate_bps.store(estimate, Ordering::Relaxed);
+    if layers.selector.switches()
+        != reception
+            .layer_switches
+            .swap(layers.selector.switches(), Ordering::Relaxed)
+    {
+        // Rare (seconds apart at most): worth a line when tuning or asking why a viewer's
+        // picture changed.
+        let state = layers.estimator.as_ref().map(BandwidthEstimator::state);
+        tracing::debug!(
+            session,
+            layer = show(layers.selector.current()),
+            target = show(layers.selector.target()),
+            estimate_bps = estimate,
+            loss = state.map_or(0.0, |s| s.loss_fraction),
+            probes = ?state.map(|s| (s.probes_started, s.probes_succeeded, s.probes_failed, s.probes_disproved)),
+            "player's layer switched"
+        );
+    }
     wanted
 }
 

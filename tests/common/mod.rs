@@ -51,7 +51,14 @@ pub fn in_private_network_set_up(test: &str, setup: &str) -> bool {
             &format!("ip link set lo up && {setup} && exec \"$0\" \"$@\""),
         ])
         .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        // `--include-ignored`: the outer run chose this test, ignored or not.
+        .args([
+            test,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env("IN_TEST_NETNS_OF_CORECAST", "1")
         .output()
         .expect("running the test in a network namespace");
@@ -62,6 +69,13 @@ pub fn in_private_network_set_up(test: &str, setup: &str) -> bool {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    // What the test measured still shows (with `--nocapture`).
+    for line in String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| l.starts_with("figures:"))
+    {
+        eprintln!("{line}");
+    }
     true
 }
 

@@ -151,7 +151,12 @@ impl LossBasedBound {
                     .last_decrease_us
                     .is_none_or(|t| now_us - t >= DECREASE_INTERVAL_US + rtt_us.max(0));
                 if due {
-                    target = current * (1.0 - 0.5 * f);
+                    // Nor above what got through: a policer passes its rate and drops the
+                    // rest, and halving the loss fraction off a rate far above it would
+                    // take many cuts to get there (libwebrtc's loss-based v2 bounds by the
+                    // acknowledged rate the same way).
+                    let delivered = acked_bps.map_or(f64::INFINITY, |a| a as f64);
+                    target = (current * (1.0 - 0.5 * f)).min(delivered.max(self.min_bps));
                     self.last_decrease_us = Some(now_us);
                     self.fraction = None;
                     self.reported.clear();

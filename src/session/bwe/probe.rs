@@ -2,23 +2,34 @@
 //! ProbeBitrateEstimator. An estimate only grows to 1.5 × what the player acknowledged, so a
 //! player held on a low layer never learns that its path carries the next one; when the caller
 //! wants more than the estimate and the estimate has been steady, a cluster of packets (media
-//! plus padding) is sent for 300 ms at min(1.25 × wanted, 2 × estimate), and the rate at which
-//! the player received the cluster's packets says what the path carries. A probe that does not
-//! raise the estimate backs off 5 s, then 10 s; so does a lift that heavy loss undoes within
-//! 15 s (a policer's bucket let the probe through, not the sustained rate).
+//! plus padding) is sent for 600 ms at min(1.25 × wanted, 2 × estimate), and the rate at which
+//! the player received the cluster's packets says what the path carries: the lower of the
+//! whole cluster's rate and its second half's, since a policer's bucket passes the start of a
+//! probe at any rate.
 //!
-//! The backoff stops at 10 s rather than libwebrtc-style minutes because the capacity behind a
+//! A probe that does not raise the estimate backs off 5 s, then 8 s; so does a lift that heavy
+//! loss undoes within 15 s (a policer's bucket let the probe through, not the sustained rate),
+//! which also makes the next clusters 2.4 s long so that they outlast the bucket.
+//! The initial estimate is on trial like a lift: a player that starts too high learns the same
+//! way.
+//!
+//! The backoff stops at 8 s rather than libwebrtc-style minutes because the capacity behind a
 //! policer can only be discovered by probing: a player whose limit is lifted should move up
-//! within ~15 s. A failed probe costs 300 ms of loss above the policed rate every 10 s; the
-//! cluster's packets are kept out of the loss statistics, so it does not cut the estimate.
+//! within ~15 s. A failed probe costs about a feedback interval of loss above the policed rate
+//! (its padding stops at the first loss reported) every 8 s; the cluster's packets are kept
+//! out of the loss statistics, so it does not cut the estimate.
 
 use super::history::PacketResult;
 
-const PROBE_DURATION_US: i64 = 300_000;
+/// A cluster's length at first; after a lift is disproved, the longest.
+const PROBE_DURATION_US: i64 = 600_000;
+/// Long enough to drain an nftables byte limit's bucket (a second of the rate plus its burst)
+/// at 1.25 × a layer 25 % above the limit.
+const MAX_PROBE_DURATION_US: i64 = 2_400_000;
 /// How long the estimate must go without overuse, underuse or loss before a probe.
 pub(super) const PROBE_STEADY_US: i64 = 2_000_000;
 const INITIAL_BACKOFF_US: i64 = 5_000_000;
-const MAX_BACKOFF_US: i64 = 10_000_000;
+const MAX_BACKOFF_US: i64 = 8_000_000;
 /// Results of a cluster not complete this long after it ended are taken as they are.
 const RESULT_TIMEOUT_US: i64 = 1_000_000;
 /// Padding owed is sent at most this many µs of the probe rate at once (a late poll must not
@@ -60,14 +71,81 @@ struct Cluster {
     sent_bytes: u64,
     sent_packets: u32,
     reported: u32,
+    /// Every received packet of the cluster.
+    whole: Span,
+    /// The received packets sent in the cluster's second half: a policer's bucket lets the
+    /// start of a probe through, so only the end shows what the path sustains.
+    tail: Span,
+}
+
+impl Cluster {
+    fn received(&self) -> u32 {
+        self.whole.received
+    }
+}
+
+/// Send and arrival times of a run of received packets, for the rate they crossed the path at.
+#[derive(Debug, Clone, Copy)]
+struct Span {
     received: u32,
     received_bytes: u64,
-    /// (send time, size) of the last-sent received packet; (arrival, size) of the first and
-    /// the arrival of the last received.
+    /// (send time, size) of the last-sent packet; (arrival, size) of the first to arrive and
+    /// the arrival of the last.
     first_send_us: i64,
     last_send: (i64, u32),
     first_arrival: (i64, u32),
     last_arrival_us: i64,
+}
+
+impl Span {
+    const EMPTY: Span = Span {
+        received: 0,
+        received_bytes: 0,
+        first_send_us: i64::MAX,
+        last_send: (i64::MIN, 0),
+        first_arrival: (i64::MAX, 0),
+        last_arrival_us: i64::MIN,
+    };
+
+    fn on_received(&mut self, sent_us: i64, arrival_us: i64, size: u32) {
+        self.received += 1;
+        self.received_bytes += u64::from(size);
+        self.first_send_us = self.first_send_us.min(sent_us);
+        if sent_us >= self.last_send.0 {
+            self.last_send = (sent_us, size);
+        }
+        if arrival_us < self.first_arrival.0 {
+            self.first_arrival = (arrival_us, size);
+        }
+        self.last_arrival_us = self.last_arrival_us.max(arrival_us);
+    }
+
+    /// As libwebrtc's ProbeBitrateEstimator: send and receive rates over the packets (each
+    /// interval excludes one end packet's size); the lower of the two, or 95 % of the receive
+    /// rate when the path delivered clearly less than was sent.
+    fn measured_bps(&self) -> Option<u64> {
+        if self.received < MIN_RECEIVED_PACKETS {
+            return None;
+        }
+        let send_us = self.last_send.0 - self.first_send_us;
+        let receive_us = self.last_arrival_us - self.first_arrival.0;
+        if send_us <= 0 || receive_us <= 0 {
+            return None;
+        }
+        let send_bps =
+            (self.received_bytes - u64::from(self.last_send.1)) as f64 * 8e6 / send_us as f64;
+        let receive_bps = (self.received_bytes - u64::from(self.first_arrival.1)) as f64 * 8e6
+            / receive_us as f64;
+        if receive_bps > MAX_VALID_RATIO * send_bps {
+            return None;
+        }
+        let bps = if receive_bps < SATURATED_RATIO * send_bps {
+            SATURATED_UTILIZATION * receive_bps
+        } else {
+            send_bps.min(receive_bps)
+        };
+        Some(bps as u64)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,8 +159,11 @@ pub(super) struct ProbeController {
     cluster: Option<Cluster>,
     backoff_us: i64,
     next_allowed_us: i64,
-    /// When a probe last lifted the estimate, while that lift is on trial.
+    /// When a probe last lifted the estimate, while that lift is on trial (the initial
+    /// estimate is on trial from the start).
     lifted_at_us: Option<i64>,
+    /// How long the next cluster runs.
+    duration_us: i64,
     counters: ProbeCounters,
 }
 
@@ -96,7 +177,8 @@ impl ProbeController {
             cluster: None,
             backoff_us: INITIAL_BACKOFF_US,
             next_allowed_us: 0,
-            lifted_at_us: None,
+            lifted_at_us: Some(0),
+            duration_us: PROBE_DURATION_US,
             counters: ProbeCounters::default(),
         }
     }
@@ -125,6 +207,7 @@ impl ProbeController {
         {
             self.lifted_at_us = None;
             self.backoff_us = INITIAL_BACKOFF_US;
+            self.duration_us = PROBE_DURATION_US;
             self.goal_bps = self.wanted_bps;
         }
     }
@@ -156,16 +239,12 @@ impl ProbeController {
             id: self.last_cluster_id,
             target_bps: target,
             start_us: now_us,
-            end_us: now_us + PROBE_DURATION_US,
+            end_us: now_us + self.duration_us,
             sent_bytes: 0,
             sent_packets: 0,
             reported: 0,
-            received: 0,
-            received_bytes: 0,
-            first_send_us: i64::MAX,
-            last_send: (i64::MIN, 0),
-            first_arrival: (i64::MAX, 0),
-            last_arrival_us: i64::MIN,
+            whole: Span::EMPTY,
+            tail: Span::EMPTY,
         });
         self.counters.started += 1;
         true
@@ -201,7 +280,7 @@ impl ProbeController {
         };
         // A packet of the cluster already reported lost: the path does not carry the rate (a
         // policer drops what exceeds it, media included), so the rest is not sent.
-        if now_us >= c.end_us || now_us < c.start_us || c.reported > c.received {
+        if now_us >= c.end_us || now_us < c.start_us || c.reported > c.received() {
             return 0;
         }
         let elapsed = (now_us - c.start_us) as u64;
@@ -222,16 +301,10 @@ impl ProbeController {
         let Some(arrival) = result.arrival_us else {
             return;
         };
-        c.received += 1;
-        c.received_bytes += u64::from(result.size);
-        c.first_send_us = c.first_send_us.min(result.sent_us);
-        if result.sent_us >= c.last_send.0 {
-            c.last_send = (result.sent_us, result.size);
+        c.whole.on_received(result.sent_us, arrival, result.size);
+        if result.sent_us >= c.start_us + (c.end_us - c.start_us) / 2 {
+            c.tail.on_received(result.sent_us, arrival, result.size);
         }
-        if arrival < c.first_arrival.0 {
-            c.first_arrival = (arrival, result.size);
-        }
-        c.last_arrival_us = c.last_arrival_us.max(arrival);
     }
 
     /// After feedback: once the cluster is over and reported (or given up on), judges it.
@@ -243,9 +316,14 @@ impl ProbeController {
             return None;
         }
         self.cluster = None;
-        let lost = c.reported - c.received;
-        let measured = Self::measured_bps(&c)
-            .filter(|_| f64::from(lost) <= MAX_CLUSTER_LOSS * f64::from(c.reported));
+        let lost = c.reported - c.received();
+        // The lower of the whole cluster's rate and its second half's, when that half says
+        // enough: a path that carried the start but not the end does not carry the rate.
+        let measured = match (c.whole.measured_bps(), c.tail.measured_bps()) {
+            (Some(whole), Some(tail)) => Some(whole.min(tail)),
+            (whole, _) => whole,
+        }
+        .filter(|_| f64::from(lost) <= MAX_CLUSTER_LOSS * f64::from(c.reported));
         // Carried: the path delivered (nearly) the probe's rate, so there may be more; probe
         // again at once, as libwebrtc's further probing (the backoff itself starts over only
         // once the lift survives its trial). Otherwise back off, even when the result still
@@ -274,38 +352,14 @@ impl ProbeController {
         {
             self.counters.disproved += 1;
             self.back_off(now_us);
+            // A bucket outlasted the probe: the next ones must outlast the bucket.
+            self.duration_us = MAX_PROBE_DURATION_US;
         }
     }
 
     fn back_off(&mut self, now_us: i64) {
         self.next_allowed_us = now_us + self.backoff_us;
         self.backoff_us = (2 * self.backoff_us).min(MAX_BACKOFF_US);
-    }
-
-    /// As libwebrtc's ProbeBitrateEstimator: send and receive rates over the received packets
-    /// (each interval excludes one end packet's size); the lower of the two, or 95 % of the
-    /// receive rate when the path delivered clearly less than was sent.
-    fn measured_bps(c: &Cluster) -> Option<u64> {
-        if c.received < MIN_RECEIVED_PACKETS {
-            return None;
-        }
-        let send_us = c.last_send.0 - c.first_send_us;
-        let receive_us = c.last_arrival_us - c.first_arrival.0;
-        if send_us <= 0 || receive_us <= 0 {
-            return None;
-        }
-        let send_bps = (c.received_bytes - u64::from(c.last_send.1)) as f64 * 8e6 / send_us as f64;
-        let receive_bps =
-            (c.received_bytes - u64::from(c.first_arrival.1)) as f64 * 8e6 / receive_us as f64;
-        if receive_bps > MAX_VALID_RATIO * send_bps {
-            return None;
-        }
-        let bps = if receive_bps < SATURATED_RATIO * send_bps {
-            SATURATED_UTILIZATION * receive_bps
-        } else {
-            send_bps.min(receive_bps)
-        };
-        Some(bps as u64)
     }
 }
 
@@ -314,6 +368,8 @@ mod tests {
     use super::*;
 
     const MS: i64 = 1_000;
+    /// When a cluster sent from 0 is over and reported.
+    const AFTER: i64 = PROBE_DURATION_US + 100 * MS;
 
     /// Sends the cluster through a path of `capacity_bps` (no loss): media of 1,000-byte
     /// packets at `media_bps` plus the padding asked for at 10 ms polls; returns the results.
@@ -383,11 +439,18 @@ mod tests {
         assert_eq!(p.padding_due(100 * MS), 3_125, "capped at a 20 ms burst");
         p.on_sent(p.cluster_for(100 * MS, false), 15_000);
         assert_eq!(p.padding_due(100 * MS), 625);
-        assert_eq!(p.padding_due(300 * MS), 0, "over");
-        assert_eq!(p.cluster_for(299 * MS, false), p.cluster.unwrap().id);
-        assert_eq!(p.cluster_for(300 * MS, false), 0, "media after the end");
+        assert_eq!(p.padding_due(PROBE_DURATION_US), 0, "over");
         assert_eq!(
-            p.cluster_for(300 * MS, true),
+            p.cluster_for(PROBE_DURATION_US - 1, false),
+            p.cluster.unwrap().id
+        );
+        assert_eq!(
+            p.cluster_for(PROBE_DURATION_US, false),
+            0,
+            "media after the end"
+        );
+        assert_eq!(
+            p.cluster_for(PROBE_DURATION_US, true),
             p.cluster.unwrap().id,
             "late padding"
         );
@@ -399,7 +462,7 @@ mod tests {
         p.set_wanted(1_800_000);
         assert!(p.maybe_start(0, 1_000_000, 5_000_000));
         send_cluster(&mut p, 0, 500_000, 5_000_000);
-        let lifted = p.evaluate(400 * MS, 1_000_000).expect("success");
+        let lifted = p.evaluate(AFTER, 1_000_000).expect("success");
         // Sent at 2 Mbit/s through a 5 Mbit/s path: the send rate is the result.
         assert!((1_850_000..=2_100_000).contains(&lifted), "{lifted}");
         assert_eq!(p.counters().succeeded, 1);
@@ -418,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_probes_back_off_5_then_10_seconds_and_a_new_goal_resets() {
+    fn failed_probes_back_off_5_then_8_seconds_and_a_new_goal_resets() {
         let mut p = ProbeController::new(10_000_000);
         p.set_wanted(3_000_000);
         let mut now = 0;
@@ -432,8 +495,10 @@ mod tests {
             p.evaluate(now, 1_000_000);
             now += 100 * MS;
         }
-        assert_eq!(starts, vec![0, 5_300, 15_600, 25_900, 36_200]);
-        assert_eq!(p.counters().failed, 5);
+        // 5 s, then 8 s; the initial estimate's trial ends at 15 s without loss, so the backoff
+        // starts over from 5 s after the probe then pending.
+        assert_eq!(starts, vec![0, 5_600, 14_200, 22_800, 28_400, 37_000]);
+        assert_eq!(p.counters().failed, 6);
         p.set_wanted(4_000_000);
         assert!(p.maybe_start(now, 1_000_000, 5_000_000));
     }
@@ -444,8 +509,8 @@ mod tests {
         p.set_wanted(3_000_000);
         assert!(p.maybe_start(0, 1_000_000, 5_000_000));
         let id = p.cluster_for(0, false);
-        // 30 packets over 300 ms at 2 Mbit/s, every fourth lost (a policer past its bucket).
-        for i in 0..30i64 {
+        // 60 packets over 600 ms at 2 Mbit/s, every fourth lost (a policer past its bucket).
+        for i in 0..60i64 {
             p.on_sent(id, 2500);
             p.on_result(&PacketResult {
                 sequence: i as u64,
@@ -456,7 +521,37 @@ mod tests {
                 padding: false,
             });
         }
-        assert_eq!(p.evaluate(400 * MS, 1_000_000), None);
+        assert_eq!(p.evaluate(AFTER, 1_000_000), None);
+        assert_eq!(p.counters().failed, 1);
+    }
+
+    #[test]
+    fn a_cluster_carried_only_at_its_start_was_not_carried() {
+        // A policer's bucket passes the first half at 2 Mbit/s; then padding stops (a loss
+        // was reported) and only 500 kbit/s of media goes on. The whole cluster averages
+        // above the estimate; its second half does not.
+        let mut p = ProbeController::new(10_000_000);
+        p.set_wanted(3_000_000);
+        assert!(p.maybe_start(0, 1_000_000, 5_000_000));
+        let mut sent_us = 0;
+        while sent_us < PROBE_DURATION_US {
+            let id = p.cluster_for(sent_us, false);
+            p.on_sent(id, 1000);
+            p.on_result(&PacketResult {
+                sequence: 0,
+                sent_us,
+                arrival_us: Some(sent_us + 20 * MS),
+                size: 1000,
+                probe_cluster: id,
+                padding: false,
+            });
+            sent_us += if sent_us < PROBE_DURATION_US / 2 {
+                4 * MS
+            } else {
+                16 * MS
+            };
+        }
+        assert_eq!(p.evaluate(AFTER, 1_000_000), None);
         assert_eq!(p.counters().failed, 1);
     }
 
@@ -466,14 +561,18 @@ mod tests {
         p.set_wanted(1_800_000);
         assert!(p.maybe_start(0, 1_000_000, 5_000_000));
         send_cluster(&mut p, 0, 500_000, 5_000_000);
-        assert!(p.evaluate(400 * MS, 1_000_000).is_some());
-        assert_eq!(p.next_allowed_us, 400 * MS, "carried: probe again at once");
+        assert!(p.evaluate(AFTER, 1_000_000).is_some());
+        assert_eq!(p.next_allowed_us, AFTER, "carried: probe again at once");
         p.on_loss_backoff(3_000 * MS);
         assert_eq!(p.counters().disproved, 1);
         assert_eq!(p.next_allowed_us, 8_000 * MS);
         // Only once per lift, and not long after it.
         p.on_loss_backoff(3_500 * MS);
         assert_eq!(p.counters().disproved, 1);
+        // The next cluster outlasts a bucket like the one that fooled this probe.
+        assert!(p.maybe_start(8_000 * MS, 1_000_000, 5_000_000));
+        let c = p.cluster.unwrap();
+        assert_eq!(c.end_us - c.start_us, MAX_PROBE_DURATION_US);
     }
 
     #[test]
@@ -482,9 +581,12 @@ mod tests {
         p.set_wanted(3_000_000);
         assert!(p.maybe_start(0, 1_000_000, 5_000_000));
         p.on_sent(p.cluster_for(10 * MS, true), 1000);
-        assert_eq!(p.evaluate(500 * MS, 1_000_000), None);
+        assert_eq!(p.evaluate(AFTER, 1_000_000), None);
         assert!(p.probing());
-        assert_eq!(p.evaluate(1_300 * MS, 1_000_000), None);
+        assert_eq!(
+            p.evaluate(PROBE_DURATION_US + RESULT_TIMEOUT_US, 1_000_000),
+            None
+        );
         assert!(!p.probing());
         assert_eq!(p.counters().failed, 1);
     }
