@@ -150,6 +150,9 @@ for backend in $order; do
         tcp-1w) run tcp-1w 1 tcp tcp true ;;
         udp-2w) run udp-2w 2 udp udp true ;;
         udp-1w-sampled) run udp-1w-sampled 1 udp udp true --verify sample ;;
+        # Three encodings (l/m/h at a quarter, a third and all of the 1 Mbit/s): players on
+        # their estimate's layer, probing, feedback, timestamp maps; against udp-1w.
+        udp-1w-simulcast) run udp-1w-simulcast 1 udp udp true --simulcast ;;
         # 4 Mbit/s video without audio: frames of 14 packets, the case GSO is built for.
         udp-1w-hd) run udp-1w-hd 1 udp udp true --video-kbps 4000 --no-audio ;;
         udp-1w-hd-nogso) run udp-1w-hd-nogso 1 udp udp false --video-kbps 4000 --no-audio ;;
