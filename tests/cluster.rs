@@ -190,6 +190,18 @@ async fn nodes_claim_streams_pull_them_and_redirect_players_from_a_full_node() {
     assert_eq!(full.status, 307, "{}", full.body);
     assert_eq!(full.header("location"), Some(b.url("/whep/cam").as_str()));
     assert!(full.body.contains("at capacity"), "{}", full.body);
+    // What the player asked for goes along.
+    let capped = http(
+        "POST",
+        &a.url("/whep/cam?max_kbps=500"),
+        Some("application/sdp"),
+        CHROME_PLAY_OFFER,
+    );
+    assert_eq!(capped.status, 307, "{}", capped.body);
+    assert_eq!(
+        capped.header("location"),
+        Some(b.url("/whep/cam?max_kbps=500").as_str())
+    );
 
     // The library's client follows the redirect; B pulls the stream from A.
     let (_second, second_received) = play(a.url("/whep/cam"), &certificate).await;
@@ -231,7 +243,7 @@ async fn nodes_claim_streams_pull_them_and_redirect_players_from_a_full_node() {
     assert_eq!(record(&view, "a")["max_players"], 1, "{view:#}");
     assert_eq!(b.metric("corecast_cluster_pulls_started_total"), 1);
     assert_eq!(b.metric("corecast_cluster_pulls"), 1);
-    assert_eq!(a.metric("corecast_cluster_redirects_total"), 2);
+    assert_eq!(a.metric("corecast_cluster_redirects_total"), 3);
     assert!(a.metric("corecast_cluster_directory_operations_total{op=\"heartbeat\"}") > 0);
 
     // A stream no node has: 404 that says so.

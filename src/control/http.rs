@@ -266,11 +266,18 @@ async fn whep(
         }
         Ok(created)
     });
-    // A redirect is no rejected offer: the player is sent where it will be taken.
-    result.map(created).inspect_err(|e| {
-        if e.location.is_none() {
-            control.count_rejected_offer()
+    // A redirect is no rejected offer: the player is sent where it will be taken, with the
+    // encoding it asked for (the query goes along).
+    result.map(created).map_err(|mut e| {
+        match (&mut e.location, uri.query()) {
+            (None, _) => control.count_rejected_offer(),
+            (Some(location), Some(query)) if !query.is_empty() => {
+                location.push('?');
+                location.push_str(query);
+            }
+            (Some(_), _) => {}
         }
+        e
     })
 }
 
