@@ -3,32 +3,19 @@
 //! player joins and the relay's metrics are read through the same client; without the token
 //! the relay's 401 is what loadgen reports.
 
-use std::net::TcpListener;
 use std::process::Command;
+
+mod common;
 
 const TOKEN: &str = "loadgen-test-token-0001";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts an HTTPS relay with one token on its own thread; it runs until the process ends.
 fn start_relay() -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = free_port();
-    let base = 47000 + (std::process::id() % 40) as u16 * 50;
-    let file = format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\ntls = \"self-signed\"\n[media]\nports = \
-         \"{base}-{}\"\n[workers]\ncount = 1\n[auth]\nmetrics = \"admin\"\n\
-         [[auth.tokens]]\ntoken = \"{TOKEN}\"\nallow = [\"publish\", \"play\", \"admin\"]\n",
-        base + 49
-    );
-    let config = corecast::config::Config::load(Some(&file), []).unwrap();
-    corecast::server::spawn(config).expect("relay starts");
+    let port = common::start_relay_from_file(&format!(
+        "[http]\nlisten = \"127.0.0.1:{{http_port}}\"\ntls = \"self-signed\"\n[media]\nports = \
+         \"{{media_ports}}\"\n[workers]\ncount = 1\n[auth]\nmetrics = \"admin\"\n\
+         [[auth.tokens]]\ntoken = \"{TOKEN}\"\nallow = [\"publish\", \"play\", \"admin\"]\n"
+    ));
     format!("https://127.0.0.1:{port}")
 }
 

@@ -3,46 +3,10 @@
 //! loopback and the output files parse; loss injected on arrival (`--loss`) and on publishing
 //! (`--publish-loss`) repaired by NACK and RTX; and `compare` on recorded runs.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU16, Ordering};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts a relay on its own thread; it runs until the test process ends. Each relay of the
-/// process gets 50 media ports of its own (tests run in parallel).
-fn start_relay() -> String {
-    static STARTED: AtomicU16 = AtomicU16::new(0);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = free_port();
-    let nth = STARTED.fetch_add(1, Ordering::Relaxed);
-    assert!(nth < 2, "two relays per test process fit the port block");
-    let base = 45000 + (std::process::id() % 40) as u16 * 100 + nth * 50;
-    let config = corecast::config::Config::load(
-        None,
-        [
-            (
-                "CORECAST_HTTP_LISTEN".to_string(),
-                format!("127.0.0.1:{port}"),
-            ),
-            (
-                "CORECAST_MEDIA_PORTS".to_string(),
-                format!("{base}-{}", base + 49),
-            ),
-            ("CORECAST_WORKERS_COUNT".to_string(), "2".to_string()),
-        ],
-    )
-    .unwrap();
-    corecast::server::spawn(config).expect("relay starts");
-    format!("http://127.0.0.1:{port}")
-}
+mod common;
 
 fn loadgen(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -63,7 +27,7 @@ fn summary(dir: &Path) -> serde_json::Value {
 
 #[test]
 fn two_streams_of_twenty_players_over_udp_and_tcp_join_without_loss() {
-    let relay = start_relay();
+    let relay = common::start_relay(2, &[]);
     let whip = format!("{relay}/whip/{{stream}}");
     let whep = format!("{relay}/whep/{{stream}}");
     let metrics = format!("{relay}/metrics");
@@ -270,7 +234,7 @@ fn lossy_run(relay: &str, name: &str, loss: &[&str]) -> serde_json::Value {
 /// too: the relay NACKs the publisher, which answers with RTX.
 #[test]
 fn three_percent_loss_is_repaired_to_under_a_tenth_of_a_percent() {
-    let relay = start_relay();
+    let relay = common::start_relay(2, &[]);
     let pct = |s: &serde_json::Value, key: &str| s["repair"][key].as_f64().unwrap();
     let count = |s: &serde_json::Value, key: &str| s["repair"][key].as_u64().unwrap();
 

@@ -6,44 +6,13 @@
 //! and video loss after repair stays small (none for the unlimited players, a little for the
 //! limited ones once on the low layer).
 
-use std::net::TcpListener;
 use std::process::Command;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts a relay on its own thread; it runs until the test process ends.
-fn start_relay() -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = free_port();
-    let base = 43000 + (std::process::id() % 40) as u16 * 50;
-    let config = corecast::config::Config::load(
-        None,
-        [
-            (
-                "CORECAST_HTTP_LISTEN".to_string(),
-                format!("127.0.0.1:{port}"),
-            ),
-            (
-                "CORECAST_MEDIA_PORTS".to_string(),
-                format!("{base}-{}", base + 49),
-            ),
-            ("CORECAST_WORKERS_COUNT".to_string(), "2".to_string()),
-        ],
-    )
-    .unwrap();
-    corecast::server::spawn(config).expect("relay starts");
-    format!("http://127.0.0.1:{port}")
-}
+mod common;
 
 #[test]
 fn unlimited_players_get_the_top_layer_and_policed_ones_the_low_layer() {
-    let relay = start_relay();
+    let relay = common::start_relay(2, &[]);
     let out = std::env::temp_dir().join(format!("loadgen-simulcast-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let whip = format!("{relay}/whip/{{stream}}");

@@ -3,41 +3,11 @@
 //! they know of); loadgen reports the stream stopped, when its media ended, and fails.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A relay on its own thread in this test process, with 20 media ports.
-fn start_relay() -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = free_port();
-    let base = 47000 + (std::process::id() % 40) as u16 * 50;
-    let config = corecast::config::Config::load(
-        None,
-        [
-            (
-                "CORECAST_HTTP_LISTEN".to_string(),
-                format!("127.0.0.1:{port}"),
-            ),
-            (
-                "CORECAST_MEDIA_PORTS".to_string(),
-                format!("{base}-{}", base + 19),
-            ),
-            ("CORECAST_WORKERS_COUNT".to_string(), "1".to_string()),
-        ],
-    )
-    .unwrap();
-    corecast::server::spawn(config).expect("relay starts");
-    format!("127.0.0.1:{port}")
-}
+mod common;
 
 /// A bodiless request; returns the status line.
 fn request(method: &str, address: &str, path: &str) -> String {
@@ -54,7 +24,8 @@ fn request(method: &str, address: &str, path: &str) -> String {
 
 #[test]
 fn a_stream_deleted_mid_run_is_reported_stopped_and_the_run_fails() {
-    let relay = start_relay();
+    let relay = common::start_relay(1, &[]);
+    let relay = relay.trim_start_matches("http://");
     let out = std::env::temp_dir().join(format!("loadgen-stopped-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let loadgen = Command::new(env!("CARGO_BIN_EXE_loadgen"))
