@@ -52,7 +52,7 @@ fn a_stream_deleted_mid_run_is_reported_stopped_and_the_run_fails() {
         .expect("running loadgen");
     // The players join within a second; the stream goes about 2 s into the run.
     std::thread::sleep(Duration::from_secs(2));
-    let status = request("DELETE", &relay, "/api/streams/loadgen-0");
+    let status = request("DELETE", relay, "/api/streams/loadgen-0");
     assert!(status.contains("200"), "{status}");
     let result = loadgen.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&result.stdout);
