@@ -1,6 +1,8 @@
 //! ICE-TCP connections (RFC 6544 passive): accepted on a session's listener, read as RFC 4571
-//! frames, one gathered send in flight each; closed when the session ends, when another path
-//! is nominated, on a framing error, or when a send falls short. A connection is freed (its
+//! frames, one gathered send in flight each; closed when the session ends, when the media
+//! moves from it to another nominated path, on a framing error, or when a send falls short.
+//! Validated connections that are not the media path stay open as the client's standby pairs
+//! (it may nominate one when UDP fails), within the session's bound. A connection is freed (its
 //! socket closed) once no operation on the ring refers to it.
 
 use std::collections::VecDeque;
@@ -78,15 +80,23 @@ impl Connections {
         self.slots.iter().flatten().filter(|c| !c.closing).count()
     }
 
-    /// Of `conns`, the connection accepted first that has not sent a valid ICE check.
-    fn oldest_unvalidated(&self, conns: &[usize]) -> Option<usize> {
-        conns
-            .iter()
-            .copied()
-            .filter_map(|slot| Some((slot, self.slots.get(slot)?.as_ref()?)))
-            .filter(|(_, c)| !c.validated && !c.closing)
-            .min_by_key(|(_, c)| c.accepted_at)
-            .map(|(slot, _)| slot)
+    /// Of `conns`, the one a new connection replaces when the session is full: the oldest
+    /// that has not sent a valid ICE check, else the oldest standby (validated, not the media
+    /// path `selected`: after an ICE restart the old ICE session's connections are those).
+    fn evictable(&self, conns: &[usize], selected: Option<usize>) -> Option<usize> {
+        let open = || {
+            conns
+                .iter()
+                .copied()
+                .filter(|&slot| Some(slot) != selected)
+                .filter_map(|slot| Some((slot, self.slots.get(slot)?.as_ref()?)))
+                .filter(|(_, c)| !c.closing)
+        };
+        let oldest = |candidates: &mut dyn Iterator<Item = (usize, &TcpConn)>| {
+            candidates.min_by_key(|(_, c)| c.accepted_at).map(|(slot, _)| slot)
+        };
+        oldest(&mut open().filter(|(_, c)| !c.validated))
+            .or_else(|| oldest(&mut open().filter(|(_, c)| c.validated)))
     }
 }
 
@@ -117,9 +127,10 @@ impl Table {
             let peer = stream.peer_addr().ok();
             let full = session.conns.len() >= MAX_TCP_CONNECTIONS_PER_SESSION;
             // A full session makes room by closing its oldest connection that has not sent a
-            // valid check; only validated connections keep their places.
+            // valid check, else its oldest standby one; the media path keeps its place.
+            let selected = session.remote.and_then(|r| r.tcp_conn()).map(|(c, _)| c);
             let evict = if full {
-                out.conns.oldest_unvalidated(&session.conns)
+                out.conns.evictable(&session.conns, selected)
             } else {
                 None
             };

@@ -169,7 +169,7 @@ impl Core {
     }
 
     /// An ICE connectivity check: answered, and a nominated path becomes the session's media
-    /// path (its other ICE-TCP connections close).
+    /// path, or its new one (`Table::select_path`).
     fn on_stun(&mut self, slot: usize, via: Peer, data: &[u8], now: Instant) {
         let Some(out) = self.out.ring.alloc_egress() else {
             inc(&self.out.stats.drop_no_buffer);
@@ -190,33 +190,15 @@ impl Core {
         };
         inc(&self.out.stats.stun_answered);
         let udp_fd = session.udp_fd;
-        let mut to_close = Vec::new();
         if let Some((conn, generation)) = via.tcp_conn()
             && let Some(c) = self.out.conns.get(conn, generation)
         {
             c.validated = true;
         }
-        if outcome.use_candidate && !session.remote.is_some_and(|r| r.same_path(&via)) {
-            session.remote = Some(via);
-            // One path carries the media: the session's other connections are closed cleanly.
-            let nominated_conn = via.tcp_conn().map(|(conn, _)| conn);
-            to_close.extend(
-                session
-                    .conns
-                    .iter()
-                    .copied()
-                    .filter(|&c| Some(c) != nominated_conn),
-            );
-            let _ = self.events.send(Event::IceConnected {
-                session: session.id,
-                remote: via.addr(),
-                tcp: via.tcp_conn().is_some(),
-            });
-        }
+        // The response leaves on the path the check came on, before any switch closes it.
         self.out.transmit(udp_fd, &via, out, outcome.response_len);
-        for conn in to_close {
-            self.table.close_conn(conn, &mut self.out);
-        }
+        self.table
+            .select_path(slot, via, outcome.use_candidate, &mut self.out, &self.events);
     }
 
     /// Plain RTP from a session, its header parsed once (by SRTP): a publisher's goes to the

@@ -15,12 +15,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::burst::{BurstId, Owner};
 use super::egress::{Output, Peer, send_link_feedback, send_pli, send_probe_padding};
 use super::mesh::SharedPacket;
-use super::stats::{SessionMeter, StreamMeter, add};
+use super::stats::{SessionMeter, StreamMeter, add, inc};
 use super::{Event, NewRole, NewSession, WorkerSettings};
 use crate::io::{Pending, Token};
 use crate::media::{MAX_LAYERS, MAX_PACKET, MediaKind, SessionId, StreamId};
 use crate::session::bwe::{BandwidthEstimator, EstimatorConfig};
 use crate::session::ice::IceLite;
+use crate::session::path::{MediaPath, PathChange, on_valid_check};
 use crate::session::player::{Player, PlayerTrack, Repair};
 use crate::session::publisher::Publisher;
 use crate::session::retransmit::RetransmitWindow;
@@ -337,6 +338,82 @@ impl Table {
             return;
         }
         out.send_copy(session.udp_fd, &peer, data);
+    }
+
+    /// An ICE restart: the one place a session's ICE credentials change (`IceLite::restart`
+    /// keeps the old ones until the client nominates with the new). Path, DTLS, SRTP, stream
+    /// and players stay as they are.
+    pub(super) fn restart_ice(
+        &mut self,
+        id: SessionId,
+        now: Instant,
+        (local_ufrag, local_pwd): (&str, &str),
+        remote_ufrag: &str,
+        out: &mut Output,
+    ) {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        if let Some(session) = self.sessions[slot].as_mut().filter(|s| !s.closing) {
+            session.ice.restart(now, local_ufrag, local_pwd, remote_ufrag);
+            inc(&out.stats.ice_restarts);
+        }
+    }
+
+    /// An authenticated connectivity check came `via` a path, nominating it or not: the one
+    /// place a session's media path changes (`session::path::on_valid_check` decides). A
+    /// migration lets go of the old path's state: its TCP connection closes (its send queue
+    /// with it), a frame burst held for its address is dropped. Other validated connections
+    /// stay open: they are the client's standby pairs, which it may nominate later.
+    pub(super) fn select_path(
+        &mut self,
+        slot: usize,
+        via: Peer,
+        nominated: bool,
+        out: &mut Output,
+        events: &UnboundedSender<Event>,
+    ) {
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return;
+        };
+        let from = match on_valid_check(session.remote.map(|r| r.path()), via.path(), nominated) {
+            PathChange::Unchanged => return,
+            PathChange::Selected => None,
+            PathChange::Migrated { from } => Some(from),
+        };
+        session.remote = Some(via);
+        let _ = events.send(Event::IceConnected {
+            session: session.id,
+            remote: via.addr(),
+            tcp: via.tcp_conn().is_some(),
+        });
+        let Some(from) = from else {
+            return;
+        };
+        inc(&out.stats.path_migrations);
+        session.reception.migrations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            session = session.id,
+            from = %from.peer(),
+            from_tcp = from.is_tcp(),
+            to = %via.addr(),
+            to_tcp = via.tcp_conn().is_some(),
+            "media path moved to the newly nominated pair"
+        );
+        match from {
+            MediaPath::Udp(_) => {
+                if let Some(id) = session.burst.take() {
+                    out.discard_burst(id);
+                }
+            }
+            MediaPath::Tcp {
+                conn, generation, ..
+            } => {
+                if out.conns.get(conn, generation).is_some() {
+                    self.close_conn(conn, out);
+                }
+            }
+        }
     }
 
     /// A player of `stream` on `worker` came (+1) or went (-1).
