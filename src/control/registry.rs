@@ -137,7 +137,7 @@ pub struct SessionView {
     pub transport: Option<&'static str>,
     /// The relay's end of the media path (the announced address and the session's port): with
     /// `remote` and `transport`, the 5-tuple.
-    pub local: std::net::SocketAddr,
+    pub local: SocketAddr,
     /// Times the media path moved to another pair the client nominated (transport migration).
     pub migrations: u64,
     /// ICE restarts (PATCH or the WebSocket `ice` command).
@@ -259,7 +259,7 @@ impl Control {
                 port: s.port,
                 remote: s.remote,
                 transport: s.transport,
-                local: std::net::SocketAddr::new(self.config.media.announced_ip, s.port),
+                local: SocketAddr::new(self.config.media.announced_ip, s.port),
                 migrations: s.reception.migrations.load(Ordering::Relaxed),
                 ice_restarts: s.ice_restarts,
                 rtt_ms: match s.reception.rtt_us.load(Ordering::Relaxed) {

@@ -332,13 +332,13 @@ mod tests {
         ];
         let text = write_restart_fragment(
             "newU",
-            "new-password-0123456789",
+            "newpassword0123456789ab",
             ("audio", "0"),
             &candidates,
         );
         assert!(text.starts_with("a=ice-lite\r\n"));
         let f = parse_fragment(text.as_bytes()).unwrap();
-        assert_eq!(f.credentials, Some(("newU", "new-password-0123456789")));
+        assert_eq!(f.credentials, Some(("newU", "newpassword0123456789ab")));
         assert_eq!(f.candidates, vec![&candidates[0][..], &candidates[1][..]]);
         assert!(f.end_of_candidates);
     }
