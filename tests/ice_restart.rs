@@ -1,8 +1,8 @@
 //! Trickle ICE, ICE restart (PATCH on the session, RFC 9725 §4.3) and transport migration
 //! against a real relay process over real sockets. The test is the controlling ICE agent
 //! with hand-made connectivity checks (the relay is ICE-lite): a nomination on another UDP
-//! 5-tuple or on an ICE-TCP connection moves the session's media path and closes the old TCP
-//! connection; a check that fails MESSAGE-INTEGRITY never moves it; after a restart the old
+//! 5-tuple or on an ICE-TCP connection moves the session's media path; the old TCP connection
+//! stays a standby pair while the client checks it and closes when it stops; a check that fails MESSAGE-INTEGRITY never moves it; after a restart the old
 //! credentials are answered until a pair is nominated with the new ones. And every PATCH the
 //! relay refuses gets its status (400, 404, 412, 415, 428) with a message. (Media over a
 //! migrated path, with DTLS and SRTP kept, is the Chromium test's: tests/migration.rs.)
@@ -215,6 +215,7 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
         ("CORECAST_WORKERS_COUNT", "1"),
         ("CORECAST_MEDIA_PORTS", &media_range(2)),
         ("CORECAST_MEDIA_PROTOCOL", "all"),
+        ("CORECAST_MEDIA_ICE_TIMEOUT", "4"),
     ]);
     let s = publish(&relay, "cam");
     let nominate = |pwd: &str| check(&s.ufrag, CLIENT_UFRAG, pwd, true);
@@ -249,15 +250,27 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
     assert!(tcp_check(&mut tcp, &nominate(&s.pwd)));
     assert_eq!(wait_for_path(&relay, tcp.local_addr().unwrap(), "tcp")["migrations"], 2);
 
-    // Back to UDP: the old path's connection is closed by the relay.
+    // Back to UDP: the old path's connection stays as a standby pair while the client checks
+    // it (it answers, and carries nothing else)...
     assert!(udp_check(&a, s.port, &nominate(&s.pwd), &s.pwd));
     assert_eq!(wait_for_path(&relay, a.local_addr().unwrap(), "udp")["migrations"], 3);
-    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(tcp_check(&mut tcp, &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false)));
+    // ... and closes once the client stops checking it for media.ice_timeout (4 s here),
+    // while the session, checked on UDP, lives on.
+    let stopped = Instant::now();
+    tcp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut byte = [0u8; 1];
-    assert!(
-        matches!(tcp.read(&mut byte), Ok(0)),
-        "the old path's TCP connection is closed"
-    );
+    let closed = loop {
+        assert!(udp_check(&a, s.port, &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false), &s.pwd));
+        match tcp.read(&mut byte) {
+            Ok(0) => break stopped.elapsed(),
+            Ok(_) => panic!("a standby connection carries nothing unasked"),
+            Err(_) if stopped.elapsed() < Duration::from_secs(8) => continue,
+            Err(e) => panic!("the standby connection is still open: {e}\n{}", relay.log()),
+        }
+    };
+    assert!(closed >= Duration::from_secs(3), "closed after {closed:?}");
+    assert_eq!(relay.metric_all_workers("corecast_tcp_standby_closed_total"), 1);
 
     // An ICE restart: the relay's new credentials and candidates, a new ETag.
     let fragment = "a=ice-ufrag:Nw01\r\na=ice-pwd:newpassword0123456789xyz\r\n\

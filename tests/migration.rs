@@ -96,21 +96,34 @@ fn nft() -> String {
     "nft".into()
 }
 
-/// Drops UDP to and from `port` (the player's session port) from now on.
-fn block_udp(port: u16) {
-    for rule in [format!("udp dport {port}"), format!("udp sport {port}")] {
-        let out = Command::new(nft())
-            .args(["add", "rule", "inet", "block", "input"])
-            .args(rule.split(' '))
-            .args(["counter", "drop"])
-            .output()
-            .expect("running nft");
-        assert!(
-            out.status.success(),
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+fn run_nft(args: &[&str]) {
+    let out = Command::new(nft())
+        .args(args)
+        .output()
+        .expect("running nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Drops UDP to and from `ports` (`31232`, or a range) but `except` from now on.
+fn block_udp(ports: &str, except: Option<u16>) {
+    for direction in ["dport", "sport"] {
+        let mut rule = format!("udp {direction} {ports}");
+        if let Some(port) = except {
+            rule.push_str(&format!(" udp {direction} != {port}"));
+        }
+        let mut args = vec!["add", "rule", "inet", "block", "input"];
+        args.extend(rule.split(' '));
+        args.extend(["counter", "drop"]);
+        run_nft(&args);
     }
+}
+
+fn unblock_udp() {
+    run_nft(&["flush", "chain", "inet", "block", "input"]);
 }
 
 /// The page side: publish, play (keeping the session's Location and ETag), the player's path
@@ -272,17 +285,68 @@ async fn udp_blocked(switch: Switch) {
         .await
         .expect("the relay's page");
     call(&browser, HARNESS, vec![]).await;
-    let publisher = call(&browser, "return await mig.publish('cam')", vec![]).await;
-    let player = call(&browser, "return await mig.play('cam')", vec![]).await;
     let state = |id: &Value| {
         let id = id.clone();
         let browser = &browser;
         async move { call(browser, "return await mig.state(arguments[0])", vec![id]).await }
     };
+    let publisher = call(&browser, "return await mig.publish('cam')", vec![]).await;
+    let published = state(&publisher).await;
+    assert!(published["error"].is_null(), "publishing: {published}");
+    let publisher_port = published["port"].as_u64().expect("the publisher's port") as u16;
+    if switch == Switch::BrowserRenominates {
+        // Chromium gathers its UDP candidates first and stops gathering once a pair is
+        // writable (on loopback, within milliseconds), so a player that connected over UDP
+        // has no TCP candidate to fall back on, and fails when UDP goes (seen: "disconnected"
+        // 7 s after the block, then "failed"; the relay ends the session 30 s after the last
+        // check). It gathers TCP when it starts where UDP does not pass: then it holds a TCP
+        // pair, moves to UDP on its own when UDP opens, and has the TCP pair to go back to.
+        block_udp(MEDIA_PORTS, Some(publisher_port));
+    }
+    let player = call(&browser, "return await mig.play('cam')", vec![]).await;
     let first = state(&player).await;
     assert!(first["error"].is_null(), "playing: {first}\n{}", relay.log());
-    assert!(state(&publisher).await["error"].is_null());
     let port = first["port"].as_u64().expect("the player's UDP port") as u16;
+    if switch == Switch::BrowserRenominates {
+        let on = |transport: &'static str| {
+            let (relay, state, player) = (&relay, &state, &player);
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (s, r) = (state(player).await, relay_player(relay));
+                    if s["protocol"] == transport
+                        && r["transport"] == transport
+                        && s["framesDecoded"].as_f64() > Some(0.0)
+                    {
+                        return (s, r);
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "the player is not decoding over {transport}: browser {s}\nrelay {r}\n{}",
+                        relay.log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        let (s, r) = on("tcp").await;
+        say(format!(
+            "UDP blocked from the start: the player decodes over TCP ({}; relay {} {})",
+            s["remote"], r["transport"], r["remote"]
+        ));
+        unblock_udp();
+        let opened = Instant::now();
+        let (s, r) = on("udp").await;
+        say(format!(
+            "UDP opened: the browser moved to UDP on its own {:.1} s later ({}; relay {} {}, \
+             migrations {})",
+            opened.elapsed().as_secs_f64(),
+            s["remote"],
+            r["transport"],
+            r["remote"],
+            r["migrations"]
+        ));
+    }
 
     let start = Instant::now();
     let mut blocked_at: Option<Instant> = None;
@@ -310,7 +374,7 @@ async fn udp_blocked(switch: Switch) {
             assert!(frames > 0.0, "no frames before the block: {s}\n{}", relay.log());
             assert_eq!(s["protocol"], "udp", "the player starts on UDP: {s}");
             dtls_records_at_block = relay.metric_all_workers("corecast_dtls_records_total");
-            block_udp(port);
+            block_udp(&port.to_string(), None);
             blocked_at = Some(now);
             last_progress = (now, frames);
             say(format!(
@@ -393,7 +457,12 @@ async fn udp_blocked(switch: Switch) {
                 relay_side["ice_restarts"],
             ));
             assert_eq!(relay_side["session"], session_before, "the same session throughout");
-            assert!(relay_side["migrations"].as_u64() >= Some(1), "{relay_side}");
+            let migrations = match switch {
+                Switch::RestartIceAndPatch => 1,
+                // TCP to UDP when UDP opened, back to TCP when it closed.
+                Switch::BrowserRenominates => 2,
+            };
+            assert!(relay_side["migrations"].as_u64() >= Some(migrations), "{relay_side}");
             assert_eq!(
                 dtls_records_after, dtls_records_at_block,
                 "no DTLS record after the block: the session kept its DTLS and SRTP"

@@ -42,6 +42,10 @@ pub(super) struct TcpConn {
     pub(super) validated: bool,
     /// Unvalidated connections are closed `TCP_VALIDATION_DEADLINE` after this.
     accepted_at: Instant,
+    /// The last valid ICE check on it: a standby connection (validated, not the media path)
+    /// lives while the client keeps checking it (consent, RFC 7675), `ice_timeout` at most
+    /// after this.
+    pub(super) last_check: Instant,
     /// Frames waiting to be sent: (egress slot, bytes including the length prefix).
     pub(super) queue: VecDeque<(u32, usize)>,
     /// Frames of the one `sendmsg` in flight.
@@ -189,6 +193,7 @@ impl Table {
             reader: FrameReader::new(MAX_PACKET),
             validated: false,
             accepted_at: now,
+            last_check: now,
             queue: VecDeque::with_capacity(out.tcp_send_queue),
             in_flight: Vec::with_capacity(MAX_SEND_BATCH),
             in_flight_bytes: 0,
@@ -198,16 +203,36 @@ impl Table {
         slot
     }
 
-    /// Closes the connections that sent no valid ICE check within `TCP_VALIDATION_DEADLINE`.
-    pub(super) fn close_unvalidated_conns(&mut self, now: Instant, out: &mut Output) {
+    /// Closes the connections that sent no valid ICE check within `TCP_VALIDATION_DEADLINE`,
+    /// and the standby ones (validated, not their session's media path) whose client stopped
+    /// checking them for `standby_timeout`: it gave the pair up.
+    pub(super) fn close_idle_conns(
+        &mut self,
+        now: Instant,
+        standby_timeout: Duration,
+        out: &mut Output,
+    ) {
         for slot in 0..out.conns.slots.len() {
-            let overdue = out.conns.slots[slot].as_ref().is_some_and(|c| {
-                !c.closing
-                    && !c.validated
-                    && now.saturating_duration_since(c.accepted_at) >= TCP_VALIDATION_DEADLINE
-            });
-            if overdue {
-                inc(&out.stats.tcp_unvalidated_closed);
+            let Some(c) = out.conns.slots[slot].as_ref().filter(|c| !c.closing) else {
+                continue;
+            };
+            if !c.validated {
+                if now.saturating_duration_since(c.accepted_at) >= TCP_VALIDATION_DEADLINE {
+                    inc(&out.stats.tcp_unvalidated_closed);
+                    self.close_conn(slot, out);
+                }
+                continue;
+            }
+            let is_path = self
+                .sessions
+                .get(c.session)
+                .and_then(Option::as_ref)
+                .filter(|s| s.generation == c.session_generation)
+                .and_then(|s| s.remote)
+                .and_then(|r| r.tcp_conn())
+                == Some((slot, c.generation));
+            if !is_path && now.saturating_duration_since(c.last_check) >= standby_timeout {
+                inc(&out.stats.tcp_standby_closed);
                 self.close_conn(slot, out);
             }
         }

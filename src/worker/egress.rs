@@ -329,6 +329,17 @@ impl Output {
         self.bursts.release(id);
     }
 
+    /// Drops the frames waiting on a connection the media left (the one in flight finishes):
+    /// they were for the old path, and a standby connection carries only ICE checks.
+    pub(super) fn drop_queued_frames(&mut self, conn: usize, generation: u32) {
+        let Some(c) = self.conns.get(conn, generation) else {
+            return;
+        };
+        for (egress, _) in c.queue.drain(..) {
+            self.ring.release_egress(egress);
+        }
+    }
+
     /// Takes the bursts whose hold ran out by `now` into `due` (owner, id), still open: the
     /// caller lets their players forget them, then sends each with [`Output::send_burst`].
     pub(super) fn take_due_bursts(&mut self, now: Instant, due: &mut Vec<(BurstId, Owner)>) {

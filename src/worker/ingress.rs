@@ -14,6 +14,7 @@ use super::mesh::{Forwarded, LayerTag};
 use super::stats::{add, inc};
 use super::table::Role;
 use crate::media::{MAX_LAYERS, MediaKind};
+use crate::session::path::PathChange;
 use crate::session::player::Player;
 use crate::session::publisher_link::Arrival;
 use crate::wire::demux::{PacketKind, classify};
@@ -194,11 +195,24 @@ impl Core {
             && let Some(c) = self.out.conns.get(conn, generation)
         {
             c.validated = true;
+            c.last_check = now;
         }
         // The response leaves on the path the check came on, before any switch closes it.
         self.out.transmit(udp_fd, &via, out, outcome.response_len);
-        self.table
-            .select_path(slot, via, outcome.use_candidate, &mut self.out, &self.events);
+        let change =
+            self.table
+                .select_path(slot, via, outcome.use_candidate, &mut self.out, &self.events);
+        // A player whose path moved lost what was in flight on the old one (a switch follows
+        // an outage, which its retransmission window has outlived): it needs a keyframe now,
+        // not when its decoder gives up.
+        if let PathChange::Migrated { .. } = change
+            && let Some(session) = self.table.sessions[slot].as_ref()
+            && let Role::Player(player) = &session.role
+        {
+            let (stream, layer) = (session.stream, player.keyframe_layer());
+            let (table, out) = (&mut self.table, &mut self.out);
+            self.fanout.request_keyframe(stream, layer, now, table, out);
+        }
     }
 
     /// Plain RTP from a session, its header parsed once (by SRTP): a publisher's goes to the

@@ -240,6 +240,9 @@ counters! {
     /// ICE-TCP connections closed to make room for a newer one (the session's oldest that
     /// had not sent a valid ICE check, else its oldest standby one).
     tcp_evicted,
+    /// Standby ICE-TCP connections (validated, not the media path) closed because their
+    /// client stopped checking them for `media.ice_timeout`.
+    tcp_standby_closed,
     /// ICE restarts applied (new credentials from a PATCH or the WebSocket `ice` command).
     ice_restarts,
     /// Sessions whose client nominated another pair than their media path (another UDP

@@ -362,9 +362,11 @@ impl Table {
 
     /// An authenticated connectivity check came `via` a path, nominating it or not: the one
     /// place a session's media path changes (`session::path::on_valid_check` decides). A
-    /// migration lets go of the old path's state: its TCP connection closes (its send queue
-    /// with it), a frame burst held for its address is dropped. Other validated connections
-    /// stay open: they are the client's standby pairs, which it may nominate later.
+    /// migration lets go of the old path's state: the frames queued on its TCP connection
+    /// are dropped, a frame burst held for its UDP address is dropped. The old connection
+    /// itself, like the session's other validated ones, stays open as a standby pair while
+    /// the client keeps checking it (the browser moves back to it when UDP fails again), and
+    /// closes when the client stops (`close_idle_conns`). Returns what changed.
     pub(super) fn select_path(
         &mut self,
         slot: usize,
@@ -372,12 +374,13 @@ impl Table {
         nominated: bool,
         out: &mut Output,
         events: &UnboundedSender<Event>,
-    ) {
+    ) -> PathChange {
         let Some(session) = self.sessions[slot].as_mut() else {
-            return;
+            return PathChange::Unchanged;
         };
-        let from = match on_valid_check(session.remote.map(|r| r.path()), via.path(), nominated) {
-            PathChange::Unchanged => return,
+        let change = on_valid_check(session.remote.map(|r| r.path()), via.path(), nominated);
+        let from = match change {
+            PathChange::Unchanged => return change,
             PathChange::Selected => None,
             PathChange::Migrated { from } => Some(from),
         };
@@ -388,7 +391,7 @@ impl Table {
             tcp: via.tcp_conn().is_some(),
         });
         let Some(from) = from else {
-            return;
+            return change;
         };
         inc(&out.stats.path_migrations);
         session.reception.migrations.fetch_add(1, Ordering::Relaxed);
@@ -408,12 +411,9 @@ impl Table {
             }
             MediaPath::Tcp {
                 conn, generation, ..
-            } => {
-                if out.conns.get(conn, generation).is_some() {
-                    self.close_conn(conn, out);
-                }
-            }
+            } => out.drop_queued_frames(conn, generation),
         }
+        change
     }
 
     /// A player of `stream` on `worker` came (+1) or went (-1).
@@ -639,7 +639,7 @@ impl Table {
                 send_pli(session, layer, out);
             }
         }
-        self.close_unvalidated_conns(now, out);
+        self.close_idle_conns(now, self.ice_timeout, out);
         // A quiet stream lets go of the packets its window still holds, so they go back to
         // the pool.
         for local in self.streams.values_mut() {
