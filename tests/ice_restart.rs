@@ -49,7 +49,10 @@ fn publish(relay: &Relay, stream: &str) -> Created {
     assert_eq!(r.status, 201, "{}", r.body);
     Created {
         location: r.header("location").expect("Location").to_string(),
-        etag: r.header("etag").expect("the 201 carries an ETag").to_string(),
+        etag: r
+            .header("etag")
+            .expect("the 201 carries an ETag")
+            .to_string(),
         port: answer_port(&r.body),
         ufrag: attribute(&r.body, "a=ice-ufrag:"),
         pwd: attribute(&r.body, "a=ice-pwd:"),
@@ -160,7 +163,12 @@ fn patch_refusals_say_what_is_wrong() {
     );
     let restart = "a=ice-ufrag:Nw01\r\na=ice-pwd:newpassword0123456789xyz\r\n";
 
-    let r = patch(&relay, &s.location, &[("Content-Type", "application/sdp")], &trickle);
+    let r = patch(
+        &relay,
+        &s.location,
+        &[("Content-Type", "application/sdp")],
+        &trickle,
+    );
     assert_eq!(r.status, 415, "{}", r.body);
     assert!(r.body.contains(SDPFRAG), "{}", r.body);
 
@@ -179,24 +187,39 @@ fn patch_refusals_say_what_is_wrong() {
     ] {
         let r = patch(&relay, &s.location, &[ct, ("If-Match", &s.etag)], body);
         assert_eq!(r.status, 400, "{body:?}: {}", r.body);
-        assert!(r.body.contains(says), "{body:?}: `{}` should say {says}", r.body);
+        assert!(
+            r.body.contains(says),
+            "{body:?}: `{}` should say {says}",
+            r.body
+        );
     }
 
     // Trickle: with the ETag, with `*`, or with nothing (the relay is ICE-lite: it takes them).
     for if_match in [Some(s.etag.as_str()), Some("*"), None] {
-        let headers: Vec<(&str, &str)> =
-            std::iter::once(ct).chain(if_match.map(|m| ("If-Match", m))).collect();
+        let headers: Vec<(&str, &str)> = std::iter::once(ct)
+            .chain(if_match.map(|m| ("If-Match", m)))
+            .collect();
         let r = patch(&relay, &s.location, &headers, &trickle);
         assert_eq!(r.status, 204, "{if_match:?}: {}", r.body);
     }
     // A trickle naming a stale ETag is refused too.
-    let r = patch(&relay, &s.location, &[ct, ("If-Match", "\"stale\"")], &trickle);
+    let r = patch(
+        &relay,
+        &s.location,
+        &[ct, ("If-Match", "\"stale\"")],
+        &trickle,
+    );
     assert_eq!(r.status, 412, "{}", r.body);
 
     let r = patch(&relay, &s.location, &[ct], restart);
     assert_eq!(r.status, 428, "{}", r.body);
     assert!(r.body.contains("If-Match"), "{}", r.body);
-    let r = patch(&relay, &s.location, &[ct, ("If-Match", "\"stale\"")], restart);
+    let r = patch(
+        &relay,
+        &s.location,
+        &[ct, ("If-Match", "\"stale\"")],
+        restart,
+    );
     assert_eq!(r.status, 412, "{}", r.body);
     assert!(r.body.contains("restarted"), "{}", r.body);
 
@@ -230,7 +253,10 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
     // Another 5-tuple nominates: the session moves.
     let b = bound();
     assert!(udp_check(&b, s.port, &nominate(&s.pwd), &s.pwd));
-    assert_eq!(wait_for_path(&relay, b.local_addr().unwrap(), "udp")["migrations"], 1);
+    assert_eq!(
+        wait_for_path(&relay, b.local_addr().unwrap(), "udp")["migrations"],
+        1
+    );
 
     // A nomination that fails MESSAGE-INTEGRITY is not answered and moves nothing.
     let intruder = bound();
@@ -238,30 +264,52 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
     assert!(!udp_check(&intruder, s.port, &forged, &s.pwd));
     std::thread::sleep(Duration::from_millis(200));
     let view = publisher(&relay);
-    assert_eq!(view["remote"], b.local_addr().unwrap().to_string(), "{view}");
+    assert_eq!(
+        view["remote"],
+        b.local_addr().unwrap().to_string(),
+        "{view}"
+    );
     assert_eq!(view["migrations"], 1);
 
     // UDP "blocked": an ICE-TCP connection checks without nominating (a standby pair), then
     // nominates, and the media path is the connection.
     let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    assert!(tcp_check(&mut tcp, &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false)));
+    assert!(tcp_check(
+        &mut tcp,
+        &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false)
+    ));
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(publisher(&relay)["transport"], "udp");
     assert!(tcp_check(&mut tcp, &nominate(&s.pwd)));
-    assert_eq!(wait_for_path(&relay, tcp.local_addr().unwrap(), "tcp")["migrations"], 2);
+    assert_eq!(
+        wait_for_path(&relay, tcp.local_addr().unwrap(), "tcp")["migrations"],
+        2
+    );
 
     // Back to UDP: the old path's connection stays as a standby pair while the client checks
     // it (it answers, and carries nothing else)...
     assert!(udp_check(&a, s.port, &nominate(&s.pwd), &s.pwd));
-    assert_eq!(wait_for_path(&relay, a.local_addr().unwrap(), "udp")["migrations"], 3);
-    assert!(tcp_check(&mut tcp, &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false)));
+    assert_eq!(
+        wait_for_path(&relay, a.local_addr().unwrap(), "udp")["migrations"],
+        3
+    );
+    assert!(tcp_check(
+        &mut tcp,
+        &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false)
+    ));
     // ... and closes once the client stops checking it for media.ice_timeout (4 s here),
     // while the session, checked on UDP, lives on.
     let stopped = Instant::now();
-    tcp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut byte = [0u8; 1];
     let closed = loop {
-        assert!(udp_check(&a, s.port, &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false), &s.pwd));
+        assert!(udp_check(
+            &a,
+            s.port,
+            &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false),
+            &s.pwd
+        ));
         match tcp.read(&mut byte) {
             Ok(0) => break stopped.elapsed(),
             Ok(_) => panic!("a standby connection carries nothing unasked"),
@@ -270,7 +318,10 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
         }
     };
     assert!(closed >= Duration::from_secs(3), "closed after {closed:?}");
-    assert_eq!(relay.metric_all_workers("corecast_tcp_standby_closed_total"), 1);
+    assert_eq!(
+        relay.metric_all_workers("corecast_tcp_standby_closed_total"),
+        1
+    );
 
     // An ICE restart: the relay's new credentials and candidates, a new ETag.
     let fragment = "a=ice-ufrag:Nw01\r\na=ice-pwd:newpassword0123456789xyz\r\n\
@@ -311,10 +362,21 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
     let old = check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false);
     assert!(udp_check(&a, s.port, &old, &s.pwd));
     let d = bound();
-    assert!(udp_check(&d, s.port, &check(&new_ufrag, "Nw01", &new_pwd, true), &new_pwd));
+    assert!(udp_check(
+        &d,
+        s.port,
+        &check(&new_ufrag, "Nw01", &new_pwd, true),
+        &new_pwd
+    ));
     let view = wait_for_path(&relay, d.local_addr().unwrap(), "udp");
-    assert_eq!((view["migrations"].as_u64(), view["ice_restarts"].as_u64()), (Some(4), Some(1)));
-    assert!(!udp_check(&a, s.port, &old, &s.pwd), "old credentials lapse");
+    assert_eq!(
+        (view["migrations"].as_u64(), view["ice_restarts"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert!(
+        !udp_check(&a, s.port, &old, &s.pwd),
+        "old credentials lapse"
+    );
 
     // `If-Match: *` restarts too.
     let r = patch(
@@ -326,6 +388,9 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
     assert_eq!(r.status, 200, "{}", r.body);
 
     assert_eq!(relay.metric_all_workers("corecast_ice_restarts_total"), 2);
-    assert_eq!(relay.metric_all_workers("corecast_path_migrations_total"), 4);
+    assert_eq!(
+        relay.metric_all_workers("corecast_path_migrations_total"),
+        4
+    );
     assert_eq!(publisher(&relay)["state"], "ice-connected");
 }

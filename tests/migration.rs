@@ -305,7 +305,11 @@ async fn udp_blocked(switch: Switch) {
     }
     let player = call(&browser, "return await mig.play('cam')", vec![]).await;
     let first = state(&player).await;
-    assert!(first["error"].is_null(), "playing: {first}\n{}", relay.log());
+    assert!(
+        first["error"].is_null(),
+        "playing: {first}\n{}",
+        relay.log()
+    );
     let port = first["port"].as_u64().expect("the player's UDP port") as u16;
     if switch == Switch::BrowserRenominates {
         let on = |transport: &'static str| {
@@ -371,7 +375,11 @@ async fn udp_blocked(switch: Switch) {
             last_progress = (now, frames);
         }
         if blocked_at.is_none() && start.elapsed() >= BEFORE_BLOCK {
-            assert!(frames > 0.0, "no frames before the block: {s}\n{}", relay.log());
+            assert!(
+                frames > 0.0,
+                "no frames before the block: {s}\n{}",
+                relay.log()
+            );
             assert_eq!(s["protocol"], "udp", "the player starts on UDP: {s}");
             dtls_records_at_block = relay.metric_all_workers("corecast_dtls_records_total");
             block_udp(&port.to_string(), None);
@@ -382,10 +390,17 @@ async fn udp_blocked(switch: Switch) {
                 start.elapsed().as_secs_f64()
             ));
             if switch == Switch::RestartIceAndPatch {
-                let restarted =
-                    call(&browser, "return await mig.restart(arguments[0])", vec![player.clone()])
-                        .await;
-                assert!(restarted.is_null(), "restartIce + PATCH: {restarted}\n{}", relay.log());
+                let restarted = call(
+                    &browser,
+                    "return await mig.restart(arguments[0])",
+                    vec![player.clone()],
+                )
+                .await;
+                assert!(
+                    restarted.is_null(),
+                    "restartIce + PATCH: {restarted}\n{}",
+                    relay.log()
+                );
                 say(format!(
                     "t={:.1}s restartIce() and PATCH done: {}",
                     start.elapsed().as_secs_f64(),
@@ -456,13 +471,19 @@ async fn udp_blocked(switch: Switch) {
                 relay_side["migrations"],
                 relay_side["ice_restarts"],
             ));
-            assert_eq!(relay_side["session"], session_before, "the same session throughout");
+            assert_eq!(
+                relay_side["session"], session_before,
+                "the same session throughout"
+            );
             let migrations = match switch {
                 Switch::RestartIceAndPatch => 1,
                 // TCP to UDP when UDP opened, back to TCP when it closed.
                 Switch::BrowserRenominates => 2,
             };
-            assert!(relay_side["migrations"].as_u64() >= Some(migrations), "{relay_side}");
+            assert!(
+                relay_side["migrations"].as_u64() >= Some(migrations),
+                "{relay_side}"
+            );
             assert_eq!(
                 dtls_records_after, dtls_records_at_block,
                 "no DTLS record after the block: the session kept its DTLS and SRTP"

@@ -12,7 +12,9 @@ pub enum PreconditionError {
          restarted since"
     )]
     Stale { given: String, current: String },
-    #[error("an ICE restart needs If-Match with the session's ETag (from the 201 or the last restart)")]
+    #[error(
+        "an ICE restart needs If-Match with the session's ETag (from the 201 or the last restart)"
+    )]
     Missing,
     #[error("If-Match `{0}` is not a list of entity tags (\"...\")")]
     Malformed(String),
@@ -55,7 +57,9 @@ pub fn check_if_match(
         let opaque = tag.strip_prefix("W/").unwrap_or(tag);
         let quoted = opaque.len() >= 2 && opaque.starts_with('"') && opaque.ends_with('"');
         if !quoted || opaque[1..opaque.len() - 1].contains('"') {
-            return Err(PreconditionError::Malformed(header.chars().take(80).collect()));
+            return Err(PreconditionError::Malformed(
+                header.chars().take(80).collect(),
+            ));
         }
         tags.push(tag);
     }

@@ -77,13 +77,12 @@ impl Control {
         let (udp, tcp) = entry.offered;
         let candidates = host_candidates(self.config.media.announced_ip, entry.port, udp, tcp);
         let (media, mid) = &ice.bundle;
-        let fragment = write_restart_fragment(
-            &ice.local_ufrag,
-            &ice.local_pwd,
-            (media, mid),
-            &candidates,
+        let fragment =
+            write_restart_fragment(&ice.local_ufrag, &ice.local_pwd, (media, mid), &candidates);
+        tracing::info!(
+            session = id,
+            "ICE restart: new credentials sent to the worker"
         );
-        tracing::info!(session = id, "ICE restart: new credentials sent to the worker");
         Ok(IcePatched::Restarted {
             fragment,
             etag: ice.etag.clone(),

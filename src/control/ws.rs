@@ -302,7 +302,11 @@ async fn handle(
         }
         "ice" => {
             let (Some(session), Some(fragment)) = (request.session, &request.sdp) else {
-                return error(id, 400, "`ice` needs `session` and `sdp` (a trickle-ice-sdpfrag)");
+                return error(
+                    id,
+                    400,
+                    "`ice` needs `session` and `sdp` (a trickle-ice-sdpfrag)",
+                );
             };
             if !owned.contains(&session) {
                 return error(

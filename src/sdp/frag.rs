@@ -67,7 +67,8 @@ pub enum FragmentError {
 
 /// `ice-char` (RFC 8839 §5.4): ALPHA / DIGIT / "+" / "/".
 fn is_ice_chars(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 fn credential(
@@ -114,11 +115,17 @@ fn check_candidate(line: usize, value: &str) -> Result<(), FragmentError> {
         return Err(bad("the foundation is 1-32 letters, digits, '+' or '/'"));
     }
     let component = next("no component id")?;
-    if !component.parse::<u16>().is_ok_and(|c| (1..=256).contains(&c)) {
+    if !component
+        .parse::<u16>()
+        .is_ok_and(|c| (1..=256).contains(&c))
+    {
         return Err(bad("the component id is a number from 1 to 256"));
     }
     let transport = next("no transport")?;
-    if !transport.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if !transport
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Err(bad("the transport is a token (UDP, TCP)"));
     }
     if next("no priority")?.parse::<u32>().is_err() {
@@ -288,17 +295,32 @@ mod tests {
             (b"v=0\r\n", "`v=` does not belong"),
             (b"\xff\xfe", "not UTF-8"),
             (b"a=ice-ufrag:abcd\r\n", "without a=ice-pwd"),
-            (b"a=ice-pwd:0123456789012345678901\r\n", "without a=ice-ufrag"),
-            (b"a=ice-ufrag:ab\r\na=ice-pwd:0123456789012345678901", "at least 4"),
-            (b"a=ice-ufrag:ab cd\r\na=ice-pwd:0123456789012345678901", "letters, digits"),
+            (
+                b"a=ice-pwd:0123456789012345678901\r\n",
+                "without a=ice-ufrag",
+            ),
+            (
+                b"a=ice-ufrag:ab\r\na=ice-pwd:0123456789012345678901",
+                "at least 4",
+            ),
+            (
+                b"a=ice-ufrag:ab cd\r\na=ice-pwd:0123456789012345678901",
+                "letters, digits",
+            ),
             (b"a=ice-ufrag:abcd\r\na=ice-pwd:short", "at least 22"),
             (
                 b"a=ice-ufrag:abcd\r\na=ice-ufrag:efgh\r\na=ice-pwd:0123456789012345678901",
                 "two different a=ice-ufrag",
             ),
             (b"a=candidate:1 1 udp\r\n", "no priority"),
-            (b"a=candidate:1 1 udp 1 10.0.0.1 99999 typ host", "port is a number"),
-            (b"a=candidate:1 1 udp 1 10.0.0.1 9 host", "`typ` must follow"),
+            (
+                b"a=candidate:1 1 udp 1 10.0.0.1 99999 typ host",
+                "port is a number",
+            ),
+            (
+                b"a=candidate:1 1 udp 1 10.0.0.1 9 host",
+                "`typ` must follow",
+            ),
             (b"a=candidate:1 0 udp 1 10.0.0.1 9 typ host", "component id"),
             (b"a=candidate:1 1 udp -5 10.0.0.1 9 typ host", "priority"),
             (b"a=candidate:1 1 udp 1 10.0.0.1 9 typ", "no candidate type"),
@@ -317,7 +339,8 @@ mod tests {
     fn bounds_size_and_candidates() {
         let big = vec![b'a'; MAX_FRAGMENT_BYTES + 1];
         assert_eq!(parse_fragment(&big), Err(FragmentError::TooLarge));
-        let many = "a=candidate:1 1 udp 1 10.0.0.1 9 typ host\n".repeat(MAX_FRAGMENT_CANDIDATES + 1);
+        let many =
+            "a=candidate:1 1 udp 1 10.0.0.1 9 typ host\n".repeat(MAX_FRAGMENT_CANDIDATES + 1);
         assert_eq!(
             parse_fragment(many.as_bytes()),
             Err(FragmentError::TooManyCandidates)

@@ -18,9 +18,9 @@
 
 mod answer;
 mod codec;
-mod frag;
 #[cfg(test)]
 mod fixtures;
+mod frag;
 mod limits;
 mod negotiate;
 mod offer;
@@ -28,12 +28,12 @@ mod offer;
 /// Re-exported from its home in [`crate::media`], where the other layers find it.
 pub use crate::media::MediaKind;
 pub use answer::{AnswerTransport, format_fingerprint, host_candidates, write_answer};
+pub use codec::Codec;
+pub use codec::{REPAIRED_RID_URI, RID_URI, TRANSPORT_CC_URI};
 pub use frag::{
     FragmentError, IceFragment, MAX_FRAGMENT_BYTES, MAX_FRAGMENT_CANDIDATES, parse_fragment,
     write_restart_fragment,
 };
-pub use codec::Codec;
-pub use codec::{REPAIRED_RID_URI, RID_URI, TRANSPORT_CC_URI};
 pub use limits::{
     MAX_ATTRIBUTES_PER_SECTION, MAX_FORMATS_PER_SECTION, MAX_OFFER_BYTES, MAX_SECTIONS,
 };

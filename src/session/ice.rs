@@ -130,7 +130,13 @@ impl IceLite {
 
     /// An ICE restart: checks must use the new credentials from now on; the old ones are
     /// taken until a pair is nominated with the new ones, for one `timeout` at most.
-    pub fn restart(&mut self, now: Instant, local_ufrag: &str, local_pwd: &str, remote_ufrag: &str) {
+    pub fn restart(
+        &mut self,
+        now: Instant,
+        local_ufrag: &str,
+        local_pwd: &str,
+        remote_ufrag: &str,
+    ) {
         let old = std::mem::replace(
             &mut self.current,
             Credentials::new(local_ufrag, local_pwd, remote_ufrag),
@@ -256,7 +262,12 @@ mod tests {
         // The client still checks its old pair with the old credentials: answered, signed
         // with the old key, and said to be the old session's.
         let old = ice
-            .handle_check(t1, &check("srv:cli", "server-password-123456", false), from, &mut out)
+            .handle_check(
+                t1,
+                &check("srv:cli", "server-password-123456", false),
+                from,
+                &mut out,
+            )
             .unwrap();
         assert!(old.previous_credentials);
         let resp = StunMessage::parse(&out[..old.response_len]).unwrap();
@@ -264,20 +275,40 @@ mod tests {
             .unwrap();
         // A new check without nomination leaves the old credentials valid.
         let new = ice
-            .handle_check(t1, &check("srv2:cli2", "server-password-new-7890", false), from, &mut out)
+            .handle_check(
+                t1,
+                &check("srv2:cli2", "server-password-new-7890", false),
+                from,
+                &mut out,
+            )
             .unwrap();
         assert!(!new.previous_credentials);
         assert!(
-            ice.handle_check(t1, &check("srv:cli", "server-password-123456", true), from, &mut out)
-                .is_ok()
+            ice.handle_check(
+                t1,
+                &check("srv:cli", "server-password-123456", true),
+                from,
+                &mut out
+            )
+            .is_ok()
         );
         // A nomination with the new credentials ends the old ICE session.
         let nominated = ice
-            .handle_check(t1, &check("srv2:cli2", "server-password-new-7890", true), from, &mut out)
+            .handle_check(
+                t1,
+                &check("srv2:cli2", "server-password-new-7890", true),
+                from,
+                &mut out,
+            )
             .unwrap();
         assert!(nominated.use_candidate && !nominated.previous_credentials);
         assert_eq!(
-            ice.handle_check(t1, &check("srv:cli", "server-password-123456", false), from, &mut out),
+            ice.handle_check(
+                t1,
+                &check("srv:cli", "server-password-123456", false),
+                from,
+                &mut out
+            ),
             Err(IceError::WrongUsername)
         );
     }

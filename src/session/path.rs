@@ -48,7 +48,11 @@ pub enum PathChange {
 
 /// The switch rule: `checked` passed MESSAGE-INTEGRITY; with USE-CANDIDATE (`nominated`) it
 /// becomes the session's path unless it already is.
-pub fn on_valid_check(current: Option<MediaPath>, checked: MediaPath, nominated: bool) -> PathChange {
+pub fn on_valid_check(
+    current: Option<MediaPath>,
+    checked: MediaPath,
+    nominated: bool,
+) -> PathChange {
     match current {
         _ if !nominated => PathChange::Unchanged,
         None => PathChange::Selected,
@@ -81,7 +85,10 @@ mod tests {
 
     #[test]
     fn checks_without_use_candidate_never_move_the_session() {
-        assert_eq!(on_valid_check(None, udp(5000), false), PathChange::Unchanged);
+        assert_eq!(
+            on_valid_check(None, udp(5000), false),
+            PathChange::Unchanged
+        );
         assert_eq!(
             on_valid_check(Some(udp(5000)), tcp(1, 1), false),
             PathChange::Unchanged

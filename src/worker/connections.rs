@@ -97,7 +97,9 @@ impl Connections {
                 .filter(|(_, c)| !c.closing)
         };
         let oldest = |candidates: &mut dyn Iterator<Item = (usize, &TcpConn)>| {
-            candidates.min_by_key(|(_, c)| c.accepted_at).map(|(slot, _)| slot)
+            candidates
+                .min_by_key(|(_, c)| c.accepted_at)
+                .map(|(slot, _)| slot)
         };
         oldest(&mut open().filter(|(_, c)| !c.validated))
             .or_else(|| oldest(&mut open().filter(|(_, c)| c.validated)))

@@ -318,7 +318,9 @@ impl Core {
                     local_ufrag,
                     local_pwd,
                     remote_ufrag,
-                } => table.restart_ice(session, now, (&local_ufrag, &local_pwd), &remote_ufrag, out),
+                } => {
+                    table.restart_ice(session, now, (&local_ufrag, &local_pwd), &remote_ufrag, out)
+                }
                 Command::SetLayerPreference {
                     session,
                     preference,

@@ -199,9 +199,13 @@ impl Core {
         }
         // The response leaves on the path the check came on, before any switch closes it.
         self.out.transmit(udp_fd, &via, out, outcome.response_len);
-        let change =
-            self.table
-                .select_path(slot, via, outcome.use_candidate, &mut self.out, &self.events);
+        let change = self.table.select_path(
+            slot,
+            via,
+            outcome.use_candidate,
+            &mut self.out,
+            &self.events,
+        );
         // A player whose path moved lost what was in flight on the old one (a switch follows
         // an outage, which its retransmission window has outlived): it needs a keyframe now,
         // not when its decoder gives up.

@@ -355,7 +355,9 @@ impl Table {
             return;
         };
         if let Some(session) = self.sessions[slot].as_mut().filter(|s| !s.closing) {
-            session.ice.restart(now, local_ufrag, local_pwd, remote_ufrag);
+            session
+                .ice
+                .restart(now, local_ufrag, local_pwd, remote_ufrag);
             inc(&out.stats.ice_restarts);
         }
     }

@@ -233,7 +233,10 @@ impl Response {
 
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &str) -> Response {
-    let headers: Vec<(&str, &str)> = content_type.map(|ct| ("Content-Type", ct)).into_iter().collect();
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
     http_with_headers(method, url, &headers, body)
 }
 
