@@ -145,6 +145,19 @@ fn wait_for_path(relay: &Relay, remote: SocketAddr, transport: &str) -> Value {
     }
 }
 
+/// A per-worker counter summed, once it reaches `expected` (a worker applies a restart when
+/// it takes the command, a moment after the answer) or after 5 s.
+fn worker_metric(relay: &Relay, name: &str, expected: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = relay.metric_all_workers(name);
+        if value >= expected || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn bound() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").unwrap()
 }
@@ -357,6 +370,8 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
     );
     assert_eq!(r.status, 412, "{}", r.body);
 
+    // (The worker takes the new credentials a moment after the answer.)
+    assert_eq!(worker_metric(&relay, "corecast_ice_restarts_total", 1), 1);
     // Until the client nominates with the new credentials, the old ones are answered (its
     // old pair keeps consent); the new ones nominate from another tuple, and the old lapse.
     let old = check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false);
@@ -387,10 +402,117 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
     );
     assert_eq!(r.status, 200, "{}", r.body);
 
-    assert_eq!(relay.metric_all_workers("corecast_ice_restarts_total"), 2);
+    assert_eq!(worker_metric(&relay, "corecast_ice_restarts_total", 2), 2);
     assert_eq!(
         relay.metric_all_workers("corecast_path_migrations_total"),
         4
     );
     assert_eq!(publisher(&relay)["state"], "ice-connected");
+}
+
+/// The WebSocket's next reply that is not a status event.
+fn ws_reply(ws: &mut tungstenite::WebSocket<TcpStream>) -> Value {
+    loop {
+        let message = ws.read().expect("a WebSocket message");
+        if let tungstenite::Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if value["type"] != "status" {
+                return value;
+            }
+        }
+    }
+}
+
+fn ws_send(ws: &mut tungstenite::WebSocket<TcpStream>, value: Value) -> Value {
+    ws.send(tungstenite::Message::Text(value.to_string().into()))
+        .unwrap();
+    ws_reply(ws)
+}
+
+#[test]
+fn the_websocket_ice_command_trickles_and_restarts_like_patch() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "1"),
+        ("CORECAST_MEDIA_PORTS", &media_range(2)),
+    ]);
+    let stream = TcpStream::connect(relay.url("").trim_start_matches("http://")).unwrap();
+    let url = relay.url("/ws").replace("http://", "ws://");
+    let (mut ws, _) = tungstenite::client(url.as_str(), stream).expect("WebSocket handshake");
+    assert_eq!(ws_reply(&mut ws)["status"], "ESTABLISHED");
+    let answer = ws_send(
+        &mut ws,
+        serde_json::json!({"type": "publish", "id": 1, "stream": "cam", "sdp": CHROME_PUBLISH_OFFER}),
+    );
+    assert_eq!(answer["type"], "answer", "{answer}");
+    let session = answer["session"].clone();
+    let etag = answer["etag"]
+        .as_str()
+        .expect("the answer's etag")
+        .to_string();
+
+    let trickle = "a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\n";
+    let r = ws_send(
+        &mut ws,
+        serde_json::json!({"type": "ice", "id": 2, "session": session, "sdp": trickle}),
+    );
+    assert_eq!(
+        (r["type"].as_str(), r["restarted"].as_bool()),
+        (Some("ice"), Some(false)),
+        "{r}"
+    );
+
+    let restart = "a=ice-ufrag:Nw01\r\na=ice-pwd:newpassword0123456789xyz\r\n";
+    for (etag, status) in [(None, 428), (Some("\"stale\""), 412)] {
+        let mut command =
+            serde_json::json!({"type": "ice", "id": 3, "session": session, "sdp": restart});
+        if let Some(etag) = etag {
+            command["etag"] = etag.into();
+        }
+        let r = ws_send(&mut ws, command);
+        assert_eq!(
+            (r["type"].as_str(), r["status"].as_u64()),
+            (Some("error"), Some(status)),
+            "{r}"
+        );
+    }
+    let r = ws_send(
+        &mut ws,
+        serde_json::json!({"type": "ice", "id": 4, "session": session, "sdp": restart, "etag": etag}),
+    );
+    assert_eq!(r["restarted"], true, "{r}");
+    assert_ne!(r["etag"].as_str(), Some(etag.as_str()));
+    assert!(
+        r["sdp"].as_str().unwrap_or("").contains("a=ice-ufrag:"),
+        "{r}"
+    );
+
+    let r = ws_send(
+        &mut ws,
+        serde_json::json!({"type": "ice", "id": 5, "session": 999, "sdp": trickle}),
+    );
+    assert_eq!(r["status"], 404, "{r}");
+    let r = ws_send(
+        &mut ws,
+        serde_json::json!({"type": "ice", "id": 6, "session": session}),
+    );
+    assert_eq!(r["status"], 400, "{r}");
+    let r = ws_send(
+        &mut ws,
+        serde_json::json!({"type": "ice", "id": 7, "session": session, "sdp": "nonsense"}),
+    );
+    assert_eq!(r["status"], 400, "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not an SDP line"),
+        "{r}"
+    );
+    assert_eq!(
+        worker_metric(&relay, "corecast_ice_restarts_total", 1),
+        1,
+        "{}\n{}",
+        http("GET", &relay.url("/api/streams"), None, "").body,
+        relay.log()
+    );
 }
