@@ -168,13 +168,14 @@ pub fn parse_fragment(body: &[u8]) -> Result<IceFragment<'_>, FragmentError> {
                 text: raw.chars().take(80).collect(),
             });
         };
-        let value = &raw[2..];
         match kind {
             // A media line only opens a section (`a=mid` names it): the relay bundles all.
             'm' => continue,
             'a' => {}
             other => return Err(FragmentError::NotAllowed { line, kind: other }),
         }
+        // `a=` is two ASCII bytes.
+        let value = &raw[2..];
         let (name, attribute_value) = match value.split_once(':') {
             Some((name, v)) => (name, Some(v)),
             None => (value, None),
@@ -293,6 +294,7 @@ mod tests {
             (b"\r\n\r\n", "empty"),
             (b"hello", "not an SDP line"),
             (b"v=0\r\n", "`v=` does not belong"),
+            ("€=x\r\n".as_bytes(), "`€=` does not belong"),
             (b"\xff\xfe", "not UTF-8"),
             (b"a=ice-ufrag:abcd\r\n", "without a=ice-pwd"),
             (
@@ -345,6 +347,35 @@ mod tests {
             parse_fragment(many.as_bytes()),
             Err(FragmentError::TooManyCandidates)
         );
+    }
+
+    /// What `fuzz/fuzz_targets/sdpfrag.rs` checks, over random edits of a real fragment (for
+    /// machines without cargo-fuzz): no panic, and a fragment that parses keeps its bounds.
+    #[test]
+    fn random_edits_of_a_fragment_parse_or_fail_cleanly() {
+        let seed = CHROMIUM_TRICKLE.as_bytes();
+        let alphabet = "a=:\r\n +/0123456789abcdefmtypucandidtehosr€".as_bytes();
+        for _ in 0..20_000 {
+            let mut bytes = seed.to_vec();
+            for _ in 0..rand::random_range(1..8) {
+                let at = rand::random_range(0..bytes.len());
+                let byte = alphabet[rand::random_range(0..alphabet.len())];
+                match rand::random_range(0..3) {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+            if let Ok(f) = parse_fragment(&bytes) {
+                assert!(f.candidates.len() <= MAX_FRAGMENT_CANDIDATES);
+                if let Some((ufrag, pwd)) = f.credentials {
+                    assert!(is_ice_chars(ufrag) && (4..=256).contains(&ufrag.len()));
+                    assert!(is_ice_chars(pwd) && (22..=256).contains(&pwd.len()));
+                }
+            }
+        }
     }
 
     #[test]
