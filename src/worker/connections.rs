@@ -1,8 +1,9 @@
 //! ICE-TCP connections (RFC 6544 passive): accepted on a session's listener, read as RFC 4571
-//! frames, one gathered send in flight each; closed when the session ends, when the media
-//! moves from it to another nominated path, on a framing error, or when a send falls short.
-//! Validated connections that are not the media path stay open as the client's standby pairs
-//! (it may nominate one when UDP fails), within the session's bound. A connection is freed (its
+//! frames, one gathered send in flight each; closed when the session ends, when a path is
+//! nominated and it never passed a check, on a framing error, or when a send falls short.
+//! Validated connections that are not the media path (the old path's after a migration among
+//! them) stay open as the client's standby pairs while it keeps checking them (it may nominate
+//! one when UDP fails), within the session's bound. A connection is freed (its
 //! socket closed) once no operation on the ring refers to it.
 
 use std::collections::VecDeque;

@@ -392,6 +392,21 @@ impl Table {
             remote: via.addr(),
             tcp: via.tcp_conn().is_some(),
         });
+        // Connections that never passed a check are no pair of the client's: once it has
+        // chosen, they go at once rather than at their validation deadline. (A path changes
+        // seldom: collecting them costs nothing per packet.)
+        let unchecked: Vec<usize> = session
+            .conns
+            .iter()
+            .copied()
+            .filter(|&c| out.conns.at(c).is_some_and(|c| !c.validated))
+            .collect();
+        for conn in unchecked {
+            self.close_conn(conn, out);
+        }
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return change;
+        };
         let Some(from) = from else {
             return change;
         };
