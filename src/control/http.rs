@@ -1,4 +1,5 @@
 //! HTTP: WHIP (`POST /whip/{stream}`), WHEP (`POST /whep/{stream}`), `DELETE /session/{id}`,
+//! `PATCH /session/{id}` (trickle ICE and ICE restart, `trickle`),
 //! `GET /api/streams`, `GET /api/cluster`, `GET /metrics`, `GET /api/relay-latency`, the demo page at `/` and the
 //! dashboard (`dashboard::routes`).
 
@@ -19,7 +20,7 @@ use tower_http::cors::{Any, CorsLayer};
 use super::gate::{Caller, Gate};
 use super::layers::LayerRequest;
 use super::limits::HttpLimits;
-use super::{ApiError, Control, Created};
+use super::{ApiError, Control, Created, IcePatched};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 
@@ -46,7 +47,7 @@ pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>, gate: Arc<Gate>) -
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route("/whip/{stream}", post(whip))
         .route("/whep/{stream}", post(whep))
-        .route("/session/{id}", delete(delete_session))
+        .route("/session/{id}", delete(delete_session).patch(patch_ice))
         .route(
             "/api/sessions/{id}",
             delete(delete_session).patch(patch_session),
@@ -188,7 +189,56 @@ fn created(created: Created) -> Response {
     if let Ok(v) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, v);
     }
+    if let Ok(v) = HeaderValue::from_str(&created.etag) {
+        headers.insert(header::ETAG, v);
+    }
     response
+}
+
+/// The media type of trickle ICE fragments (RFC 8840).
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+/// `PATCH /session/{id}` with an `application/trickle-ice-sdpfrag` (RFC 9725 §4.3): trickled
+/// candidates (`204`), or an ICE restart (`200`, the relay's fragment and a new `ETag`).
+async fn patch_ice(
+    State(control): State<Arc<Control>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case(SDPFRAG) {
+        return Err(ApiError::new(
+            415,
+            format!("Content-Type must be {SDPFRAG} (RFC 8840), not `{content_type}`"),
+        ));
+    }
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::new(404, format!("session `{id}` does not exist")))?;
+    let if_match = match headers.get(header::IF_MATCH) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::new(400, "If-Match is not ASCII text"))?,
+        ),
+        None => None,
+    };
+    match control.patch_ice(id, if_match, &body)? {
+        IcePatched::Trickled { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
+        IcePatched::Restarted { fragment, etag } => {
+            let mut response = (StatusCode::OK, fragment).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                headers.insert(header::ETAG, v);
+            }
+            Ok(response)
+        }
+    }
 }
 
 async fn whip(

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cascade;
 pub mod dashboard;
 pub mod dtls;
+pub mod etag;
 pub mod gate;
 pub mod http;
 pub mod latency;
@@ -19,11 +20,13 @@ mod clustered;
 mod errors;
 mod registry;
 mod sessions;
+mod trickle;
 
 pub use clustered::{ClusterView, StreamHolder};
 pub use errors::ApiError;
 pub use registry::{Ending, Role, SessionState, SessionView, StatusEvent, StreamView, TrackView};
 pub use sessions::Created;
+pub use trickle::IcePatched;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

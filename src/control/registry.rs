@@ -59,6 +59,22 @@ pub(super) struct SessionEntry {
     pub(super) created: Instant,
     /// The transports the answer offered: (UDP, TCP).
     pub(super) offered: (bool, bool),
+    /// Its ICE session (credentials, entity tag), which a PATCH may restart.
+    pub(super) ice: IceSession,
+    /// ICE restarts so far.
+    pub(super) ice_restarts: u64,
+}
+
+/// A session's current ICE session as signaling knows it: both sides' credentials, the
+/// entity tag that names it (`etag`), and where the relay's candidates go in a fragment.
+pub(super) struct IceSession {
+    pub(super) local_ufrag: String,
+    pub(super) local_pwd: String,
+    pub(super) remote_ufrag: String,
+    pub(super) remote_pwd: String,
+    pub(super) etag: String,
+    /// The bundle's first media section: (media, mid).
+    pub(super) bundle: (String, String),
 }
 
 /// Why a session ends: a normal end (client, publisher gone) or a failure (ICE, DTLS).
@@ -119,6 +135,13 @@ pub struct SessionView {
     pub remote: Option<SocketAddr>,
     /// `udp` or `tcp`, once ICE has nominated a path.
     pub transport: Option<&'static str>,
+    /// The relay's end of the media path (the announced address and the session's port): with
+    /// `remote` and `transport`, the 5-tuple.
+    pub local: SocketAddr,
+    /// Times the media path moved to another pair the client nominated (transport migration).
+    pub migrations: u64,
+    /// ICE restarts (PATCH or the WebSocket `ice` command).
+    pub ice_restarts: u64,
     /// Round-trip time (ms): a player's from its receiver reports echoing the relay's sender
     /// reports, a publisher's from the delay between a NACK and its retransmission; `None`
     /// until measured.
@@ -236,6 +259,9 @@ impl Control {
                 port: s.port,
                 remote: s.remote,
                 transport: s.transport,
+                local: SocketAddr::new(self.config.media.announced_ip, s.port),
+                migrations: s.reception.migrations.load(Ordering::Relaxed),
+                ice_restarts: s.ice_restarts,
                 rtt_ms: match s.reception.rtt_us.load(Ordering::Relaxed) {
                     0 => None,
                     us => Some(us as f64 / 1000.0),

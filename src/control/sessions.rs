@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::registry::{Registry, SessionEntry, StreamEntry, notify};
-use super::{ApiError, Control, Ending, Role, SessionState, dtls, limits};
+use super::registry::{IceSession, Registry, SessionEntry, StreamEntry, notify};
+use super::{ApiError, Control, Ending, Role, SessionState, dtls, etag, limits};
 use crate::io::socket::MediaSockets;
 use crate::media::StreamId;
 use crate::media::{MAX_LAYERS, SessionId};
@@ -34,6 +34,8 @@ const DTLS_QUEUE: usize = 64;
 pub struct Created {
     pub session: SessionId,
     pub answer: String,
+    /// The entity tag of its ICE session (the 201's `ETag`; a PATCH names it in `If-Match`).
+    pub etag: String,
 }
 
 /// What negotiation decided for a new session: the worker's role, the answer's sections, the
@@ -187,6 +189,21 @@ impl Control {
         let answer = self.answer(&offer, &plan, &local_ufrag, &local_pwd, port, offered);
         registry.next_session += 1;
         let id = registry.next_session;
+        let ice = IceSession {
+            local_ufrag: local_ufrag.clone(),
+            local_pwd: local_pwd.clone(),
+            remote_ufrag: offer.ice_ufrag.clone(),
+            remote_pwd: offer.ice_pwd.clone(),
+            etag: etag::new_etag(),
+            bundle: offer
+                .sections
+                .iter()
+                .zip(&plan.sections)
+                .find(|(_, answer)| matches!(answer, AnswerSection::Accepted { .. }))
+                .map(|(s, _)| (s.media.clone(), s.mid.clone()))
+                .unwrap_or_default(),
+        };
+        let etag = ice.etag.clone();
         self.add_to_stream(
             &mut registry,
             stream,
@@ -234,12 +251,15 @@ impl Control {
                 client: counted_as,
                 created: Instant::now(),
                 offered,
+                ice,
+                ice_restarts: 0,
             },
         );
         tracing::info!(session = id, stream, ?role, worker, port, "session created");
         Ok(Created {
             session: id,
             answer,
+            etag,
         })
     }
 

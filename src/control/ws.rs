@@ -9,10 +9,17 @@
 //! -> {"type":"play","id":2,"stream":"cam","sdp":"v=0..."}
 //! -> {"type":"layer","id":5,"session":8,"layer":"l","max_kbps":800}
 //! <- {"type":"layer","id":5,"session":8}
+//! -> {"type":"ice","id":6,"session":7,"etag":"\"k3...\"","sdp":"a=ice-ufrag:...\r\na=ice-pwd:..."}
+//! <- {"type":"ice","id":6,"session":7,"restarted":true,"etag":"\"q9...\"","sdp":"a=ice-lite\r\n..."}
 //! -> {"type":"stop","id":3,"session":7}
 //! <- {"type":"status","session":7,"stream":"cam","status":"UNPUBLISHED","reason":"stopped by the client"}
 //! <- {"type":"error","id":4,"status":404,"message":"stream `x` is not being published"}
 //! ```
+//!
+//! `ice` is the WHIP/WHEP PATCH (`control::trickle`): `sdp` carries a trickle-ice-sdpfrag,
+//! `etag` the `If-Match` (the answer's `etag`, or the last restart's); a trickle answers
+//! `restarted: false`, an ICE restart (new client credentials) the relay's fragment and the
+//! new `etag`. Errors carry the PATCH's statuses (400, 404, 412, 428).
 //!
 //! With tokens configured (`[auth]`), the connection carries one: `/ws?token=...`, or a
 //! `token` field in a message (the first, or `{"type":"auth","token":"..."}`); each publish and
@@ -44,7 +51,7 @@ use super::auth::Right;
 use super::gate::Gate;
 use super::layers::LayerRequest;
 use super::limits::{HttpLimits, WS_MAX_MESSAGE, retry_after_seconds};
-use super::{ApiError, Control, Ending};
+use super::{ApiError, Control, Ending, IcePatched};
 use crate::media::SessionId;
 
 #[derive(Deserialize)]
@@ -57,6 +64,8 @@ struct Request {
     sdp: Option<String>,
     session: Option<SessionId>,
     token: Option<String>,
+    /// `ice` command: the entity tag its fragment (in `sdp`) applies to (`If-Match`).
+    etag: Option<String>,
     /// `layer` command (a simulcast player's encoding), and `play` may carry them too.
     layer: Option<String>,
     rid: Option<String>,
@@ -254,7 +263,7 @@ async fn handle(
                 Ok(created) => {
                     control.watch_session(created.session, events.clone());
                     owned.push(created.session);
-                    json!({"type": "answer", "id": id, "session": created.session, "stream": stream, "sdp": created.answer})
+                    json!({"type": "answer", "id": id, "session": created.session, "stream": stream, "sdp": created.answer, "etag": created.etag})
                 }
                 Err(ApiError {
                     status,
@@ -291,6 +300,34 @@ async fn handle(
                 }) => error(id, status, message),
             }
         }
+        "ice" => {
+            let (Some(session), Some(fragment)) = (request.session, &request.sdp) else {
+                return error(
+                    id,
+                    400,
+                    "`ice` needs `session` and `sdp` (a trickle-ice-sdpfrag)",
+                );
+            };
+            if !owned.contains(&session) {
+                return error(
+                    id,
+                    404,
+                    format!("session {session} was not started on this connection"),
+                );
+            }
+            match control.patch_ice(session, request.etag.as_deref(), fragment.as_bytes()) {
+                Ok(IcePatched::Trickled { .. }) => {
+                    json!({"type": "ice", "id": id, "session": session, "restarted": false})
+                }
+                Ok(IcePatched::Restarted { fragment, etag }) => {
+                    json!({"type": "ice", "id": id, "session": session, "restarted": true,
+                           "sdp": fragment, "etag": etag})
+                }
+                Err(ApiError {
+                    status, message, ..
+                }) => error(id, status, message),
+            }
+        }
         "stop" => {
             let Some(session) = request.session else {
                 return error(id, 400, "`stop` needs `session`");
@@ -312,7 +349,7 @@ async fn handle(
         other => error(
             id,
             400,
-            format!("unknown command `{other}`: use publish, play, layer, stop or auth"),
+            format!("unknown command `{other}`: use publish, play, layer, ice, stop or auth"),
         ),
     }
 }

@@ -30,6 +30,23 @@ pub struct AnswerTransport<'a> {
 const UDP_HOST_PRIORITY: u32 = (126 << 24) | (65535 << 8) | 255;
 const TCP_PASSIVE_HOST_PRIORITY: u32 = (126 << 24) | (((1 << 13) * 4 + 8191) << 8) | 255;
 
+/// The relay's host candidates (the values after `a=candidate:`) on the session's port: UDP,
+/// passive ICE-TCP, or both. The answer and an ICE restart's fragment carry the same.
+pub fn host_candidates(ip: IpAddr, port: u16, udp: bool, tcp: bool) -> Vec<String> {
+    let mut candidates = Vec::new();
+    if udp {
+        candidates.push(format!(
+            "1 1 udp {UDP_HOST_PRIORITY} {ip} {port} typ host generation 0"
+        ));
+    }
+    if tcp {
+        candidates.push(format!(
+            "2 1 tcp {TCP_PASSIVE_HOST_PRIORITY} {ip} {port} typ host tcptype passive generation 0"
+        ));
+    }
+    candidates
+}
+
 /// Writes the SDP answer.
 pub fn write_answer(
     offer: &Offer,
@@ -89,19 +106,7 @@ pub fn write_answer(
         ],
         media_descriptions: vec![],
     };
-    let mut candidates = Vec::new();
-    if transport.udp {
-        candidates.push(format!(
-            "1 1 udp {UDP_HOST_PRIORITY} {} {} typ host generation 0",
-            transport.ip, transport.port
-        ));
-    }
-    if transport.tcp {
-        candidates.push(format!(
-            "2 1 tcp {TCP_PASSIVE_HOST_PRIORITY} {} {} typ host tcptype passive generation 0",
-            transport.ip, transport.port
-        ));
-    }
+    let candidates = host_candidates(transport.ip, transport.port, transport.udp, transport.tcp);
     for (offered, answer) in offer.sections.iter().zip(sections) {
         let mut m = MediaDescription {
             media_name: MediaName {

@@ -12,21 +12,28 @@
 //! The parts, in the order an offer meets them: `limits` caps the offer's text before anything
 //! is parsed, `offer` reads it into a model, `codec` says which codecs, header extensions and
 //! feedback the relay forwards, `negotiate` decides the tracks, and `answer` writes the answer.
+//! `frag` reads the trickle ICE fragments a client PATCHes later and writes the relay's answer
+//! to an ICE restart.
 //! (`::sdp` in them is the `sdp` crate, whose name this module shares.)
 
 mod answer;
 mod codec;
 #[cfg(test)]
 mod fixtures;
+mod frag;
 mod limits;
 mod negotiate;
 mod offer;
 
 /// Re-exported from its home in [`crate::media`], where the other layers find it.
 pub use crate::media::MediaKind;
-pub use answer::{AnswerTransport, format_fingerprint, write_answer};
+pub use answer::{AnswerTransport, format_fingerprint, host_candidates, write_answer};
 pub use codec::Codec;
 pub use codec::{REPAIRED_RID_URI, RID_URI, TRANSPORT_CC_URI};
+pub use frag::{
+    FragmentError, IceFragment, MAX_FRAGMENT_BYTES, MAX_FRAGMENT_CANDIDATES, parse_fragment,
+    write_restart_fragment,
+};
 pub use limits::{
     MAX_ATTRIBUTES_PER_SECTION, MAX_FORMATS_PER_SECTION, MAX_OFFER_BYTES, MAX_SECTIONS,
 };

@@ -2,6 +2,12 @@
 //! peer (the controlling agent) nominates a pair with USE-CANDIDATE; the caller latches that
 //! path (a UDP address or one ICE-TCP connection) as the session's destination. No valid check for `timeout` ends the session
 //! (consent freshness, RFC 7675: browsers check every few seconds).
+//!
+//! An ICE restart (RFC 8445 §9, signalled over WHIP/WHEP PATCH) gives the session new
+//! credentials, both sides' ([`IceLite::restart`]: the one place they change). The client
+//! keeps checking its old pairs with the old ones until its new pairs work, so those stay
+//! valid until a pair is nominated with the new credentials, or for one `timeout` at most:
+//! media keeps flowing on the old path meanwhile.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,12 +36,31 @@ pub struct CheckOutcome {
     pub response_len: usize,
     /// The check carried USE-CANDIDATE: the peer nominates the path it came on.
     pub use_candidate: bool,
+    /// The check used the credentials of an earlier ICE session (before a restart).
+    pub previous_credentials: bool,
+}
+
+/// One ICE session's credentials, as the relay checks them.
+struct Credentials {
+    /// `local_ufrag:remote_ufrag`, as the peer's USERNAME must read.
+    expected_username: Vec<u8>,
+    /// The local password's short-term key: checks are verified and answered with it.
+    key: hmac::Key,
+}
+
+impl Credentials {
+    fn new(local_ufrag: &str, local_pwd: &str, remote_ufrag: &str) -> Credentials {
+        Credentials {
+            expected_username: format!("{local_ufrag}:{remote_ufrag}").into_bytes(),
+            key: stun::short_term_key(local_pwd),
+        }
+    }
 }
 
 pub struct IceLite {
-    /// `local_ufrag:remote_ufrag`, as the peer's USERNAME must read.
-    expected_username: Vec<u8>,
-    key: hmac::Key,
+    current: Credentials,
+    /// The credentials before the last restart, and until when they are taken.
+    previous: Option<(Credentials, Instant)>,
     validated: Vec<SocketAddr>,
     last_valid: Instant,
     timeout: Duration,
@@ -50,8 +75,8 @@ impl IceLite {
         timeout: Duration,
     ) -> Self {
         IceLite {
-            expected_username: format!("{local_ufrag}:{remote_ufrag}").into_bytes(),
-            key: stun::short_term_key(local_pwd),
+            current: Credentials::new(local_ufrag, local_pwd, remote_ufrag),
+            previous: None,
             validated: Vec::with_capacity(MAX_VALIDATED),
             last_valid: now,
             timeout,
@@ -70,11 +95,25 @@ impl IceLite {
         if !msg.is_binding_request() {
             return Err(IceError::NotBindingRequest);
         }
-        if msg.username != Some(&self.expected_username[..]) {
-            return Err(IceError::WrongUsername);
+        let previous = self
+            .previous
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(credentials, _)| credentials);
+        let (credentials, previous_credentials) = match msg.username {
+            Some(name) if name == &self.current.expected_username[..] => (&self.current, false),
+            Some(name) if previous.is_some_and(|p| name == &p.expected_username[..]) => {
+                (previous.expect("matched above"), true)
+            }
+            _ => return Err(IceError::WrongUsername),
+        };
+        msg.verify_integrity(&credentials.key)?;
+        let response_len =
+            stun::write_binding_success(out, &msg.transaction_id, from, &credentials.key)?;
+        if msg.use_candidate && !previous_credentials {
+            // The client uses the new ICE session: the old one is over.
+            self.previous = None;
         }
-        msg.verify_integrity(&self.key)?;
-        let response_len = stun::write_binding_success(out, &msg.transaction_id, from, &self.key)?;
         self.last_valid = now;
         if !self.validated.contains(&from) {
             if self.validated.len() == MAX_VALIDATED {
@@ -85,7 +124,24 @@ impl IceLite {
         Ok(CheckOutcome {
             response_len,
             use_candidate: msg.use_candidate,
+            previous_credentials,
         })
+    }
+
+    /// An ICE restart: checks must use the new credentials from now on; the old ones are
+    /// taken until a pair is nominated with the new ones, for one `timeout` at most.
+    pub fn restart(
+        &mut self,
+        now: Instant,
+        local_ufrag: &str,
+        local_pwd: &str,
+        remote_ufrag: &str,
+    ) {
+        let old = std::mem::replace(
+            &mut self.current,
+            Credentials::new(local_ufrag, local_pwd, remote_ufrag),
+        );
+        self.previous = Some((old, now + self.timeout));
     }
 
     /// Whether `addr` has passed a connectivity check (DTLS is accepted only from such).
@@ -193,6 +249,96 @@ mod tests {
             Err(IceError::Stun(StunError::BadIntegrity))
         );
         assert!(!ice.is_validated(from));
+    }
+
+    #[test]
+    fn after_a_restart_both_credentials_work_until_the_new_ones_are_nominated() {
+        let t0 = Instant::now();
+        let mut ice = agent(t0);
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut out = [0u8; 128];
+        let t1 = t0 + Duration::from_secs(5);
+        ice.restart(t1, "srv2", "server-password-new-7890", "cli2");
+        // The client still checks its old pair with the old credentials: answered, signed
+        // with the old key, and said to be the old session's.
+        let old = ice
+            .handle_check(
+                t1,
+                &check("srv:cli", "server-password-123456", false),
+                from,
+                &mut out,
+            )
+            .unwrap();
+        assert!(old.previous_credentials);
+        let resp = StunMessage::parse(&out[..old.response_len]).unwrap();
+        resp.verify_integrity(&stun::short_term_key("server-password-123456"))
+            .unwrap();
+        // A new check without nomination leaves the old credentials valid.
+        let new = ice
+            .handle_check(
+                t1,
+                &check("srv2:cli2", "server-password-new-7890", false),
+                from,
+                &mut out,
+            )
+            .unwrap();
+        assert!(!new.previous_credentials);
+        assert!(
+            ice.handle_check(
+                t1,
+                &check("srv:cli", "server-password-123456", true),
+                from,
+                &mut out
+            )
+            .is_ok()
+        );
+        // A nomination with the new credentials ends the old ICE session.
+        let nominated = ice
+            .handle_check(
+                t1,
+                &check("srv2:cli2", "server-password-new-7890", true),
+                from,
+                &mut out,
+            )
+            .unwrap();
+        assert!(nominated.use_candidate && !nominated.previous_credentials);
+        assert_eq!(
+            ice.handle_check(
+                t1,
+                &check("srv:cli", "server-password-123456", false),
+                from,
+                &mut out
+            ),
+            Err(IceError::WrongUsername)
+        );
+    }
+
+    #[test]
+    fn old_credentials_lapse_one_timeout_after_a_restart() {
+        let t0 = Instant::now();
+        let mut ice = agent(t0);
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut out = [0u8; 128];
+        ice.restart(t0, "srv2", "server-password-new-7890", "cli2");
+        let old = check("srv:cli", "server-password-123456", false);
+        assert!(
+            ice.handle_check(t0 + Duration::from_secs(29), &old, from, &mut out)
+                .is_ok()
+        );
+        assert_eq!(
+            ice.handle_check(t0 + Duration::from_secs(30), &old, from, &mut out),
+            Err(IceError::WrongUsername)
+        );
+        // The old password never answers for the new username.
+        assert_eq!(
+            ice.handle_check(
+                t0 + Duration::from_secs(1),
+                &check("srv2:cli2", "server-password-123456", false),
+                from,
+                &mut out
+            ),
+            Err(IceError::Stun(StunError::BadIntegrity))
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod bwe;
 pub mod ice;
 pub mod keyframe;
 pub mod nack;
+pub mod path;
 pub mod player;
 pub mod publisher;
 pub mod publisher_link;

@@ -1,6 +1,9 @@
 //! ICE-TCP connections (RFC 6544 passive): accepted on a session's listener, read as RFC 4571
-//! frames, one gathered send in flight each; closed when the session ends, when another path
-//! is nominated, on a framing error, or when a send falls short. A connection is freed (its
+//! frames, one gathered send in flight each; closed when the session ends, when a path is
+//! nominated and it never passed a check, on a framing error, or when a send falls short.
+//! Validated connections that are not the media path (the old path's after a migration among
+//! them) stay open as the client's standby pairs while it keeps checking them (it may nominate
+//! one when UDP fails), within the session's bound. A connection is freed (its
 //! socket closed) once no operation on the ring refers to it.
 
 use std::collections::VecDeque;
@@ -40,6 +43,10 @@ pub(super) struct TcpConn {
     pub(super) validated: bool,
     /// Unvalidated connections are closed `TCP_VALIDATION_DEADLINE` after this.
     accepted_at: Instant,
+    /// The last valid ICE check on it: a standby connection (validated, not the media path)
+    /// lives while the client keeps checking it (consent, RFC 7675), `ice_timeout` at most
+    /// after this.
+    pub(super) last_check: Instant,
     /// Frames waiting to be sent: (egress slot, bytes including the length prefix).
     pub(super) queue: VecDeque<(u32, usize)>,
     /// Frames of the one `sendmsg` in flight.
@@ -78,15 +85,25 @@ impl Connections {
         self.slots.iter().flatten().filter(|c| !c.closing).count()
     }
 
-    /// Of `conns`, the connection accepted first that has not sent a valid ICE check.
-    fn oldest_unvalidated(&self, conns: &[usize]) -> Option<usize> {
-        conns
-            .iter()
-            .copied()
-            .filter_map(|slot| Some((slot, self.slots.get(slot)?.as_ref()?)))
-            .filter(|(_, c)| !c.validated && !c.closing)
-            .min_by_key(|(_, c)| c.accepted_at)
-            .map(|(slot, _)| slot)
+    /// Of `conns`, the one a new connection replaces when the session is full: the oldest
+    /// that has not sent a valid ICE check, else the oldest standby (validated, not the media
+    /// path `selected`: after an ICE restart the old ICE session's connections are those).
+    fn evictable(&self, conns: &[usize], selected: Option<usize>) -> Option<usize> {
+        let open = || {
+            conns
+                .iter()
+                .copied()
+                .filter(|&slot| Some(slot) != selected)
+                .filter_map(|slot| Some((slot, self.slots.get(slot)?.as_ref()?)))
+                .filter(|(_, c)| !c.closing)
+        };
+        let oldest = |candidates: &mut dyn Iterator<Item = (usize, &TcpConn)>| {
+            candidates
+                .min_by_key(|(_, c)| c.accepted_at)
+                .map(|(slot, _)| slot)
+        };
+        oldest(&mut open().filter(|(_, c)| !c.validated))
+            .or_else(|| oldest(&mut open().filter(|(_, c)| c.validated)))
     }
 }
 
@@ -117,9 +134,10 @@ impl Table {
             let peer = stream.peer_addr().ok();
             let full = session.conns.len() >= MAX_TCP_CONNECTIONS_PER_SESSION;
             // A full session makes room by closing its oldest connection that has not sent a
-            // valid check; only validated connections keep their places.
+            // valid check, else its oldest standby one; the media path keeps its place.
+            let selected = session.remote.and_then(|r| r.tcp_conn()).map(|(c, _)| c);
             let evict = if full {
-                out.conns.oldest_unvalidated(&session.conns)
+                out.conns.evictable(&session.conns, selected)
             } else {
                 None
             };
@@ -178,6 +196,7 @@ impl Table {
             reader: FrameReader::new(MAX_PACKET),
             validated: false,
             accepted_at: now,
+            last_check: now,
             queue: VecDeque::with_capacity(out.tcp_send_queue),
             in_flight: Vec::with_capacity(MAX_SEND_BATCH),
             in_flight_bytes: 0,
@@ -187,16 +206,36 @@ impl Table {
         slot
     }
 
-    /// Closes the connections that sent no valid ICE check within `TCP_VALIDATION_DEADLINE`.
-    pub(super) fn close_unvalidated_conns(&mut self, now: Instant, out: &mut Output) {
+    /// Closes the connections that sent no valid ICE check within `TCP_VALIDATION_DEADLINE`,
+    /// and the standby ones (validated, not their session's media path) whose client stopped
+    /// checking them for `standby_timeout`: it gave the pair up.
+    pub(super) fn close_idle_conns(
+        &mut self,
+        now: Instant,
+        standby_timeout: Duration,
+        out: &mut Output,
+    ) {
         for slot in 0..out.conns.slots.len() {
-            let overdue = out.conns.slots[slot].as_ref().is_some_and(|c| {
-                !c.closing
-                    && !c.validated
-                    && now.saturating_duration_since(c.accepted_at) >= TCP_VALIDATION_DEADLINE
-            });
-            if overdue {
-                inc(&out.stats.tcp_unvalidated_closed);
+            let Some(c) = out.conns.slots[slot].as_ref().filter(|c| !c.closing) else {
+                continue;
+            };
+            if !c.validated {
+                if now.saturating_duration_since(c.accepted_at) >= TCP_VALIDATION_DEADLINE {
+                    inc(&out.stats.tcp_unvalidated_closed);
+                    self.close_conn(slot, out);
+                }
+                continue;
+            }
+            let is_path = self
+                .sessions
+                .get(c.session)
+                .and_then(Option::as_ref)
+                .filter(|s| s.generation == c.session_generation)
+                .and_then(|s| s.remote)
+                .and_then(|r| r.tcp_conn())
+                == Some((slot, c.generation));
+            if !is_path && now.saturating_duration_since(c.last_check) >= standby_timeout {
+                inc(&out.stats.tcp_standby_closed);
                 self.close_conn(slot, out);
             }
         }

@@ -14,6 +14,7 @@ use super::connections::Connections;
 use super::stats::{self, WorkerStats, add, inc};
 use super::table::{Role, Session};
 use crate::io::{Completion, EGRESS_HEADROOM, MAX_SEND_BATCH, RawAddr, Ring, Token};
+use crate::session::path::MediaPath;
 use crate::session::publisher_link::LinkRtcp;
 use crate::wire::framing;
 
@@ -74,6 +75,22 @@ impl Peer {
                 },
             ) => a == b && ga == gb,
             _ => false,
+        }
+    }
+
+    /// The path as the switch rule (`session::path`) compares paths.
+    pub(super) fn path(&self) -> MediaPath {
+        match *self {
+            Peer::Udp { addr, .. } => MediaPath::Udp(addr),
+            Peer::Tcp {
+                conn,
+                generation,
+                addr,
+            } => MediaPath::Tcp {
+                conn,
+                generation,
+                peer: addr,
+            },
         }
     }
 
@@ -298,6 +315,28 @@ impl Output {
         self.bursts.sent(id);
         if batch_waiting {
             self.submit_batch();
+        }
+    }
+
+    /// Drops an open burst unsent: its player's media moved to another path, and the packets
+    /// held for the old address would go nowhere useful (the player asks again for what it
+    /// misses, on the new path).
+    pub(super) fn discard_burst(&mut self, id: BurstId) {
+        let burst = self.bursts.get(id);
+        for &egress in burst.slots() {
+            self.ring.release_egress(egress);
+        }
+        self.bursts.release(id);
+    }
+
+    /// Drops the frames waiting on a connection the media left (the one in flight finishes):
+    /// they were for the old path, and a standby connection carries only ICE checks.
+    pub(super) fn drop_queued_frames(&mut self, conn: usize, generation: u32) {
+        let Some(c) = self.conns.get(conn, generation) else {
+            return;
+        };
+        for (egress, _) in c.queue.drain(..) {
+            self.ring.release_egress(egress);
         }
     }
 

@@ -313,6 +313,14 @@ impl Core {
                 }
                 Command::SendDtls { session, data } => table.send_dtls(session, &data, out),
                 Command::RemoveSession { session } => table.remove_session(session, out),
+                Command::RestartIce {
+                    session,
+                    local_ufrag,
+                    local_pwd,
+                    remote_ufrag,
+                } => {
+                    table.restart_ice(session, now, (&local_ufrag, &local_pwd), &remote_ufrag, out)
+                }
                 Command::SetLayerPreference {
                     session,
                     preference,

@@ -14,6 +14,7 @@ use super::mesh::{Forwarded, LayerTag};
 use super::stats::{add, inc};
 use super::table::Role;
 use crate::media::{MAX_LAYERS, MediaKind};
+use crate::session::path::PathChange;
 use crate::session::player::Player;
 use crate::session::publisher_link::Arrival;
 use crate::wire::demux::{PacketKind, classify};
@@ -169,7 +170,7 @@ impl Core {
     }
 
     /// An ICE connectivity check: answered, and a nominated path becomes the session's media
-    /// path (its other ICE-TCP connections close).
+    /// path, or its new one (`Table::select_path`).
     fn on_stun(&mut self, slot: usize, via: Peer, data: &[u8], now: Instant) {
         let Some(out) = self.out.ring.alloc_egress() else {
             inc(&self.out.stats.drop_no_buffer);
@@ -190,32 +191,31 @@ impl Core {
         };
         inc(&self.out.stats.stun_answered);
         let udp_fd = session.udp_fd;
-        let mut to_close = Vec::new();
         if let Some((conn, generation)) = via.tcp_conn()
             && let Some(c) = self.out.conns.get(conn, generation)
         {
             c.validated = true;
+            c.last_check = now;
         }
-        if outcome.use_candidate && !session.remote.is_some_and(|r| r.same_path(&via)) {
-            session.remote = Some(via);
-            // One path carries the media: the session's other connections are closed cleanly.
-            let nominated_conn = via.tcp_conn().map(|(conn, _)| conn);
-            to_close.extend(
-                session
-                    .conns
-                    .iter()
-                    .copied()
-                    .filter(|&c| Some(c) != nominated_conn),
-            );
-            let _ = self.events.send(Event::IceConnected {
-                session: session.id,
-                remote: via.addr(),
-                tcp: via.tcp_conn().is_some(),
-            });
-        }
+        // The response leaves on the path the check came on, before any switch closes it.
         self.out.transmit(udp_fd, &via, out, outcome.response_len);
-        for conn in to_close {
-            self.table.close_conn(conn, &mut self.out);
+        let change = self.table.select_path(
+            slot,
+            via,
+            outcome.use_candidate,
+            &mut self.out,
+            &self.events,
+        );
+        // A player whose path moved lost what was in flight on the old one (a switch follows
+        // an outage, which its retransmission window has outlived): it needs a keyframe now,
+        // not when its decoder gives up.
+        if let PathChange::Migrated { .. } = change
+            && let Some(session) = self.table.sessions[slot].as_ref()
+            && let Role::Player(player) = &session.role
+        {
+            let (stream, layer) = (session.stream, player.keyframe_layer());
+            let (table, out) = (&mut self.table, &mut self.out);
+            self.fanout.request_keyframe(stream, layer, now, table, out);
         }
     }
 

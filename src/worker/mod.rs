@@ -86,6 +86,14 @@ pub enum Command {
     RemoveSession {
         session: SessionId,
     },
+    /// An ICE restart: the session's new credentials (`IceLite::restart`). Its path, DTLS
+    /// and SRTP stay; a nomination with the new credentials may move the path.
+    RestartIce {
+        session: SessionId,
+        local_ufrag: String,
+        local_pwd: String,
+        remote_ufrag: String,
+    },
     /// A simulcast player pins or caps its encoding.
     SetLayerPreference {
         session: SessionId,
@@ -143,6 +151,7 @@ pub enum NewRole {
 /// What a worker tells the control thread.
 #[derive(Debug)]
 pub enum Event {
+    /// ICE selected the session's media path, or moved it to another nominated pair.
     IceConnected {
         session: SessionId,
         remote: SocketAddr,

@@ -120,6 +120,8 @@ pub struct SessionMeter {
     pub target_layer: AtomicU64,
     pub estimate_bps: AtomicU64,
     pub layer_switches: AtomicU64,
+    /// Times the session's media path moved to another pair (transport migration).
+    pub migrations: AtomicU64,
 }
 
 impl Default for SessionMeter {
@@ -132,6 +134,7 @@ impl Default for SessionMeter {
             target_layer: AtomicU64::new(u64::MAX),
             estimate_bps: AtomicU64::new(0),
             layer_switches: AtomicU64::new(0),
+            migrations: AtomicU64::new(0),
         }
     }
 }
@@ -235,8 +238,16 @@ counters! {
     /// ICE-TCP connections closed for sending no valid ICE check within the deadline.
     tcp_unvalidated_closed,
     /// ICE-TCP connections closed to make room for a newer one (the session's oldest that
-    /// had not sent a valid ICE check).
+    /// had not sent a valid ICE check, else its oldest standby one).
     tcp_evicted,
+    /// Standby ICE-TCP connections (validated, not the media path) closed because their
+    /// client stopped checking them for `media.ice_timeout`.
+    tcp_standby_closed,
+    /// ICE restarts applied (new credentials from a PATCH or the WebSocket `ice` command).
+    ice_restarts,
+    /// Sessions whose client nominated another pair than their media path (another UDP
+    /// 5-tuple, UDP to TCP or back): the media moved there.
+    path_migrations,
     /// Sessions currently owned.
     sessions,
     /// Of those, players.

@@ -15,12 +15,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::burst::{BurstId, Owner};
 use super::egress::{Output, Peer, send_link_feedback, send_pli, send_probe_padding};
 use super::mesh::SharedPacket;
-use super::stats::{SessionMeter, StreamMeter, add};
+use super::stats::{SessionMeter, StreamMeter, add, inc};
 use super::{Event, NewRole, NewSession, WorkerSettings};
 use crate::io::{Pending, Token};
 use crate::media::{MAX_LAYERS, MAX_PACKET, MediaKind, SessionId, StreamId};
 use crate::session::bwe::{BandwidthEstimator, EstimatorConfig};
 use crate::session::ice::IceLite;
+use crate::session::path::{MediaPath, PathChange, on_valid_check};
 use crate::session::player::{Player, PlayerTrack, Repair};
 use crate::session::publisher::Publisher;
 use crate::session::retransmit::RetransmitWindow;
@@ -339,6 +340,99 @@ impl Table {
         out.send_copy(session.udp_fd, &peer, data);
     }
 
+    /// An ICE restart: the one place a session's ICE credentials change (`IceLite::restart`
+    /// keeps the old ones until the client nominates with the new). Path, DTLS, SRTP, stream
+    /// and players stay as they are.
+    pub(super) fn restart_ice(
+        &mut self,
+        id: SessionId,
+        now: Instant,
+        (local_ufrag, local_pwd): (&str, &str),
+        remote_ufrag: &str,
+        out: &mut Output,
+    ) {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        if let Some(session) = self.sessions[slot].as_mut().filter(|s| !s.closing) {
+            session
+                .ice
+                .restart(now, local_ufrag, local_pwd, remote_ufrag);
+            inc(&out.stats.ice_restarts);
+        }
+    }
+
+    /// An authenticated connectivity check came `via` a path, nominating it or not: the one
+    /// place a session's media path changes (`session::path::on_valid_check` decides). A
+    /// migration lets go of the old path's state: the frames queued on its TCP connection
+    /// are dropped, a frame burst held for its UDP address is dropped. The old connection
+    /// itself, like the session's other validated ones, stays open as a standby pair while
+    /// the client keeps checking it (the browser moves back to it when UDP fails again), and
+    /// closes when the client stops (`close_idle_conns`). Returns what changed.
+    pub(super) fn select_path(
+        &mut self,
+        slot: usize,
+        via: Peer,
+        nominated: bool,
+        out: &mut Output,
+        events: &UnboundedSender<Event>,
+    ) -> PathChange {
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return PathChange::Unchanged;
+        };
+        let change = on_valid_check(session.remote.map(|r| r.path()), via.path(), nominated);
+        let from = match change {
+            PathChange::Unchanged => return change,
+            PathChange::Selected => None,
+            PathChange::Migrated { from } => Some(from),
+        };
+        session.remote = Some(via);
+        let _ = events.send(Event::IceConnected {
+            session: session.id,
+            remote: via.addr(),
+            tcp: via.tcp_conn().is_some(),
+        });
+        // Connections that never passed a check are no pair of the client's: once it has
+        // chosen, they go at once rather than at their validation deadline. (A path changes
+        // seldom: collecting them costs nothing per packet.)
+        let unchecked: Vec<usize> = session
+            .conns
+            .iter()
+            .copied()
+            .filter(|&c| out.conns.at(c).is_some_and(|c| !c.validated))
+            .collect();
+        for conn in unchecked {
+            self.close_conn(conn, out);
+        }
+        let Some(session) = self.sessions[slot].as_mut() else {
+            return change;
+        };
+        let Some(from) = from else {
+            return change;
+        };
+        inc(&out.stats.path_migrations);
+        session.reception.migrations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            session = session.id,
+            from = %from.peer(),
+            from_tcp = from.is_tcp(),
+            to = %via.addr(),
+            to_tcp = via.tcp_conn().is_some(),
+            "media path moved to the newly nominated pair"
+        );
+        match from {
+            MediaPath::Udp(_) => {
+                if let Some(id) = session.burst.take() {
+                    out.discard_burst(id);
+                }
+            }
+            MediaPath::Tcp {
+                conn, generation, ..
+            } => out.drop_queued_frames(conn, generation),
+        }
+        change
+    }
+
     /// A player of `stream` on `worker` came (+1) or went (-1).
     pub(super) fn remote_interest(&mut self, stream: StreamId, worker: usize, delta: i32) {
         let (index, workers) = (self.index, self.workers);
@@ -564,7 +658,7 @@ impl Table {
                 send_pli(session, layer, out);
             }
         }
-        self.close_unvalidated_conns(now, out);
+        self.close_idle_conns(now, self.ice_timeout, out);
         // A quiet stream lets go of the packets its window still holds, so they go back to
         // the pool.
         for local in self.streams.values_mut() {

@@ -247,6 +247,20 @@ impl Response {
 
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &str) -> Response {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    http_with_headers(method, url, &headers, body)
+}
+
+/// One HTTP/1.1 request with `Connection: close` and the `headers` given.
+pub fn http_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest
         .split_once('/')
@@ -259,8 +273,8 @@ pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &str) -> 
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(ct) = content_type {
-        request.push_str(&format!("Content-Type: {ct}\r\n"));
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
     request.push_str(body);

@@ -1,0 +1,132 @@
+//! The session's media path and the rule that moves it (transport migration). The relay is
+//! ICE-lite, so the client (the controlling agent) chooses: a connectivity check that passed
+//! MESSAGE-INTEGRITY and carries USE-CANDIDATE nominates the pair it came on, and when that
+//! pair is not the session's path, the session moves there, whether after an ICE restart or
+//! because the browser re-nominated on its own (UDP blocked, a network change). The DTLS and
+//! SRTP contexts belong to the session, not to the path, so nothing is negotiated again.
+//!
+//! A check that failed authentication never reaches this rule (`ice::IceLite::handle_check`
+//! refuses it first), so a spoofed or replayed-from-nowhere request cannot move a session.
+
+use std::net::SocketAddr;
+
+/// One path media can take: a UDP 5-tuple (the session's socket and the client's address)
+/// or one accepted ICE-TCP connection (its slot and generation in the worker's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaPath {
+    Udp(SocketAddr),
+    Tcp {
+        conn: usize,
+        generation: u32,
+        peer: SocketAddr,
+    },
+}
+
+impl MediaPath {
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, MediaPath::Tcp { .. })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        match *self {
+            MediaPath::Udp(peer) | MediaPath::Tcp { peer, .. } => peer,
+        }
+    }
+}
+
+/// What an authenticated connectivity check means for the session's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathChange {
+    /// Nothing moves: no nomination, or the path already carrying the media.
+    Unchanged,
+    /// The session's first path: media may start.
+    Selected,
+    /// The client nominated another pair: media moves there and the old path's state (its
+    /// TCP connection, a frame burst held for its address) is let go.
+    Migrated { from: MediaPath },
+}
+
+/// The switch rule: `checked` passed MESSAGE-INTEGRITY; with USE-CANDIDATE (`nominated`) it
+/// becomes the session's path unless it already is.
+pub fn on_valid_check(
+    current: Option<MediaPath>,
+    checked: MediaPath,
+    nominated: bool,
+) -> PathChange {
+    match current {
+        _ if !nominated => PathChange::Unchanged,
+        None => PathChange::Selected,
+        Some(path) if path == checked => PathChange::Unchanged,
+        Some(from) => PathChange::Migrated { from },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp(port: u16) -> MediaPath {
+        MediaPath::Udp(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    fn tcp(conn: usize, generation: u32) -> MediaPath {
+        MediaPath::Tcp {
+            conn,
+            generation,
+            peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        }
+    }
+
+    #[test]
+    fn the_first_nomination_selects_the_path() {
+        assert_eq!(on_valid_check(None, udp(5000), true), PathChange::Selected);
+        assert_eq!(on_valid_check(None, tcp(1, 1), true), PathChange::Selected);
+    }
+
+    #[test]
+    fn checks_without_use_candidate_never_move_the_session() {
+        assert_eq!(
+            on_valid_check(None, udp(5000), false),
+            PathChange::Unchanged
+        );
+        assert_eq!(
+            on_valid_check(Some(udp(5000)), tcp(1, 1), false),
+            PathChange::Unchanged
+        );
+    }
+
+    #[test]
+    fn renominating_the_current_path_changes_nothing() {
+        assert_eq!(
+            on_valid_check(Some(udp(5000)), udp(5000), true),
+            PathChange::Unchanged
+        );
+        assert_eq!(
+            on_valid_check(Some(tcp(3, 7)), tcp(3, 7), true),
+            PathChange::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_nomination_on_another_pair_migrates() {
+        // Another UDP 5-tuple (a NAT rebinding, another interface).
+        assert_eq!(
+            on_valid_check(Some(udp(5000)), udp(5001), true),
+            PathChange::Migrated { from: udp(5000) }
+        );
+        // UDP blocked: the client's TCP connection takes over.
+        assert_eq!(
+            on_valid_check(Some(udp(5000)), tcp(2, 9), true),
+            PathChange::Migrated { from: udp(5000) }
+        );
+        // Back to UDP, or to a new connection in the same slot (another generation).
+        assert_eq!(
+            on_valid_check(Some(tcp(2, 9)), udp(5000), true),
+            PathChange::Migrated { from: tcp(2, 9) }
+        );
+        assert_eq!(
+            on_valid_check(Some(tcp(2, 9)), tcp(2, 10), true),
+            PathChange::Migrated { from: tcp(2, 9) }
+        );
+    }
+}
