@@ -235,7 +235,11 @@ async fn forward_in_steady_state(relay: &str, loss: Option<f64>) -> (u64, [u64; 
         while total() < primed + 4 * expected {
             if Instant::now() >= deadline {
                 let got = total() - primed;
-                let tolerated = if loss.is_some() { 4 * expected / 1000 } else { 0 };
+                let tolerated = if loss.is_some() {
+                    4 * expected / 1000
+                } else {
+                    0
+                };
                 assert!(
                     got + tolerated >= 4 * expected,
                     "players got {got} of {} packets (each, since the start: {received:?}; \

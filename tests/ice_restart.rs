@@ -265,11 +265,31 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
 
     // Another 5-tuple nominates: the session moves.
     let b = bound();
-    assert!(udp_check(&b, s.port, &nominate(&s.pwd), &s.pwd));
+    let b_nomination = nominate(&s.pwd);
+    assert!(udp_check(&b, s.port, &b_nomination, &s.pwd));
     assert_eq!(
         wait_for_path(&relay, b.local_addr().unwrap(), "udp")["migrations"],
         1
     );
+
+    // The same nomination, captured and sent again from elsewhere, passes MESSAGE-INTEGRITY
+    // (it covers the bytes, not the address) but moves nothing: its transaction ID came on
+    // another path. Counted.
+    let replayer = bound();
+    udp_check(&replayer, s.port, &b_nomination, &s.pwd);
+    assert_eq!(
+        worker_metric(&relay, "corecast_drop_replayed_nomination_total", 1),
+        1
+    );
+    let view = publisher(&relay);
+    assert_eq!(
+        view["remote"],
+        b.local_addr().unwrap().to_string(),
+        "{view}"
+    );
+    // The client's own retransmission of it, from its own address, is no replay.
+    assert!(udp_check(&b, s.port, &b_nomination, &s.pwd));
+    assert_eq!(publisher(&relay)["migrations"], 1);
 
     // A nomination that fails MESSAGE-INTEGRITY is not answered and moves nothing.
     let intruder = bound();

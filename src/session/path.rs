@@ -6,7 +6,12 @@
 //! SRTP contexts belong to the session, not to the path, so nothing is negotiated again.
 //!
 //! A check that failed authentication never reaches this rule (`ice::IceLite::handle_check`
-//! refuses it first), so a spoofed or replayed-from-nowhere request cannot move a session.
+//! refuses it first), so a spoofed request cannot move a session. MESSAGE-INTEGRITY covers a
+//! check's bytes, transaction ID included, but not the address it came from: a captured
+//! nomination sent again from elsewhere would pass it. [`RecentNominations`] remembers the
+//! transaction IDs of the last nominations and the path each came on; one seen again on
+//! another path is a replay and moves nothing (a client's own retransmission comes on the
+//! same path, and a new check has a new ID, which only the key holder can sign).
 
 use std::net::SocketAddr;
 
@@ -58,6 +63,39 @@ pub fn on_valid_check(
         None => PathChange::Selected,
         Some(path) if path == checked => PathChange::Unchanged,
         Some(from) => PathChange::Migrated { from },
+    }
+}
+
+/// How many recent nominations a session remembers: a client sends a nomination a few
+/// times at most before it succeeds, and a replay worth making follows its original closely.
+const REMEMBERED_NOMINATIONS: usize = 8;
+
+/// The transaction IDs of a session's last nominations and the path each came on. Fixed size:
+/// nothing allocates.
+#[derive(Debug, Clone, Default)]
+pub struct RecentNominations {
+    seen: [Option<([u8; 12], MediaPath)>; REMEMBERED_NOMINATIONS],
+    next: usize,
+}
+
+impl RecentNominations {
+    /// A nomination with `transaction_id` came on `path`: whether it is a replay (the same ID
+    /// came on another path before). Otherwise it is remembered.
+    pub fn is_replay(&mut self, transaction_id: [u8; 12], path: MediaPath) -> bool {
+        let mut known = false;
+        for (id, seen_on) in self.seen.iter().flatten() {
+            if *id == transaction_id {
+                if *seen_on != path {
+                    return true;
+                }
+                known = true;
+            }
+        }
+        if !known {
+            self.seen[self.next] = Some((transaction_id, path));
+            self.next = (self.next + 1) % REMEMBERED_NOMINATIONS;
+        }
+        false
     }
 }
 
@@ -128,5 +166,28 @@ mod tests {
             on_valid_check(Some(tcp(2, 9)), tcp(2, 10), true),
             PathChange::Migrated { from: tcp(2, 9) }
         );
+    }
+
+    #[test]
+    fn a_nomination_replayed_from_another_path_is_refused() {
+        let mut recent = RecentNominations::default();
+        let id = [7; 12];
+        assert!(!recent.is_replay(id, udp(5000)));
+        assert!(
+            !recent.is_replay(id, udp(5000)),
+            "the client's retransmission"
+        );
+        assert!(
+            recent.is_replay(id, udp(6666)),
+            "captured and sent from elsewhere"
+        );
+        assert!(recent.is_replay(id, tcp(1, 1)));
+        // A fresh check (a new ID) on the new path is the client's own: it moves the session.
+        assert!(!recent.is_replay([8; 12], udp(6666)));
+        // Forgotten after eight newer nominations.
+        for i in 0..8 {
+            assert!(!recent.is_replay([100 + i; 12], udp(5000)));
+        }
+        assert!(!recent.is_replay(id, udp(6666)));
     }
 }

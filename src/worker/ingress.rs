@@ -199,13 +199,14 @@ impl Core {
         }
         // The response leaves on the path the check came on, before any switch closes it.
         self.out.transmit(udp_fd, &via, out, outcome.response_len);
-        let change = self.table.select_path(
-            slot,
-            via,
-            outcome.use_candidate,
-            &mut self.out,
-            &self.events,
-        );
+        // A nomination is known by its transaction ID (bytes 8 to 20 of a check that passed).
+        let nomination = data
+            .get(8..20)
+            .and_then(|id| <[u8; 12]>::try_from(id).ok())
+            .filter(|_| outcome.use_candidate);
+        let change = self
+            .table
+            .select_path(slot, via, nomination, &mut self.out, &self.events);
         // A player whose path moved lost what was in flight on the old one (a switch follows
         // an outage, which its retransmission window has outlived): it needs a keyframe now,
         // not when its decoder gives up.

@@ -248,6 +248,9 @@ counters! {
     /// Sessions whose client nominated another pair than their media path (another UDP
     /// 5-tuple, UDP to TCP or back): the media moved there.
     path_migrations,
+    /// Dropped: nominations whose transaction ID came before on another path (a captured
+    /// check sent again from elsewhere); the session stays where it is.
+    drop_replayed_nomination,
     /// Sessions currently owned.
     sessions,
     /// Of those, players.

@@ -21,7 +21,7 @@ use crate::io::{Pending, Token};
 use crate::media::{MAX_LAYERS, MAX_PACKET, MediaKind, SessionId, StreamId};
 use crate::session::bwe::{BandwidthEstimator, EstimatorConfig};
 use crate::session::ice::IceLite;
-use crate::session::path::{MediaPath, PathChange, on_valid_check};
+use crate::session::path::{MediaPath, PathChange, RecentNominations, on_valid_check};
 use crate::session::player::{Player, PlayerTrack, Repair};
 use crate::session::publisher::Publisher;
 use crate::session::retransmit::RetransmitWindow;
@@ -61,6 +61,8 @@ pub(super) struct Session {
     pub(super) ice: IceLite,
     /// The path ICE nominated; media goes only there.
     pub(super) remote: Option<Peer>,
+    /// Nominations seen lately, so one replayed from another address moves nothing.
+    pub(super) nominations: RecentNominations,
     /// Where DTLS records came from, for replies before nomination.
     pub(super) dtls_peer: Option<Peer>,
     /// The session's DTLS records go here, to its handshake on the control thread.
@@ -281,6 +283,7 @@ impl Table {
                 self.ice_timeout,
             ),
             remote: None,
+            nominations: RecentNominations::default(),
             dtls_peer: None,
             dtls_records: new.dtls_records,
             dtls_dropped: 0,
@@ -373,14 +376,24 @@ impl Table {
         &mut self,
         slot: usize,
         via: Peer,
-        nominated: bool,
+        nomination: Option<[u8; 12]>,
         out: &mut Output,
         events: &UnboundedSender<Event>,
     ) -> PathChange {
         let Some(session) = self.sessions[slot].as_mut() else {
             return PathChange::Unchanged;
         };
-        let change = on_valid_check(session.remote.map(|r| r.path()), via.path(), nominated);
+        if let Some(transaction_id) = nomination
+            && session.nominations.is_replay(transaction_id, via.path())
+        {
+            inc(&out.stats.drop_replayed_nomination);
+            return PathChange::Unchanged;
+        }
+        let change = on_valid_check(
+            session.remote.map(|r| r.path()),
+            via.path(),
+            nomination.is_some(),
+        );
         let from = match change {
             PathChange::Unchanged => return change,
             PathChange::Selected => None,
