@@ -17,7 +17,9 @@ pub struct AnswerTransport<'a> {
     pub ice_pwd: &'a str,
     /// Our certificate's SHA-256 fingerprint, formatted.
     pub fingerprint: &'a str,
-    pub ip: IpAddr,
+    /// The announced addresses: the first is the connection address; each gets its
+    /// candidates, in order of preference.
+    pub ips: &'a [IpAddr],
     pub port: u16,
     /// Which host candidates to offer (`media.protocol`).
     pub udp: bool,
@@ -36,12 +38,13 @@ pub fn write_answer(
     sections: &[AnswerSection],
     transport: &AnswerTransport<'_>,
 ) -> String {
-    let address_type = if transport.ip.is_ipv4() { "IP4" } else { "IP6" };
+    let first = transport.ips.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let address_type = if first.is_ipv4() { "IP4" } else { "IP6" };
     let connection = ConnectionInformation {
         network_type: "IN".into(),
         address_type: address_type.into(),
         address: Some(Address {
-            address: transport.ip.to_string(),
+            address: first.to_string(),
             ttl: None,
             range: None,
         }),
@@ -61,7 +64,7 @@ pub fn write_answer(
             session_version: 2,
             network_type: "IN".into(),
             address_type: address_type.into(),
-            unicast_address: transport.ip.to_string(),
+            unicast_address: first.to_string(),
         },
         session_name: "corecast".into(),
         session_information: None,
@@ -90,17 +93,23 @@ pub fn write_answer(
         media_descriptions: vec![],
     };
     let mut candidates = Vec::new();
-    if transport.udp {
-        candidates.push(format!(
-            "1 1 udp {UDP_HOST_PRIORITY} {} {} typ host generation 0",
-            transport.ip, transport.port
-        ));
-    }
-    if transport.tcp {
-        candidates.push(format!(
-            "2 1 tcp {TCP_PASSIVE_HOST_PRIORITY} {} {} typ host tcptype passive generation 0",
-            transport.ip, transport.port
-        ));
+    for (i, ip) in transport.ips.iter().enumerate() {
+        // Each further address a step lower in local preference; foundations differ per
+        // address and transport (RFC 8445 5.1.1.3).
+        let step = (i as u32) << 8;
+        let port = transport.port;
+        if transport.udp {
+            let (foundation, priority) = (2 * i + 1, UDP_HOST_PRIORITY - step);
+            candidates.push(format!(
+                "{foundation} 1 udp {priority} {ip} {port} typ host generation 0"
+            ));
+        }
+        if transport.tcp {
+            let (foundation, priority) = (2 * i + 2, TCP_PASSIVE_HOST_PRIORITY - step);
+            candidates.push(format!(
+                "{foundation} 1 tcp {priority} {ip} {port} typ host tcptype passive generation 0"
+            ));
+        }
     }
     for (offered, answer) in offer.sections.iter().zip(sections) {
         let mut m = MediaDescription {

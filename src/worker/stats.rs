@@ -237,6 +237,17 @@ counters! {
     /// ICE-TCP connections closed to make room for a newer one (the session's oldest that
     /// had not sent a valid ICE check).
     tcp_evicted,
+    /// Single-port mode: dropped, a binding request on the shared port whose USERNAME names
+    /// no session (or none at all).
+    drop_unknown_ufrag,
+    /// Single-port mode: dropped, not a binding request, from a path no session has latched.
+    drop_unknown_path,
+    /// Single-port mode: packets the kernel gave this worker for a session on another one,
+    /// handed over through the cross-worker queues.
+    mux_handoffs,
+    /// Single-port mode: ICE-TCP connections accepted here for a session on another worker,
+    /// moved there.
+    mux_conn_handoffs,
     /// Sessions currently owned.
     sessions,
     /// Of those, players.
