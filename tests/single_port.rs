@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -306,4 +306,69 @@ async fn garbage_and_spoofed_checks_are_counted_and_the_stream_keeps_playing() {
     assert!(relay.metric_all_workers("corecast_drop_unknown_path_total") >= 100);
     assert!(relay.metric_all_workers("corecast_drop_stun_invalid_total") >= 50);
     assert_eq!(tally.foreign.load(Ordering::Relaxed), 0);
+}
+
+/// IPv6 over `::1`: a relay (two workers, single-port mode) binding and announcing `::1`
+/// serves a publisher and players over UDP and ICE-TCP, each path on `[::1]` and the one
+/// port, and the players get their stream. (Chromium gathers no IPv6 loopback candidate;
+/// `tests/browser.rs` proves IPv6 with it on a namespace-private address.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_and_play_over_ipv6_loopback() {
+    let port = loop {
+        let tcp = TcpListener::bind("[::1]:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("::1", port)).is_ok() {
+            break port;
+        }
+    };
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_WORKERS_PIN", "false"),
+        ("CORECAST_MEDIA_BIND_IP", "::1"),
+        ("CORECAST_MEDIA_ANNOUNCED_IP", "::1"),
+        ("CORECAST_MEDIA_MUX_PORT", &port.to_string()),
+    ]);
+    let certificate = Certificate::generate_self_signed(vec!["ipv6".into()]).unwrap();
+    let mut publisher = connect(
+        &relay.http,
+        "/whip/six".into(),
+        Role::Publish,
+        Transport::Udp,
+        &certificate,
+        Box::new(|_| {}),
+    )
+    .await;
+    let mut tallies = Vec::new();
+    let mut players = Vec::new();
+    for transport in [Transport::Udp, Transport::Tcp, Transport::Udp] {
+        let tally = Arc::new(Tally::default());
+        tallies.push(tally.clone());
+        players.push(
+            connect(
+                &relay.http,
+                "/whep/six".into(),
+                Role::Play,
+                transport,
+                &certificate,
+                tallying(6, tally),
+            )
+            .await,
+        );
+    }
+    for session in std::iter::once(&publisher).chain(&players) {
+        let server = session.negotiated.server.unwrap();
+        assert_eq!(server, SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
+    }
+    let pt = publisher.negotiated.video_payload_type.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seq = 0u16;
+    while tallies.iter().any(|t| t.own.load(Ordering::Relaxed) < 20) {
+        assert!(Instant::now() < deadline, "players waiting over IPv6");
+        let packet = marked_packet(pt, seq, publisher.video_ssrc, 6);
+        publisher.send_rtp(&packet).await.unwrap();
+        seq = seq.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let streams = http("GET", &relay.url("/api/streams"), None, "").body;
+    assert!(streams.contains("[::1]:"), "{streams}");
 }
