@@ -149,11 +149,14 @@ impl<S: Copy + Eq + Hash> MuxTable<S> {
     /// integrity). A tuple latched to another session moves; past
     /// [`MAX_TUPLES_PER_SESSION`] the session's oldest tuple is released.
     pub fn latch(&mut self, tuple: FiveTuple, session: S) {
-        match self.by_tuple.insert(tuple, session) {
-            Some(previous) if previous == session => return,
-            Some(previous) => self.unlist(previous, &tuple),
+        // Looked up first: every consent check latches again, and an insert, even of a key
+        // already there, may grow a full map (hashbrown reserves before it looks).
+        match self.by_tuple.get(&tuple) {
+            Some(&previous) if previous == session => return,
+            Some(&previous) => self.unlist(previous, &tuple),
             None => {}
         }
+        self.by_tuple.insert(tuple, session);
         let list = self.tuples_of.entry(session).or_default();
         list.push(tuple);
         if list.len() > MAX_TUPLES_PER_SESSION {
