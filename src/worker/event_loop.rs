@@ -200,7 +200,7 @@ impl Worker {
                     session,
                     stream,
                     more,
-                } if session.slot == super::mux::MUX_TCP => {
+                } if session.slot == super::mux::MUX_TCP && core.table.mux.is_some() => {
                     core.table.mux_accepted(stream, more, now, &mut core.out)
                 }
                 Completion::Accepted {

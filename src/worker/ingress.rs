@@ -40,7 +40,7 @@ impl Core {
             inc(&self.out.stats.drop_foreign_source);
             return;
         }
-        if slot == MUX_UDP {
+        if slot == MUX_UDP && self.table.mux.is_some() {
             return self.on_mux_datagram(from, data, now);
         }
         self.on_packet(slot, generation, Peer::udp(from), data, now);
@@ -112,7 +112,7 @@ impl Core {
             self.table.close_conn(conn_slot, &mut self.out);
             return;
         }
-        if session == MUX_TCP {
+        if session == MUX_TCP && self.table.mux.is_some() {
             return self.on_unbound_frame(peer, frame, now);
         }
         self.on_packet(session, session_generation, peer, frame, now);

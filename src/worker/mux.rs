@@ -35,12 +35,15 @@ use crate::media::{MAX_PACKET, SessionId};
 use crate::session::mux_table::{FiveTuple, MuxTable, Route, Transport, Unrouted};
 use crate::wire::framing::{PREFIX_LEN, write_prefix};
 
-/// The slot in tokens that names the worker's shared UDP socket (session slots never get
-/// near it).
-pub(super) const MUX_UDP: usize = 0xffff_ff00;
-/// The slot that names the shared listener, and that an unbound connection's session slot
-/// holds.
-pub(super) const MUX_TCP: usize = 0xffff_ff01;
+/// In single-port mode, the slot in tokens that names the worker's shared UDP socket: the
+/// session table keeps its first two slots for the shared sockets (`Table::new`), so they
+/// never name a session, and the I/O backends' tables indexed by slot stay small.
+pub(super) const MUX_UDP: usize = 0;
+/// In single-port mode, the slot that names the shared listener, and that an unbound
+/// connection's session slot holds.
+pub(super) const MUX_TCP: usize = 1;
+/// Session slots single-port mode keeps for the shared sockets.
+pub(super) const MUX_RESERVED_SLOTS: usize = 2;
 const MUX_UDP_TOKEN: Token = Token {
     slot: MUX_UDP,
     generation: 0,

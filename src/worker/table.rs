@@ -160,7 +160,11 @@ impl Table {
             workers,
             ice_timeout: settings.ice_timeout,
             loopback_only: settings.loopback_only,
-            sessions: Vec::new(),
+            // Single-port mode keeps the first slots for the shared sockets' tokens.
+            sessions: match settings.mux {
+                Some(_) => (0..super::mux::MUX_RESERVED_SLOTS).map(|_| None).collect(),
+                None => Vec::new(),
+            },
             free_slots: Vec::new(),
             next_generation: 0,
             by_id: HashMap::new(),
