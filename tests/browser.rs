@@ -376,14 +376,19 @@ async fn single_port_publisher_and_three_players(protocol: &str) {
     let local = relay.metric_all_workers("corecast_stun_answered_total");
     assert!(local > 0 && moved + local > 0, "{}", relay.log());
     // Garbage on the shared port is dropped and counted; the players keep decoding.
-    let frames_before: Vec<u64> = decoded.iter().map(|s| num(s, "videoFramesDecoded")).collect();
+    let frames_before: Vec<u64> = decoded
+        .iter()
+        .map(|s| num(s, "videoFramesDecoded"))
+        .collect();
     let unknown_before = relay.metric_all_workers("corecast_drop_unknown_path_total");
     if protocol == "udp" {
         for _ in 0..20 {
             send_udp(port, b"\xffnot a media packet at all");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(relay.metric_all_workers("corecast_drop_unknown_path_total") >= unknown_before + 20);
+        assert!(
+            relay.metric_all_workers("corecast_drop_unknown_path_total") >= unknown_before + 20
+        );
     } else {
         let mut intruder = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         std::io::Write::write_all(&mut intruder, b"GET / HTTP/1.1\r\n\r\n").unwrap();
@@ -405,9 +410,15 @@ async fn single_port_publisher_and_three_players(protocol: &str) {
     browser
         .call("return await corecast.stop(arguments[0])", vec![publisher])
         .await;
-    let gone = || relay.metric("corecast_worker_sessions{worker=\"0\"}") == 0
-        && relay.metric("corecast_worker_sessions{worker=\"1\"}") == 0;
-    assert!(common::eventually(Duration::from_secs(10), gone).await, "{}", relay.log());
+    let gone = || {
+        relay.metric("corecast_worker_sessions{worker=\"0\"}") == 0
+            && relay.metric("corecast_worker_sessions{worker=\"1\"}") == 0
+    };
+    assert!(
+        common::eventually(Duration::from_secs(10), gone).await,
+        "{}",
+        relay.log()
+    );
     browser.close().await;
 }
 
@@ -472,7 +483,10 @@ fn chromium_publishes_and_plays_over_ipv6() {
             assert_eq!(s["remotePort"], port, "{s:#?}");
         }
         let all = streams(&relay);
-        let remote = all[0]["players"][0]["remote"].as_str().unwrap_or_default().to_string();
+        let remote = all[0]["players"][0]["remote"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         assert!(remote.starts_with(&format!("[{PRIVATE_V6}]:")), "{all:#}");
         browser.close().await;
     });

@@ -87,12 +87,8 @@ async fn connect(
     certificate: &Certificate,
     handler: client::Handler,
 ) -> client::Session {
-    let mut options = ClientOptions::new(
-        format!("{relay_http}{path}"),
-        role,
-        transport,
-        certificate,
-    );
+    let mut options =
+        ClientOptions::new(format!("{relay_http}{path}"), role, transport, certificate);
     options.timeout = Duration::from_secs(30);
     client::connect(&options, handler)
         .await
@@ -259,7 +255,11 @@ async fn garbage_and_spoofed_checks_are_counted_and_the_stream_keeps_playing() {
         common::CHROME_PLAY_OFFER,
     );
     assert_eq!(answer.status, 201, "{}", answer.body);
-    assert!(answer_candidates(&answer.body).iter().all(|(_, p)| *p == port));
+    assert!(
+        answer_candidates(&answer.body)
+            .iter()
+            .all(|(_, p)| *p == port)
+    );
     let victim = answer
         .body
         .lines()
@@ -278,9 +278,14 @@ async fn garbage_and_spoofed_checks_are_counted_and_the_stream_keeps_playing() {
     for round in 0..50 {
         let target = ("127.0.0.1", port);
         attacker.send_to(&[0xff; 100], target).unwrap();
-        attacker.send_to(&[0x80, 96, 0, 1, 0, 0, 0, 0], target).unwrap();
         attacker
-            .send_to(&binding_request("nosuchufrag", "whatever-password-12"), target)
+            .send_to(&[0x80, 96, 0, 1, 0, 0, 0, 0], target)
+            .unwrap();
+        attacker
+            .send_to(
+                &binding_request("nosuchufrag", "whatever-password-12"),
+                target,
+            )
             .unwrap();
         attacker
             .send_to(&binding_request(&victim, "not-the-real-password"), target)
@@ -297,11 +302,14 @@ async fn garbage_and_spoofed_checks_are_counted_and_the_stream_keeps_playing() {
         attacker.recv_from(&mut reply).is_err(),
         "nothing the attacker sent is answered"
     );
-    assert!(common::eventually(Duration::from_secs(5), || {
-        tally.own.load(Ordering::Relaxed) >= before + 40
-    })
-    .await,
-    "the stream kept playing: {} packets", tally.own.load(Ordering::Relaxed) - before);
+    assert!(
+        common::eventually(Duration::from_secs(5), || {
+            tally.own.load(Ordering::Relaxed) >= before + 40
+        })
+        .await,
+        "the stream kept playing: {} packets",
+        tally.own.load(Ordering::Relaxed) - before
+    );
     assert!(relay.metric_all_workers("corecast_drop_unknown_ufrag_total") >= 100);
     assert!(relay.metric_all_workers("corecast_drop_unknown_path_total") >= 100);
     assert!(relay.metric_all_workers("corecast_drop_stun_invalid_total") >= 50);

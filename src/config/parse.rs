@@ -162,10 +162,7 @@ fn read_media(media: &mut MediaConfig, get: Section<'_>) -> Result<(), ConfigErr
         let allowed = "must be 0 (each session its own port from media.ports) or 1024 to 65535";
         let n = match v {
             // From the environment every value is a string.
-            Value::String(s) => s
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| bad(key, s, allowed))?,
+            Value::String(s) => s.trim().parse::<i64>().map_err(|_| bad(key, s, allowed))?,
             other => int(other, key, "a port number")?,
         };
         media.mux_port = match n {
@@ -402,7 +399,10 @@ fn parse_announced(v: &Value) -> Result<Vec<IpAddr>, ConfigError> {
     }
     let mut ips: Vec<IpAddr> = Vec::new();
     for item in items {
-        let ip: IpAddr = item.trim().parse().map_err(|_| bad(KEY, item.trim(), ALLOWED))?;
+        let ip: IpAddr = item
+            .trim()
+            .parse()
+            .map_err(|_| bad(KEY, item.trim(), ALLOWED))?;
         if ip.is_unspecified() {
             return Err(bad(
                 KEY,

@@ -222,7 +222,10 @@ fn single_port_mode_and_announced_addresses_load_print_and_refuse() {
     );
     // A single string stays valid; the environment takes a comma-separated list.
     let single = Config::load(Some("[media]\nannounced_ip = \"203.0.113.7\"\n"), env(&[])).unwrap();
-    assert_eq!(single.media.announced_ip, vec!["203.0.113.7".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        single.media.announced_ip,
+        vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+    );
     let from_env = Config::load(
         None,
         env(&[
@@ -244,10 +247,18 @@ fn single_port_mode_and_announced_addresses_load_print_and_refuse() {
         ("[media]\nmux_port = 80\n", "media.mux_port"),
         ("[media]\nmux_port = 70000\n", "media.mux_port"),
         ("[media]\nannounced_ip = []\n", "media.announced_ip"),
-        ("[media]\nannounced_ip = [\"0.0.0.0\"]\n", "media.announced_ip"),
-        ("[media]\nannounced_ip = [\"nowhere\"]\n", "media.announced_ip"),
+        (
+            "[media]\nannounced_ip = [\"0.0.0.0\"]\n",
+            "media.announced_ip",
+        ),
+        (
+            "[media]\nannounced_ip = [\"nowhere\"]\n",
+            "media.announced_ip",
+        ),
     ] {
-        let err = Config::load(Some(bad_file), env(&[])).unwrap_err().to_string();
+        let err = Config::load(Some(bad_file), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(names), "{bad_file}: {err}");
     }
 }

@@ -185,7 +185,14 @@ impl Control {
             // Single-port mode: no socket of its own; the least loaded worker owns it.
             Some(port) => {
                 let worker = self.workers_by_load(&registry)[0];
-                (port, worker, MediaSockets { udp: None, tcp: None })
+                (
+                    port,
+                    worker,
+                    MediaSockets {
+                        udp: None,
+                        tcp: None,
+                    },
+                )
             }
             None => self.bind_port(&registry)?,
         };

@@ -38,7 +38,11 @@ pub fn write_answer(
     sections: &[AnswerSection],
     transport: &AnswerTransport<'_>,
 ) -> String {
-    let first = transport.ips.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let first = transport
+        .ips
+        .first()
+        .copied()
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let address_type = if first.is_ipv4() { "IP4" } else { "IP6" };
     let connection = ConnectionInformation {
         network_type: "IN".into(),

@@ -323,7 +323,10 @@ mod tests {
             table.route(&udp(2), &[0xff; 40]),
             Route::Drop(Unrouted::UnknownTuple)
         );
-        assert_eq!(table.route(&udp(2), &[]), Route::Drop(Unrouted::UnknownTuple));
+        assert_eq!(
+            table.route(&udp(2), &[]),
+            Route::Drop(Unrouted::UnknownTuple)
+        );
         assert_eq!(
             table.route(&udp(2), &check(&[b'a'; 200])),
             Route::Drop(Unrouted::UnknownUfrag)
@@ -366,7 +369,11 @@ mod tests {
         assert_eq!(table.latched(&udp(1)), Some(2));
         table.forget_session(1);
         assert_eq!(table.latched(&udp(2)), None);
-        assert_eq!(table.latched(&udp(1)), Some(2), "another session's tuple stays");
+        assert_eq!(
+            table.latched(&udp(1)),
+            Some(2),
+            "another session's tuple stays"
+        );
         assert_eq!(table.release(&udp(1)), Some(2));
         assert_eq!(table.release(&udp(1)), None);
         assert!(table.is_empty());

@@ -68,7 +68,10 @@ impl Fanout {
         now: Instant,
     ) -> bool {
         let packet = self.shared_pool.share(bytes, what, now);
-        match self.mesh.push(self.index, to, CrossMessage::Demux { packet }) {
+        match self
+            .mesh
+            .push(self.index, to, CrossMessage::Demux { packet })
+        {
             Ok(()) => {
                 self.wake_pending[to] = true;
                 true
@@ -252,7 +255,10 @@ impl Fanout {
                         keyframe_to_publisher(stream, layer, now, table, out)
                     }
                     CrossMessage::Demux { packet } => match packet.what {
-                        Forwarded::Latch { session, from: remote } => {
+                        Forwarded::Latch {
+                            session,
+                            from: remote,
+                        } => {
                             if let Some(mux) = table.mux.as_mut() {
                                 let owner = super::mux::MuxOwner {
                                     worker: from,

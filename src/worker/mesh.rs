@@ -11,8 +11,8 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::io::notify;
 use crate::media::{MediaKind, SessionId};
-use std::net::SocketAddr;
 use crate::wire::rtp::RtpHeader;
+use std::net::SocketAddr;
 
 /// Re-exported from [`crate::media`], its home.
 use crate::media::StreamId;
@@ -26,10 +26,16 @@ pub enum Forwarded {
     SenderReport,
     /// Single-port mode: a packet the kernel gave another worker's shared socket, from
     /// `from`, for `session` here.
-    Handoff { session: SessionId, from: SocketAddr },
+    Handoff {
+        session: SessionId,
+        from: SocketAddr,
+    },
     /// Single-port mode: `session` (on the sending worker) passed an ICE check from `from`:
     /// the receiving worker's shared socket, where that path's packets arrive, latches it.
-    Latch { session: SessionId, from: SocketAddr },
+    Latch {
+        session: SessionId,
+        from: SocketAddr,
+    },
 }
 
 /// A video packet's simulcast encoding (0 without simulcast, and for audio) and whether it

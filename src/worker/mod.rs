@@ -106,7 +106,10 @@ pub enum Command {
         session: SessionId,
     },
     /// Single-port mode, sent to every worker: the session ended; its ufrags and paths go.
-    MuxForget { owner: usize, session: SessionId },
+    MuxForget {
+        owner: usize,
+        session: SessionId,
+    },
 }
 
 pub struct NewSession {

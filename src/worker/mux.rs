@@ -195,7 +195,7 @@ impl Table {
         match peer {
             Some(peer)
                 if mux.unbound_conns < MAX_UNBOUND_CONNS
-                    && !(loopback_only && !peer.ip().is_loopback()) =>
+                    && (!loopback_only || peer.ip().is_loopback()) =>
             {
                 let _ = stream.set_nodelay(true);
                 mux.unbound_conns += 1;
@@ -404,10 +404,12 @@ impl Core {
             if let Some(mux) = self.table.mux.as_mut() {
                 mux.latch_udp(from, owner);
             }
-        } else if !self
-            .fanout
-            .hand_over(receiver, Forwarded::Latch { session, from }, &[], Instant::now())
-        {
+        } else if !self.fanout.hand_over(
+            receiver,
+            Forwarded::Latch { session, from },
+            &[],
+            Instant::now(),
+        ) {
             inc(&self.out.stats.drop_ring_full);
         }
     }
@@ -465,7 +467,10 @@ impl Core {
         };
         for item in inbox.drain(..) {
             match item {
-                super::fanout::Inbound::Packet { from_worker, packet } => {
+                super::fanout::Inbound::Packet {
+                    from_worker,
+                    packet,
+                } => {
                     let Forwarded::Handoff { session, from } = packet.what else {
                         continue;
                     };
