@@ -168,8 +168,11 @@ for backend in $order; do
         udp-1w-mux) single_port=1 run udp-1w-mux 1 udp udp true ;;
         tcp-1w-mux) single_port=1 run tcp-1w-mux 1 tcp tcp true ;;
         udp-2w-mux) single_port=1 run udp-2w-mux 2 udp udp true ;;
-        udp-2w-many) streams=20 run udp-2w-many 2 udp udp true ;;
-        udp-2w-many-mux) single_port=1 streams=20 run udp-2w-many-mux 2 udp udp true ;;
+        # PLAYERS in all, spread over the 20 streams (loadgen's --players is per stream).
+        udp-2w-many) streams=20 players=$((${PLAYERS:-200} / 20)) run udp-2w-many 2 udp udp true ;;
+        udp-2w-many-mux)
+            single_port=1 streams=20 players=$((${PLAYERS:-200} / 20)) run udp-2w-many-mux 2 udp udp true
+            ;;
         udp-*w-hd-scaled)
             n=${scenario#udp-}
             n=${n%w-hd-scaled}
