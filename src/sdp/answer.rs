@@ -267,4 +267,36 @@ mod tests {
         // The answer is itself valid SDP.
         SessionDescription::unmarshal(&mut Cursor::new(answer.as_bytes())).unwrap();
     }
+
+    #[test]
+    fn each_announced_address_gets_its_candidates_in_order_on_the_one_port() {
+        let offer = Offer::parse(CHROME_PUBLISH_OFFER).unwrap();
+        let (_, sections) = negotiate_publish(&offer).unwrap();
+        let ips: [IpAddr; 2] = [
+            "203.0.113.7".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+        ];
+        let transport = AnswerTransport {
+            ips: &ips,
+            port: 8189,
+            ..transport()
+        };
+        let answer = write_answer(&offer, &sections, &transport);
+        let candidates: Vec<&str> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=candidate:"))
+            .collect();
+        // Four per section (two addresses, UDP and TCP), BUNDLE repeats them in each section.
+        assert_eq!(
+            &candidates[..4],
+            [
+                "1 1 udp 2130706431 203.0.113.7 8189 typ host generation 0",
+                "2 1 tcp 2124414975 203.0.113.7 8189 typ host tcptype passive generation 0",
+                "3 1 udp 2130706175 2001:db8::7 8189 typ host generation 0",
+                "4 1 tcp 2124414719 2001:db8::7 8189 typ host tcptype passive generation 0",
+            ]
+        );
+        assert!(answer.contains("c=IN IP4 203.0.113.7"), "{answer}");
+        SessionDescription::unmarshal(&mut Cursor::new(answer.as_bytes())).unwrap();
+    }
 }
