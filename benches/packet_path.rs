@@ -1,6 +1,7 @@
 //! The per-packet pieces of the forwarding path, one benchmark per configuration:
 //! SRTP protect/unprotect by profile and size, the per-player RTP rewrite, and the whole
-//! per-player step (rewrite + protect) the worker runs for every player of a stream.
+//! per-player step (rewrite + protect) the worker runs for every player of a stream, and
+//! single-port mode's session lookup.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -246,5 +247,41 @@ fn fanout_ring(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, srtp, rewrite, ice, fanout_ring);
+/// Single-port mode's lookup with 500 sessions registered and latched: a media packet by its
+/// 5-tuple, an ICE check by the ufrag in its USERNAME (every received packet pays one).
+fn mux_table(c: &mut Criterion) {
+    use corecast::session::mux_table::{FiveTuple, MuxTable, Transport};
+    use std::net::SocketAddr;
+    let local = SocketAddr::from(([127, 0, 0, 1], 8189));
+    let tuple = |i: u16| FiveTuple {
+        transport: Transport::Udp,
+        remote: SocketAddr::from(([127, 0, 0, 1], 10_000 + i)),
+        local,
+    };
+    let mut table = MuxTable::default();
+    for i in 0..500u16 {
+        table.register(format!("uf{i:06}").as_bytes(), i).unwrap();
+        table.latch(tuple(i), i);
+    }
+    let media = rtp_packet(1200);
+    let mut check = vec![0u8; 256];
+    let mut writer = StunWriter::new(&mut check, BINDING_REQUEST, &[3; 12]).unwrap();
+    writer.username(b"uf000250:remote").unwrap();
+    writer
+        .message_integrity(&stun::short_term_key("password-password-pw"))
+        .unwrap();
+    let len = writer.fingerprint().unwrap();
+    check.truncate(len);
+    let mut group = c.benchmark_group("mux_table");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("route_media_by_5_tuple/500_sessions", |b| {
+        b.iter(|| black_box(table.route(black_box(&tuple(250)), black_box(&media))))
+    });
+    group.bench_function("route_check_by_ufrag/500_sessions", |b| {
+        b.iter(|| black_box(table.route(black_box(&tuple(250)), black_box(&check))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, srtp, rewrite, ice, fanout_ring, mux_table);
 criterion_main!(benches);

@@ -8,7 +8,12 @@
 #
 # BACKENDS="io_uring epoll" runs each scenario once per workers.backend (named
 # SCENARIO-BACKEND), ROUNDS=N repeats the whole set N times, each round in the other backend
-# order, so a noisy neighbour costs both alike (named ...-rN). SYSCALLS=1 counts the worker
+# and scenario order, so a noisy neighbour costs both alike (named ...-rN).
+#
+# Single-port mode: a scenario named ...-mux runs the relay with media.mux_port (every session
+# on one port) instead of a port per session; udp-2w-many[-mux] runs 20 streams over 2 workers,
+# so about half of the publishers' packets reach a worker that does not own their session and
+# are handed over (corecast_mux_handoffs_total, printed after the run). SYSCALLS=1 counts the worker
 # threads' system calls (perf stat, raw_syscalls:sys_enter) over 3 s of each run's steady phase
 # and prints them per forwarded packet.
 #
@@ -106,6 +111,7 @@ run() { # name workers protocol transport gso [extra loadgen args...]
     # Likewise only a chosen backend is, for a RELAY_BIN from before workers.backend.
     [[ $backend != default ]] && gso_env+=(CORECAST_WORKERS_BACKEND=$backend) && name=$name-$backend
     [[ $rounds -gt 1 ]] && name=$name-r$round
+    [[ ${single_port:-0} == 1 ]] && gso_env+=(CORECAST_MEDIA_MUX_PORT=18400)
     env CORECAST_HTTP_LISTEN=127.0.0.1:$port CORECAST_WORKERS_COUNT=$workers CORECAST_WORKERS_PIN=false \
         CORECAST_MEDIA_PORTS=30000-39999 CORECAST_MEDIA_PROTOCOL=$protocol "${gso_env[@]}" \
         RUST_LOG=warn taskset -c "$relay_cores" "$relay_bin" >"$out/$name.relay.log" 2>&1 &
@@ -124,10 +130,10 @@ run() { # name workers protocol transport gso [extra loadgen args...]
         counter=$!
     fi
     taskset -c "$loadgen_cores" target/release/loadgen --whip "http://127.0.0.1:$port/whip/{stream}" \
-        --whep "http://127.0.0.1:$port/whep/{stream}" --streams 1 --players "$players" --ramp 200 \
+        --whep "http://127.0.0.1:$port/whep/{stream}" --streams "${streams:-1}" --players "$players" --ramp 200 \
         --duration "$duration" --transport "$transport" --relay-pid "$relay" \
         --relay-metrics "http://127.0.0.1:$port/metrics" --out "$out/$name" --quiet "$@" | grep -E "^(players|relay|note)"
-    curl -s "http://127.0.0.1:$port/metrics" | grep -E "^corecast_(gso_sends|gso_segments|tx_packets|send_errors)_total" \
+    curl -s "http://127.0.0.1:$port/metrics" | grep -E "^corecast_(gso_sends|gso_segments|tx_packets|send_errors|mux_handoffs|rx_packets)_total" \
         | awk '{ split($1, m, "{"); sum[m[1]] += $2 } END { for (k in sum) printf "%s %d  ", k, sum[k]; print "" }'
     if [[ -n $counter ]]; then
         wait "$counter" || true
@@ -139,10 +145,14 @@ run() { # name workers protocol transport gso [extra loadgen args...]
 
 dirs=()
 for round in $(seq "$rounds"); do
-# Every other round runs the backends in the opposite order.
+# Every other round runs the backends, and the scenarios, in the opposite order.
 order=$backends
-if ((round % 2 == 0)); then order=$(echo "$backends" | tr ' ' '\n' | tac | paste -sd' '); fi
-for scenario in $scenarios; do
+round_scenarios=$scenarios
+if ((round % 2 == 0)); then
+    order=$(echo "$backends" | tr ' ' '\n' | tac | paste -sd' ')
+    round_scenarios=$(echo "$scenarios" | tr ' ' '\n' | tac | paste -sd' ')
+fi
+for scenario in $round_scenarios; do
 for backend in $order; do
     case $scenario in
         udp-1w) run udp-1w 1 udp udp true ;;
@@ -158,6 +168,14 @@ for backend in $order; do
         udp-1w-hd-nogso) run udp-1w-hd-nogso 1 udp udp false --video-kbps 4000 --no-audio ;;
         tcp-1w-hd) run tcp-1w-hd 1 tcp tcp true --video-kbps 4000 --no-audio ;;
         udp-2w-hd) run udp-2w-hd 2 udp udp true --video-kbps 4000 --no-audio ;;
+        udp-1w-mux) single_port=1 run udp-1w-mux 1 udp udp true ;;
+        tcp-1w-mux) single_port=1 run tcp-1w-mux 1 tcp tcp true ;;
+        udp-2w-mux) single_port=1 run udp-2w-mux 2 udp udp true ;;
+        # PLAYERS in all, spread over the 20 streams (loadgen's --players is per stream).
+        udp-2w-many) streams=20 players=$((${PLAYERS:-200} / 20)) run udp-2w-many 2 udp udp true ;;
+        udp-2w-many-mux)
+            single_port=1 streams=20 players=$((${PLAYERS:-200} / 20)) run udp-2w-many-mux 2 udp udp true
+            ;;
         udp-*w-hd-scaled)
             n=${scenario#udp-}
             n=${n%w-hd-scaled}

@@ -20,10 +20,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let workers = config.worker_count();
     config.validate_for_workers(workers)?;
     let media = &config.media;
-    if media.announced_ip.is_loopback() {
+    if media.announced_ip.iter().all(|ip| ip.is_loopback()) {
         tracing::warn!(
-            "media.announced_ip is {}: only clients on this machine can connect until it is set \
-             to an address they can reach",
+            "media.announced_ip is {:?}: only clients on this machine can connect until it is \
+             set to an address they can reach",
             media.announced_ip
         );
     }
@@ -67,10 +67,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tcp_send_queue: media.tcp_send_queue,
         loopback_only: media.bind_ip.is_loopback(),
         pin: config.workers.pin,
+        mux: media.mux_port.map(|port| crate::worker::MuxSettings {
+            ip: media.bind_ip,
+            port,
+            udp: media.protocol.udp(),
+            tcp: media.protocol.tcp(),
+            udp_buffers: (media.udp_recv_buffer, media.udp_send_buffer),
+            tcp_buffers: (media.tcp_recv_buffer, media.tcp_send_buffer),
+        }),
     };
     let handles = start_workers(workers, settings, events_tx).context("starting the workers")?;
     let listen = config.http.listen;
-    let ports = media.ports;
+    let ports = match media.mux_port {
+        Some(port) => format!("media port {port} shared by every session"),
+        None => format!("media ports {}", media.ports),
+    };
     let transports = match media.protocol {
         crate::config::MediaProtocol::Udp => "UDP",
         crate::config::MediaProtocol::Tcp => "ICE-TCP",
@@ -118,7 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding http.listen {listen}"))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    println!("corecast is up: {workers} worker(s), media ports {ports} ({transports})");
+    println!("corecast is up: {workers} worker(s), {ports} ({transports})");
     println!("  page:    {scheme}://{addr}/");
     println!("  WHIP:    {scheme}://{addr}/whip/{{stream}}");
     println!("  WHEP:    {scheme}://{addr}/whep/{{stream}}");

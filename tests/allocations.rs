@@ -126,6 +126,29 @@ async fn loss_repair_and_feedback_allocate_nothing_on_the_workers() {
     );
 }
 
+/// Single-port mode: the same steady forwarding, every session on one shared port, so each
+/// packet is also looked up by 5-tuple and may cross to its session's worker (handed over
+/// through the pooled cross-worker packets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_port_forwarding_allocates_nothing_on_the_workers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let port = loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
+    };
+    let relay = start_relay(&[("CORECAST_MEDIA_MUX_PORT", &port.to_string())]);
+    let (allocations, _) = forward_in_steady_state(&relay, None).await;
+    let handoffs = worker_counter(&relay, "mux_handoffs");
+    assert_eq!(
+        allocations, 0,
+        "the workers allocated {allocations} times while forwarding 20000 packets through one \
+         port ({handoffs} packets handed to their session's worker)"
+    );
+}
+
 /// The sum over workers of `corecast_<name>_total`.
 fn worker_counter(relay: &str, name: &str) -> u64 {
     let prefix = format!("corecast_{name}_total{{");

@@ -309,6 +309,189 @@ fn chromium_publisher_and_three_players_decode_over_ice_tcp_across_two_workers()
     );
 }
 
+/// A port free for both UDP and TCP on `ip`, for a relay's shared media port.
+fn free_mux_port(ip: &str) -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Single-port mode: a publisher and three players on a relay with two workers, over
+/// `protocol`, every session on the one port: all decode, every candidate the browser was
+/// given and every selected path carries that port, and the players sit on both workers.
+async fn single_port_publisher_and_three_players(protocol: &str) {
+    let port = free_mux_port("127.0.0.1");
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_MUX_PORT", &port.to_string()),
+        ("CORECAST_MEDIA_PROTOCOL", protocol),
+    ]);
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&relay.url("/"))
+        .await
+        .expect("loading the page");
+    let publisher = publish(&browser, &relay, "cam", None).await;
+    let mut players = Vec::new();
+    for _ in 0..3 {
+        players.push(play(&browser, "cam", None).await);
+    }
+    let decoded = wait_decoding(&browser, &relay, &players).await;
+    let publisher_stats = browser.stats(&publisher).await;
+    for s in decoded.iter().chain([&publisher_stats]) {
+        assert_transport(s, protocol);
+        assert_eq!(s["remotePort"], port, "{s:#?}");
+        let ports = s["remoteCandidatePorts"].as_array().unwrap();
+        assert!(
+            !ports.is_empty() && ports.iter().all(|p| *p == port),
+            "{s:#?}"
+        );
+    }
+    let all = streams(&relay);
+    let stream = &all[0];
+    let mut workers: Vec<u64> = stream["players"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["port"], port, "{all:#}");
+            assert_eq!(p["transport"], protocol, "{all:#}");
+            p["worker"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(stream["publisher"]["port"], port, "{all:#}");
+    workers.push(stream["publisher"]["worker"].as_u64().unwrap());
+    workers.sort();
+    workers.dedup();
+    assert_eq!(workers, [0, 1], "sessions sit on both workers: {all:#}");
+    // The kernel spreads remote addresses over the workers' sockets, not by session: some
+    // packets (or connections) reached a worker that does not own their session.
+    let moved = relay.metric_all_workers("corecast_mux_handoffs_total")
+        + relay.metric_all_workers("corecast_mux_conn_handoffs_total");
+    let local = relay.metric_all_workers("corecast_stun_answered_total");
+    assert!(local > 0 && moved + local > 0, "{}", relay.log());
+    // Garbage on the shared port is dropped and counted; the players keep decoding.
+    let frames_before: Vec<u64> = decoded
+        .iter()
+        .map(|s| num(s, "videoFramesDecoded"))
+        .collect();
+    let unknown_before = relay.metric_all_workers("corecast_drop_unknown_path_total");
+    if protocol == "udp" {
+        for _ in 0..20 {
+            send_udp(port, b"\xffnot a media packet at all");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            relay.metric_all_workers("corecast_drop_unknown_path_total") >= unknown_before + 20
+        );
+    } else {
+        let mut intruder = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut intruder, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        intruder
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let n = std::io::Read::read(&mut intruder, &mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "the relay closes a connection that speaks no ICE");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for (i, id) in players.iter().enumerate() {
+        let s = browser.stats(id).await;
+        assert!(
+            num(&s, "videoFramesDecoded") > frames_before[i] + 10,
+            "player {i} stalled: {s:#?}"
+        );
+    }
+    browser
+        .call("return await corecast.stop(arguments[0])", vec![publisher])
+        .await;
+    let gone = || {
+        relay.metric("corecast_worker_sessions{worker=\"0\"}") == 0
+            && relay.metric("corecast_worker_sessions{worker=\"1\"}") == 0
+    };
+    assert!(
+        common::eventually(Duration::from_secs(10), gone).await,
+        "{}",
+        relay.log()
+    );
+    browser.close().await;
+}
+
+#[test]
+fn chromium_single_port_publisher_and_three_players_decode_over_udp_on_two_workers() {
+    in_browser_network(
+        "chromium_single_port_publisher_and_three_players_decode_over_udp_on_two_workers",
+        single_port_publisher_and_three_players("udp"),
+    );
+}
+
+#[test]
+fn chromium_single_port_publisher_and_three_players_decode_over_ice_tcp_on_two_workers() {
+    in_browser_network(
+        "chromium_single_port_publisher_and_three_players_decode_over_ice_tcp_on_two_workers",
+        single_port_publisher_and_three_players("tcp"),
+    );
+}
+
+/// The IPv6 address the IPv6 browser test gives its namespace (a unique local address on a
+/// bridge with no ports: traffic to it never leaves the namespace).
+const PRIVATE_V6: &str = "fd00:cc::1";
+
+/// IPv6: Chromium publishes and plays over IPv6, the relay (single-port mode, two workers)
+/// binding and announcing an IPv6 address. Chromium gathers no IPv6 loopback candidate
+/// (`--allow-loopback-in-peer-connection` adds 127.0.0.1 alone), so the test's network
+/// namespace gets a private IPv6 address on an empty bridge; `tests/single_port.rs` proves
+/// `::1` itself with the library client.
+#[test]
+fn chromium_publishes_and_plays_over_ipv6() {
+    let _one = exclusive();
+    let setup = format!(
+        "ip link add v6 type bridge && ip link set v6 up && ip addr add {PRIVATE_V6}/64 dev v6 nodad"
+    );
+    if common::in_private_network_set_up("chromium_publishes_and_plays_over_ipv6", &setup) {
+        return;
+    }
+    if std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_none() {
+        eprintln!("note: no network namespace here, so no private IPv6 address: skipped");
+        return;
+    }
+    runtime().block_on(async {
+        let port = free_mux_port(PRIVATE_V6);
+        let relay = Relay::start(&[
+            ("CORECAST_WORKERS_COUNT", "2"),
+            ("CORECAST_MEDIA_BIND_IP", PRIVATE_V6),
+            ("CORECAST_MEDIA_ANNOUNCED_IP", PRIVATE_V6),
+            ("CORECAST_MEDIA_MUX_PORT", &port.to_string()),
+            ("CORECAST_MEDIA_PROTOCOL", "udp"),
+        ]);
+        let browser = Browser::start().await;
+        browser
+            .client
+            .goto(&relay.url("/"))
+            .await
+            .expect("loading the page");
+        let publisher = publish(&browser, &relay, "six", None).await;
+        let player = play(&browser, "six", None).await;
+        let decoded = wait_decoding(&browser, &relay, std::slice::from_ref(&player)).await;
+        for s in decoded.iter().chain([&browser.stats(&publisher).await]) {
+            assert_eq!(s["remoteAddress"], PRIVATE_V6, "{s:#?}");
+            assert_eq!(s["remotePort"], port, "{s:#?}");
+        }
+        let all = streams(&relay);
+        let remote = all[0]["players"][0]["remote"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(remote.starts_with(&format!("[{PRIVATE_V6}]:")), "{all:#}");
+        browser.close().await;
+    });
+}
+
 #[test]
 fn mixed_transports_in_one_stream_udp_to_tcp_and_tcp_to_udp() {
     in_browser_network(

@@ -431,6 +431,79 @@ fn nominations_move_the_path_between_udp_tuples_and_tcp_and_restarts_keep_the_se
 }
 
 /// The WebSocket's next reply that is not a status event.
+#[test]
+fn a_restart_in_single_port_mode_reaches_the_session_by_its_new_ufrag() {
+    // Two workers on one shared port: the new ufrag must be known to every worker's table,
+    // whichever the kernel hands the first check with it to.
+    let port = common::free_mux_port();
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_MUX_PORT", &port.to_string()),
+    ]);
+    let s = publish(&relay, "cam");
+    assert_eq!(s.port, port);
+    let a = bound();
+    assert!(udp_check(
+        &a,
+        port,
+        &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, true),
+        &s.pwd
+    ));
+    wait_for_path(&relay, a.local_addr().unwrap(), "udp");
+
+    let restart = |etag: &str, client: &str| {
+        let r = patch(
+            &relay,
+            &s.location,
+            &[("Content-Type", SDPFRAG), ("If-Match", etag)],
+            &format!("a=ice-ufrag:{client}\r\na=ice-pwd:newpassword0123456789xyz\r\n"),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        (
+            attribute(&r.body, "a=ice-ufrag:"),
+            attribute(&r.body, "a=ice-pwd:"),
+            r.header("etag").unwrap().to_string(),
+        )
+    };
+    let (ufrag2, pwd2, etag2) = restart(&s.etag, "Nw01");
+    assert_eq!(worker_metric(&relay, "corecast_ice_restarts_total", 1), 1);
+    // Sockets of their own: each new tuple may land on either worker.
+    let mut moved_to = None;
+    for _ in 0..4 {
+        let d = bound();
+        assert!(
+            udp_check(&d, port, &check(&ufrag2, "Nw01", &pwd2, true), &pwd2),
+            "a check with the new ufrag is answered\n{}",
+            relay.log()
+        );
+        moved_to = Some(d);
+    }
+    let d = moved_to.unwrap();
+    wait_for_path(&relay, d.local_addr().unwrap(), "udp");
+
+    // A second restart: the first ufrag names nothing any more (a session keeps its current
+    // and previous one only), so restarts never pile up entries in the workers' tables.
+    let (ufrag3, pwd3, _) = restart(&etag2, "Nw02");
+    assert_eq!(worker_metric(&relay, "corecast_ice_restarts_total", 2), 2);
+    assert!(udp_check(
+        &bound(),
+        port,
+        &check(&ufrag3, "Nw02", &pwd3, false),
+        &pwd3
+    ));
+    let before = relay.metric_all_workers("corecast_drop_unknown_ufrag_total");
+    assert!(!udp_check(
+        &bound(),
+        port,
+        &check(&s.ufrag, CLIENT_UFRAG, &s.pwd, false),
+        &s.pwd
+    ));
+    assert_eq!(
+        relay.metric_all_workers("corecast_drop_unknown_ufrag_total"),
+        before + 1
+    );
+}
+
 fn ws_reply(ws: &mut tungstenite::WebSocket<TcpStream>) -> Value {
     loop {
         let message = ws.read().expect("a WebSocket message");

@@ -33,7 +33,7 @@ fn answer_of(offer: &Offer, sections: &[crate::sdp::AnswerSection]) -> Answer {
         ice_ufrag: "relay",
         ice_pwd: "relay-password-relay-pw",
         fingerprint: &fingerprint,
-        ip: "127.0.0.1".parse().unwrap(),
+        ips: &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
         port: 31000,
         udp: true,
         tcp: false,

@@ -166,7 +166,7 @@ impl Config {
         }
         let listen = self.http.listen;
         let ip = if listen.ip().is_unspecified() {
-            self.media.announced_ip
+            self.media.announced_ip[0]
         } else {
             listen.ip()
         };

@@ -76,10 +76,14 @@ pub struct HttpConfig {
 pub struct MediaConfig {
     /// The address media sockets bind to.
     pub bind_ip: IpAddr,
-    /// The address written into ICE candidates.
-    pub announced_ip: IpAddr,
-    /// Inclusive range of media ports; each session takes one.
+    /// The addresses written into ICE candidates (one candidate set each; IPv4 and IPv6 may
+    /// be mixed). Never empty.
+    pub announced_ip: Vec<IpAddr>,
+    /// Inclusive range of media ports; each session takes one (unless `mux_port` is set).
     pub ports: PortRange,
+    /// Single-port mode: every session's media on this one port (UDP and ICE-TCP), shared by
+    /// the workers with `SO_REUSEPORT`; `None`: each session its own port from `ports`.
+    pub mux_port: Option<u16>,
     /// Which host candidates answers carry.
     pub protocol: MediaProtocol,
     pub udp_recv_buffer: usize,
@@ -205,6 +209,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "bind_ip",
             "announced_ip",
             "ports",
+            "mux_port",
             "protocol",
             "udp_recv_buffer",
             "udp_send_buffer",
@@ -257,11 +262,12 @@ impl Default for Config {
             },
             media: MediaConfig {
                 bind_ip: "127.0.0.1".parse().expect("valid literal"),
-                announced_ip: "127.0.0.1".parse().expect("valid literal"),
+                announced_ip: vec!["127.0.0.1".parse().expect("valid literal")],
                 ports: PortRange {
                     first: 31000,
                     last: 31999,
                 },
+                mux_port: None,
                 protocol: MediaProtocol::All,
                 udp_recv_buffer: 1 << 20,
                 udp_send_buffer: 1 << 20,
@@ -368,7 +374,7 @@ impl Config {
 
     /// Checks what depends on more than one key (run once the worker count is known).
     pub fn validate_for_workers(&self, workers: usize) -> Result<(), ConfigError> {
-        if self.media.ports.len() < workers {
+        if self.media.mux_port.is_none() && self.media.ports.len() < workers {
             return Err(bad(
                 "media.ports",
                 self.media.ports,

@@ -152,17 +152,24 @@ fn read_media(media: &mut MediaConfig, get: Section<'_>) -> Result<(), ConfigErr
         media.bind_ip = parse_str(v, "media.bind_ip", "an IPv4 or IPv6 address")?;
     }
     if let Some(v) = get.get("announced_ip") {
-        media.announced_ip = parse_str(v, "media.announced_ip", "an IPv4 or IPv6 address")?;
-        if media.announced_ip.is_unspecified() {
-            return Err(bad(
-                "media.announced_ip",
-                media.announced_ip,
-                "must be an address clients can reach, not the unspecified address",
-            ));
-        }
+        media.announced_ip = parse_announced(v)?;
     }
     if let Some(v) = get.get("ports") {
         media.ports = parse_port_range(v)?;
+    }
+    if let Some(v) = get.get("mux_port") {
+        let key = "media.mux_port";
+        let allowed = "must be 0 (each session its own port from media.ports) or 1024 to 65535";
+        let n = match v {
+            // From the environment every value is a string.
+            Value::String(s) => s.trim().parse::<i64>().map_err(|_| bad(key, s, allowed))?,
+            other => int(other, key, "a port number")?,
+        };
+        media.mux_port = match n {
+            0 => None,
+            1024..=65535 => Some(n as u16),
+            _ => return Err(bad(key, n, allowed)),
+        };
     }
     if let Some(v) = get.get("protocol") {
         media.protocol = match v {
@@ -371,6 +378,43 @@ fn parse_address_list(v: &Value, key: &str) -> Result<AddressList, ConfigError> 
         })
         .collect::<Result<_, _>>()
         .map(AddressList)
+}
+
+/// `media.announced_ip`: one address, or a list (`["203.0.113.7", "2001:db8::7"]`, or
+/// comma-separated from the environment).
+fn parse_announced(v: &Value) -> Result<Vec<IpAddr>, ConfigError> {
+    const KEY: &str = "media.announced_ip";
+    const ALLOWED: &str = "must be an IPv4 or IPv6 address, or a list of them, like \
+                           [\"203.0.113.7\", \"2001:db8::7\"]";
+    let items: Vec<&str> = match v {
+        Value::String(s) => s.split(',').filter(|i| !i.trim().is_empty()).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().ok_or_else(|| bad(KEY, v, ALLOWED)))
+            .collect::<Result<_, _>>()?,
+        other => return Err(bad(KEY, other, ALLOWED)),
+    };
+    if items.is_empty() {
+        return Err(bad(KEY, v, ALLOWED));
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for item in items {
+        let ip: IpAddr = item
+            .trim()
+            .parse()
+            .map_err(|_| bad(KEY, item.trim(), ALLOWED))?;
+        if ip.is_unspecified() {
+            return Err(bad(
+                KEY,
+                ip,
+                "must be an address clients can reach, not the unspecified address",
+            ));
+        }
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(ips)
 }
 
 fn parse_port_range(v: &Value) -> Result<PortRange, ConfigError> {

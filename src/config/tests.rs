@@ -13,7 +13,8 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 fn defaults_are_loopback_and_ready() {
     let c = Config::load(None, env(&[])).unwrap();
     assert_eq!(c, Config::default());
-    assert!(c.media.announced_ip.is_loopback());
+    assert!(c.media.announced_ip[0].is_loopback());
+    assert_eq!(c.media.mux_port, None);
     assert!(c.http.listen.ip().is_loopback());
 }
 
@@ -201,4 +202,63 @@ fn port_range_must_cover_the_workers() {
         err.0.contains("media.ports") && err.0.contains("2 workers"),
         "{err}"
     );
+}
+
+#[test]
+fn single_port_mode_and_announced_addresses_load_print_and_refuse() {
+    let file = "[media]\nmux_port = 8189\nannounced_ip = [\"127.0.0.1\", \"::1\"]\n";
+    let c = Config::load(Some(file), env(&[])).unwrap();
+    assert_eq!(c.media.mux_port, Some(8189));
+    let ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    assert_eq!(c.media.announced_ip, ips);
+    // Both modes print, and load back unchanged.
+    assert!(c.to_toml().contains("mux_port = 8189"));
+    assert_eq!(Config::load(Some(&c.to_toml()), env(&[])).unwrap(), c);
+    let per_session = Config::default();
+    assert!(per_session.to_toml().contains("mux_port = 0"));
+    assert_eq!(
+        Config::load(Some(&per_session.to_toml()), env(&[])).unwrap(),
+        per_session
+    );
+    // A single string stays valid; the environment takes a comma-separated list.
+    let single = Config::load(Some("[media]\nannounced_ip = \"203.0.113.7\"\n"), env(&[])).unwrap();
+    assert_eq!(
+        single.media.announced_ip,
+        vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+    );
+    let from_env = Config::load(
+        None,
+        env(&[
+            ("CORECAST_MEDIA_ANNOUNCED_IP", "203.0.113.7, 2001:db8::7"),
+            ("CORECAST_MEDIA_MUX_PORT", "8189"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(from_env.media.announced_ip.len(), 2);
+    assert_eq!(from_env.media.mux_port, Some(8189));
+    // A single port serves any number of workers, whatever the range holds.
+    let mut few_ports = from_env.clone();
+    few_ports.media.ports = PortRange {
+        first: 2000,
+        last: 2000,
+    };
+    assert!(few_ports.validate_for_workers(4).is_ok());
+    for (bad_file, names) in [
+        ("[media]\nmux_port = 80\n", "media.mux_port"),
+        ("[media]\nmux_port = 70000\n", "media.mux_port"),
+        ("[media]\nannounced_ip = []\n", "media.announced_ip"),
+        (
+            "[media]\nannounced_ip = [\"0.0.0.0\"]\n",
+            "media.announced_ip",
+        ),
+        (
+            "[media]\nannounced_ip = [\"nowhere\"]\n",
+            "media.announced_ip",
+        ),
+    ] {
+        let err = Config::load(Some(bad_file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(names), "{bad_file}: {err}");
+    }
 }

@@ -7,7 +7,9 @@ impl Config {
     pub fn to_toml(&self) -> String {
         format!(
             "[http]\nlisten = \"{}\"\nheader_timeout_ms = {}\nidle_timeout_ms = {}\nmax_connections = {}\n\
-             max_sessions_per_ip = {}\nrate_limit = {}\nrate_burst = {}\nlimit_exempt = {}\n{}\n[media]\nbind_ip = \"{}\"\nannounced_ip = \"{}\"\nports = \"{}\"\nprotocol = \"{}\"\n\
+             max_sessions_per_ip = {}\nrate_limit = {}\nrate_burst = {}\nlimit_exempt = {}\n{}\n[media]\nbind_ip = \"{}\"\nannounced_ip = [{}]\nports = \"{}\"\n\
+             # 0: each session its own port from `ports`; else every session on this one port\n\
+             mux_port = {}\nprotocol = \"{}\"\n\
              udp_recv_buffer = {}\nudp_send_buffer = {}\ntcp_recv_buffer = {}\ntcp_send_buffer = {}\n\
              tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\nmax_publish_kbps = {}\n\n[workers]\ncount = {}\npin = {}\nbackend = \"{}\"\n",
             self.http.listen,
@@ -20,8 +22,14 @@ impl Config {
             self.http.limit_exempt,
             self.front_door_http_toml(),
             self.media.bind_ip,
-            self.media.announced_ip,
+            self.media
+                .announced_ip
+                .iter()
+                .map(|ip| format!("\"{ip}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.media.ports,
+            self.media.mux_port.unwrap_or(0),
             self.media.protocol,
             self.media.udp_recv_buffer,
             self.media.udp_send_buffer,

@@ -335,7 +335,18 @@ impl Control {
                         entry
                     };
                     if let Some(entry) = entry {
-                        lock(&self.ports).release(entry.port);
+                        match self.config.media.mux_port {
+                            // Single-port mode: every worker forgets the session's paths.
+                            Some(_) => {
+                                for handle in &self.workers {
+                                    handle.send(Command::MuxForget {
+                                        owner: entry.worker,
+                                        session,
+                                    });
+                                }
+                            }
+                            None => lock(&self.ports).release(entry.port),
+                        }
                         for waiter in entry.closed_waiters {
                             let _ = waiter.send(());
                         }

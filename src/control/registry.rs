@@ -259,7 +259,18 @@ impl Control {
                 port: s.port,
                 remote: s.remote,
                 transport: s.transport,
-                local: SocketAddr::new(self.config.media.announced_ip, s.port),
+                // The announced address of the remote's family (the first one before ICE).
+                local: SocketAddr::new(
+                    self.config
+                        .media
+                        .announced_ip
+                        .iter()
+                        .copied()
+                        .find(|ip| s.remote.is_none_or(|r| r.is_ipv4() == ip.is_ipv4()))
+                        .or(self.config.media.announced_ip.first().copied())
+                        .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                    s.port,
+                ),
                 migrations: s.reception.migrations.load(Ordering::Relaxed),
                 ice_restarts: s.ice_restarts,
                 rtt_ms: match s.reception.rtt_us.load(Ordering::Relaxed) {

@@ -182,10 +182,28 @@ impl Control {
         let local_ufrag = random_token(8);
         let local_pwd = random_token(24);
         let plan = self.negotiate(&mut registry, stream, &offer, role)?;
-        let (port, worker, sockets) = self.bind_port(&registry)?;
+        let media = &self.config.media;
+        let (port, worker, sockets) = match media.mux_port {
+            // Single-port mode: no socket of its own; the least loaded worker owns it.
+            Some(port) => {
+                let worker = self.workers_by_load(&registry)[0];
+                (
+                    port,
+                    worker,
+                    MediaSockets {
+                        udp: None,
+                        tcp: None,
+                    },
+                )
+            }
+            None => self.bind_port(&registry)?,
+        };
         let stream_id = plan.stream;
         let publisher_worker = plan.publisher_worker.unwrap_or(worker);
-        let offered = (sockets.udp.is_some(), sockets.tcp.is_some());
+        let offered = match media.mux_port {
+            Some(_) => (media.protocol.udp(), media.protocol.tcp()),
+            None => (sockets.udp.is_some(), sockets.tcp.is_some()),
+        };
         let answer = self.answer(&offer, &plan, &local_ufrag, &local_pwd, port, offered);
         registry.next_session += 1;
         let id = registry.next_session;
@@ -216,6 +234,7 @@ impl Control {
         // The worker sends the session's DTLS records straight into this bounded queue.
         let (records_tx, records_rx) = mpsc::channel(DTLS_QUEUE);
         let reception = Arc::new(SessionMeter::default());
+        let mux_ufrag = media.mux_port.map(|_| local_ufrag.clone());
         self.workers[worker].send(Command::AddSession(Box::new(NewSession {
             id,
             udp: sockets.udp,
@@ -229,6 +248,16 @@ impl Control {
             dtls_records: records_tx,
             reception: reception.clone(),
         })));
+        if let Some(ufrag) = mux_ufrag {
+            // Every worker's shared socket may receive the session's first check.
+            for handle in &self.workers {
+                handle.send(Command::MuxRegister {
+                    ufrag: ufrag.clone(),
+                    owner: worker,
+                    session: id,
+                });
+            }
+        }
         let (stop_tx, dtls_task) =
             self.start_dtls(id, worker, port, offer.fingerprint.clone(), records_rx);
         self.enter_session(
@@ -278,7 +307,7 @@ impl Control {
             ice_ufrag,
             ice_pwd,
             fingerprint: &self.fingerprint,
-            ip: self.config.media.announced_ip,
+            ips: &self.config.media.announced_ip,
             port,
             udp,
             tcp,

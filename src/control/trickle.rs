@@ -62,7 +62,7 @@ impl Control {
         };
         // The one place signaling changes a session's credentials; the worker's
         // `Table::restart_ice` is the other half.
-        ice.local_ufrag = random_token(8);
+        let previous_ufrag = std::mem::replace(&mut ice.local_ufrag, random_token(8));
         ice.local_pwd = random_token(24);
         ice.remote_ufrag = remote_ufrag.to_string();
         ice.remote_pwd = remote_pwd.to_string();
@@ -74,8 +74,19 @@ impl Control {
             local_pwd: ice.local_pwd.clone(),
             remote_ufrag: ice.remote_ufrag.clone(),
         });
+        if self.config.media.mux_port.is_some() {
+            // Every worker's shared socket may receive the first check with the new ufrag.
+            for handle in &self.workers {
+                handle.send(Command::MuxRenew {
+                    ufrag: ice.local_ufrag.clone(),
+                    previous: previous_ufrag.clone(),
+                    owner: entry.worker,
+                    session: id,
+                });
+            }
+        }
         let (udp, tcp) = entry.offered;
-        let candidates = host_candidates(self.config.media.announced_ip, entry.port, udp, tcp);
+        let candidates = host_candidates(&self.config.media.announced_ip, entry.port, udp, tcp);
         let (media, mid) = &ice.bundle;
         let fragment =
             write_restart_fragment(&ice.local_ufrag, &ice.local_pwd, (media, mid), &candidates);

@@ -12,8 +12,30 @@ pub fn bind_udp(
     recv_buffer: usize,
     send_buffer: usize,
 ) -> io::Result<UdpSocket> {
+    bind_udp_with(ip, port, recv_buffer, send_buffer, false)
+}
+
+/// One worker's UDP socket on single-port mode's shared port: every worker binds its own with
+/// `SO_REUSEPORT`, and the kernel spreads the remote addresses over them.
+pub fn bind_shared_udp(
+    ip: IpAddr,
+    port: u16,
+    recv_buffer: usize,
+    send_buffer: usize,
+) -> io::Result<UdpSocket> {
+    bind_udp_with(ip, port, recv_buffer, send_buffer, true)
+}
+
+fn bind_udp_with(
+    ip: IpAddr,
+    port: u16,
+    recv_buffer: usize,
+    send_buffer: usize,
+    shared: bool,
+) -> io::Result<UdpSocket> {
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(shared)?;
     socket.set_recv_buffer_size(recv_buffer)?;
     socket.set_send_buffer_size(send_buffer)?;
     socket.set_cloexec(true)?;
@@ -29,17 +51,40 @@ pub fn bind_tcp_listener(
     recv_buffer: usize,
     send_buffer: usize,
 ) -> io::Result<TcpListener> {
+    bind_tcp_listener_with(ip, port, recv_buffer, send_buffer, false)
+}
+
+/// One worker's ICE-TCP listener on single-port mode's shared port (`SO_REUSEPORT`: the
+/// kernel spreads new connections over the workers' listeners).
+pub fn bind_shared_tcp_listener(
+    ip: IpAddr,
+    port: u16,
+    recv_buffer: usize,
+    send_buffer: usize,
+) -> io::Result<TcpListener> {
+    bind_tcp_listener_with(ip, port, recv_buffer, send_buffer, true)
+}
+
+fn bind_tcp_listener_with(
+    ip: IpAddr,
+    port: u16,
+    recv_buffer: usize,
+    send_buffer: usize,
+    shared: bool,
+) -> io::Result<TcpListener> {
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Connections of an earlier session on this port may linger in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(shared)?;
     socket.set_recv_buffer_size(recv_buffer)?;
     socket.set_send_buffer_size(send_buffer)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_cloexec(true)?;
     socket.bind(&addr.into())?;
-    // Browsers open a few connections per session; more wait in the backlog.
-    socket.listen(16)?;
+    // Browsers open a few connections per session; more wait in the backlog (a shared
+    // listener takes every session's).
+    socket.listen(if shared { 1024 } else { 16 })?;
     Ok(socket.into())
 }
 

@@ -17,7 +17,9 @@ pub struct AnswerTransport<'a> {
     pub ice_pwd: &'a str,
     /// Our certificate's SHA-256 fingerprint, formatted.
     pub fingerprint: &'a str,
-    pub ip: IpAddr,
+    /// The announced addresses: the first is the connection address; each gets its
+    /// candidates, in order of preference.
+    pub ips: &'a [IpAddr],
     pub port: u16,
     /// Which host candidates to offer (`media.protocol`).
     pub udp: bool,
@@ -30,19 +32,27 @@ pub struct AnswerTransport<'a> {
 const UDP_HOST_PRIORITY: u32 = (126 << 24) | (65535 << 8) | 255;
 const TCP_PASSIVE_HOST_PRIORITY: u32 = (126 << 24) | (((1 << 13) * 4 + 8191) << 8) | 255;
 
-/// The relay's host candidates (the values after `a=candidate:`) on the session's port: UDP,
-/// passive ICE-TCP, or both. The answer and an ICE restart's fragment carry the same.
-pub fn host_candidates(ip: IpAddr, port: u16, udp: bool, tcp: bool) -> Vec<String> {
+/// The relay's host candidates (the values after `a=candidate:`) on the session's port, for
+/// each announced address: UDP, passive ICE-TCP, or both. The answer and an ICE restart's
+/// fragment carry the same.
+pub fn host_candidates(ips: &[IpAddr], port: u16, udp: bool, tcp: bool) -> Vec<String> {
     let mut candidates = Vec::new();
-    if udp {
-        candidates.push(format!(
-            "1 1 udp {UDP_HOST_PRIORITY} {ip} {port} typ host generation 0"
-        ));
-    }
-    if tcp {
-        candidates.push(format!(
-            "2 1 tcp {TCP_PASSIVE_HOST_PRIORITY} {ip} {port} typ host tcptype passive generation 0"
-        ));
+    for (i, ip) in ips.iter().enumerate() {
+        // Each further address a step lower in local preference; foundations differ per
+        // address and transport (RFC 8445 5.1.1.3).
+        let step = (i as u32) << 8;
+        if udp {
+            let (foundation, priority) = (2 * i + 1, UDP_HOST_PRIORITY - step);
+            candidates.push(format!(
+                "{foundation} 1 udp {priority} {ip} {port} typ host generation 0"
+            ));
+        }
+        if tcp {
+            let (foundation, priority) = (2 * i + 2, TCP_PASSIVE_HOST_PRIORITY - step);
+            candidates.push(format!(
+                "{foundation} 1 tcp {priority} {ip} {port} typ host tcptype passive generation 0"
+            ));
+        }
     }
     candidates
 }
@@ -53,12 +63,17 @@ pub fn write_answer(
     sections: &[AnswerSection],
     transport: &AnswerTransport<'_>,
 ) -> String {
-    let address_type = if transport.ip.is_ipv4() { "IP4" } else { "IP6" };
+    let first = transport
+        .ips
+        .first()
+        .copied()
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let address_type = if first.is_ipv4() { "IP4" } else { "IP6" };
     let connection = ConnectionInformation {
         network_type: "IN".into(),
         address_type: address_type.into(),
         address: Some(Address {
-            address: transport.ip.to_string(),
+            address: first.to_string(),
             ttl: None,
             range: None,
         }),
@@ -78,7 +93,7 @@ pub fn write_answer(
             session_version: 2,
             network_type: "IN".into(),
             address_type: address_type.into(),
-            unicast_address: transport.ip.to_string(),
+            unicast_address: first.to_string(),
         },
         session_name: "corecast".into(),
         session_information: None,
@@ -106,7 +121,7 @@ pub fn write_answer(
         ],
         media_descriptions: vec![],
     };
-    let candidates = host_candidates(transport.ip, transport.port, transport.udp, transport.tcp);
+    let candidates = host_candidates(transport.ips, transport.port, transport.udp, transport.tcp);
     for (offered, answer) in offer.sections.iter().zip(sections) {
         let mut m = MediaDescription {
             media_name: MediaName {
@@ -257,6 +272,38 @@ mod tests {
             assert!(answer.contains(needle), "answer lacks {needle}:\n{answer}");
         }
         // The answer is itself valid SDP.
+        SessionDescription::unmarshal(&mut Cursor::new(answer.as_bytes())).unwrap();
+    }
+
+    #[test]
+    fn each_announced_address_gets_its_candidates_in_order_on_the_one_port() {
+        let offer = Offer::parse(CHROME_PUBLISH_OFFER).unwrap();
+        let (_, sections) = negotiate_publish(&offer).unwrap();
+        let ips: [IpAddr; 2] = [
+            "203.0.113.7".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+        ];
+        let transport = AnswerTransport {
+            ips: &ips,
+            port: 8189,
+            ..transport()
+        };
+        let answer = write_answer(&offer, &sections, &transport);
+        let candidates: Vec<&str> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=candidate:"))
+            .collect();
+        // Four per section (two addresses, UDP and TCP), BUNDLE repeats them in each section.
+        assert_eq!(
+            &candidates[..4],
+            [
+                "1 1 udp 2130706431 203.0.113.7 8189 typ host generation 0",
+                "2 1 tcp 2124414975 203.0.113.7 8189 typ host tcptype passive generation 0",
+                "3 1 udp 2130706175 2001:db8::7 8189 typ host generation 0",
+                "4 1 tcp 2124414719 2001:db8::7 8189 typ host tcptype passive generation 0",
+            ]
+        );
+        assert!(answer.contains("c=IN IP4 203.0.113.7"), "{answer}");
         SessionDescription::unmarshal(&mut Cursor::new(answer.as_bytes())).unwrap();
     }
 }

@@ -15,7 +15,7 @@ pub(super) fn transport() -> AnswerTransport<'static> {
         ice_ufrag: "ufrag",
         ice_pwd: "password-password-pass",
         fingerprint: "AA:BB",
-        ip: "127.0.0.1".parse().unwrap(),
+        ips: &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
         port: 31000,
         udp: true,
         tcp: true,

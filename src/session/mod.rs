@@ -4,6 +4,7 @@
 pub mod bwe;
 pub mod ice;
 pub mod keyframe;
+pub mod mux_table;
 pub mod nack;
 pub mod path;
 pub mod player;

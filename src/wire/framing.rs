@@ -43,6 +43,12 @@ impl FrameReader {
         }
     }
 
+    /// The bytes of a half-read frame (its length prefix included), taken out: the stream
+    /// continues elsewhere (an ICE-TCP connection moving to another worker).
+    pub fn take_partial(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.partial)
+    }
+
     /// Whether a frame is half-read.
     pub fn is_mid_frame(&self) -> bool {
         !self.partial.is_empty()

@@ -54,6 +54,9 @@ pub(super) struct TcpConn {
     pub(super) in_flight_bytes: usize,
     recv_armed: bool,
     pub(super) closing: bool,
+    /// Single-port mode: the connection moves to its session's worker once its receive is
+    /// cancelled (it collects what it reads until then).
+    pub(super) handover: Option<super::mux::PendingHandover>,
 }
 
 /// The ICE-TCP connections, by slot. The egress side keeps them (their send queues hold
@@ -104,6 +107,15 @@ impl Connections {
         };
         oldest(&mut open().filter(|(_, c)| !c.validated))
             .or_else(|| oldest(&mut open().filter(|(_, c)| c.validated)))
+    }
+}
+
+impl super::table::Session {
+    /// Whether another ICE-TCP connection may join (single-port mode, where connections
+    /// come without a session's own listener).
+    pub(super) fn has_room_for_conn(&self) -> bool {
+        self.conns.len() < MAX_TCP_CONNECTIONS_PER_SESSION
+            && self.open_conns < MAX_TCP_OPEN_PER_SESSION
     }
 }
 
@@ -170,7 +182,7 @@ impl Table {
         }
     }
 
-    fn add_conn(
+    pub(super) fn add_conn(
         stream: TcpStream,
         peer: SocketAddr,
         session: Token,
@@ -202,6 +214,7 @@ impl Table {
             in_flight_bytes: 0,
             recv_armed: true,
             closing: false,
+            handover: None,
         });
         slot
     }
@@ -255,6 +268,7 @@ impl Table {
             (conn.generation, conn.session, conn.session_generation);
         let token = Token { slot, generation };
         let (recv_armed, sending) = (conn.recv_armed, !conn.in_flight.is_empty());
+        let moving = conn.handover.is_some();
         if recv_armed {
             out.ring.cancel(Pending::TcpRecv(token));
         }
@@ -276,7 +290,9 @@ impl Table {
                 s.dtls_peer = None;
             }
         }
-        inc(&out.stats.tcp_closed);
+        if !moving {
+            inc(&out.stats.tcp_closed);
+        }
         self.maybe_finish_conn(slot, out);
     }
 
@@ -292,8 +308,18 @@ impl Table {
         for (egress, _) in conn.queue {
             out.ring.release_egress(egress);
         }
-        self.to_close.push(ToClose::Connection(conn.stream));
         let session = conn.session;
+        match conn.handover {
+            Some(handover) => self.finish_handover(conn.stream, conn.peer, handover),
+            None => {
+                if session == super::mux::MUX_TCP
+                    && let Some(mux) = self.mux.as_mut()
+                {
+                    mux.unbound_conns = mux.unbound_conns.saturating_sub(1);
+                }
+                self.to_close.push(ToClose::Connection(conn.stream));
+            }
+        }
         if let Some(s) = self
             .sessions
             .get_mut(session)

@@ -29,7 +29,7 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Commands taken per turn: a burst of new sessions must not hold up media.
 const COMMAND_BUDGET: usize = 256;
 /// Messages from other workers taken per turn (each queue holds `mesh::queue_capacity`).
-const MESH_BUDGET: usize = 4096;
+pub(super) const MESH_BUDGET: usize = 4096;
 /// Completions taken per turn: one completion queue's worth.
 const COMPLETION_BUDGET: usize = RING_ENTRIES as usize * 4;
 /// A turn's work past this is an overrun: packets waiting behind it wait that long.
@@ -49,6 +49,9 @@ pub(super) struct Core {
     next_feedback: Instant,
     /// Bursts whose hold ran out this turn (kept to reuse its memory).
     due_bursts: Vec<(BurstId, Owner)>,
+    /// Single-port mode: while ingress handles a datagram from the shared port, the worker
+    /// whose socket received it (where its path latches once ICE accepts it).
+    pub(super) mux_receiver: Option<usize>,
 }
 
 pub(super) struct Worker {
@@ -92,10 +95,22 @@ impl Worker {
             settings.gso_hold,
             COMPLETION_BUDGET,
         );
+        let mut table = Table::new(index, mesh.workers(), &settings);
+        if let Some(mux) = &settings.mux {
+            table.mux = Some(super::mux::MuxPort::open(mux).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "binding media.mux_port {} on {} (SO_REUSEPORT): {e}",
+                        mux.port, mux.ip
+                    ),
+                )
+            })?);
+        }
         Ok(Worker {
             core: Core {
                 index,
-                table: Table::new(index, mesh.workers(), &settings),
+                table,
                 fanout: Fanout::new(index, mesh.clone()),
                 out,
                 mesh,
@@ -104,6 +119,7 @@ impl Worker {
                 next_tick: Instant::now(),
                 next_feedback: Instant::now(),
                 due_bursts: Vec::with_capacity(BURSTS),
+                mux_receiver: None,
             },
             buffers,
             completions: Vec::with_capacity(COMPLETION_BUDGET),
@@ -112,6 +128,7 @@ impl Worker {
 
     pub(super) fn run(&mut self) {
         self.core.out.ring.arm_wake();
+        self.core.table.mux_rearm(&mut self.core.out);
         loop {
             let now = Instant::now();
             let mut bounded = Bounded::default();
@@ -121,10 +138,12 @@ impl Worker {
                 .fanout
                 .drain_mesh(now, MESH_BUDGET, &mut core.table, &mut core.out);
             bounded.note(taken, MESH_BUDGET);
+            core.drain_handed_over(now);
             core.fanout
                 .flush_staged(now, &mut core.table, &mut core.out);
             bounded.note(self.process_completions(now), COMPLETION_BUDGET);
             let core = &mut self.core;
+            core.send_handovers();
             core.fanout
                 .flush_staged(now, &mut core.table, &mut core.out);
             if now >= core.next_tick {
@@ -181,6 +200,13 @@ impl Worker {
                     session,
                     stream,
                     more,
+                } if session.slot == super::mux::MUX_TCP && core.table.mux.is_some() => {
+                    core.table.mux_accepted(stream, more, now, &mut core.out)
+                }
+                Completion::Accepted {
+                    session,
+                    stream,
+                    more,
                 } => core
                     .table
                     .accepted(session, stream, more, now, &mut core.out),
@@ -219,7 +245,10 @@ impl Worker {
         }
         if !more {
             let core = &mut self.core;
-            core.table.recv_ended(session, &mut core.out);
+            match (session.slot, core.table.mux.as_mut()) {
+                (super::mux::MUX_UDP, Some(mux)) => mux.recv_ended(&mut core.out),
+                _ => core.table.recv_ended(session, &mut core.out),
+            }
         }
     }
 
@@ -330,6 +359,18 @@ impl Core {
                     worker,
                     delta,
                 } => table.remote_interest(stream, worker, delta),
+                Command::MuxRegister {
+                    ufrag,
+                    owner,
+                    session,
+                } => table.mux_register(&ufrag, owner, session),
+                Command::MuxRenew {
+                    ufrag,
+                    previous,
+                    owner,
+                    session,
+                } => table.mux_renew(&ufrag, &previous, owner, session),
+                Command::MuxForget { owner, session } => table.mux_forget(owner, session),
             }
         }
         taken

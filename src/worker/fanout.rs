@@ -26,6 +26,18 @@ pub(super) struct Fanout {
     shared_pool: mesh::SharedPool,
     /// Workers handed something this turn, woken once at its end.
     wake_pending: Vec<bool>,
+    /// Single-port mode: what other workers handed over for ingress here this turn.
+    pub(super) inbox: Vec<Inbound>,
+}
+
+/// Single-port mode: something another worker received for a session here.
+pub(super) enum Inbound {
+    /// A datagram (`Forwarded::Handoff`), from worker `from_worker`'s shared socket.
+    Packet {
+        from_worker: usize,
+        packet: Arc<mesh::SharedPacket>,
+    },
+    Connection(Box<super::mux::ConnHandover>),
 }
 
 impl Fanout {
@@ -37,6 +49,54 @@ impl Fanout {
             staged: Staged::default(),
             shared_pool: mesh::SharedPool::new(if workers > 1 { 1024 } else { 0 }),
             wake_pending: vec![false; workers],
+            // Room for a turn's worth, so handing over allocates nothing.
+            inbox: Vec::with_capacity(if workers > 1 {
+                super::event_loop::MESH_BUDGET
+            } else {
+                0
+            }),
+        }
+    }
+
+    /// Single-port mode: hands `bytes` (`what` says what they are) to worker `to`; false when
+    /// its queue is full.
+    pub(super) fn hand_over(
+        &mut self,
+        to: usize,
+        what: Forwarded,
+        bytes: &[u8],
+        now: Instant,
+    ) -> bool {
+        let packet = self.shared_pool.share(bytes, what, now);
+        match self
+            .mesh
+            .push(self.index, to, CrossMessage::Demux { packet })
+        {
+            Ok(()) => {
+                self.wake_pending[to] = true;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Single-port mode: moves a connection to worker `to`; gives it back when the queue is
+    /// full.
+    pub(super) fn hand_over_conn(
+        &mut self,
+        to: usize,
+        handover: Box<super::mux::ConnHandover>,
+    ) -> Result<(), Box<super::mux::ConnHandover>> {
+        match self
+            .mesh
+            .push(self.index, to, CrossMessage::Connection(handover))
+        {
+            Ok(()) => {
+                self.wake_pending[to] = true;
+                Ok(())
+            }
+            Err(CrossMessage::Connection(handover)) => Err(handover),
+            Err(_) => unreachable!("the queue gives back what it was given"),
         }
     }
 
@@ -193,6 +253,27 @@ impl Fanout {
                     }
                     CrossMessage::KeyframeRequest { stream, layer } => {
                         keyframe_to_publisher(stream, layer, now, table, out)
+                    }
+                    CrossMessage::Demux { packet } => match packet.what {
+                        Forwarded::Latch {
+                            session,
+                            from: remote,
+                        } => {
+                            if let Some(mux) = table.mux.as_mut() {
+                                let owner = super::mux::MuxOwner {
+                                    worker: from,
+                                    session,
+                                };
+                                mux.latch_udp(remote, owner);
+                            }
+                        }
+                        _ => self.inbox.push(Inbound::Packet {
+                            from_worker: from,
+                            packet,
+                        }),
+                    },
+                    CrossMessage::Connection(handover) => {
+                        self.inbox.push(Inbound::Connection(handover))
                     }
                 }
             }

@@ -11,6 +11,7 @@ use super::Event;
 use super::egress::{Peer, send_pli};
 use super::event_loop::Core;
 use super::mesh::{Forwarded, LayerTag};
+use super::mux::{MUX_TCP, MUX_UDP};
 use super::stats::{add, inc};
 use super::table::Role;
 use crate::media::{MAX_LAYERS, MediaKind};
@@ -40,6 +41,9 @@ impl Core {
             inc(&self.out.stats.drop_foreign_source);
             return;
         }
+        if slot == MUX_UDP && self.table.mux.is_some() {
+            return self.on_mux_datagram(from, data, now);
+        }
         self.on_packet(slot, generation, Peer::udp(from), data, now);
     }
 
@@ -51,20 +55,29 @@ impl Core {
         data: &mut [u8],
         now: Instant,
     ) {
-        let Some(conn) = self.out.conns.get(slot, generation).filter(|c| !c.closing) else {
+        let Some(conn) = self.out.conns.get(slot, generation) else {
             return;
         };
+        if let Some(handover) = conn.handover.as_mut() {
+            // On its way to its session's worker: the stream's bytes go with it.
+            handover.bytes.extend_from_slice(data);
+            return;
+        }
+        if conn.closing {
+            return;
+        }
         let mut reader = std::mem::take(&mut conn.reader);
         let peer = Peer::Tcp {
             conn: slot,
             generation,
             addr: conn.peer,
         };
-        let (session, session_generation) = (conn.session, conn.session_generation);
-        let result = reader.feed(data, |frame| {
-            self.on_tcp_frame(peer, (session, session_generation), frame, now)
-        });
+        let result = reader.feed(data, |frame| self.on_tcp_frame(peer, frame, now));
         if let Some(conn) = self.out.conns.get(slot, generation) {
+            if let Some(handover) = conn.handover.as_mut() {
+                // A frame begun in this read goes with the connection.
+                handover.bytes.extend_from_slice(&reader.take_partial());
+            }
             conn.reader = reader;
         }
         if result.is_err() {
@@ -73,25 +86,24 @@ impl Core {
         }
     }
 
-    /// One RFC 4571 frame of connection `peer`, for session `(slot, generation)`.
-    fn on_tcp_frame(
-        &mut self,
-        peer: Peer,
-        (session, session_generation): (usize, u32),
-        frame: &mut [u8],
-        now: Instant,
-    ) {
+    /// One RFC 4571 frame of connection `peer`, for its session (read from the connection
+    /// at each frame: the first may bind an unbound one).
+    fn on_tcp_frame(&mut self, peer: Peer, frame: &mut [u8], now: Instant) {
         let Some((conn_slot, conn_generation)) = peer.tcp_conn() else {
             return;
         };
-        let Some(conn) = self
-            .out
-            .conns
-            .get(conn_slot, conn_generation)
-            .filter(|c| !c.closing)
-        else {
+        let Some(conn) = self.out.conns.get(conn_slot, conn_generation) else {
             return;
         };
+        if let Some(handover) = conn.handover.as_mut() {
+            // Read after the frame that named another worker's session: it goes along.
+            super::mux::append_frame(&mut handover.bytes, frame);
+            return;
+        }
+        if conn.closing {
+            return;
+        }
+        let (session, session_generation) = (conn.session, conn.session_generation);
         let validated = conn.validated;
         inc(&self.out.stats.rx_packets);
         add(&self.out.stats.rx_bytes, frame.len() as u64);
@@ -101,12 +113,15 @@ impl Core {
             self.table.close_conn(conn_slot, &mut self.out);
             return;
         }
+        if session == MUX_TCP && self.table.mux.is_some() {
+            return self.on_unbound_frame(peer, frame, now);
+        }
         self.on_packet(session, session_generation, peer, frame, now);
     }
 
     /// A packet for session `(slot, generation)` that came `via` a path: demultiplexed by its
     /// first byte (RFC 7983).
-    fn on_packet(
+    pub(super) fn on_packet(
         &mut self,
         slot: usize,
         generation: u32,
@@ -191,6 +206,12 @@ impl Core {
         };
         inc(&self.out.stats.stun_answered);
         let udp_fd = session.udp_fd;
+        // Single-port mode: the check proved the session's password, so its path latches
+        // where its packets arrive.
+        let latch = match (self.mux_receiver, via) {
+            (Some(receiver), Peer::Udp { addr, .. }) => Some((receiver, session.id, addr)),
+            _ => None,
+        };
         if let Some((conn, generation)) = via.tcp_conn()
             && let Some(c) = self.out.conns.get(conn, generation)
         {
@@ -217,6 +238,9 @@ impl Core {
             let (stream, layer) = (session.stream, player.keyframe_layer());
             let (table, out) = (&mut self.table, &mut self.out);
             self.fanout.request_keyframe(stream, layer, now, table, out);
+        }
+        if let Some((receiver, session, from)) = latch {
+            self.latch_mux(receiver, session, from);
         }
     }
 

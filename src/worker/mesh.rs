@@ -10,8 +10,9 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 
 use crate::io::notify;
-use crate::media::MediaKind;
+use crate::media::{MediaKind, SessionId};
 use crate::wire::rtp::RtpHeader;
+use std::net::SocketAddr;
 
 /// Re-exported from [`crate::media`], its home.
 use crate::media::StreamId;
@@ -23,6 +24,18 @@ use crate::media::StreamId;
 pub enum Forwarded {
     Rtp(RtpHeader, LayerTag),
     SenderReport,
+    /// Single-port mode: a packet the kernel gave another worker's shared socket, from
+    /// `from`, for `session` here.
+    Handoff {
+        session: SessionId,
+        from: SocketAddr,
+    },
+    /// Single-port mode: `session` (on the sending worker) passed an ICE check from `from`:
+    /// the receiving worker's shared socket, where that path's packets arrive, latches it.
+    Latch {
+        session: SessionId,
+        from: SocketAddr,
+    },
 }
 
 /// A video packet's simulcast encoding (0 without simulcast, and for audio) and whether it
@@ -141,6 +154,12 @@ pub enum CrossMessage {
     },
     /// A player on the sending worker wants a keyframe from the stream's publisher.
     KeyframeRequest { stream: StreamId, layer: u8 },
+    /// Single-port mode: a packet for a session here, or a path to latch
+    /// (`Forwarded::Handoff`, `Forwarded::Latch`).
+    Demux { packet: Arc<SharedPacket> },
+    /// Single-port mode: an ICE-TCP connection accepted by the sending worker for a session
+    /// here, with what it has read of it.
+    Connection(Box<super::mux::ConnHandover>),
 }
 
 /// Wakes a worker that may be parked in its ring wait.

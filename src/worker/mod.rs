@@ -23,12 +23,13 @@ mod event_loop;
 mod fanout;
 mod ingress;
 pub mod mesh;
+mod mux;
 mod repair;
 mod staged;
 pub mod stats;
 mod table;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,13 +106,35 @@ pub enum Command {
         worker: usize,
         delta: i32,
     },
+    /// Single-port mode, sent to every worker: `ufrag` names `session`, which lives on worker
+    /// `owner` (a packet on the shared port that names it goes there).
+    MuxRegister {
+        ufrag: String,
+        owner: usize,
+        session: SessionId,
+    },
+    /// Single-port mode, sent to every worker: an ICE restart gave `session` the ufrag
+    /// `ufrag` in place of `previous` (both name it for now; older ones no longer).
+    MuxRenew {
+        ufrag: String,
+        previous: String,
+        owner: usize,
+        session: SessionId,
+    },
+    /// Single-port mode, sent to every worker: the session ended; its ufrags and paths go.
+    MuxForget {
+        owner: usize,
+        session: SessionId,
+    },
 }
 
 pub struct NewSession {
     pub id: SessionId,
-    /// The session's UDP socket, when `media.protocol` offers UDP.
+    /// The session's UDP socket, when `media.protocol` offers UDP (none in single-port mode:
+    /// the session uses its worker's shared socket).
     pub udp: Option<UdpSocket>,
-    /// The session's ICE-TCP listener on the same port, when it offers TCP.
+    /// The session's ICE-TCP listener on the same port, when it offers TCP (none in
+    /// single-port mode).
     pub tcp: Option<TcpListener>,
     pub stream: StreamId,
     pub publisher_worker: usize,
@@ -185,6 +208,20 @@ pub struct WorkerSettings {
     /// Media binds loopback: packets from other sources are dropped, never answered.
     pub loopback_only: bool,
     pub pin: bool,
+    /// Single-port mode (`media.mux_port`): each worker's own sockets on the shared port.
+    pub mux: Option<MuxSettings>,
+}
+
+/// Single-port mode: where each worker binds its share of the one media port.
+#[derive(Debug, Clone)]
+pub struct MuxSettings {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub udp: bool,
+    pub tcp: bool,
+    /// Receive and send buffer sizes, UDP then TCP.
+    pub udp_buffers: (usize, usize),
+    pub tcp_buffers: (usize, usize),
 }
 
 /// The control thread's handle on a worker.

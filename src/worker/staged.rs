@@ -70,6 +70,8 @@ impl Staged {
             Forwarded::Rtp(h, tag) if h.header_len <= packet.len() => (Some(h), tag),
             Forwarded::Rtp(..) => return false,
             Forwarded::SenderReport => (None, LayerTag::default()),
+            // Never staged: single-port mode's hand-overs go to ingress.
+            Forwarded::Handoff { .. } | Forwarded::Latch { .. } => return false,
         };
         let at = self.entries.len() * SLOT;
         self.data[at..at + packet.len()].copy_from_slice(packet);

@@ -251,6 +251,17 @@ counters! {
     /// Dropped: nominations whose transaction ID came before on another path (a captured
     /// check sent again from elsewhere); the session stays where it is.
     drop_replayed_nomination,
+    /// Single-port mode: dropped, a binding request on the shared port whose USERNAME names
+    /// no session (or none at all).
+    drop_unknown_ufrag,
+    /// Single-port mode: dropped, not a binding request, from a path no session has latched.
+    drop_unknown_path,
+    /// Single-port mode: packets the kernel gave this worker for a session on another one,
+    /// handed over through the cross-worker queues.
+    mux_handoffs,
+    /// Single-port mode: ICE-TCP connections accepted here for a session on another worker,
+    /// moved there.
+    mux_conn_handoffs,
     /// Sessions currently owned.
     sessions,
     /// Of those, players.

@@ -15,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::burst::{BurstId, Owner};
 use super::egress::{Output, Peer, send_link_feedback, send_pli, send_probe_padding};
 use super::mesh::SharedPacket;
+use super::mux::{MuxOwner, MuxPort};
 use super::stats::{SessionMeter, StreamMeter, add, inc};
 use super::{Event, NewRole, NewSession, WorkerSettings};
 use crate::io::{Pending, Token};
@@ -144,13 +145,15 @@ pub(super) struct Table {
     pub(super) sessions: Vec<Option<Session>>,
     free_slots: Vec<usize>,
     next_generation: u32,
-    by_id: HashMap<SessionId, usize>,
+    pub(super) by_id: HashMap<SessionId, usize>,
     pub(super) streams: HashMap<StreamId, LocalStream>,
     /// Closed (and reported) once nothing queued on the ring refers to them.
     pub(super) to_close: Vec<ToClose>,
     /// Keyframes simulcast players wait for, by stream and encoding: asked by the loop after
     /// the tick.
     pub(super) keyframes_wanted: Vec<(StreamId, u8)>,
+    /// Single-port mode: this worker's sockets on the shared port and its session table.
+    pub(super) mux: Option<MuxPort>,
 }
 
 impl Table {
@@ -160,13 +163,18 @@ impl Table {
             workers,
             ice_timeout: settings.ice_timeout,
             loopback_only: settings.loopback_only,
-            sessions: Vec::new(),
+            // Single-port mode keeps the first slots for the shared sockets' tokens.
+            sessions: match settings.mux {
+                Some(_) => (0..super::mux::MUX_RESERVED_SLOTS).map(|_| None).collect(),
+                None => Vec::new(),
+            },
             free_slots: Vec::new(),
             next_generation: 0,
             by_id: HashMap::new(),
             streams: HashMap::new(),
             to_close: Vec::new(),
             keyframes_wanted: Vec::new(),
+            mux: None,
         }
     }
 
@@ -256,9 +264,14 @@ impl Table {
                 .map(|_| RetransmitWindow::new(RETRANSMIT_WINDOW_PACKETS, RETRANSMIT_WINDOW_AGE))
                 .collect();
         }
-        let udp_fd = new.udp.as_ref().map_or(-1, |s| s.as_raw_fd());
+        // Single-port mode: the session sends from its worker's shared socket.
+        let udp_fd = match (&new.udp, &self.mux) {
+            (Some(socket), _) => socket.as_raw_fd(),
+            (None, Some(mux)) => mux.udp_fd,
+            (None, None) => -1,
+        };
         let token = Token { slot, generation };
-        if udp_fd >= 0 {
+        if new.udp.is_some() {
             out.ring.arm_recv(udp_fd, token);
         }
         if let Some(listener) = &new.tcp {
@@ -577,6 +590,51 @@ impl Table {
         }
     }
 
+    /// Single-port mode: `ufrag` names `session` on worker `owner`.
+    pub(super) fn mux_register(&mut self, ufrag: &str, owner: usize, session: SessionId) {
+        if let Some(mux) = self.mux.as_mut() {
+            let owner = MuxOwner {
+                worker: owner,
+                session,
+            };
+            if let Err(e) = mux.table.register(ufrag.as_bytes(), owner) {
+                tracing::warn!(session, error = %e, "single-port mode: ufrag not registered");
+            }
+        }
+    }
+
+    /// Single-port mode: an ICE restart renewed session `session`'s ufrag.
+    pub(super) fn mux_renew(
+        &mut self,
+        ufrag: &str,
+        previous: &str,
+        owner: usize,
+        session: SessionId,
+    ) {
+        if let Some(mux) = self.mux.as_mut() {
+            let owner = MuxOwner {
+                worker: owner,
+                session,
+            };
+            if let Err(e) = mux
+                .table
+                .renew(ufrag.as_bytes(), previous.as_bytes(), owner)
+            {
+                tracing::warn!(session, error = %e, "single-port mode: restarted ufrag not registered");
+            }
+        }
+    }
+
+    /// Single-port mode: session `session` of worker `owner` ended.
+    pub(super) fn mux_forget(&mut self, owner: usize, session: SessionId) {
+        if let Some(mux) = self.mux.as_mut() {
+            mux.table.forget_session(MuxOwner {
+                worker: owner,
+                session,
+            });
+        }
+    }
+
     /// A simulcast player pins or caps its encoding.
     pub(super) fn set_layer_preference(&mut self, id: SessionId, preference: LayerPreference) {
         let Some(&slot) = self.by_id.get(&id) else {
@@ -672,6 +730,7 @@ impl Table {
             }
         }
         self.close_idle_conns(now, self.ice_timeout, out);
+        self.mux_rearm(out);
         // A quiet stream lets go of the packets its window still holds, so they go back to
         // the pool.
         for local in self.streams.values_mut() {

@@ -112,6 +112,18 @@ pub fn media_range(len: u16) -> String {
     format!("{}-{}", base, base + len - 1)
 }
 
+/// A port free for both UDP and TCP on loopback, for one relay's shared media port
+/// (`media.mux_port`).
+pub fn free_mux_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// The workers' I/O backend the suite runs its relays on: `TEST_BACKEND_OF_CORECAST` (`epoll`,
 /// `io_uring`, `auto`), which `tests/run` sets for its second pass; unset, the relay's default.
 /// A test's own `CORECAST_WORKERS_BACKEND` wins. (Not `CORECAST_...`: the relay refuses
