@@ -116,9 +116,9 @@ pub fn media_range(len: u16) -> String {
 /// (`media.mux_port`).
 pub fn free_mux_port() -> u16 {
     loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
