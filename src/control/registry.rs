@@ -59,6 +59,8 @@ pub(super) struct SessionEntry {
     pub(super) created: Instant,
     /// The transports the answer offered: (UDP, TCP).
     pub(super) offered: (bool, bool),
+    /// A player's place in handshake (`control::joins`), held until its DTLS is done.
+    pub(super) admission: Option<super::joins::Slot>,
 }
 
 /// Why a session ends: a normal end (client, publisher gone) or a failure (ICE, DTLS).
