@@ -90,7 +90,11 @@ impl Joins {
         }
         match waiting.told.try_recv() {
             Ok(()) => Ok(self.slot()),
-            Err(_) => unreachable!("a waiter out of the queue was handed a place"),
+            // Out of the queue with no place: only if admission itself went away.
+            Err(_) => Err(overloaded(
+                Duration::from_secs(1),
+                "the relay is shutting down its admission",
+            )),
         }
     }
 
@@ -283,6 +287,17 @@ mod tests {
         })
     }
 
+    /// Lets the spawned join run until it waits in the queue.
+    async fn wait_for_a_waiter(joins: &Joins) {
+        for _ in 0..1000 {
+            if joins.counts().waiting == 1 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the second join never queued");
+    }
+
     #[tokio::test]
     async fn a_waiter_gets_the_place_a_dropped_slot_frees() {
         let joins = joins(1, 1, 10_000);
@@ -291,8 +306,7 @@ mod tests {
             let joins = joins.clone();
             async move { joins.admit().await.map(|_slot| ()) }
         });
-        tokio::task::yield_now().await;
-        assert_eq!(joins.counts().waiting, 1);
+        wait_for_a_waiter(&joins).await;
         let e = joins.admit().await.err().expect("the queue is full");
         assert_eq!((e.status, e.retry_after.is_some()), (503, true));
         drop(first);
@@ -321,7 +335,7 @@ mod tests {
             let joins = joins.clone();
             async move { joins.admit().await.map(|_slot| ()) }
         });
-        tokio::task::yield_now().await;
+        wait_for_a_waiter(&joins).await;
         waiter.abort();
         let _ = waiter.await;
         assert_eq!(joins.counts().waiting, 0);
