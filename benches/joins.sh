@@ -12,6 +12,9 @@
 #   round runs them in the other order, so a noisy neighbour costs both alike (ROUNDS=N).
 #   RAMPS="200 500 1000", PLAYERS=1000, RELAY_ENV="CORECAST_ADMISSION_MAX_HANDSHAKES=0 ..."
 #   (extra settings for every relay), LOADGEN_THREADS (loadgen's client threads).
+#   A relay named NAME@N (RELAYS="after@0=target/release/corecast") has its DTLS pool threads
+#   reniced to N after start (root): the pool runs at nice 10, which on a machine shared with
+#   other work also yields to that work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/joins}
@@ -65,21 +68,28 @@ run_one() { # name bin ramp round
         curl -sf "http://127.0.0.1:$port/metrics" >/dev/null && break
         sleep 0.1
     done
+    if [[ $name == *@* ]]; then
+        for task in /proc/"$pid"/task/*; do
+            [[ $(cat "$task/comm") == corecast-dtls ]] && renice -n "${name#*@}" -p "${task##*/}" >/dev/null
+        done
+    fi
     local threads=()
     [[ -n ${LOADGEN_THREADS:-} ]] && threads=(--threads "$LOADGEN_THREADS")
     taskset -c "$loadgen_cores" "$loadgen" --quiet --streams 1 --players "$players" \
-        --ramp "$ramp" --duration 4 --video-kbps 200 --fps 15 --no-audio --verify sample \
+        --ramp "$ramp" --duration 8 --video-kbps 200 --fps 15 --no-audio --verify sample \
         --connect-timeout 10 "${threads[@]}" \
         --whip "http://127.0.0.1:$port/whip/{stream}" \
         --whep "http://127.0.0.1:$port/whep/{stream}" --out "$dir" >"$dir/loadgen.txt" 2>&1 &
     local lg=$!
-    # The ramp's CPU: from its start (the publisher is up within half a second) to a second
-    # after its last join started; the players' DELETEs at the end are not in it.
+    # The ramp's CPU: from its start (the publisher is up within half a second) to 4 s after
+    # its last join started (the joins' handshakes are done by then); the players' DELETEs,
+    # 8 s after the last join, are not in it.
     sleep 0.5
     local start end
     start=$(cpu_by_group "$pid")
-    sleep "$(python3 -c "print($players / $ramp + 1.0)")"
+    sleep "$(python3 -c "print($players / $ramp + 4.0)")"
     end=$(cpu_by_group "$pid")
+    curl -s "http://127.0.0.1:$port/metrics" >"$dir/metrics.txt" || true
     wait "$lg" || true
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -91,12 +101,26 @@ s = json.load(open(f"{d}/summary.json"))
 joined = s["players"]["joined"]
 shed = sum(r.get("shed", 0) for r in s.get("join_by_second", []))
 delta = [(int(b) - int(a)) * tick_ms for a, b in zip(start.split(), end.split())]
+# The relay's own handshake times (corecast_dtls_handshake_seconds, where it has them): the
+# bucket bound under which half and 99 % of them fall.
+buckets = []
+for line in open(f"{d}/metrics.txt"):
+    if line.startswith("corecast_dtls_handshake_seconds_bucket"):
+        le = line.split('le="')[1].split('"')[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), int(line.split()[-1])))
+def bound(q):
+    total = buckets[-1][1] if buckets else 0
+    return next((le * 1e3 for le, n in buckets if total and n >= q * total), float("nan"))
+handshake = f"relay handshake p50 <= {bound(0.5):.0f} p99 <= {bound(0.99):.0f} ms" if buckets else ""
+rows = s.get("join_by_second", [])
+first_second = rows[0]["started"] if rows else 0
 per = lambda ms: ms / max(joined, 1)
 print(f"{name:>7} ramp {ramp:>4}/s r{rnd}: joined {joined:>4} shed {shed:>4} "
       f"join p50 {s['join_ms']['p50']:7.1f} p99 {s['join_ms']['p99']:7.1f} ms "
       f"loss {s['totals']['loss_percent']:.3f}% | relay CPU per join: control {per(delta[0]):.3f} "
       f"dtls {per(delta[1]):.3f} workers {per(delta[2]):.3f} other {per(delta[3]):.3f} ms "
-      f"(total {sum(delta):.0f} ms)")
+      f"(total {sum(delta):.0f} ms) | loadgen CPU {s['loadgen']['cpu_percent']:.0f}%, "
+      f"{first_second} joins started in the ramp's first second {handshake}")
 PY
 }
 
