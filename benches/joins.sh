@@ -10,8 +10,9 @@
 # Usage: benches/joins.sh [OUT_DIR]
 #   RELAYS="before=/path/to/old/corecast after=target/release/corecast" compares builds; each
 #   round runs them in the other order, so a noisy neighbour costs both alike (ROUNDS=N).
-#   RAMPS="200 500 1000", PLAYERS=1000, RELAY_ENV="CORECAST_ADMISSION_MAX_HANDSHAKES=0 ..."
-#   (extra settings for every relay), LOADGEN_THREADS (loadgen's client threads).
+#   RAMPS="200 500 1000", PLAYERS=1000, RELAY_ENV="CORECAST_WORKERS_COUNT=8 ..." (settings for
+#   every relay, after the script's own, so they win; a build that does not know a key refuses
+#   to start), LOADGEN_THREADS (loadgen's client threads).
 #   A relay named NAME@N (RELAYS="after@0=target/release/corecast") has its DTLS pool threads
 #   reniced to N after start (root): the pool runs at nice 10, which on a machine shared with
 #   other work also yields to that work.
