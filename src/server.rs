@@ -96,6 +96,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http_config.rate_limit,
         http_config.limit_exempt
     );
+    let admission = &config.admission;
+    let admission_line = format!(
+        "  joins:   DTLS on {} thread(s); {} in handshake at once (0: no limit), {} waiting up to {} ms, then 503",
+        config.handshake_threads(),
+        admission.max_handshakes,
+        admission.queue,
+        admission.queue_wait.as_millis()
+    );
     let tls = TlsServer::new(&config.http.tls, listen)
         .map_err(anyhow::Error::msg)?
         .map(Arc::new);
@@ -135,6 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("  WHEP:    {scheme}://{addr}/whep/{{stream}}");
     println!("  streams: {scheme}://{addr}/api/streams   metrics: {scheme}://{addr}/metrics");
     println!("{limits_line}");
+    println!("{admission_line}");
     println!("{front_door_line}");
     println!("{cluster_line}");
     // One shutdown signal for every listener.

@@ -3,6 +3,7 @@
 
 mod compare;
 mod hgrm;
+mod join_seconds;
 mod layer_report;
 mod layers;
 mod liveness;
@@ -73,10 +74,13 @@ fn main() -> ExitCode {
 }
 
 fn run_scenario(args: run::RunArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The clients' DTLS and SRTP run on these threads: with more than one, loadgen's own
+    // handshakes are not what limits a ramp.
+    if let Some(threads) = args.threads {
+        builder.worker_threads(usize::from(threads));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen: cannot start the runtime: {e}");
@@ -128,6 +132,9 @@ fn print_summary(summary: &Summary, out: &Path) {
     );
     if let Some(relay) = &summary.relay {
         print_relay(relay);
+    }
+    if !summary.join_by_second.is_empty() {
+        print!("{}", join_seconds::table(&summary.join_by_second));
     }
     print_media(&summary.media);
     let repair = &summary.repair;

@@ -22,6 +22,8 @@ pub struct PlayerStats {
     /// The stream's index (`PREFIX-<stream>`).
     pub stream: u32,
     join_started: Instant,
+    /// The second of the ramp it started joining in.
+    ramp_second: usize,
     /// Gaps in the media, and whether it still comes.
     pub liveness: Liveness,
     joined: bool,
@@ -51,13 +53,14 @@ pub struct PlayerStats {
 }
 
 impl PlayerStats {
-    /// A player of `stream` that starts joining now, its downlink policed to
-    /// `rate_limit_kbps`.
-    pub fn new(stream: u32, rate_limit_kbps: Option<u32>) -> Self {
+    /// A player of `stream` that starts joining now, in `ramp_second` of the ramp, its
+    /// downlink policed to `rate_limit_kbps`.
+    pub fn new(stream: u32, rate_limit_kbps: Option<u32>, ramp_second: usize) -> Self {
         let now = Instant::now();
         Self {
             stream,
             join_started: now,
+            ramp_second,
             liveness: Liveness::new(now),
             joined: false,
             tracks: [Track::default(), Track::default()],
@@ -102,6 +105,7 @@ pub fn handler(shared: Arc<Shared>, stats: Arc<Mutex<PlayerStats>>) -> client::H
             s.first_arrival = Some(now);
             let join = now.duration_since(s.join_started).as_nanos() as u64;
             let _ = lock(&shared.join).record(join.max(1_000));
+            lock(&shared.join_seconds).joined(s.ramp_second, join);
         }
         let video = stamp.kind & 1 == 1;
         let sequence = if video && stamp.layer > 0 {

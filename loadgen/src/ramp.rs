@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corecast::client::http::HttpClient;
-use corecast::client::{self, Role, Session};
+use corecast::client::{self, ClientError, Role, Session};
 use corecast::util::lock;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,27 +38,38 @@ pub fn start(
     let http = http.clone();
     let task = tokio::spawn(async move {
         let gap = Duration::from_secs_f64(1.0 / args.ramp.max(0.001));
-        let mut next = Instant::now();
+        let began = Instant::now();
+        let mut next = began;
         for index in 0..target {
             if shared.stop.load(Ordering::Relaxed) || shared.stop_ramp.load(Ordering::Relaxed) {
                 break;
             }
             tokio::time::sleep_until(next.into()).await;
             next += gap;
-            join(&args, &shared, &http, &certificate, index, &sessions_tx);
+            let second = began.elapsed().as_secs() as usize;
+            join(
+                &args,
+                &shared,
+                &http,
+                &certificate,
+                index,
+                second,
+                &sessions_tx,
+            );
         }
     });
     Ramp { task, sessions }
 }
 
-/// Player `index`: connects in a task of its own; once connected its stats join the run's
-/// and its session goes to `sessions`.
+/// Player `index`, started in `second` of the ramp: connects in a task of its own; once
+/// connected its stats join the run's and its session goes to `sessions`.
 fn join(
     args: &RunArgs,
     shared: &Arc<Shared>,
     http: &HttpClient,
     certificate: &Certificate,
     index: u64,
+    second: usize,
     sessions: &mpsc::UnboundedSender<Session>,
 ) {
     let stream = (index % args.streams.max(1) as u64) as u32;
@@ -67,7 +78,9 @@ fn join(
     let stats = Arc::new(Mutex::new(PlayerStats::new(
         stream,
         args.rate_limit_of(index),
+        second,
     )));
+    lock(&shared.join_seconds).started(second);
     let handler = player::handler(shared.clone(), stats.clone());
     let url = url_for(whep_for(&args.whep, index), &name);
     let options = args.client_options(http, certificate, url, Role::Play, transport, index);
@@ -82,6 +95,8 @@ fn join(
                 let _ = sessions.send(session);
             }
             Err(e) => {
+                let shed = matches!(e, ClientError::Refused { status: 503, .. });
+                lock(&shared.join_seconds).refused(second, shed);
                 shared.failures.fetch_add(1, Ordering::Relaxed);
                 shared.error(format!("player of {name} over {transport}: {e}"));
             }

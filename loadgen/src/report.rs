@@ -93,6 +93,7 @@ pub fn summarize(
         totals,
         latency_ms: Percentiles::from_ns(&latency),
         join_ms: Percentiles::from_ns(&join),
+        join_by_second: lock(&shared.join_seconds).rows(),
         jitter_ms_mean: if players.is_empty() {
             0.0
         } else {

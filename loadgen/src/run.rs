@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 use webrtc_dtls::crypto::Certificate;
 
+use crate::join_seconds::JoinSeconds;
 use crate::payload;
 use crate::player::PlayerStats;
 use crate::progress::Watch;
@@ -144,6 +145,10 @@ pub struct RunArgs {
     /// rest are not limited).
     #[arg(long, default_value_t = 100.0, value_parser = loss_percent)]
     pub rate_limit_share: f64,
+    /// Threads that run the clients (their DTLS handshakes, SRTP, timers); default: one per
+    /// core loadgen may run on (as `taskset` leaves it).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 fn loss_percent(text: &str) -> Result<f64, String> {
@@ -251,6 +256,8 @@ pub struct Shared {
     pub errors: Mutex<Vec<String>>,
     pub players: Mutex<Vec<Arc<Mutex<PlayerStats>>>>,
     pub join: Mutex<Histogram<u64>>,
+    /// Joins by the second of the ramp they started in.
+    pub join_seconds: Mutex<JoinSeconds>,
     /// Simulcast: keyframes publishers sent, by layer, and the requests that asked for them.
     pub keyframes_sent: [AtomicU64; 3],
     pub keyframe_requests: AtomicU64,
@@ -272,6 +279,7 @@ impl Shared {
             errors: Mutex::new(Vec::new()),
             players: Mutex::new(Vec::new()),
             join: Mutex::new(summary::latency_histogram()),
+            join_seconds: Mutex::new(JoinSeconds::default()),
             keyframes_sent: Default::default(),
             keyframe_requests: AtomicU64::new(0),
         }

@@ -12,6 +12,10 @@ pub struct Summary {
     pub latency_ms: Percentiles,
     /// Join time: offer sent to the first media packet.
     pub join_ms: Percentiles,
+    /// Joins by the second of the ramp they started in (empty in summaries written before
+    /// loadgen kept them).
+    #[serde(default)]
+    pub join_by_second: Vec<crate::join_seconds::JoinSecond>,
     pub jitter_ms_mean: f64,
     pub loadgen: Cost,
     /// The relay's own cost over the steady phase, with `--relay-pid` or `--relay-metrics`.

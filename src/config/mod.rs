@@ -2,6 +2,7 @@
 //! environment variables. Every value is checked here, and a bad one stops start-up with a
 //! message that names the key, the value and what is allowed.
 
+mod admission;
 mod cluster;
 mod parse;
 #[cfg(test)]
@@ -17,6 +18,7 @@ use toml::{Table, Value};
 use crate::control::auth::{AuthConfig, Secret};
 use crate::control::limits::{AddressList, Cidr};
 use crate::control::tls::TlsSetting;
+pub use admission::AdmissionConfig;
 pub use cluster::{ClusterConfig, redis_url_without_password};
 
 /// The effective configuration.
@@ -30,6 +32,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The Redis directory this node shares with others (`[cluster]`); none: a single relay.
     pub cluster: ClusterConfig,
+    /// Where DTLS handshakes run and how many joins are taken at once (`[admission]`).
+    pub admission: AdmissionConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -229,6 +233,7 @@ const KEYS: &[(&str, &[&str])] = &[
         "cluster",
         &["redis", "node_id", "advertise", "max_players", "token"],
     ),
+    ("admission", admission::KEYS),
 ];
 
 /// Keys of tables inside a section, reachable from the environment as
@@ -287,6 +292,7 @@ impl Default for Config {
             cascade: CascadeConfig::default(),
             auth: AuthConfig::default(),
             cluster: ClusterConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }

@@ -26,6 +26,8 @@ impl Config {
         let cluster = section("cluster");
         cluster::read_cluster(&mut config.cluster, |key| cluster.get(key).cloned())?;
         config.check_cluster()?;
+        let admission = section("admission");
+        admission::read_admission(&mut config.admission, |key| admission.get(key).cloned())?;
         Ok(config)
     }
 }

@@ -48,6 +48,7 @@ impl Config {
             self.cascade.origin.as_deref().unwrap_or("")
         ) + &self.front_door_toml()
             + &self.cluster_toml()
+            + &self.admission_toml()
     }
 
     /// The `[http]` keys of TLS and tokens, as `--print-config` writes them.

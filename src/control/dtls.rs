@@ -1,9 +1,12 @@
-//! DTLS on the control thread: the worker passes records up, webrtc-dtls runs the server side
-//! of the handshake over a channel-backed connection, and the exported SRTP keys go back down.
+//! DTLS in the handshake pool: the worker passes a session's records straight to its task in
+//! the pool (a multi-threaded runtime, a thread per core by default), webrtc-dtls runs the
+//! server side of the handshake over a channel-backed connection, and the exported SRTP keys
+//! go back down to the worker. The control thread only starts the task: a crowd's ECDHE and
+//! signatures run on every core, not on the one that answers HTTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +18,46 @@ use crate::media::SessionId;
 use crate::worker::{Command, WorkerHandle};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The nice value of the pool's threads: behind the workers (nice 0), so a crowd's handshakes
+/// wait for a core rather than delay the media of viewers already playing.
+const POOL_NICE: i32 = 10;
+
+/// The runtime handshakes run in (`admission.handshake_threads` threads, `corecast-dtls`).
+/// Kept as a handle: the runtime lives on a thread of its own for the life of the process,
+/// so dropping the relay's state never drops a runtime inside another one.
+#[derive(Clone)]
+pub struct HandshakePool {
+    handle: tokio::runtime::Handle,
+}
+
+impl HandshakePool {
+    pub fn start(threads: usize) -> std::io::Result<HandshakePool> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("corecast-dtls")
+            .on_thread_start(|| {
+                if let Err(e) = crate::io::sys::set_this_thread_nice(POOL_NICE) {
+                    tracing::debug!("the DTLS pool thread keeps its priority: {e}");
+                }
+            })
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("corecast-dtls-rt".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        Ok(HandshakePool { handle })
+    }
+
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+}
 
 /// Records leave through the worker that owns the session.
 struct ToWorker {
@@ -45,19 +88,21 @@ pub enum DtlsOutcome {
 pub struct DtlsParams {
     pub session: SessionId,
     pub worker: WorkerHandle,
-    pub certificate: Certificate,
+    /// Cloned in the pool, not by whoever starts the task: webrtc-dtls's clone re-parses the
+    /// key and checks it (an elliptic-curve multiplication).
+    pub certificate: Arc<Certificate>,
     /// SHA-256 of the certificate the peer must present, from its offer.
     pub expected_fingerprint: Vec<u8>,
     pub local: SocketAddr,
 }
 
 /// Runs the server side of DTLS-SRTP for one session. `connected` fires once the worker has
-/// its keys.
+/// its keys, with the handshake's time from the peer's first record.
 pub async fn run(
     params: DtlsParams,
     mut records: mpsc::Receiver<Vec<u8>>,
     mut stop: oneshot::Receiver<()>,
-    connected: impl FnOnce(),
+    connected: impl FnOnce(Duration),
 ) -> DtlsOutcome {
     // The handshake clock starts with the peer's first record: until ICE connects there is
     // none, and a session without ICE ends by the ICE timeout instead.
@@ -68,6 +113,7 @@ pub async fn run(
         },
         _ = &mut stop => return DtlsOutcome::Stopped,
     };
+    let started = Instant::now();
     let sink = ToWorker {
         session: params.session,
         worker: params.worker.clone(),
@@ -79,7 +125,7 @@ pub async fn run(
         params.local,
         None,
     ));
-    let config = crate::dtls::config(params.certificate, true);
+    let config = crate::dtls::config(Certificate::clone(&params.certificate), true);
     let handshake =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, DTLSConn::new(conn, config, false, None));
     let dtls = tokio::select! {
@@ -112,7 +158,7 @@ pub async fn run(
         profile,
         material,
     });
-    connected();
+    connected(started.elapsed());
     // Keep the association: it answers retransmitted handshake flights and sees close_notify.
     let mut buf = vec![0u8; 2048];
     loop {

@@ -9,6 +9,9 @@ pub struct ApiError {
     pub message: String,
     /// Where to go instead (a 307's `Location`): a cluster node with room.
     pub location: Option<String>,
+    /// When to come back (a `503`'s `Retry-After`, whole seconds): the relay is taking as
+    /// many joins as it can.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -17,6 +20,7 @@ impl ApiError {
             status,
             message: message.into(),
             location: None,
+            retry_after: None,
         }
     }
 

@@ -36,6 +36,11 @@ impl IntoResponse for ApiError {
         if let Some(location) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
             response.headers_mut().insert(header::LOCATION, location);
         }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -301,11 +306,7 @@ async fn whep(
     let from_node = caller.is_some_and(|Extension(c)| c.from_node);
     let result = match offer_text(&headers, &body) {
         Ok(offer) => match control.check_layer_request(&stream, &layers) {
-            Ok(()) => {
-                control
-                    .play_anywhere(&stream, offer, peer.ip(), from_node)
-                    .await
-            }
+            Ok(()) => control.join(&stream, offer, peer.ip(), from_node).await,
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -697,6 +698,7 @@ async fn metrics(
         let _ = writeln!(out, "# TYPE {metric} {kind}\n{metric} {value}");
     }
     gate.write_metrics(&mut out);
+    control.joins.write_metrics(&mut out);
     if let Some(cluster) = &control.cluster {
         cluster.write_metrics(&mut out);
     }

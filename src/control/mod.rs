@@ -1,6 +1,7 @@
 //! The control thread: signaling (WHIP, WHEP, the stream API), the session registry, the media
 //! port range and DTLS handshakes. Nothing here runs per media packet.
 
+pub mod admission;
 pub mod auth;
 pub mod cascade;
 pub mod dashboard;
@@ -18,12 +19,14 @@ pub mod ws;
 
 mod clustered;
 mod errors;
+mod joins;
 mod registry;
 mod sessions;
 mod trickle;
 
 pub use clustered::{ClusterView, StreamHolder};
 pub use errors::ApiError;
+pub use joins::Joins;
 pub use registry::{Ending, Role, SessionState, SessionView, StatusEvent, StreamView, TrackView};
 pub use sessions::Created;
 pub use trickle::IcePatched;
@@ -60,8 +63,15 @@ pub struct ControlCounters {
 pub struct Control {
     config: Config,
     workers: Vec<WorkerHandle>,
-    certificate: Certificate,
+    certificate: Arc<Certificate>,
+    /// The certificate's SHA-256, computed once: every answer carries it.
     fingerprint: String,
+    /// Where DTLS handshakes run (`admission.handshake_threads`).
+    handshakes: dtls::HandshakePool,
+    /// The control thread's runtime: what a handshake's end starts runs here, not in the pool.
+    control_runtime: tokio::runtime::Handle,
+    /// Admission of player joins (`[admission]`) and the handshake times.
+    pub joins: Arc<Joins>,
     registry: Mutex<Registry>,
     ports: Mutex<PortAllocator>,
     pub counters: ControlCounters,
@@ -89,14 +99,23 @@ impl Control {
             format_fingerprint(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         let ports = PortAllocator::new(config.media.ports, workers.len());
         let cascade = cascade::Cascade::new(&config, certificate.clone());
+        let handshakes = dtls::HandshakePool::start(config.handshake_threads())
+            .map_err(|e| anyhow::anyhow!("starting the DTLS handshake threads failed: {e}"))?;
+        let control_runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            anyhow::anyhow!("the control state is made on the control thread's runtime")
+        })?;
+        let joins = Joins::new(&config.admission);
         let cluster = crate::cluster::Cluster::new(&config)?.map(Arc::new);
         Ok(Arc::new(Control {
             cascade,
             cluster,
             config,
             workers,
-            certificate,
+            certificate: Arc::new(certificate),
             fingerprint,
+            handshakes,
+            control_runtime,
+            joins,
             registry: Mutex::new(Registry::default()),
             ports: Mutex::new(ports),
             counters: ControlCounters::default(),
@@ -153,6 +172,8 @@ impl Control {
                     return;
                 }
                 entry.state = SessionState::Closing;
+                // Its place in handshake (if it still held one) goes to the next join.
+                drop(entry.admission.take());
                 let status = match (&ending, entry.role) {
                     (Ending::Failure(_), _) => "FAILED",
                     (_, Role::Publisher) => "UNPUBLISHED",

@@ -63,6 +63,8 @@ pub(super) struct SessionEntry {
     pub(super) ice: IceSession,
     /// ICE restarts so far.
     pub(super) ice_restarts: u64,
+    /// A player's place in handshake (`control::joins`), held until its DTLS is done.
+    pub(super) admission: Option<super::joins::Slot>,
 }
 
 /// A session's current ICE session as signaling knows it: both sides' credentials, the

@@ -282,6 +282,7 @@ impl Control {
                 offered,
                 ice,
                 ice_restarts: 0,
+                admission: None,
             },
         );
         tracing::info!(session = id, stream, ?role, worker, port, "session created");
@@ -447,7 +448,7 @@ impl Control {
         }
     }
 
-    /// Starts session `id`'s DTLS handshake on the control thread, fed by `records` from its
+    /// Starts session `id`'s DTLS handshake in the handshake pool, fed by `records` from its
     /// worker; returns what stops it and its task.
     fn start_dtls(
         self: &Arc<Self>,
@@ -465,7 +466,9 @@ impl Control {
             expected_fingerprint,
             local: SocketAddr::new(self.config.media.bind_ip, port),
         };
-        let task = tokio::spawn(self.clone().run_dtls(params, records, stop_rx));
+        let task = self
+            .handshakes
+            .spawn(self.clone().run_dtls(params, records, stop_rx));
         (stop_tx, task)
     }
 
@@ -499,11 +502,14 @@ impl Control {
     ) {
         let id = params.session;
         let control = self.clone();
-        let outcome = dtls::run(params, records, stop, move || {
+        let outcome = dtls::run(params, records, stop, move |took| {
+            control.joins.record_handshake(took);
             if let Some(s) = lock(&control.registry).sessions.get_mut(&id)
                 && s.state != SessionState::Closing
             {
                 s.state = SessionState::Connected;
+                // Its place in handshake goes to the next join.
+                drop(s.admission.take());
                 let status = match s.role {
                     Role::Publisher => "PUBLISHING",
                     Role::Player => "PLAYING",
@@ -516,10 +522,12 @@ impl Control {
         match outcome {
             dtls::DtlsOutcome::Stopped => {}
             dtls::DtlsOutcome::Failed(reason) => {
-                tokio::spawn(self.end_session(id, Ending::Failure(reason)));
+                let runtime = self.control_runtime.clone();
+                runtime.spawn(self.end_session(id, Ending::Failure(reason)));
             }
             dtls::DtlsOutcome::PeerClosed => {
-                tokio::spawn(self.end_session(id, Ending::Normal("the peer closed DTLS".into())));
+                let runtime = self.control_runtime.clone();
+                runtime.spawn(self.end_session(id, Ending::Normal("the peer closed DTLS".into())));
             }
         }
     }

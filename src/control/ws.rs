@@ -234,7 +234,7 @@ async fn handle(
                 control.publish_anywhere(stream, sdp, peer, false).await
             } else {
                 match control.check_layer_request(stream, &layers) {
-                    Ok(()) => control.play_anywhere(stream, sdp, peer, false).await,
+                    Ok(()) => control.join(stream, sdp, peer, false).await,
                     Err(e) => Err(e),
                 }
             };
@@ -269,16 +269,25 @@ async fn handle(
                     status,
                     message,
                     location: Some(location),
+                    ..
                 }) => {
                     // A full cluster node: the client plays from the node named instead.
                     json!({"type": "error", "id": id, "status": status, "message": message,
                            "location": location})
                 }
                 Err(ApiError {
-                    status, message, ..
+                    status,
+                    message,
+                    retry_after,
+                    ..
                 }) => {
                     control.count_rejected_offer();
-                    error(id, status, message)
+                    let mut e = error(id, status, message);
+                    if let Some(seconds) = retry_after {
+                        // Admission shed the join (a 503): when to try again.
+                        e["retry_after"] = json!(seconds);
+                    }
+                    e
                 }
             }
         }
