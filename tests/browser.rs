@@ -716,3 +716,111 @@ fn websocket_publish_and_play_report_status_events_and_errors() {
         },
     );
 }
+
+// ---- ICE-TCP on the HTTP listener's port (`media.tcp_on_http`, issue 20) ----
+
+/// An ICE binding request in an RFC 4571 frame, naming `username`.
+fn framed_check(username: &[u8]) -> Vec<u8> {
+    use corecast::wire::stun::{BINDING_REQUEST, StunWriter, short_term_key};
+    let mut buf = vec![0u8; 256];
+    let mut writer = StunWriter::new(&mut buf, BINDING_REQUEST, &[9; 12]).unwrap();
+    writer.username(username).unwrap();
+    writer.message_integrity(&short_term_key("wrong")).unwrap();
+    let len = writer.fingerprint().unwrap();
+    let mut framed = (len as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&buf[..len]);
+    framed
+}
+
+/// Connects to `port`, sends `first` (nothing if empty) and says whether the relay closed the
+/// connection within 5 s without a byte.
+fn closed_without_answer(port: u16, first: &[u8]) -> bool {
+    let mut intruder = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    if !first.is_empty() {
+        std::io::Write::write_all(&mut intruder, first).unwrap();
+    }
+    intruder
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    matches!(std::io::Read::read(&mut intruder, &mut buf), Ok(0))
+}
+
+fn sniffed(relay: &Relay, kind: &str) -> u64 {
+    relay.metric(&format!(
+        "corecast_http_port_connections_total{{kind=\"{kind}\"}}"
+    ))
+}
+
+/// Everything through the one HTTP port: the page, WHIP/WHEP and ICE-TCP media. A publisher
+/// and two players on two workers decode with every candidate and selected pair on the HTTP
+/// listener's port; garbage, silence, a check for an unknown ufrag and a request that starts
+/// like a frame are each closed and counted there while the stream plays, and HTTP is served.
+async fn ice_tcp_on_the_http_port() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", &media_range(16)),
+        ("CORECAST_MEDIA_PROTOCOL", "tcp"),
+        ("CORECAST_MEDIA_TCP_ON_HTTP", "true"),
+    ]);
+    let port: u16 = relay.http.rsplit(':').next().unwrap().parse().unwrap();
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&relay.url("/"))
+        .await
+        .expect("loading the page");
+    let publisher = publish(&browser, &relay, "cam", None).await;
+    let players = vec![
+        play(&browser, "cam", None).await,
+        play(&browser, "cam", None).await,
+    ];
+    let decoded = wait_decoding(&browser, &relay, &players).await;
+    let publisher_stats = browser.stats(&publisher).await;
+    for s in decoded.iter().chain([&publisher_stats]) {
+        assert_transport(s, "tcp");
+        assert_eq!(s["remotePort"], port, "{s:#?}");
+        let ports = s["remoteCandidatePorts"].as_array().unwrap();
+        assert!(
+            !ports.is_empty() && ports.iter().all(|p| *p == port),
+            "{s:#?}"
+        );
+    }
+    assert!(sniffed(&relay, "ice_tcp") >= 3, "{}", relay.log());
+    assert!(sniffed(&relay, "http") > 0);
+
+    let frames_before: Vec<u64> = decoded
+        .iter()
+        .map(|s| num(s, "videoFramesDecoded"))
+        .collect();
+    let (unknown, timeout) = (
+        sniffed(&relay, "closed_unknown"),
+        sniffed(&relay, "closed_timeout"),
+    );
+    assert!(closed_without_answer(port, b"\xff\x00garbage, not a protocol"));
+    assert!(closed_without_answer(port, &framed_check(b"nosuchufrag:x")));
+    assert!(closed_without_answer(port, b"\x00\x20GET / HTTP/1.1\r\n\r\n"));
+    assert!(closed_without_answer(port, b""), "silence is closed");
+    assert!(sniffed(&relay, "closed_unknown") >= unknown + 3);
+    assert!(sniffed(&relay, "closed_timeout") > timeout);
+    // An ordinary request on the same port is still served.
+    let api = common::http("GET", &relay.url("/api/streams"), None, "");
+    assert_eq!(api.status, 200, "{}", api.body);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, id) in players.iter().enumerate() {
+        let s = browser.stats(id).await;
+        assert!(
+            num(&s, "videoFramesDecoded") > frames_before[i] + 10,
+            "player {i} stalled: {s:#?}"
+        );
+    }
+    browser.close().await;
+}
+
+#[test]
+fn chromium_publishes_and_plays_with_ice_tcp_on_the_http_port() {
+    in_browser_network(
+        "chromium_publishes_and_plays_with_ice_tcp_on_the_http_port",
+        ice_tcp_on_the_http_port(),
+    );
+}
