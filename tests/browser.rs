@@ -749,28 +749,49 @@ fn closed_without_answer(port: u16, first: &[u8]) -> bool {
     }
 }
 
-fn sniffed(relay: &Relay, kind: &str) -> u64 {
-    relay.metric(&format!(
-        "corecast_http_port_connections_total{{kind=\"{kind}\"}}"
-    ))
+/// `corecast_http_port_connections_total{kind}`, read by the page (over HTTPS when the relay
+/// serves it).
+async fn sniffed(browser: &Browser, kind: &str) -> u64 {
+    let metrics = browser
+        .call("return await (await fetch('/metrics')).text()", vec![])
+        .await;
+    let name = format!("corecast_http_port_connections_total{{kind=\"{kind}\"}} ");
+    metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Everything through the one HTTP port: the page, WHIP/WHEP and ICE-TCP media. A publisher
 /// and two players on two workers decode with every candidate and selected pair on the HTTP
 /// listener's port; garbage, silence, a check for an unknown ufrag and a request that starts
 /// like a frame are each closed and counted there while the stream plays, and HTTP is served.
-async fn ice_tcp_on_the_http_port() {
-    let relay = Relay::start(&[
+/// With `tls`, signaling is HTTPS (a self-signed certificate) beside the media.
+async fn ice_tcp_on_the_http_port(tls: bool) {
+    let range = media_range(16);
+    let mut env = vec![
         ("CORECAST_WORKERS_COUNT", "2"),
-        ("CORECAST_MEDIA_PORTS", &media_range(16)),
+        ("CORECAST_MEDIA_PORTS", range.as_str()),
         ("CORECAST_MEDIA_PROTOCOL", "tcp"),
         ("CORECAST_MEDIA_TCP_ON_HTTP", "true"),
-    ]);
+    ];
+    if tls {
+        env.push(("CORECAST_HTTP_TLS", "self-signed"));
+    }
+    let relay = Relay::start(&env);
     let port: u16 = relay.http.rsplit(':').next().unwrap().parse().unwrap();
-    let browser = Browser::start().await;
+    let (browser, page) = match tls {
+        true => (
+            Chromium::launch(&["--ignore-certificate-errors"]).await,
+            format!("https://127.0.0.1:{port}/"),
+        ),
+        false => (Browser::start().await, relay.url("/")),
+    };
     browser
         .client
-        .goto(&relay.url("/"))
+        .goto(&page)
         .await
         .expect("loading the page");
     let publisher = publish(&browser, &relay, "cam", None).await;
@@ -789,26 +810,29 @@ async fn ice_tcp_on_the_http_port() {
             "{s:#?}"
         );
     }
-    assert!(sniffed(&relay, "ice_tcp") >= 3, "{}", relay.log());
-    assert!(sniffed(&relay, "http") > 0);
+    assert!(sniffed(&browser, "ice_tcp").await >= 3, "{}", relay.log());
+    let signaling = if tls { "tls" } else { "http" };
+    assert!(sniffed(&browser, signaling).await > 0);
 
     let frames_before: Vec<u64> = decoded
         .iter()
         .map(|s| num(s, "videoFramesDecoded"))
         .collect();
     let (unknown, timeout) = (
-        sniffed(&relay, "closed_unknown"),
-        sniffed(&relay, "closed_timeout"),
+        sniffed(&browser, "closed_unknown").await,
+        sniffed(&browser, "closed_timeout").await,
     );
     assert!(closed_without_answer(port, b"\xff\x00garbage, not a protocol"));
     assert!(closed_without_answer(port, &framed_check(b"nosuchufrag:x")));
     assert!(closed_without_answer(port, b"\x00\x20GET / HTTP/1.1\r\n\r\n"));
     assert!(closed_without_answer(port, b""), "silence is closed");
-    assert!(sniffed(&relay, "closed_unknown") >= unknown + 3);
-    assert!(sniffed(&relay, "closed_timeout") > timeout);
+    assert!(sniffed(&browser, "closed_unknown").await >= unknown + 3);
+    assert!(sniffed(&browser, "closed_timeout").await > timeout);
     // An ordinary request on the same port is still served.
-    let api = common::http("GET", &relay.url("/api/streams"), None, "");
-    assert_eq!(api.status, 200, "{}", api.body);
+    if !tls {
+        let api = common::http("GET", &relay.url("/api/streams"), None, "");
+        assert_eq!(api.status, 200, "{}", api.body);
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (i, id) in players.iter().enumerate() {
         let s = browser.stats(id).await;
@@ -824,6 +848,14 @@ async fn ice_tcp_on_the_http_port() {
 fn chromium_publishes_and_plays_with_ice_tcp_on_the_http_port() {
     in_browser_network(
         "chromium_publishes_and_plays_with_ice_tcp_on_the_http_port",
-        ice_tcp_on_the_http_port(),
+        ice_tcp_on_the_http_port(false),
+    );
+}
+
+#[test]
+fn chromium_publishes_and_plays_with_ice_tcp_on_the_https_port() {
+    in_browser_network(
+        "chromium_publishes_and_plays_with_ice_tcp_on_the_https_port",
+        ice_tcp_on_the_http_port(true),
     );
 }
