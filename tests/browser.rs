@@ -789,11 +789,7 @@ async fn ice_tcp_on_the_http_port(tls: bool) {
         ),
         false => (Browser::start().await, relay.url("/")),
     };
-    browser
-        .client
-        .goto(&page)
-        .await
-        .expect("loading the page");
+    browser.client.goto(&page).await.expect("loading the page");
     let publisher = publish(&browser, &relay, "cam", None).await;
     let players = vec![
         play(&browser, "cam", None).await,
@@ -822,9 +818,15 @@ async fn ice_tcp_on_the_http_port(tls: bool) {
         sniffed(&browser, "closed_unknown").await,
         sniffed(&browser, "closed_timeout").await,
     );
-    assert!(closed_without_answer(port, b"\xff\x00garbage, not a protocol"));
+    assert!(closed_without_answer(
+        port,
+        b"\xff\x00garbage, not a protocol"
+    ));
     assert!(closed_without_answer(port, &framed_check(b"nosuchufrag:x")));
-    assert!(closed_without_answer(port, b"\x00\x20GET / HTTP/1.1\r\n\r\n"));
+    assert!(closed_without_answer(
+        port,
+        b"\x00\x20GET / HTTP/1.1\r\n\r\n"
+    ));
     assert!(closed_without_answer(port, b""), "silence is closed");
     assert!(sniffed(&browser, "closed_unknown").await >= unknown + 3);
     assert!(sniffed(&browser, "closed_timeout").await > timeout);

@@ -23,7 +23,10 @@ pub enum FirstBytes {
     Tls(Vec<u8>),
     /// `bytes` holds the first frame whole (`frame_len` bytes, prefix included) and perhaps
     /// more.
-    IceTcp { bytes: Vec<u8>, frame_len: usize },
+    IceTcp {
+        bytes: Vec<u8>,
+        frame_len: usize,
+    },
     /// Sent something else, or closed first.
     Unknown,
     /// Did not say within the deadline.

@@ -53,7 +53,9 @@ impl Control {
             .iter()
             .find(|(_, s)| {
                 // Only a session whose answer offered ICE-TCP takes a connection.
-                s.offered.1 && s.state != SessionState::Closing && s.ice.local_ufrag.as_bytes() == ours
+                s.offered.1
+                    && s.state != SessionState::Closing
+                    && s.ice.local_ufrag.as_bytes() == ours
             })
             .map(|(&id, s)| (s.worker, id))
     }

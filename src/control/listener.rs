@@ -198,7 +198,17 @@ async fn sniff_connection(
         }
     };
     let stream = Rewound::new(prefix, stream);
-    accept_connection(stream, peer, slot, router, limits, tls, stop, Some(accepted)).await
+    accept_connection(
+        stream,
+        peer,
+        slot,
+        router,
+        limits,
+        tls,
+        stop,
+        Some(accepted),
+    )
+    .await
 }
 
 /// Runs the TLS handshake when the listener has TLS, within the header timeout, then serves

@@ -92,7 +92,7 @@ fn ice_tcp(first: &[u8]) -> Sniffed {
     let body = u16::from_be_bytes([first[4], first[5]]) as usize;
     let whole = PREFIX + frame;
     if first[6..10] == MAGIC_COOKIE
-        && body % 4 == 0
+        && body.is_multiple_of(4)
         && frame == STUN_HEADER + body
         && whole <= MAX_FIRST_FRAME
     {
