@@ -834,6 +834,36 @@ async fn ice_tcp_on_the_http_port(tls: bool) {
     if !tls {
         let api = common::http("GET", &relay.url("/api/streams"), None, "");
         assert_eq!(api.status, 200, "{}", api.body);
+        // A check naming a live session's ufrag without its password reaches that session's
+        // worker, which finds the integrity wrong, never answers, and closes the connection.
+        let answer = common::http(
+            "POST",
+            &relay.url("/whep/cam"),
+            Some("application/sdp"),
+            common::CHROME_PLAY_OFFER,
+        );
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        let candidates = common::answer_candidates(&answer.body);
+        assert!(
+            !candidates.is_empty() && candidates.iter().all(|(_, p)| *p == port),
+            "{}",
+            answer.body
+        );
+        let victim = answer
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let (invalid, unvalidated) = (
+            relay.metric_all_workers("corecast_drop_stun_invalid_total"),
+            relay.metric_all_workers("corecast_tcp_unvalidated_closed_total"),
+        );
+        let forged = framed_check(format!("{victim}:x").as_bytes());
+        assert!(closed_without_answer(port, &forged));
+        assert!(relay.metric_all_workers("corecast_drop_stun_invalid_total") > invalid);
+        assert!(relay.metric_all_workers("corecast_tcp_unvalidated_closed_total") > unvalidated);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (i, id) in players.iter().enumerate() {
