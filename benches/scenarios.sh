@@ -10,6 +10,9 @@
 # SCENARIO-BACKEND), ROUNDS=N repeats the whole set N times, each round in the other backend
 # and scenario order, so a noisy neighbour costs both alike (named ...-rN).
 #
+# tcp-1w-http runs tcp-1w with media.tcp_on_http: every ICE-TCP connection on the HTTP port,
+# handed to the worker by the HTTP listener.
+#
 # Single-port mode: a scenario named ...-mux runs the relay with media.mux_port (every session
 # on one port) instead of a port per session; udp-2w-many[-mux] runs 20 streams over 2 workers,
 # so about half of the publishers' packets reach a worker that does not own their session and
@@ -112,6 +115,7 @@ run() { # name workers protocol transport gso [extra loadgen args...]
     [[ $backend != default ]] && gso_env+=(CORECAST_WORKERS_BACKEND=$backend) && name=$name-$backend
     [[ $rounds -gt 1 ]] && name=$name-r$round
     [[ ${single_port:-0} == 1 ]] && gso_env+=(CORECAST_MEDIA_MUX_PORT=18400)
+    [[ ${tcp_on_http:-0} == 1 ]] && gso_env+=(CORECAST_MEDIA_TCP_ON_HTTP=true)
     env CORECAST_HTTP_LISTEN=127.0.0.1:$port CORECAST_WORKERS_COUNT=$workers CORECAST_WORKERS_PIN=false \
         CORECAST_MEDIA_PORTS=30000-39999 CORECAST_MEDIA_PROTOCOL=$protocol "${gso_env[@]}" \
         RUST_LOG=warn taskset -c "$relay_cores" "$relay_bin" >"$out/$name.relay.log" 2>&1 &
@@ -170,6 +174,8 @@ for backend in $order; do
         udp-2w-hd) run udp-2w-hd 2 udp udp true --video-kbps 4000 --no-audio ;;
         udp-1w-mux) single_port=1 run udp-1w-mux 1 udp udp true ;;
         tcp-1w-mux) single_port=1 run tcp-1w-mux 1 tcp tcp true ;;
+        # ICE-TCP on the HTTP listener's port (media.tcp_on_http): against tcp-1w.
+        tcp-1w-http) tcp_on_http=1 run tcp-1w-http 1 tcp tcp true ;;
         udp-2w-mux) single_port=1 run udp-2w-mux 2 udp udp true ;;
         # PLAYERS in all, spread over the 20 streams (loadgen's --players is per stream).
         udp-2w-many) streams=20 players=$((${PLAYERS:-200} / 20)) run udp-2w-many 2 udp udp true ;;

@@ -136,12 +136,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding http.listen {listen}"))?;
     let addr = listener.local_addr()?;
+    control.set_http_port(addr.port());
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("corecast is up: {workers} worker(s), {ports} ({transports})");
     println!("  page:    {scheme}://{addr}/");
     println!("  WHIP:    {scheme}://{addr}/whip/{{stream}}");
     println!("  WHEP:    {scheme}://{addr}/whep/{{stream}}");
     println!("  streams: {scheme}://{addr}/api/streams   metrics: {scheme}://{addr}/metrics");
+    if control.tcp_on_http() {
+        println!("  ICE-TCP: media also on this port ({scheme} listener, media.tcp_on_http)");
+    }
     println!("{limits_line}");
     println!("{admission_line}");
     println!("{front_door_line}");
@@ -169,15 +173,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             redirect_router(addr.port()),
             limits.clone(),
             None,
+            None,
             stopped(stop_rx.clone()),
         ));
     }
     tokio::spawn(reload_on_sighup(tls.clone()));
+    let door = control.tcp_on_http().then(|| control.clone());
     crate::control::listener::serve(
         listener,
         http::router(control, limits.clone(), gate),
         limits,
         tls,
+        door,
         stopped(stop_rx),
     )
     .await;

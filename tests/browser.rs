@@ -716,3 +716,178 @@ fn websocket_publish_and_play_report_status_events_and_errors() {
         },
     );
 }
+
+// ---- ICE-TCP on the HTTP listener's port (`media.tcp_on_http`, issue 20) ----
+
+/// An ICE binding request in an RFC 4571 frame, naming `username`.
+fn framed_check(username: &[u8]) -> Vec<u8> {
+    use corecast::wire::stun::{BINDING_REQUEST, StunWriter, short_term_key};
+    let mut buf = vec![0u8; 256];
+    let mut writer = StunWriter::new(&mut buf, BINDING_REQUEST, &[9; 12]).unwrap();
+    writer.username(username).unwrap();
+    writer.message_integrity(&short_term_key("wrong")).unwrap();
+    let len = writer.fingerprint().unwrap();
+    let mut framed = (len as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&buf[..len]);
+    framed
+}
+
+/// Connects to `port`, sends `first` (nothing if empty) and says whether the relay closed the
+/// connection within 5 s without a byte (a close with bytes unread is a reset).
+fn closed_without_answer(port: u16, first: &[u8]) -> bool {
+    let mut intruder = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    if !first.is_empty() {
+        std::io::Write::write_all(&mut intruder, first).unwrap();
+    }
+    intruder
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match std::io::Read::read(&mut intruder, &mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// `corecast_http_port_connections_total{kind}`, read by the page (over HTTPS when the relay
+/// serves it).
+async fn sniffed(browser: &Browser, kind: &str) -> u64 {
+    let metrics = browser
+        .call("return await (await fetch('/metrics')).text()", vec![])
+        .await;
+    let name = format!("corecast_http_port_connections_total{{kind=\"{kind}\"}} ");
+    metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Everything through the one HTTP port: the page, WHIP/WHEP and ICE-TCP media. A publisher
+/// and two players on two workers decode with every candidate and selected pair on the HTTP
+/// listener's port; garbage, silence, a check for an unknown ufrag and a request that starts
+/// like a frame are each closed and counted there while the stream plays, and HTTP is served.
+/// With `tls`, signaling is HTTPS (a self-signed certificate) beside the media.
+async fn ice_tcp_on_the_http_port(tls: bool) {
+    let range = media_range(16);
+    let mut env = vec![
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_MEDIA_PORTS", range.as_str()),
+        ("CORECAST_MEDIA_PROTOCOL", "tcp"),
+        ("CORECAST_MEDIA_TCP_ON_HTTP", "true"),
+    ];
+    if tls {
+        env.push(("CORECAST_HTTP_TLS", "self-signed"));
+    }
+    let relay = Relay::start(&env);
+    let port: u16 = relay.http.rsplit(':').next().unwrap().parse().unwrap();
+    let (browser, page) = match tls {
+        true => (
+            Chromium::launch(&["--ignore-certificate-errors"]).await,
+            format!("https://127.0.0.1:{port}/"),
+        ),
+        false => (Browser::start().await, relay.url("/")),
+    };
+    browser.client.goto(&page).await.expect("loading the page");
+    let publisher = publish(&browser, &relay, "cam", None).await;
+    let players = vec![
+        play(&browser, "cam", None).await,
+        play(&browser, "cam", None).await,
+    ];
+    let decoded = wait_decoding(&browser, &relay, &players).await;
+    let publisher_stats = browser.stats(&publisher).await;
+    for s in decoded.iter().chain([&publisher_stats]) {
+        assert_transport(s, "tcp");
+        assert_eq!(s["remotePort"], port, "{s:#?}");
+        let ports = s["remoteCandidatePorts"].as_array().unwrap();
+        assert!(
+            !ports.is_empty() && ports.iter().all(|p| *p == port),
+            "{s:#?}"
+        );
+    }
+    assert!(sniffed(&browser, "ice_tcp").await >= 3, "{}", relay.log());
+    let signaling = if tls { "tls" } else { "http" };
+    assert!(sniffed(&browser, signaling).await > 0);
+
+    let frames_before: Vec<u64> = decoded
+        .iter()
+        .map(|s| num(s, "videoFramesDecoded"))
+        .collect();
+    let (unknown, timeout) = (
+        sniffed(&browser, "closed_unknown").await,
+        sniffed(&browser, "closed_timeout").await,
+    );
+    assert!(closed_without_answer(
+        port,
+        b"\xff\x00garbage, not a protocol"
+    ));
+    assert!(closed_without_answer(port, &framed_check(b"nosuchufrag:x")));
+    assert!(closed_without_answer(
+        port,
+        b"\x00\x20GET / HTTP/1.1\r\n\r\n"
+    ));
+    assert!(closed_without_answer(port, b""), "silence is closed");
+    assert!(sniffed(&browser, "closed_unknown").await >= unknown + 3);
+    assert!(sniffed(&browser, "closed_timeout").await > timeout);
+    // An ordinary request on the same port is still served.
+    if !tls {
+        let api = common::http("GET", &relay.url("/api/streams"), None, "");
+        assert_eq!(api.status, 200, "{}", api.body);
+        // A check naming a live session's ufrag without its password reaches that session's
+        // worker, which finds the integrity wrong, never answers, and closes the connection.
+        let answer = common::http(
+            "POST",
+            &relay.url("/whep/cam"),
+            Some("application/sdp"),
+            common::CHROME_PLAY_OFFER,
+        );
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        let candidates = common::answer_candidates(&answer.body);
+        assert!(
+            !candidates.is_empty() && candidates.iter().all(|(_, p)| *p == port),
+            "{}",
+            answer.body
+        );
+        let victim = answer
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let (invalid, unvalidated) = (
+            relay.metric_all_workers("corecast_drop_stun_invalid_total"),
+            relay.metric_all_workers("corecast_tcp_unvalidated_closed_total"),
+        );
+        let forged = framed_check(format!("{victim}:x").as_bytes());
+        assert!(closed_without_answer(port, &forged));
+        assert!(relay.metric_all_workers("corecast_drop_stun_invalid_total") > invalid);
+        assert!(relay.metric_all_workers("corecast_tcp_unvalidated_closed_total") > unvalidated);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, id) in players.iter().enumerate() {
+        let s = browser.stats(id).await;
+        assert!(
+            num(&s, "videoFramesDecoded") > frames_before[i] + 10,
+            "player {i} stalled: {s:#?}"
+        );
+    }
+    browser.close().await;
+}
+
+#[test]
+fn chromium_publishes_and_plays_with_ice_tcp_on_the_http_port() {
+    in_browser_network(
+        "chromium_publishes_and_plays_with_ice_tcp_on_the_http_port",
+        ice_tcp_on_the_http_port(false),
+    );
+}
+
+#[test]
+fn chromium_publishes_and_plays_with_ice_tcp_on_the_https_port() {
+    in_browser_network(
+        "chromium_publishes_and_plays_with_ice_tcp_on_the_https_port",
+        ice_tcp_on_the_http_port(true),
+    );
+}

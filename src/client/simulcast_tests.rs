@@ -35,6 +35,7 @@ fn answer_of(offer: &Offer, sections: &[crate::sdp::AnswerSection]) -> Answer {
         fingerprint: &fingerprint,
         ips: &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
         port: 31000,
+        tcp_port: 31000,
         udp: true,
         tcp: false,
     };

@@ -46,6 +46,7 @@ fn answer_of(offer: &Offer, sections: &[crate::sdp::AnswerSection]) -> Answer {
         fingerprint: &fingerprint,
         ips: &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
         port: 31000,
+        tcp_port: 31000,
         udp: true,
         tcp: false,
     };

@@ -88,6 +88,10 @@ pub struct MediaConfig {
     /// Single-port mode: every session's media on this one port (UDP and ICE-TCP), shared by
     /// the workers with `SO_REUSEPORT`; `None`: each session its own port from `ports`.
     pub mux_port: Option<u16>,
+    /// ICE-TCP on the HTTP(S) listener's port: answers carry their passive TCP candidate on
+    /// that port (instead of the media port), and the listener hands a connection whose first
+    /// frame is an ICE check for a live session to its worker.
+    pub tcp_on_http: bool,
     /// Which host candidates answers carry.
     pub protocol: MediaProtocol,
     pub udp_recv_buffer: usize,
@@ -214,6 +218,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "announced_ip",
             "ports",
             "mux_port",
+            "tcp_on_http",
             "protocol",
             "udp_recv_buffer",
             "udp_send_buffer",
@@ -273,6 +278,7 @@ impl Default for Config {
                     last: 31999,
                 },
                 mux_port: None,
+                tcp_on_http: false,
                 protocol: MediaProtocol::All,
                 udp_recv_buffer: 1 << 20,
                 udp_send_buffer: 1 << 20,

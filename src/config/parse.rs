@@ -173,6 +173,9 @@ fn read_media(media: &mut MediaConfig, get: Section<'_>) -> Result<(), ConfigErr
             _ => return Err(bad(key, n, allowed)),
         };
     }
+    if let Some(v) = get.get("tcp_on_http") {
+        media.tcp_on_http = boolean(v, "media.tcp_on_http")?;
+    }
     if let Some(v) = get.get("protocol") {
         media.protocol = match v {
             Value::String(s) if s == "udp" => MediaProtocol::Udp,

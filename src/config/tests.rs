@@ -205,6 +205,19 @@ fn port_range_must_cover_the_workers() {
 }
 
 #[test]
+fn tcp_on_http_loads_from_file_and_environment_prints_and_refuses_non_booleans() {
+    assert!(!Config::default().media.tcp_on_http);
+    let c = Config::load(Some("[media]\ntcp_on_http = true\n"), env(&[])).unwrap();
+    assert!(c.media.tcp_on_http);
+    assert!(c.to_toml().contains("tcp_on_http = true"));
+    assert_eq!(Config::load(Some(&c.to_toml()), env(&[])).unwrap(), c);
+    let from_env = Config::load(None, env(&[("CORECAST_MEDIA_TCP_ON_HTTP", "true")])).unwrap();
+    assert!(from_env.media.tcp_on_http);
+    let e = Config::load(Some("[media]\ntcp_on_http = \"yes\"\n"), env(&[])).unwrap_err();
+    assert!(e.to_string().contains("media.tcp_on_http"), "{e}");
+}
+
+#[test]
 fn single_port_mode_and_announced_addresses_load_print_and_refuse() {
     let file = "[media]\nmux_port = 8189\nannounced_ip = [\"127.0.0.1\", \"::1\"]\n";
     let c = Config::load(Some(file), env(&[])).unwrap();

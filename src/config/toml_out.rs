@@ -9,7 +9,9 @@ impl Config {
             "[http]\nlisten = \"{}\"\nheader_timeout_ms = {}\nidle_timeout_ms = {}\nmax_connections = {}\n\
              max_sessions_per_ip = {}\nrate_limit = {}\nrate_burst = {}\nlimit_exempt = {}\n{}\n[media]\nbind_ip = \"{}\"\nannounced_ip = [{}]\nports = \"{}\"\n\
              # 0: each session its own port from `ports`; else every session on this one port\n\
-             mux_port = {}\nprotocol = \"{}\"\n\
+             mux_port = {}\n\
+             # true: ICE-TCP media also on the HTTP(S) listener's port (its TCP candidate there)\n\
+             tcp_on_http = {}\nprotocol = \"{}\"\n\
              udp_recv_buffer = {}\nudp_send_buffer = {}\ntcp_recv_buffer = {}\ntcp_send_buffer = {}\n\
              tcp_send_queue = {}\nice_timeout = {}\ngso = {}\ngso_hold_us = {}\nmax_publish_kbps = {}\n\n[workers]\ncount = {}\npin = {}\nbackend = \"{}\"\n",
             self.http.listen,
@@ -30,6 +32,7 @@ impl Config {
                 .join(", "),
             self.media.ports,
             self.media.mux_port.unwrap_or(0),
+            self.media.tcp_on_http,
             self.media.protocol,
             self.media.udp_recv_buffer,
             self.media.udp_send_buffer,

@@ -492,6 +492,26 @@ async fn pull_terminate(
     }
 }
 
+/// Connections on the HTTP listener by what their first bytes turned out to be
+/// (`media.tcp_on_http`; without it every connection counts as `http` or `tls` unread).
+fn write_sniffed_metrics(limits: &HttpLimits, out: &mut String) {
+    let c = &limits.counters.sniffed;
+    let _ = writeln!(out, "# TYPE corecast_http_port_connections_total counter");
+    for (kind, counter) in [
+        ("http", &c.http),
+        ("tls", &c.tls),
+        ("ice_tcp", &c.ice_tcp),
+        ("closed_unknown", &c.closed_unknown),
+        ("closed_timeout", &c.closed_timeout),
+    ] {
+        let _ = writeln!(
+            out,
+            "corecast_http_port_connections_total{{kind=\"{kind}\"}} {}",
+            counter.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// The HTTP limits' counters (see the README's "Limits and hardening").
 fn http_limit_metrics(limits: &HttpLimits) -> [(&'static str, &'static str, u64); 7] {
     let c = &limits.counters;
@@ -697,6 +717,7 @@ async fn metrics(
     {
         let _ = writeln!(out, "# TYPE {metric} {kind}\n{metric} {value}");
     }
+    write_sniffed_metrics(&limits, &mut out);
     gate.write_metrics(&mut out);
     control.joins.write_metrics(&mut out);
     if let Some(cluster) = &control.cluster {

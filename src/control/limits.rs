@@ -281,6 +281,20 @@ pub struct HttpCounters {
     pub ws_messages_too_large: AtomicU64,
     /// TLS handshakes that failed (a client that distrusts the certificate, or no TLS at all).
     pub tls_handshake_failures: AtomicU64,
+    pub sniffed: SniffedCounters,
+}
+
+/// Connections on the HTTP listener by what they turned out to be (`media.tcp_on_http`).
+#[derive(Default)]
+pub struct SniffedCounters {
+    pub http: AtomicU64,
+    pub tls: AtomicU64,
+    /// Handed to a session's worker (which still checks the ICE check's integrity).
+    pub ice_tcp: AtomicU64,
+    /// Neither HTTP, TLS nor an ICE check naming a live session: closed.
+    pub closed_unknown: AtomicU64,
+    /// Too few first bytes within the sniffing deadline: closed.
+    pub closed_timeout: AtomicU64,
 }
 
 /// The HTTP server's limits and their state, shared by the listener and the handlers.

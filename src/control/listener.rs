@@ -6,6 +6,11 @@
 //! timeout); then the connection's clock runs from the accept as over plain HTTP: idle until a
 //! request begins (browsers open connections ahead of need), then the header timeout. On
 //! shutdown it stops accepting, lets requests under way finish, and closes the rest.
+//!
+//! With `media.tcp_on_http` (`door`), each connection's first bytes are read first
+//! (`first_bytes`): HTTP and TLS go on as above with those bytes replayed; an ICE-TCP
+//! connection whose first check names a live session moves to that session's worker
+//! (`ice_door`); anything else, or silence past the sniffing deadline, is closed and counted.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +33,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
+use super::Control;
+use super::first_bytes::{FirstBytes, Rewound, SNIFF_DEADLINE, read_first_bytes};
 use super::limits::{ConnectionClock, ConnectionSlot, Expiry, HttpLimits};
 use super::tls::TlsServer;
 
@@ -72,12 +79,14 @@ impl Timers {
     }
 }
 
-/// Serves `router` on `listener`, over TLS when `tls` is given, until `shutdown` completes.
+/// Serves `router` on `listener`, over TLS when `tls` is given, until `shutdown` completes;
+/// with `door`, ICE-TCP connections go to their sessions' workers (`media.tcp_on_http`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Arc<HttpLimits>,
     tls: Option<Arc<TlsServer>>,
+    door: Option<Arc<Control>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -107,15 +116,17 @@ pub async fn serve(
             tracing::debug!(%peer, "refused a connection: http.max_connections are open");
             continue;
         };
-        connections.spawn(accept_connection(
-            stream,
-            peer,
-            slot,
-            router.clone(),
-            limits.clone(),
-            tls.clone(),
-            stop_rx.clone(),
-        ));
+        let _ = stream.set_nodelay(true);
+        let (router, limits, tls, stop) =
+            (router.clone(), limits.clone(), tls.clone(), stop_rx.clone());
+        match door.clone() {
+            None => connections.spawn(accept_connection(
+                stream, peer, slot, router, limits, tls, stop, None,
+            )),
+            Some(door) => connections.spawn(sniff_connection(
+                stream, peer, slot, router, limits, tls, stop, door,
+            )),
+        };
     }
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -130,23 +141,98 @@ pub async fn serve(
     }
 }
 
-/// Runs the TLS handshake when the listener has TLS, within the header timeout, then serves
-/// the connection.
-async fn accept_connection(
-    stream: TcpStream,
+/// Reads a connection's first bytes (`media.tcp_on_http`) and sends it where they say: the
+/// HTTP(S) server, a session's worker, or closed. Each counted by what it turned out to be.
+#[allow(clippy::too_many_arguments)]
+async fn sniff_connection(
+    mut stream: TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
     router: Router,
     limits: Arc<HttpLimits>,
     tls: Option<Arc<TlsServer>>,
     stop: watch::Receiver<bool>,
+    door: Arc<Control>,
 ) {
-    let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
-    let Some(tls) = tls else {
-        return serve_connection(stream, peer, slot, router, limits, None, stop).await;
+    let deadline = SNIFF_DEADLINE.min(limits.header_timeout);
+    let counters = &limits.counters.sniffed;
+    let prefix = match read_first_bytes(&mut stream, deadline).await {
+        FirstBytes::Http(prefix) => {
+            counters.http.fetch_add(1, Ordering::Relaxed);
+            prefix
+        }
+        FirstBytes::Tls(prefix) => {
+            counters.tls.fetch_add(1, Ordering::Relaxed);
+            prefix
+        }
+        FirstBytes::IceTcp { bytes, frame_len } => {
+            let owner = door.ice_tcp_owner(&bytes[2..frame_len]);
+            let std_stream = stream.into_std();
+            match (owner, std_stream) {
+                (Some((worker, session)), Ok(std_stream)) => {
+                    // The workers' rings read sockets in blocking mode, as accepted there.
+                    let _ = std_stream.set_nonblocking(false);
+                    counters.ice_tcp.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, session, worker, "ICE-TCP on the HTTP port");
+                    // The connection leaves the HTTP server's count with its slot.
+                    drop(slot);
+                    door.hand_over_ice_tcp(worker, session, std_stream, peer, bytes);
+                }
+                _ => {
+                    counters.closed_unknown.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "closing an ICE-TCP connection naming no live session");
+                }
+            }
+            return;
+        }
+        FirstBytes::Unknown => {
+            counters.closed_unknown.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "closing a connection that is neither HTTP, TLS nor ICE-TCP");
+            return;
+        }
+        FirstBytes::TimedOut => {
+            counters.closed_timeout.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "closing a connection that said nothing in time");
+            return;
+        }
     };
-    let handshake = tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(stream));
+    let stream = Rewound::new(prefix, stream);
+    accept_connection(
+        stream,
+        peer,
+        slot,
+        router,
+        limits,
+        tls,
+        stop,
+        Some(accepted),
+    )
+    .await
+}
+
+/// Runs the TLS handshake when the listener has TLS, within the header timeout, then serves
+/// the connection. `accepted`: when it was accepted, if that was before now (its first bytes
+/// were read first).
+#[allow(clippy::too_many_arguments)]
+async fn accept_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    router: Router,
+    limits: Arc<HttpLimits>,
+    tls: Option<Arc<TlsServer>>,
+    stop: watch::Receiver<bool>,
+    accepted: Option<Instant>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = tls else {
+        return serve_connection(stream, peer, slot, router, limits, accepted, stop).await;
+    };
+    let accepted = accepted.unwrap_or_else(Instant::now);
+    let left = limits.header_timeout.saturating_sub(accepted.elapsed());
+    let handshake = tokio::time::timeout(left, tls.acceptor().accept(stream));
     let mut stopping = stop.clone();
     let done = tokio::select! {
         done = handshake => done,

@@ -7,18 +7,21 @@ pub mod cascade;
 pub mod dashboard;
 pub mod dtls;
 pub mod etag;
+pub mod first_bytes;
 pub mod gate;
 pub mod http;
 pub mod latency;
 pub mod layers;
 pub mod limits;
 pub mod listener;
+pub mod sniff;
 pub mod tls;
 pub mod webhook;
 pub mod ws;
 
 mod clustered;
 mod errors;
+mod ice_door;
 mod joins;
 mod registry;
 mod sessions;
@@ -78,6 +81,8 @@ pub struct Control {
     pub cascade: cascade::Cascade,
     /// This relay's cluster (`cluster.redis`), if it is a node of one.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The HTTP(S) listener's port, for `media.tcp_on_http` candidates (`ice_door`).
+    http_port: std::sync::atomic::AtomicU16,
 }
 
 /// What `Control::session_facts` says of one session.
@@ -119,6 +124,7 @@ impl Control {
             registry: Mutex::new(Registry::default()),
             ports: Mutex::new(ports),
             counters: ControlCounters::default(),
+            http_port: std::sync::atomic::AtomicU16::new(0),
         }))
     }
 

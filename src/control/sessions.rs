@@ -310,6 +310,7 @@ impl Control {
             fingerprint: &self.fingerprint,
             ips: &self.config.media.announced_ip,
             port,
+            tcp_port: self.tcp_candidate_port(port),
             udp,
             tcp,
         };

@@ -86,7 +86,13 @@ impl Control {
             }
         }
         let (udp, tcp) = entry.offered;
-        let candidates = host_candidates(&self.config.media.announced_ip, entry.port, udp, tcp);
+        let candidates = host_candidates(
+            &self.config.media.announced_ip,
+            entry.port,
+            self.tcp_candidate_port(entry.port),
+            udp,
+            tcp,
+        );
         let (media, mid) = &ice.bundle;
         let fragment =
             write_restart_fragment(&ice.local_ufrag, &ice.local_pwd, (media, mid), &candidates);

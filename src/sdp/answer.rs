@@ -21,6 +21,9 @@ pub struct AnswerTransport<'a> {
     /// candidates, in order of preference.
     pub ips: &'a [IpAddr],
     pub port: u16,
+    /// The passive TCP candidate's port: `port`, or the HTTP(S) listener's
+    /// (`media.tcp_on_http`).
+    pub tcp_port: u16,
     /// Which host candidates to offer (`media.protocol`).
     pub udp: bool,
     pub tcp: bool,
@@ -32,10 +35,16 @@ pub struct AnswerTransport<'a> {
 const UDP_HOST_PRIORITY: u32 = (126 << 24) | (65535 << 8) | 255;
 const TCP_PASSIVE_HOST_PRIORITY: u32 = (126 << 24) | (((1 << 13) * 4 + 8191) << 8) | 255;
 
-/// The relay's host candidates (the values after `a=candidate:`) on the session's port, for
-/// each announced address: UDP, passive ICE-TCP, or both. The answer and an ICE restart's
-/// fragment carry the same.
-pub fn host_candidates(ips: &[IpAddr], port: u16, udp: bool, tcp: bool) -> Vec<String> {
+/// The relay's host candidates (the values after `a=candidate:`) for each announced address:
+/// UDP on `port`, passive ICE-TCP on `tcp_port` (the same port, or the HTTP listener's), or
+/// both. The answer and an ICE restart's fragment carry the same.
+pub fn host_candidates(
+    ips: &[IpAddr],
+    port: u16,
+    tcp_port: u16,
+    udp: bool,
+    tcp: bool,
+) -> Vec<String> {
     let mut candidates = Vec::new();
     for (i, ip) in ips.iter().enumerate() {
         // Each further address a step lower in local preference; foundations differ per
@@ -50,7 +59,7 @@ pub fn host_candidates(ips: &[IpAddr], port: u16, udp: bool, tcp: bool) -> Vec<S
         if tcp {
             let (foundation, priority) = (2 * i + 2, TCP_PASSIVE_HOST_PRIORITY - step);
             candidates.push(format!(
-                "{foundation} 1 tcp {priority} {ip} {port} typ host tcptype passive generation 0"
+                "{foundation} 1 tcp {priority} {ip} {tcp_port} typ host tcptype passive generation 0"
             ));
         }
     }
@@ -121,7 +130,13 @@ pub fn write_answer(
         ],
         media_descriptions: vec![],
     };
-    let candidates = host_candidates(transport.ips, transport.port, transport.udp, transport.tcp);
+    let candidates = host_candidates(
+        transport.ips,
+        transport.port,
+        transport.tcp_port,
+        transport.udp,
+        transport.tcp,
+    );
     for (offered, answer) in offer.sections.iter().zip(sections) {
         let mut m = MediaDescription {
             media_name: MediaName {
@@ -276,6 +291,18 @@ mod tests {
     }
 
     #[test]
+    fn the_tcp_candidate_may_sit_on_another_port_than_udp() {
+        let candidates = host_candidates(&["127.0.0.1".parse().unwrap()], 31000, 443, true, true);
+        assert_eq!(
+            candidates,
+            [
+                "1 1 udp 2130706431 127.0.0.1 31000 typ host generation 0",
+                "2 1 tcp 2124414975 127.0.0.1 443 typ host tcptype passive generation 0",
+            ]
+        );
+    }
+
+    #[test]
     fn each_announced_address_gets_its_candidates_in_order_on_the_one_port() {
         let offer = Offer::parse(CHROME_PUBLISH_OFFER).unwrap();
         let (_, sections) = negotiate_publish(&offer).unwrap();
@@ -286,6 +313,7 @@ mod tests {
         let transport = AnswerTransport {
             ips: &ips,
             port: 8189,
+            tcp_port: 8189,
             ..transport()
         };
         let answer = write_answer(&offer, &sections, &transport);

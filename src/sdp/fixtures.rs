@@ -17,6 +17,7 @@ pub(super) fn transport() -> AnswerTransport<'static> {
         fingerprint: "AA:BB",
         ips: &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
         port: 31000,
+        tcp_port: 31000,
         udp: true,
         tcp: true,
     }

@@ -371,6 +371,7 @@ impl Core {
                     session,
                 } => table.mux_renew(&ufrag, &previous, owner, session),
                 Command::MuxForget { owner, session } => table.mux_forget(owner, session),
+                Command::AdoptConnection(handover) => self.adopt_connection(*handover, now),
             }
         }
         taken

@@ -24,6 +24,7 @@ mod fanout;
 mod ingress;
 pub mod mesh;
 mod mux;
+pub use mux::ConnHandover;
 mod repair;
 mod staged;
 pub mod stats;
@@ -126,6 +127,9 @@ pub enum Command {
         owner: usize,
         session: SessionId,
     },
+    /// An ICE-TCP connection the HTTP listener accepted (`media.tcp_on_http`) whose first
+    /// frame names a session here: adopted unvalidated, like one another worker hands over.
+    AdoptConnection(Box<ConnHandover>),
 }
 
 pub struct NewSession {

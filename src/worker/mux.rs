@@ -74,6 +74,18 @@ pub struct ConnHandover {
     pub(super) bytes: Vec<u8>,
 }
 
+impl ConnHandover {
+    /// `bytes`: the stream's bytes read so far, RFC 4571 prefixes included.
+    pub fn new(stream: TcpStream, peer: SocketAddr, session: SessionId, bytes: Vec<u8>) -> Self {
+        ConnHandover {
+            stream,
+            peer,
+            session,
+            bytes,
+        }
+    }
+}
+
 /// A connection waiting for its receive to be cancelled before it moves.
 pub(super) struct PendingHandover {
     pub(super) to: usize,
@@ -485,18 +497,23 @@ impl Core {
                     self.deliver_mux(session, from_worker, from, data, now);
                 }
                 super::fanout::Inbound::Connection(handover) => {
-                    let mut handover = *handover;
-                    let mut bytes = std::mem::take(&mut handover.bytes);
-                    let (table, out) = (&mut self.table, &mut self.out);
-                    if let Some((conn, generation)) = table.adopt_conn(handover, now, out) {
-                        self.on_tcp_data(conn, generation, &mut bytes, now);
-                    }
+                    self.adopt_connection(*handover, now)
                 }
             }
         }
         self.fanout.inbox = inbox;
         if let Some(mux) = self.table.mux.as_mut() {
             mux.scratch = scratch;
+        }
+    }
+
+    /// Adopts a connection handed over for a session here (by another worker, or by the HTTP
+    /// listener) and reads what it sent so far; its first ICE check validates it or closes it.
+    pub(super) fn adopt_connection(&mut self, mut handover: ConnHandover, now: Instant) {
+        let mut bytes = std::mem::take(&mut handover.bytes);
+        let (table, out) = (&mut self.table, &mut self.out);
+        if let Some((conn, generation)) = table.adopt_conn(handover, now, out) {
+            self.on_tcp_data(conn, generation, &mut bytes, now);
         }
     }
 
