@@ -20,13 +20,12 @@
 
 mod common;
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Relay;
 use common::chromium::Chromium;
+use common::netns::{in_network, nft, say};
 use serde_json::{Value, json};
 
 /// The relay's media ports in every test: the namespace is private, so a fixed range is free,
@@ -136,90 +135,6 @@ fn impaired() -> Impaired {
         video_to_relay,
         video_dropped_to_relay: video_to_relay - count("video-to-relay-delivered"),
     }
-}
-
-/// The `nft` command: found on the PATH, or in /usr/sbin (which a PATH may lack). Fails early,
-/// with what to do, when it is missing (the namespace's setup would fail with a less helpful
-/// message).
-fn nft() -> String {
-    let on_path = Command::new("sh")
-        .args(["-c", "command -v nft"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if on_path {
-        return "nft".into();
-    }
-    assert!(
-        Path::new("/usr/sbin/nft").exists(),
-        "nft is missing: install Debian's nftables (tests/run does: apt-get install nftables)"
-    );
-    "/usr/sbin/nft".into()
-}
-
-/// Where the test inside the namespace writes its figures, for the outer test to print (the
-/// namespace's own output is shown only when it fails).
-const REPORT_VAR: &str = "MEDIA_QUALITY_REPORT";
-
-fn report_path(test: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "corecast-media-quality-{}-{test}.txt",
-        std::process::id()
-    ))
-}
-
-/// Removes the report file however the outer test ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Prints one line of figures, and keeps it for the outer test when inside the namespace.
-fn say(line: impl AsRef<str>) {
-    let line = line.as_ref();
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os(REPORT_VAR) {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
-
-/// One browser test at a time: each Chromium encodes and decodes on the machine's few cores.
-static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `body` in a private network namespace set up by `setup` (shell commands), one test at
-/// a time, and prints the figures it reported. With `needs_namespace`, a machine where no
-/// namespace can be made (not root) fails the test rather than running it unimpaired.
-fn in_network(test: &str, setup: &str, needs_namespace: bool, body: impl Future<Output = ()>) {
-    let _one = ONE_BROWSER.lock().unwrap_or_else(|p| p.into_inner());
-    let report = RemoveOnDrop(report_path(test));
-    let _ = std::fs::remove_file(&report.0);
-    let setup = format!("export {REPORT_VAR}='{}' && {setup}", report.0.display());
-    if common::in_private_network_set_up(test, &setup) {
-        if let Ok(text) = std::fs::read_to_string(&report.0) {
-            eprint!("{test}:\n{text}");
-        }
-        return;
-    }
-    assert!(
-        !needs_namespace || std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_some(),
-        "{test} needs a network namespace of its own for its nftables rules (run it as root)"
-    );
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body);
 }
 
 /// The page-side harness: publish with chosen camera constraints, play, and report the raw

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::Relay;
 use common::chromium::Chromium;
+use common::netns::{self, nft, say};
 use serde_json::Value;
 
 /// The relay's media ports: the namespace is private, so a fixed range is free.
@@ -32,68 +33,15 @@ const SWITCH_WITHIN: Duration = Duration::from_secs(40);
 /// Frames the player must decode over TCP, once switched, before the test ends.
 const FRAMES_AFTER_SWITCH: f64 = 60.0;
 
-const REPORT_VAR: &str = "MIGRATION_REPORT";
-
-/// Prints one line, and keeps it for the outer test when inside the namespace.
-fn say(line: impl AsRef<str>) {
-    let line = line.as_ref();
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os(REPORT_VAR) {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
-
-/// One browser test at a time.
-static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `body` in a network namespace of its own (with an empty nftables table `block` whose
-/// input chain the test fills), and prints what it reported.
+/// Runs `body` in a network namespace of its own, with an empty nftables table `block` whose
+/// input chain the test fills.
 fn in_network(test: &str, body: impl Future<Output = ()>) {
-    let _one = ONE_BROWSER.lock().unwrap_or_else(|p| p.into_inner());
-    let report = std::env::temp_dir().join(format!(
-        "corecast-migration-{}-{test}.txt",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&report);
     let nft = nft();
     let setup = format!(
-        "export {REPORT_VAR}='{}' && {nft} add table inet block && {nft} add chain inet block \
-         input '{{ type filter hook input priority 0; policy accept; }}'",
-        report.display()
+        "{nft} add table inet block && {nft} add chain inet block \
+         input '{{ type filter hook input priority 0; policy accept; }}'"
     );
-    if common::in_private_network_set_up(test, &setup) {
-        if let Ok(text) = std::fs::read_to_string(&report) {
-            eprint!("{test}:\n{text}");
-        }
-        let _ = std::fs::remove_file(&report);
-        return;
-    }
-    assert!(
-        std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_some(),
-        "{test} needs a network namespace of its own for its nftables rules (run it as root)"
-    );
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body);
-}
-
-fn nft() -> String {
-    for candidate in ["/usr/sbin/nft", "/sbin/nft"] {
-        if std::path::Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    "nft".into()
+    netns::in_network(test, &setup, true, body);
 }
 
 fn run_nft(args: &[&str]) {

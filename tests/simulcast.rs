@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::Relay;
 use common::chromium::Chromium;
+use common::netns::{in_network, nft, say};
 use serde_json::{Value, json};
 
 /// The relay's media ports: the namespace is private, so a fixed range is free.
@@ -115,15 +116,6 @@ fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(0.0)
 }
 
-/// The `nft` command: on the PATH, or in /usr/sbin.
-fn nft() -> String {
-    if std::path::Path::new("/usr/sbin/nft").exists() {
-        "/usr/sbin/nft".into()
-    } else {
-        "nft".into()
-    }
-}
-
 fn run_nft(args: &str) {
     let status = Command::new("sh")
         .args(["-c", &format!("{} {args}", nft())])
@@ -203,19 +195,7 @@ fn chromium_simulcast_players_get_the_layer_their_path_carries() {
          '{{ type filter hook input priority 0; policy accept; }}'",
         nft = nft()
     );
-    if common::in_private_network_set_up(test, &setup) {
-        return;
-    }
-    assert!(
-        std::env::var_os("IN_TEST_NETNS_OF_CORECAST").is_some(),
-        "{test} needs a network namespace of its own for its nftables rules (run it as root)"
-    );
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(simulcast_players());
+    in_network(test, &setup, true, simulcast_players());
 }
 
 async fn simulcast_players() {
@@ -303,10 +283,12 @@ async fn simulcast_players() {
     ];
     let [da, db, dc] = [0, 1, 2].map(|i| decoded_between(&before[i], &after[i], 25.0));
     let view = streams(&relay);
-    eprintln!("figures: A {da:?}\nfigures: B (450 kbit/s) {db:?}\nfigures: C (pinned l) {dc:?}");
+    say(format!(
+        "figures: A {da:?}\nfigures: B (450 kbit/s) {db:?}\nfigures: C (pinned l) {dc:?}"
+    ));
     eprintln!("streams: {view:#}");
     for line in switches(&relay).lines() {
-        eprintln!("figures: {line}");
+        say(format!("figures: {line}"));
     }
     assert!(
         da.width >= 1280.0,
@@ -344,11 +326,11 @@ async fn simulcast_players() {
     loop {
         let s = page.stats(&b).await;
         if num(&s["inbound"], "frameWidth") > 320.0 {
-            eprintln!(
+            say(format!(
                 "figures: B moved up to {} wide {:.1} s after its limit was lifted",
                 num(&s["inbound"], "frameWidth"),
                 lifted.elapsed().as_secs_f64()
-            );
+            ));
             break;
         }
         assert!(

@@ -7,6 +7,7 @@
 pub mod chromium;
 pub mod firefox;
 pub mod live;
+pub mod netns;
 pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -69,13 +70,6 @@ pub fn in_private_network_set_up(test: &str, setup: &str) -> bool {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    // What the test measured still shows (with `--nocapture`).
-    for line in String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .filter(|l| l.starts_with("figures:"))
-    {
-        eprintln!("{line}");
-    }
     true
 }
 
