@@ -88,13 +88,27 @@ pub async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> boo
     }
 }
 
-/// A free TCP port on loopback (the OS picks it).
+/// A free TCP port on loopback for a server a test starts (a relay's HTTP listener,
+/// chromedriver, Redis).
+///
+/// Taken from below the kernel's ephemeral range (32768-60999 by default), from a block of this
+/// test process's own, in turn: the OS's "any free port" may hand the same port to two tests of
+/// one process, or to a client's outgoing connection, between the check and the server's bind.
+/// A port of the block that something holds is skipped.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const BLOCK: u16 = 200;
+    let base = 10000 + (std::process::id() % 100) as u16 * BLOCK;
+    for _ in 0..BLOCK {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "every port of this test process's block {base}-{} is held",
+        base + BLOCK - 1
+    );
 }
 
 /// A media port range for one test relay. Ranges of relays running at once may overlap: the
@@ -141,7 +155,29 @@ impl Relay {
     }
 
     /// As [`Relay::start`], with command-line arguments (`--config FILE`).
+    ///
+    /// The HTTP port is one the OS just called free, so another process (a relay of a test
+    /// running beside this one, a client's outgoing connection) may take it before this relay
+    /// binds it: the relay is then started again on another port. A connection to the port
+    /// proves nothing (it may reach that other process), so start-up is judged by this relay's
+    /// own "page:" line, printed once it holds the port.
     pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Relay {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            match Relay::try_start(env, args) {
+                Ok(relay) => return relay,
+                Err(log) if attempt < ATTEMPTS && log.contains("binding http.listen") => {
+                    eprintln!("the relay's HTTP port was taken before it bound it; again");
+                }
+                Err(log) => panic!("corecast did not start:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// One start on a fresh port: the relay once it has printed its page line for that port,
+    /// or its log when it exited or did not get that far in 20 s.
+    fn try_start(env: &[(&str, &str)], args: &[&str]) -> Result<Relay, String> {
         let port = free_tcp_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
         cmd.args(args)
@@ -172,19 +208,29 @@ impl Relay {
             });
         }
         let http = format!("http://127.0.0.1:{port}");
+        let listening = format!("127.0.0.1:{port}/");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("corecast exited with {status}:\n{}", log.lock().unwrap());
+        loop {
+            let up = log
+                .lock()
+                .unwrap()
+                .lines()
+                .any(|l| l.trim_start().starts_with("page:") && l.contains(&listening));
+            if up {
+                return Ok(Relay { child, http, log });
             }
-            assert!(
-                Instant::now() < deadline,
-                "corecast did not start:\n{}",
-                log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(Some(status)) = child.try_wait() {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!("exited with {status}:\n{}", log.lock().unwrap()));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("not up in 20 s:\n{}", log.lock().unwrap()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Relay { child, http, log }
     }
 
     pub fn url(&self, path: &str) -> String {
