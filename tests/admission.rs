@@ -3,6 +3,8 @@
 //! join waits, and a storm of joins past them is shed at once with `503` and `Retry-After`,
 //! counted in `/metrics`, while a player already playing receives every packet. Freeing the
 //! place (DELETE) lets the waiting join through. Deterministic: the bounds, not timing, decide.
+//! And a join whose client never reaches it by ICE gives its place to the next one after
+//! `admission.ice_wait_ms`, not after `media.ice_timeout`.
 
 mod common;
 
@@ -59,6 +61,8 @@ async fn a_crowd_past_the_queue_is_shed_with_retry_after_and_the_playing_viewer_
         ("CORECAST_ADMISSION_QUEUE", "1"),
         // Long enough that the waiting join is let through by the DELETE, not by time.
         ("CORECAST_ADMISSION_QUEUE_WAIT_MS", "60000"),
+        // The join that never does ICE keeps its place until its session ends.
+        ("CORECAST_ADMISSION_ICE_WAIT_MS", "0"),
     ]);
     let certificate = Certificate::generate_self_signed(vec!["crowd".into()]).unwrap();
     let options =
@@ -208,5 +212,60 @@ async fn a_crowd_past_the_queue_is_shed_with_retry_after_and_the_playing_viewer_
         "the publisher's and the viewer's: {handshakes}"
     );
     playing.close().await;
+    publisher.close().await;
+}
+
+/// Offers posted and never followed by ICE (a client that gave up, or someone filling the
+/// places on purpose) hold their places for `admission.ice_wait_ms` only: the join waiting
+/// behind them is let through then, without anyone deleting them, and joins normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offers_that_never_connect_give_their_places_up_after_the_ice_wait() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "1"),
+        ("CORECAST_MEDIA_PORTS", &media_range(16)),
+        ("CORECAST_MEDIA_PROTOCOL", "udp"),
+        ("CORECAST_ADMISSION_MAX_HANDSHAKES", "2"),
+        ("CORECAST_ADMISSION_QUEUE", "1"),
+        ("CORECAST_ADMISSION_QUEUE_WAIT_MS", "60000"),
+        ("CORECAST_ADMISSION_ICE_WAIT_MS", "700"),
+        // The sessions themselves live on: only their places are given up.
+        ("CORECAST_MEDIA_ICE_TIMEOUT", "60"),
+    ]);
+    let certificate = Certificate::generate_self_signed(vec!["crowd".into()]).unwrap();
+    let options =
+        |path: &str, role| ClientOptions::new(relay.url(path), role, Transport::Udp, &certificate);
+    let publisher = client::connect(&options("/whip/crowd", Role::Publish), Box::new(|_| {}))
+        .await
+        .expect("the publisher connects");
+    // Both places taken by offers whose clients never come.
+    let stuck: Vec<_> = (0..2).map(|_| whep(&relay)).collect();
+    for response in &stuck {
+        assert_eq!(response.status, 201, "{}", response.body);
+    }
+    assert_eq!(relay.metric("corecast_joins_in_handshake"), 2);
+    // A real viewer arrives: it waits, then gets a place the stuck ones gave up, and plays.
+    let started = std::time::Instant::now();
+    let viewer = client::connect(&options("/whep/crowd", Role::Play), Box::new(|_| {}))
+        .await
+        .expect("the viewer joins once a stuck offer gave its place up");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "it had to wait for a place: {waited:?}"
+    );
+    assert_eq!(relay.metric("corecast_joins_queued_total"), 1);
+    assert_eq!(
+        relay.metric("corecast_joins_released_without_ice_total"),
+        2,
+        "{}",
+        relay.log()
+    );
+    // The stuck sessions still exist (their clients could still come): only their places went.
+    for response in &stuck {
+        let session = response.header("location").unwrap();
+        let deleted = http("DELETE", &relay.url(session), None, "");
+        assert_eq!(deleted.status, 200, "{}", deleted.body);
+    }
+    viewer.close().await;
     publisher.close().await;
 }

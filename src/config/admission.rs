@@ -18,6 +18,10 @@ pub struct AdmissionConfig {
     pub queue: usize,
     /// How long a join waits in the queue before it is refused with `503`.
     pub queue_wait: Duration,
+    /// How long an admitted join keeps its place while its client has not reached it by ICE:
+    /// offers that never connect (a client that gave up, or offers posted to block the relay)
+    /// free their places after this, not after `media.ice_timeout`.
+    pub ice_wait: Duration,
 }
 
 impl Default for AdmissionConfig {
@@ -27,6 +31,7 @@ impl Default for AdmissionConfig {
             max_handshakes: 500,
             queue: 1000,
             queue_wait: Duration::from_secs(2),
+            ice_wait: Duration::from_secs(3),
         }
     }
 }
@@ -36,6 +41,7 @@ pub(super) const KEYS: &[&str] = &[
     "max_handshakes",
     "queue",
     "queue_wait_ms",
+    "ice_wait_ms",
 ];
 
 fn integer(v: &Value, key: &str, max: i64, allowed: &str) -> Result<i64, ConfigError> {
@@ -83,6 +89,15 @@ pub(super) fn read_admission(
         )?;
         admission.queue_wait = Duration::from_millis(ms as u64);
     }
+    if let Some(v) = get("ice_wait_ms") {
+        let ms = integer(
+            &v,
+            "admission.ice_wait_ms",
+            600_000,
+            "must be 0 (until media.ice_timeout) to 600000 milliseconds",
+        )?;
+        admission.ice_wait = Duration::from_millis(ms as u64);
+    }
     Ok(())
 }
 
@@ -99,11 +114,12 @@ impl Config {
     pub(super) fn admission_toml(&self) -> String {
         let a = &self.admission;
         format!(
-            "\n[admission]\nhandshake_threads = {}\nmax_handshakes = {}\nqueue = {}\nqueue_wait_ms = {}\n",
+            "\n[admission]\nhandshake_threads = {}\nmax_handshakes = {}\nqueue = {}\nqueue_wait_ms = {}\nice_wait_ms = {}\n",
             a.handshake_threads,
             a.max_handshakes,
             a.queue,
-            a.queue_wait.as_millis()
+            a.queue_wait.as_millis(),
+            a.ice_wait.as_millis()
         )
     }
 }
@@ -125,16 +141,18 @@ mod tests {
             ("CORECAST_ADMISSION_MAX_HANDSHAKES", "7"),
             ("CORECAST_ADMISSION_QUEUE", "0"),
             ("CORECAST_ADMISSION_QUEUE_WAIT_MS", "250"),
+            ("CORECAST_ADMISSION_ICE_WAIT_MS", "1500"),
         ])
         .unwrap();
         assert_eq!(config.handshake_threads(), 3);
         assert_eq!(config.admission.max_handshakes, 7);
         assert_eq!(config.admission.queue, 0);
         assert_eq!(config.admission.queue_wait, Duration::from_millis(250));
+        assert_eq!(config.admission.ice_wait, Duration::from_millis(1500));
         let printed = config.to_toml();
         assert!(
             printed.contains(
-                "[admission]\nhandshake_threads = 3\nmax_handshakes = 7\nqueue = 0\nqueue_wait_ms = 250\n"
+                "[admission]\nhandshake_threads = 3\nmax_handshakes = 7\nqueue = 0\nqueue_wait_ms = 250\nice_wait_ms = 1500\n"
             ),
             "{printed}"
         );

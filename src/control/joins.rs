@@ -26,6 +26,10 @@ const HANDSHAKE_BUCKETS_S: [f64; 11] = [
 pub struct Joins {
     admission: Mutex<Admission<oneshot::Sender<()>>>,
     queue_wait: Duration,
+    /// `admission.ice_wait`: how long a join holds its place before its client reaches it.
+    ice_wait: Duration,
+    /// Places given back because the client had not reached its session within `ice_wait`.
+    released_without_ice: AtomicU64,
     handshake_time: HandshakeHistogram,
 }
 
@@ -49,6 +53,8 @@ impl Joins {
                 queue: config.queue,
             })),
             queue_wait: config.queue_wait,
+            ice_wait: config.ice_wait,
+            released_without_ice: AtomicU64::new(0),
             handshake_time: HandshakeHistogram::default(),
         })
     }
@@ -165,6 +171,11 @@ impl Joins {
             "# HELP corecast_joins_shed_total Player joins refused with 503 and Retry-After.\n# TYPE corecast_joins_shed_total counter\ncorecast_joins_shed_total{{reason=\"queue_full\"}} {}\ncorecast_joins_shed_total{{reason=\"queue_wait\"}} {}",
             c.shed_queue_full, c.shed_waited_too_long
         );
+        let _ = writeln!(
+            out,
+            "# HELP corecast_joins_released_without_ice_total Places in handshake given back because the join's client had not reached its session by ICE within admission.ice_wait_ms.\n# TYPE corecast_joins_released_without_ice_total counter\ncorecast_joins_released_without_ice_total {}",
+            self.released_without_ice.load(Ordering::Relaxed)
+        );
         self.handshake_time.write(out);
     }
 }
@@ -260,17 +271,53 @@ impl Control {
         Ok(created)
     }
 
-    /// Session `id` keeps `slot` until its DTLS is done (`run_dtls`) or it is gone.
-    fn hold_until_connected(&self, id: SessionId, slot: Slot) {
-        let mut registry = lock(&self.registry);
-        if let Some(entry) = registry.sessions.get_mut(&id)
-            && matches!(
+    /// Session `id` keeps `slot` until its DTLS is done (`run_dtls`) or it is gone, or, while
+    /// its client has not reached it by ICE, for `admission.ice_wait` at most: an offer whose
+    /// client never connects must not keep a crowd out for `media.ice_timeout`.
+    fn hold_until_connected(self: &Arc<Self>, id: SessionId, slot: Slot) {
+        {
+            let mut registry = lock(&self.registry);
+            let Some(entry) = registry.sessions.get_mut(&id) else {
+                return;
+            };
+            if !matches!(
                 entry.state,
                 SessionState::Connecting | SessionState::IceConnected
-            )
-        {
+            ) {
+                return;
+            }
             entry.admission = Some(slot);
         }
+        let ice_wait = self.joins.ice_wait;
+        if ice_wait.is_zero() {
+            return;
+        }
+        let control = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(ice_wait).await;
+            let Some(control) = control.upgrade() else {
+                return;
+            };
+            let released = {
+                let mut registry = lock(&control.registry);
+                registry
+                    .sessions
+                    .get_mut(&id)
+                    .filter(|entry| entry.state == SessionState::Connecting)
+                    .and_then(|entry| entry.admission.take())
+            };
+            if let Some(slot) = released {
+                control
+                    .joins
+                    .released_without_ice
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    session = id,
+                    "no ICE within admission.ice_wait_ms: its place in handshake goes to the next join"
+                );
+                drop(slot);
+            }
+        });
     }
 }
 
@@ -284,6 +331,7 @@ mod tests {
             max_handshakes,
             queue,
             queue_wait: Duration::from_millis(queue_wait_ms),
+            ice_wait: Duration::from_secs(3),
         })
     }
 
