@@ -12,7 +12,8 @@
 #   round runs them in the other order, so a noisy neighbour costs both alike (ROUNDS=N).
 #   RAMPS="200 500 1000", PLAYERS=1000, RELAY_ENV="CORECAST_WORKERS_COUNT=8 ..." (settings for
 #   every relay, after the script's own, so they win; a build that does not know a key refuses
-#   to start), LOADGEN_THREADS (loadgen's client threads).
+#   to start), LOADGEN_THREADS (loadgen's client threads), VIDEO_KBPS=200 and FPS=15 (the
+#   stream the players get: lighter media leaves the relay's core to the joins).
 #   A relay named NAME@N (RELAYS="after@0=target/release/corecast") has its DTLS pool threads
 #   reniced to N after start (root): the pool runs at nice 10, which on a machine shared with
 #   other work also yields to that work.
@@ -77,7 +78,7 @@ run_one() { # name bin ramp round
     local threads=()
     [[ -n ${LOADGEN_THREADS:-} ]] && threads=(--threads "$LOADGEN_THREADS")
     taskset -c "$loadgen_cores" "$loadgen" --quiet --streams 1 --players "$players" \
-        --ramp "$ramp" --duration 8 --video-kbps 200 --fps 15 --no-audio --verify sample \
+        --ramp "$ramp" --duration 8 --video-kbps "${VIDEO_KBPS:-200}" --fps "${FPS:-15}" --no-audio --verify sample \
         --connect-timeout 10 "${threads[@]}" \
         --whip "http://127.0.0.1:$port/whip/{stream}" \
         --whep "http://127.0.0.1:$port/whep/{stream}" --out "$dir" >"$dir/loadgen.txt" 2>&1 &

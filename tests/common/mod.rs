@@ -96,12 +96,18 @@ pub async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> boo
 /// one process, or to a client's outgoing connection, between the check and the server's bind.
 /// A port of the block that something holds is skipped.
 pub fn free_tcp_port() -> u16 {
+    free_port_of_this_process(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// The next port of this test process's block (10000-29999, 200 per process) that `free` says
+/// is free.
+fn free_port_of_this_process(free: impl Fn(u16) -> bool) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     const BLOCK: u16 = 200;
     let base = 10000 + (std::process::id() % 100) as u16 * BLOCK;
     for _ in 0..BLOCK {
         let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if free(port) {
             return port;
         }
     }
@@ -121,15 +127,12 @@ pub fn media_range(len: u16) -> String {
 }
 
 /// A port free for both UDP and TCP on loopback, for one relay's shared media port
-/// (`media.mux_port`).
+/// (`media.mux_port`); from the same block as [`free_tcp_port`], for the same reason.
 pub fn free_mux_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    free_port_of_this_process(|port| {
+        TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    })
 }
 
 /// The workers' I/O backend the suite runs its relays on: `TEST_BACKEND_OF_CORECAST` (`epoll`,

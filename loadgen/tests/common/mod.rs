@@ -7,11 +7,21 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 /// A free TCP port on loopback for the relay's HTTP listener.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the kernel's ephemeral range (32768-60999), from this process's own block of 100
+    // (5000-9999), in turn: the OS's "any free port" may hand a just-checked port to another
+    // test or to an outgoing connection before the relay binds it.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 5000 + (std::process::id() % 50) as u16 * 100;
+    for _ in 0..100 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "every port of this test process's block {base}-{} is held",
+        base + 99
+    );
 }
 
 /// The next block of 100 media ports for a relay of this process: blocks differ between the
