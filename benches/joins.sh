@@ -2,9 +2,10 @@
 # Flash-crowd joins (issue 21): one publisher, PLAYERS players of its stream joining at each
 # ramp rate, a fresh release relay per run on RELAY_CORES and loadgen on LOADGEN_CORES (taskset).
 # Prints per run: players joined and shed, join time p50/p99 (offer sent to first media packet),
-# media loss, and the relay's CPU per join by thread group over the ramp (the control thread,
-# the DTLS pool `corecast-dtls`, the workers; the workers' share includes forwarding the media
-# to the players already joined). loadgen's summary.json (with join times by second of the
+# media loss and latency (publisher to player, over the whole run, the ramp included), and the
+# relay's CPU per join by thread group over the ramp (the control thread, the DTLS pool
+# `corecast-dtls`, the workers; the workers' share includes forwarding the media to the players
+# already joined). loadgen's summary.json (with join times by second of the
 # ramp) is kept under OUT_DIR/<relay>-<ramp>-r<round>. Loopback only.
 #
 # Usage: benches/joins.sh [OUT_DIR]
@@ -119,7 +120,8 @@ first_second = rows[0]["started"] if rows else 0
 per = lambda ms: ms / max(joined, 1)
 print(f"{name:>7} ramp {ramp:>4}/s r{rnd}: joined {joined:>4} shed {shed:>4} "
       f"join p50 {s['join_ms']['p50']:7.1f} p99 {s['join_ms']['p99']:7.1f} ms "
-      f"loss {s['totals']['loss_percent']:.3f}% | relay CPU per join: control {per(delta[0]):.3f} "
+      f"loss {s['totals']['loss_percent']:.3f}% media latency p50 {s['latency_ms']['p50']:.1f} "
+      f"p99 {s['latency_ms']['p99']:.1f} ms | relay CPU per join: control {per(delta[0]):.3f} "
       f"dtls {per(delta[1]):.3f} workers {per(delta[2]):.3f} other {per(delta[3]):.3f} ms "
       f"(total {sum(delta):.0f} ms) | loadgen CPU {s['loadgen']['cpu_percent']:.0f}%, "
       f"{first_second} joins started in the ramp's first second {handshake}")

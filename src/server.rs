@@ -206,11 +206,16 @@ fn cluster_summary(config: &Config) -> String {
     match &config.cluster.redis {
         None => "  cluster: none (a single relay; set cluster.redis to join one)".into(),
         Some(url) => format!(
-            "  cluster: node `{}` at {}, directory {}, up to {} players",
+            "  cluster: node `{}` at {}, directory {}, {}",
             config.node_id(),
             config.advertise_url(),
             crate::config::redis_url_without_password(&url.0),
-            config.max_players()
+            match config.max_players() {
+                usize::MAX => "no player limit (single-port mode: set cluster.max_players \
+                               for this node to send players elsewhere)"
+                    .to_string(),
+                n => format!("up to {n} players"),
+            }
         ),
     }
 }

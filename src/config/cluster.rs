@@ -181,9 +181,11 @@ impl Config {
         )
     }
 
-    /// Players this node takes: `cluster.max_players`, or one per media port.
+    /// Players this node takes: `cluster.max_players`, or one per media port. In single-port
+    /// mode (`media.mux_port`) the port range says nothing about capacity: no limit unless set.
     pub fn max_players(&self) -> usize {
         match self.cluster.max_players {
+            0 if self.media.mux_port.is_some() => usize::MAX,
             0 => self.media.ports.len(),
             n => n,
         }
@@ -281,6 +283,18 @@ mod tests {
         .unwrap();
         assert_eq!(config.advertise_url(), "http://10.1.2.3:9000");
         assert_eq!(config.max_players(), 1000, "one per media port by default");
+    }
+
+    #[test]
+    fn in_single_port_mode_the_port_range_sets_no_player_limit() {
+        let config = load(&[("CORECAST_MEDIA_MUX_PORT", "8189")]).unwrap();
+        assert_eq!(config.max_players(), usize::MAX);
+        let config = load(&[
+            ("CORECAST_MEDIA_MUX_PORT", "8189"),
+            ("CORECAST_CLUSTER_MAX_PLAYERS", "300"),
+        ])
+        .unwrap();
+        assert_eq!(config.max_players(), 300);
     }
 
     #[test]
