@@ -1,7 +1,8 @@
 //! Single-port mode (`media.mux_port`) with corecast's own WebRTC client against a real relay
 //! of two workers: hundreds of sessions share the one port, over UDP and ICE-TCP, and none
 //! ever gets another's packets; garbage and spoofed ICE checks on the port are dropped and
-//! counted while a live stream keeps playing.
+//! counted while a live stream keeps playing. With `media.tcp_on_http` beside it, UDP stays on
+//! the shared port and ICE-TCP moves to the HTTP listener's.
 
 mod common;
 
@@ -366,4 +367,93 @@ async fn publish_and_play_over_ipv6_loopback() {
     }
     let streams = http("GET", &relay.url("/api/streams"), None, "").body;
     assert!(streams.contains("[::1]:"), "{streams}");
+}
+
+/// Both one-port features at once, with `media.protocol = "all"`: answers carry UDP on the
+/// shared media port and ICE-TCP on the HTTP listener's port (`media.tcp_on_http`), and a
+/// publisher on UDP, a player on UDP and a player on ICE-TCP through the HTTP port all reach
+/// their sessions on two workers; the TCP player's connection was sniffed by the HTTP listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn udp_on_the_shared_port_and_ice_tcp_on_the_http_port_together() {
+    let port = common::free_mux_port();
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "2"),
+        ("CORECAST_WORKERS_PIN", "false"),
+        ("CORECAST_MEDIA_MUX_PORT", &port.to_string()),
+        ("CORECAST_MEDIA_PROTOCOL", "all"),
+        ("CORECAST_MEDIA_TCP_ON_HTTP", "true"),
+    ]);
+    let certificate = Certificate::generate_self_signed(vec!["both".into()]).unwrap();
+    let mut publisher = connect(
+        &relay.http,
+        "/whip/both".into(),
+        Role::Publish,
+        Transport::Udp,
+        &certificate,
+        Box::new(|_| {}),
+    )
+    .await;
+    let http_port: u16 = relay.http.rsplit(':').next().unwrap().parse().unwrap();
+    let answer = http(
+        "POST",
+        &relay.url("/whep/both"),
+        Some("application/sdp"),
+        common::CHROME_PLAY_OFFER,
+    );
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    // In each bundled section (audio, video): the same two candidates.
+    assert_eq!(
+        answer_candidates(&answer.body),
+        [("udp", port), ("tcp", http_port)]
+            .repeat(2)
+            .into_iter()
+            .map(|(t, p)| (t.to_string(), p))
+            .collect::<Vec<_>>(),
+        "{}",
+        answer.body
+    );
+    let gone = http(
+        "DELETE",
+        &relay.url(answer.header("location").unwrap()),
+        None,
+        "",
+    );
+    assert_eq!(gone.status, 200, "{}", gone.body);
+
+    let mut tallies = Vec::new();
+    let mut players = Vec::new();
+    for (transport, server_port) in [(Transport::Udp, port), (Transport::Tcp, http_port)] {
+        let tally = Arc::new(Tally::default());
+        tallies.push(tally.clone());
+        let player = connect(
+            &relay.http,
+            "/whep/both".into(),
+            Role::Play,
+            transport,
+            &certificate,
+            tallying(2, tally),
+        )
+        .await;
+        assert_eq!(player.negotiated.server.unwrap().port(), server_port);
+        players.push(player);
+    }
+    assert_eq!(publisher.negotiated.server.unwrap().port(), port);
+    let pt = publisher.negotiated.video_payload_type.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seq = 0u16;
+    while tallies.iter().any(|t| t.own.load(Ordering::Relaxed) < 20) {
+        assert!(
+            Instant::now() < deadline,
+            "players waiting\n{}",
+            relay.log()
+        );
+        let packet = marked_packet(pt, seq, publisher.video_ssrc, 2);
+        publisher.send_rtp(&packet).await.unwrap();
+        seq = seq.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        relay.metric("corecast_http_port_connections_total{kind=\"ice_tcp\"}"),
+        1
+    );
 }
