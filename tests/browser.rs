@@ -19,13 +19,6 @@ impl Chromium {
         Chromium::launch(&[]).await
     }
 
-    async fn call(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client
-            .execute(script, args)
-            .await
-            .expect("script in the page")
-    }
-
     async fn stats(&self, id: &Value) -> Value {
         self.call(
             "return await corecast.stats(arguments[0])",

@@ -372,13 +372,6 @@ async fn redis_down_keeps_local_streams_flowing_and_a_killed_node_leaves_the_dir
 // ---- Chromium: a publisher on A, players on B and C ----
 
 impl Chromium {
-    async fn call(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client
-            .execute(script, args)
-            .await
-            .expect("script in the page")
-    }
-
     async fn stats(&self, id: &Value) -> Value {
         self.call(
             "return await corecast.stats(arguments[0])",

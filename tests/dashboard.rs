@@ -28,13 +28,6 @@ impl Chromium {
         Chromium::launch(&["--window-size=1400,1250", "--force-device-scale-factor=1"]).await
     }
 
-    async fn call(&self, script: &str) -> Value {
-        self.client
-            .execute(script, Vec::new())
-            .await
-            .expect("script in the page")
-    }
-
     async fn click(&self, css: &str) {
         self.client
             .find(Locator::Css(css))
@@ -84,7 +77,7 @@ async fn page_until(
 ) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let page = browser.call(READ_PAGE).await;
+        let page = browser.call(READ_PAGE, vec![]).await;
         if done(&page) {
             return page;
         }
@@ -258,6 +251,7 @@ async fn dashboard_under_load() {
         .call(
             "const m = await navigator.mediaDevices.getUserMedia({ audio: true }); \
              m.getTracks().forEach((t) => t.stop()); return true;",
+            vec![],
         )
         .await;
     browser
@@ -334,7 +328,7 @@ async fn dashboard_under_load() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let listed = browser
-            .call("return [...document.querySelectorAll('#live-streams button')].map((b) => b.dataset.stream);")
+            .call("return [...document.querySelectorAll('#live-streams button')].map((b) => b.dataset.stream);", vec![])
             .await;
         if listed == json!(["alpha", "beta"]) {
             break;

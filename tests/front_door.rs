@@ -735,7 +735,6 @@ mod browser {
     //! Chromium over HTTPS and WSS, as the browser tests drive it (tests/browser.rs), with
     //! `--ignore-certificate-errors` for the relay's self-signed certificate.
 
-    use super::*;
     use crate::common::chromium::Chromium;
 
     /// The suite's Chromium (`common::chromium`), trusting any certificate.
@@ -744,13 +743,6 @@ mod browser {
     impl Chromium {
         pub async fn start() -> Browser {
             Chromium::launch(&["--ignore-certificate-errors"]).await
-        }
-
-        pub async fn call(&self, script: &str, args: Vec<Value>) -> Value {
-            self.client
-                .execute(script, args)
-                .await
-                .expect("script in the page")
         }
     }
 }

@@ -137,56 +137,16 @@ fn impaired() -> Impaired {
     }
 }
 
-/// The page-side harness: publish with chosen camera constraints, play, and report the raw
-/// getStats of the video RTP streams. Installed into the relay's own page (same origin as its
-/// WHIP and WHEP endpoints), independent of the page's own script.
+/// The page-side harness on `window.cc` (`common::chromium::PAGE_SESSIONS`): publish with
+/// chosen camera constraints, play, and report the raw getStats of the video RTP streams.
 const HARNESS: &str = r#"
 window.mq = (() => {
-  const sessions = new Map();
-  let next = 1;
-  async function negotiate(pc, path) {
-    await pc.setLocalDescription(await pc.createOffer());
-    const res = await fetch(path, {
-      method: "POST",
-      headers: { "Content-Type": "application/sdp" },
-      body: pc.localDescription.sdp,
-    });
-    const text = await res.text();
-    if (res.status !== 201) throw new Error(`${res.status} ${text.trim()}`);
-    await pc.setRemoteDescription({ type: "answer", sdp: text });
-    return text;
-  }
-  async function start(endpoint, stream, setup) {
-    const id = next++;
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
-    const s = { pc, error: null, answer: "" };
-    sessions.set(id, s);
-    try {
-      await setup(pc);
-      s.answer = await negotiate(pc, `/${endpoint}/${encodeURIComponent(stream)}`);
-    } catch (e) {
-      s.error = String(e.message || e);
-    }
-    return id;
-  }
-  function publish(stream, video) {
-    return start("whip", stream, async (pc) => {
-      const media = await navigator.mediaDevices.getUserMedia({ audio: true, video });
-      for (const t of media.getTracks()) pc.addTransceiver(t, { direction: "sendonly", streams: [media] });
-    });
-  }
-  function play(stream) {
-    return start("whep", stream, async (pc) => {
-      pc.addTransceiver("audio", { direction: "recvonly" });
-      pc.addTransceiver("video", { direction: "recvonly" });
-      const v = document.createElement("video");
-      v.autoplay = true; v.muted = true; v.playsInline = true;
-      document.body.appendChild(v);
-      pc.ontrack = (e) => { v.srcObject = e.streams[0] || new MediaStream([e.track]); };
-    });
-  }
+  const { start, receive, sendCamera, session } = window.cc;
+  const path = (endpoint, stream) => `/${endpoint}/${encodeURIComponent(stream)}`;
+  function publish(stream, video) { return start(path("whip", stream), sendCamera(video)); }
+  function play(stream) { return start(path("whep", stream), receive); }
   async function stats(id) {
-    const s = sessions.get(id);
+    const s = session(id);
     const out = { error: s.error, connectionState: s.pc.connectionState };
     const report = await s.pc.getStats();
     report.forEach((r) => {
@@ -201,8 +161,7 @@ window.mq = (() => {
   }
   // The answer's video section, feedback and extension lines: what the relay negotiated.
   function negotiated(id) {
-    const sdp = sessions.get(id).answer;
-    const video = sdp.split("m=video")[1] || "";
+    const video = session(id).answer.split("m=video")[1] || "";
     return video.split("\r\n").filter((l) => /^a=(rtcp-fb|extmap|rtpmap|fmtp)/.test(l));
   }
   return { publish, play, stats, negotiated };
@@ -214,31 +173,9 @@ return true;
 type Browser = Chromium;
 
 impl Chromium {
-    /// Starts headless Chromium with a fake camera at 30 frames per second (its default is
-    /// 20, which would leave no headroom for a 20 fps floor), on the relay's page.
+    /// Headless Chromium on the relay's page with this file's harness.
     async fn start(relay: &Relay) -> Browser {
-        let browser = Chromium::launch(&[
-            "--use-fake-device-for-media-stream=fps=30",
-            // The page samples getStats every second: keep its timers from being throttled.
-            "--disable-background-timer-throttling",
-            "--disable-renderer-backgrounding",
-            "--disable-backgrounding-occluded-windows",
-        ])
-        .await;
-        browser
-            .client
-            .goto(&relay.url("/"))
-            .await
-            .expect("loading the relay's page");
-        browser.call(HARNESS, vec![]).await;
-        browser
-    }
-
-    async fn call(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client
-            .execute(script, args)
-            .await
-            .expect("script in the page")
+        Chromium::on_relay_page(&relay.url("/"), HARNESS).await
     }
 
     async fn stats(&self, id: &Value) -> Value {

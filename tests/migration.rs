@@ -78,50 +78,15 @@ fn unblock_udp() {
 /// and frames, and the ICE restart over PATCH.
 const HARNESS: &str = r#"
 window.mig = (() => {
-  const sessions = new Map();
-  let next = 1;
-  async function start(endpoint, stream, setup) {
-    const id = next++;
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
-    const s = { pc, error: null, location: null, etag: null, restarts: [] };
-    sessions.set(id, s);
-    try {
-      await setup(pc);
-      await pc.setLocalDescription(await pc.createOffer());
-      const res = await fetch(`/${endpoint}/${stream}`, {
-        method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
-      });
-      const text = await res.text();
-      if (res.status !== 201) throw new Error(`${res.status} ${text.trim()}`);
-      s.location = res.headers.get("Location");
-      s.etag = res.headers.get("ETag");
-      s.port = Number((text.match(/a=candidate:\S+ 1 udp \d+ \S+ (\d+)/) || [])[1]);
-      await pc.setRemoteDescription({ type: "answer", sdp: text });
-    } catch (e) {
-      s.error = String(e.message || e);
-    }
-    return id;
-  }
-  function publish(stream) {
-    return start("whip", stream, async (pc) => {
-      const media = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } });
-      for (const t of media.getTracks()) pc.addTransceiver(t, { direction: "sendonly", streams: [media] });
-    });
-  }
-  function play(stream) {
-    return start("whep", stream, async (pc) => {
-      pc.addTransceiver("audio", { direction: "recvonly" });
-      pc.addTransceiver("video", { direction: "recvonly" });
-      const v = document.createElement("video");
-      v.autoplay = true; v.muted = true; v.playsInline = true;
-      document.body.appendChild(v);
-      pc.ontrack = (e) => { v.srcObject = e.streams[0] || new MediaStream([e.track]); };
-    });
-  }
+  const { start, receive, sendCamera, session } = window.cc;
+  function publish(stream) { return start(`/whip/${stream}`, sendCamera({ width: 640, height: 360 })); }
+  function play(stream) { return start(`/whep/${stream}`, receive); }
   async function state(id) {
-    const s = sessions.get(id);
-    const out = { error: s.error, port: s.port, connectionState: s.pc.connectionState,
-                  iceConnectionState: s.pc.iceConnectionState, restarts: s.restarts };
+    const s = session(id);
+    // The relay's UDP candidate's port, from its answer.
+    const port = Number((s.answer.match(/a=candidate:\S+ 1 udp \d+ \S+ (\d+)/) || [])[1]);
+    const out = { error: s.error, port, connectionState: s.pc.connectionState,
+                  iceConnectionState: s.pc.iceConnectionState, restarts: s.restarts || [] };
     const report = await s.pc.getStats();
     let pairId = null;
     report.forEach((r) => {
@@ -143,7 +108,8 @@ window.mig = (() => {
   // pc.restartIce(), the new credentials PATCHed with the ETag, the relay's answered into
   // the remote description (the answer's other lines stay).
   async function restart(id) {
-    const s = sessions.get(id);
+    const s = session(id);
+    s.restarts = s.restarts || [];
     try {
       s.pc.restartIce();
       await s.pc.setLocalDescription(await s.pc.createOffer());
@@ -174,14 +140,6 @@ window.mig = (() => {
 })();
 return true;
 "#;
-
-async fn call(browser: &Chromium, script: &str, args: Vec<Value>) -> Value {
-    browser
-        .client
-        .execute(script, args)
-        .await
-        .expect("script in the page")
-}
 
 /// The relay's view of its one stream's first player.
 fn relay_player(relay: &Relay) -> Value {
@@ -220,25 +178,19 @@ async fn udp_blocked(switch: Switch) {
         ("CORECAST_MEDIA_PORTS", MEDIA_PORTS),
         ("CORECAST_MEDIA_PROTOCOL", "all"),
     ]);
-    let browser = Chromium::launch(&[
-        "--use-fake-device-for-media-stream=fps=30",
-        "--disable-background-timer-throttling",
-        "--disable-renderer-backgrounding",
-        "--disable-backgrounding-occluded-windows",
-    ])
-    .await;
-    browser
-        .client
-        .goto(&relay.url("/"))
-        .await
-        .expect("the relay's page");
-    call(&browser, HARNESS, vec![]).await;
+    let browser = Chromium::on_relay_page(&relay.url("/"), HARNESS).await;
     let state = |id: &Value| {
         let id = id.clone();
         let browser = &browser;
-        async move { call(browser, "return await mig.state(arguments[0])", vec![id]).await }
+        async move {
+            browser
+                .call("return await mig.state(arguments[0])", vec![id])
+                .await
+        }
     };
-    let publisher = call(&browser, "return await mig.publish('cam')", vec![]).await;
+    let publisher = browser
+        .call("return await mig.publish('cam')", vec![])
+        .await;
     let published = state(&publisher).await;
     assert!(published["error"].is_null(), "publishing: {published}");
     let publisher_port = published["port"].as_u64().expect("the publisher's port") as u16;
@@ -251,7 +203,7 @@ async fn udp_blocked(switch: Switch) {
         // pair, moves to UDP on its own when UDP opens, and has the TCP pair to go back to.
         block_udp(MEDIA_PORTS, Some(publisher_port));
     }
-    let player = call(&browser, "return await mig.play('cam')", vec![]).await;
+    let player = browser.call("return await mig.play('cam')", vec![]).await;
     let first = state(&player).await;
     assert!(
         first["error"].is_null(),
@@ -338,12 +290,12 @@ async fn udp_blocked(switch: Switch) {
                 start.elapsed().as_secs_f64()
             ));
             if switch == Switch::RestartIceAndPatch {
-                let restarted = call(
-                    &browser,
-                    "return await mig.restart(arguments[0])",
-                    vec![player.clone()],
-                )
-                .await;
+                let restarted = browser
+                    .call(
+                        "return await mig.restart(arguments[0])",
+                        vec![player.clone()],
+                    )
+                    .await;
                 assert!(
                     restarted.is_null(),
                     "restartIce + PATCH: {restarted}\n{}",

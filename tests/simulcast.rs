@@ -34,35 +34,11 @@ const POLICE_BURST_BYTES: u32 = 11_250;
 /// the selector's wait of 2-4 s, and a keyframe.
 const LIFTED_WITHIN: Duration = Duration::from_secs(15);
 
+/// The page-side harness on `window.cc` (`common::chromium::PAGE_SESSIONS`): a simulcast
+/// publisher (three encodings), players, and the video RTP streams' getStats.
 const HARNESS: &str = r#"
 window.sc = (() => {
-  const sessions = new Map();
-  let next = 1;
-  async function negotiate(pc, path) {
-    await pc.setLocalDescription(await pc.createOffer());
-    const res = await fetch(path, {
-      method: "POST",
-      headers: { "Content-Type": "application/sdp" },
-      body: pc.localDescription.sdp,
-    });
-    const text = await res.text();
-    if (res.status !== 201) throw new Error(`${res.status} ${text.trim()}`);
-    await pc.setRemoteDescription({ type: "answer", sdp: text });
-    return text;
-  }
-  async function start(path, setup) {
-    const id = next++;
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
-    const s = { pc, error: null, answer: "" };
-    sessions.set(id, s);
-    try {
-      await setup(pc);
-      s.answer = await negotiate(pc, path);
-    } catch (e) {
-      s.error = String(e.message || e);
-    }
-    return id;
-  }
+  const { start, receive, session } = window.cc;
   function publish(stream) {
     return start(`/whip/${stream}`, async (pc) => {
       const media = await navigator.mediaDevices.getUserMedia({
@@ -86,18 +62,9 @@ window.sc = (() => {
       await video.sender.setParameters(params);
     });
   }
-  function play(path) {
-    return start(path, async (pc) => {
-      pc.addTransceiver("audio", { direction: "recvonly" });
-      pc.addTransceiver("video", { direction: "recvonly" });
-      const v = document.createElement("video");
-      v.autoplay = true; v.muted = true; v.playsInline = true;
-      document.body.appendChild(v);
-      pc.ontrack = (e) => { v.srcObject = e.streams[0] || new MediaStream([e.track]); };
-    });
-  }
+  function play(path) { return start(path, receive); }
   async function stats(id) {
-    const s = sessions.get(id);
+    const s = session(id);
     const out = { error: s.error, connectionState: s.pc.connectionState, outbound: [] };
     const report = await s.pc.getStats();
     report.forEach((r) => {
@@ -106,7 +73,7 @@ window.sc = (() => {
     });
     return out;
   }
-  function answer(id) { return sessions.get(id).answer; }
+  function answer(id) { return session(id).answer; }
   return { publish, play, stats, answer };
 })();
 return true;
@@ -124,19 +91,10 @@ fn run_nft(args: &str) {
     assert!(status.success(), "nft {args}");
 }
 
-struct Page {
-    browser: Chromium,
-}
+/// The page: the suite's Chromium (`common::chromium`) with this file's helpers.
+type Page = Chromium;
 
-impl Page {
-    async fn call(&self, script: &str, args: Vec<Value>) -> Value {
-        self.browser
-            .client
-            .execute(script, args)
-            .await
-            .expect("script in the page")
-    }
-
+impl Chromium {
     async fn stats(&self, id: &Value) -> Value {
         self.call("return await sc.stats(arguments[0])", vec![id.clone()])
             .await
@@ -205,20 +163,7 @@ async fn simulcast_players() {
         // Layer switches are logged at debug: a failure shows why a player moved.
         ("RUST_LOG", "info,corecast::worker=debug,webrtc_dtls=warn"),
     ]);
-    let browser = Chromium::launch(&[
-        "--use-fake-device-for-media-stream=fps=30",
-        "--disable-background-timer-throttling",
-        "--disable-renderer-backgrounding",
-        "--disable-backgrounding-occluded-windows",
-    ])
-    .await;
-    browser
-        .client
-        .goto(&relay.url("/"))
-        .await
-        .expect("loading the relay's page");
-    let page = Page { browser };
-    page.call(HARNESS, vec![]).await;
+    let page: Page = Chromium::on_relay_page(&relay.url("/"), HARNESS).await;
 
     // The publisher: three encodings, all sent once its own estimate has ramped up, and the
     // middle one above B's 450 kbit/s (while the publisher ramps up, it fits).
@@ -254,11 +199,28 @@ async fn simulcast_players() {
     let (a, _) = page.play("/whep/cam").await;
     let (c, _) = page.play("/whep/cam?layer=l").await;
 
-    // B settles on the low encoding (320 wide) within 20 s...
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // B settles on the low encoding (320 wide) within 30 s: its path estimate starts at an
+    // unproven 1 Mbit/s, on which the relay tries the middle encoding once; the policer's loss
+    // then brings the estimate under the middle encoding's rate (the relay's view of B), and
+    // from there B stays low...
+    let middle_kbps = streams(&relay)[0]["layers"][1]["bitrate_kbps"]
+        .as_f64()
+        .unwrap_or(500.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = page.stats(&b).await;
-        if num(&s["inbound"], "frameWidth") == 320.0 {
+        let view = streams(&relay);
+        let relay_b = view[0]["players"]
+            .as_array()
+            .and_then(|players| {
+                players
+                    .iter()
+                    .find(|p| p["port"].as_u64() == Some(u64::from(b_port)))
+            })
+            .cloned()
+            .unwrap_or_default();
+        if num(&s["inbound"], "frameWidth") == 320.0 && num(&relay_b, "estimate_kbps") < middle_kbps
+        {
             break;
         }
         assert!(
@@ -347,5 +309,5 @@ async fn simulcast_players() {
         320.0,
         "C stays pinned"
     );
-    page.browser.close().await;
+    page.close().await;
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::free_tcp_port;
 
@@ -153,4 +153,40 @@ fn children_of(parent: u32) -> Vec<u32> {
             })
         })
         .collect()
+}
+
+/// The page script every media test builds on: `window.cc`, WebRTC sessions against the
+/// relay's WHIP and WHEP from its own page (`page_sessions.js`).
+pub const PAGE_SESSIONS: &str = include_str!("page_sessions.js");
+
+impl Chromium {
+    /// Chromium with a 30 fps fake camera on the relay's page (`page_url`: same origin as its
+    /// WHIP and WHEP), its timers never throttled (the media tests sample getStats every
+    /// second), with `window.cc` and then the test's own page script `harness` installed.
+    pub async fn on_relay_page(page_url: &str, harness: &str) -> Chromium {
+        let browser = Chromium::launch(&[
+            // Chromium's default of 20 would leave no headroom for a 20 fps floor.
+            "--use-fake-device-for-media-stream=fps=30",
+            "--disable-background-timer-throttling",
+            "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
+        ])
+        .await;
+        browser
+            .client
+            .goto(page_url)
+            .await
+            .expect("loading the relay's page");
+        browser.call(PAGE_SESSIONS, vec![]).await;
+        browser.call(harness, vec![]).await;
+        browser
+    }
+
+    /// Runs `script` in the page (a function body: `arguments`, `return`) and returns its value.
+    pub async fn call(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client
+            .execute(script, args)
+            .await
+            .expect("script in the page")
+    }
 }
