@@ -241,6 +241,39 @@ fn patch_refusals_say_what_is_wrong() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("changes both"), "{}", r.body);
 
+    // The resource URL is the client's capability: the session's id without its key, or with
+    // another key, reaches nothing, not even with `If-Match: *` (which a restart may carry).
+    let (id, key) = s
+        .location
+        .strip_prefix("/session/")
+        .and_then(|segment| segment.split_once('-'))
+        .expect("Location is /session/ID-KEY");
+    assert!(
+        key.len() >= 20,
+        "the key is long enough not to be guessed: {key}"
+    );
+    let wrong_key = format!("/session/{id}-{}", "A".repeat(key.len()));
+    for guessed in [format!("/session/{id}"), wrong_key] {
+        let r = patch(&relay, &guessed, &[ct, ("If-Match", "*")], restart);
+        assert_eq!(r.status, 404, "{guessed}: {}", r.body);
+        let r = http("DELETE", &relay.url(&guessed), None, "");
+        assert_eq!(r.status, 404, "{guessed}: {}", r.body);
+    }
+    // The operator's API takes a bare id (under `[auth]`, with `admin`), but a key it is given
+    // must be the session's.
+    let r = http_with_headers(
+        "PATCH",
+        &relay.url(&format!("/api/sessions/{id}-{}", "A".repeat(key.len()))),
+        &[("Content-Type", "application/json")],
+        r#"{"layer":"l"}"#,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        publisher(&relay)["state"],
+        "connecting",
+        "the session lives on"
+    );
+
     // Nothing of that restarted anything.
     assert_eq!(relay.metric_all_workers("corecast_ice_restarts_total"), 0);
 }

@@ -6,8 +6,10 @@
 //!
 //! What each entry point needs:
 //! - `POST /whip/{stream}`: `publish` on the stream; `POST /whep/{stream}`: `play` on it.
-//! - `/session/{id}` (DELETE, PATCH): the right the session was made with, on its stream, or
-//!   `admin`.
+//! - `/session/{id}-{key}` and `/api/sessions/{id}-{key}` (DELETE, PATCH): the right the
+//!   session was made with, on its stream, or `admin`; the handler checks the key (the URL is
+//!   the client's capability: a token for the stream does not reach other clients' sessions).
+//!   `/api/sessions/{id}` by id alone: `admin`.
 //! - `/ws`: a token in the query (`?token=`) or in a `token` field of a message; each publish
 //!   and play is checked as over HTTP.
 //! - `/metrics`: open, or `admin` with `auth.metrics = "admin"`.
@@ -165,7 +167,14 @@ fn need(method: &Method, path: &str) -> Need {
     match (method, segments.as_slice()) {
         (&Method::POST, ["whip", stream]) => Need::Create(Right::Publish, decode(stream)),
         (&Method::POST, ["whep", stream]) => Need::Create(Right::Play, decode(stream)),
-        (_, ["session", id] | ["api", "sessions", id]) => Need::Session(id.parse().ok()),
+        (_, ["session", segment]) => {
+            Need::Session(super::resource::parse(segment).map(|(id, _)| id))
+        }
+        // The operator's API by id; a session's own client by its resource segment (with key).
+        (_, ["api", "sessions", segment]) => match super::resource::parse(segment) {
+            Some((_, None)) => Need::Admin,
+            parsed => Need::Session(parsed.map(|(id, _)| id)),
+        },
         (_, ["ws"]) => Need::Open,
         (_, ["metrics"]) => Need::Metrics,
         (_, ["api" | "rest-api", ..]) => Need::Admin,
@@ -416,17 +425,10 @@ impl Gate {
     }
 }
 
-/// The session id in a `201 Created` answer's `Location` (`/session/{id}`).
+/// The session id in a `201 Created` answer's `Location` (`/session/{id}-{key}`).
 fn created_session(response: &Response) -> Option<SessionId> {
-    response
-        .headers()
-        .get(header::LOCATION)?
-        .to_str()
-        .ok()?
-        .rsplit('/')
-        .next()?
-        .parse()
-        .ok()
+    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
+    super::resource::parse(location.rsplit('/').next()?).map(|(id, _)| id)
 }
 
 /// Who sent a request that creates a session, as the handlers see it (a request extension the
@@ -536,7 +538,16 @@ mod tests {
             Need::Create(Right::Play, "cam".into())
         );
         assert_eq!(need(&Method::DELETE, "/session/7"), Need::Session(Some(7)));
+        assert_eq!(
+            need(&Method::DELETE, "/session/7-k3yK3yk3y"),
+            Need::Session(Some(7))
+        );
         assert_eq!(need(&Method::PATCH, "/session/7"), Need::Session(Some(7)));
+        assert_eq!(need(&Method::DELETE, "/api/sessions/7"), Need::Admin);
+        assert_eq!(
+            need(&Method::PATCH, "/api/sessions/7-k3yK3yk3y"),
+            Need::Session(Some(7))
+        );
         assert_eq!(
             need(&Method::DELETE, "/api/sessions/x"),
             Need::Session(None)

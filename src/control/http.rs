@@ -1,5 +1,5 @@
-//! HTTP: WHIP (`POST /whip/{stream}`), WHEP (`POST /whep/{stream}`), `DELETE /session/{id}`,
-//! `PATCH /session/{id}` (trickle ICE and ICE restart, `trickle`),
+//! HTTP: WHIP (`POST /whip/{stream}`), WHEP (`POST /whep/{stream}`), `DELETE /session/{id}-{key}`,
+//! `PATCH /session/{id}-{key}` (trickle ICE and ICE restart, `trickle`),
 //! `GET /api/streams`, `GET /api/cluster`, `GET /metrics`, `GET /api/relay-latency`, the demo page at `/` and the
 //! dashboard (`dashboard::routes`).
 
@@ -20,7 +20,8 @@ use tower_http::cors::{Any, CorsLayer};
 use super::gate::{Caller, Gate};
 use super::layers::LayerRequest;
 use super::limits::HttpLimits;
-use super::{ApiError, Control, Created, IcePatched};
+use super::{ApiError, Control, Created, IcePatched, resource};
+use crate::media::SessionId;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 
@@ -55,7 +56,7 @@ pub fn router(control: Arc<Control>, limits: Arc<HttpLimits>, gate: Arc<Gate>) -
         .route("/session/{id}", delete(delete_session).patch(patch_ice))
         .route(
             "/api/sessions/{id}",
-            delete(delete_session).patch(patch_session),
+            delete(api_delete_session).patch(patch_session),
         )
         .route("/api/streams", get(streams))
         .route("/api/cluster", get(cluster))
@@ -184,7 +185,7 @@ fn offer_text<'b>(headers: &HeaderMap, body: &'b Bytes) -> Result<&'b str, ApiEr
 }
 
 fn created(created: Created) -> Response {
-    let location = format!("/session/{}", created.session);
+    let location = created.resource;
     let mut response = (StatusCode::CREATED, created.answer).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -222,9 +223,7 @@ async fn patch_ice(
             format!("Content-Type must be {SDPFRAG} (RFC 8840), not `{content_type}`"),
         ));
     }
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::new(404, format!("session `{id}` does not exist")))?;
+    let id = session_resource(&control, &id, 404)?;
     let if_match = match headers.get(header::IF_MATCH) {
         Some(v) => Some(
             v.to_str()
@@ -345,9 +344,7 @@ async fn patch_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::new(400, format!("`{id}` is not a session id")))?;
+    let id = api_session(&control, &id)?;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -369,13 +366,68 @@ async fn patch_session(
     .into_response())
 }
 
+/// The session a resource path's segment names, when it carries that session's key: the
+/// `not_a_session` status for a segment that is no session's at all, `404` for a session that
+/// does not exist or a key that is not its own (the same answer: a key cannot be guessed by
+/// trying).
+fn session_resource(
+    control: &Control,
+    segment: &str,
+    not_a_session: u16,
+) -> Result<SessionId, ApiError> {
+    let Some((id, key)) = resource::parse(segment) else {
+        let what = match not_a_session {
+            404 => format!("session `{segment}` does not exist"),
+            _ => format!("`{segment}` is not a session"),
+        };
+        return Err(ApiError::new(
+            not_a_session,
+            format!("{what}: a session's resource is /session/ID-KEY, the 201's Location"),
+        ));
+    };
+    if !control.resource_key_matches(id, key) {
+        return Err(ApiError::new(
+            404,
+            format!(
+                "session {id} does not exist, or the path lacks its key (use the 201's Location)"
+            ),
+        ));
+    }
+    Ok(id)
+}
+
 async fn delete_session(
     State(control): State<Arc<Control>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::new(400, format!("`{id}` is not a session id")))?;
+    let id = session_resource(&control, &id, 400)?;
+    if control.delete_session(id).await {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::new(404, format!("session {id} does not exist")))
+    }
+}
+
+/// The session `/api/sessions/{segment}` names: a bare id (the operator's API: under `[auth]`
+/// the gate asked for `admin`), or the session's resource segment with its key (its own
+/// client, with the right it was made with).
+fn api_session(control: &Control, segment: &str) -> Result<SessionId, ApiError> {
+    match resource::parse(segment) {
+        Some((id, None)) => Ok(id),
+        Some((_, Some(_))) => session_resource(control, segment, 400),
+        None => Err(ApiError::new(
+            400,
+            format!("`{segment}` is not a session id"),
+        )),
+    }
+}
+
+/// `DELETE /api/sessions/{id}`: as `DELETE` on the session's resource.
+async fn api_delete_session(
+    State(control): State<Arc<Control>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = api_session(&control, &id)?;
     if control.delete_session(id).await {
         Ok(StatusCode::OK)
     } else {

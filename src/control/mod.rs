@@ -24,6 +24,7 @@ mod errors;
 mod ice_door;
 mod joins;
 mod registry;
+pub mod resource;
 mod sessions;
 mod trickle;
 
@@ -298,6 +299,15 @@ impl Control {
     }
 
     /// Ends a session and waits until its port is free again. `false` if there is no such session.
+    /// Whether session `id` exists and `key` is the secret of its resource URL
+    /// (`control::resource`).
+    pub fn resource_key_matches(&self, id: SessionId, key: Option<&str>) -> bool {
+        lock(&self.registry)
+            .sessions
+            .get(&id)
+            .is_some_and(|entry| resource::key_matches(&entry.resource_key, key))
+    }
+
     pub async fn delete_session(self: &Arc<Self>, id: SessionId) -> bool {
         let (waiter_tx, waiter_rx) = oneshot::channel();
         {

@@ -65,6 +65,8 @@ pub(super) struct SessionEntry {
     pub(super) ice_restarts: u64,
     /// A player's place in handshake (`control::joins`), held until its DTLS is done.
     pub(super) admission: Option<super::joins::Slot>,
+    /// The secret in its resource URL (`control::resource`): PATCH and DELETE must name it.
+    pub(super) resource_key: String,
 }
 
 /// A session's current ICE session as signaling knows it: both sides' credentials, the

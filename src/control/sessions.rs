@@ -36,6 +36,8 @@ pub struct Created {
     pub answer: String,
     /// The entity tag of its ICE session (the 201's `ETag`; a PATCH names it in `If-Match`).
     pub etag: String,
+    /// Its resource path with its secret (`control::resource`), the 201's `Location`.
+    pub resource: String,
 }
 
 /// What negotiation decided for a new session: the worker's role, the answer's sections, the
@@ -207,6 +209,7 @@ impl Control {
         let answer = self.answer(&offer, &plan, &local_ufrag, &local_pwd, port, offered);
         registry.next_session += 1;
         let id = registry.next_session;
+        let resource_key = super::resource::new_key();
         let ice = IceSession {
             local_ufrag: local_ufrag.clone(),
             local_pwd: local_pwd.clone(),
@@ -283,6 +286,7 @@ impl Control {
                 ice,
                 ice_restarts: 0,
                 admission: None,
+                resource_key: resource_key.clone(),
             },
         );
         tracing::info!(session = id, stream, ?role, worker, port, "session created");
@@ -290,6 +294,7 @@ impl Control {
             session: id,
             answer,
             etag,
+            resource: super::resource::path(id, &resource_key),
         })
     }
 

@@ -1,5 +1,5 @@
 //! Trickle ICE and ICE restart on a session (RFC 9725 §4.3): what a PATCH of an
-//! `application/trickle-ice-sdpfrag` on `/session/{id}` (or the WebSocket `ice` command)
+//! `application/trickle-ice-sdpfrag` on `/session/{id}-{key}` (or the WebSocket `ice` command)
 //! does. The relay is ICE-lite: it never checks the client's candidates, so a trickle is
 //! read, checked and acknowledged. A fragment with new client credentials is an ICE restart:
 //! the relay picks new credentials of its own, tells the session's worker
