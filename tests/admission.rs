@@ -255,7 +255,7 @@ async fn offers_that_never_connect_give_their_places_up_after_the_ice_wait() {
     );
     assert_eq!(relay.metric("corecast_joins_queued_total"), 1);
     assert_eq!(
-        relay.metric("corecast_joins_released_without_ice_total"),
+        relay.metric("corecast_joins_released_total{reason=\"no_ice\"}"),
         2,
         "{}",
         relay.log()

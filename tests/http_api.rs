@@ -365,4 +365,21 @@ fn simulcast_players_pin_or_cap_their_layer_and_bad_requests_say_why() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("not simulcast"), "{}", r.body);
+    // Joining it with a layer request: nothing to choose, the player plays the one encoding
+    // (a page that always asks for a cap works with every stream).
+    let players = |relay: &Relay| {
+        let streams: serde_json::Value =
+            serde_json::from_str(&http("GET", &relay.url("/api/streams/plain"), None, "").body)
+                .unwrap();
+        streams["players"].as_array().map_or(0, Vec::len)
+    };
+    let before = players(&relay);
+    let r = http(
+        "POST",
+        &relay.url("/whep/plain?max_kbps=500"),
+        SDP,
+        CHROME_PLAY_OFFER,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(players(&relay), before + 1);
 }

@@ -17,7 +17,12 @@ use crate::dtls::{KeyError, RecordConn, RecordSink, srtp_keys};
 use crate::media::SessionId;
 use crate::worker::{Command, WorkerHandle};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a session waits for its peer's first DTLS record: ICE ends a session that never
+/// connects (`media.ice_timeout`); this ends one whose client keeps ICE alive and never starts
+/// the handshake, which would otherwise hold its port for ever.
+const FIRST_RECORD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The nice value of the pool's threads: behind the workers (nice 0), so a crowd's handshakes
 /// wait for a core rather than delay the media of viewers already playing.
@@ -107,9 +112,15 @@ pub async fn run(
     // The handshake clock starts with the peer's first record: until ICE connects there is
     // none, and a session without ICE ends by the ICE timeout instead.
     let first = tokio::select! {
-        r = records.recv() => match r {
-            Some(record) => record,
-            None => return DtlsOutcome::Stopped,
+        r = tokio::time::timeout(FIRST_RECORD_TIMEOUT, records.recv()) => match r {
+            Ok(Some(record)) => record,
+            Ok(None) => return DtlsOutcome::Stopped,
+            Err(_) => {
+                return DtlsOutcome::Failed(format!(
+                    "no DTLS handshake began within {} s",
+                    FIRST_RECORD_TIMEOUT.as_secs()
+                ));
+            }
         },
         _ = &mut stop => return DtlsOutcome::Stopped,
     };

@@ -310,12 +310,10 @@ async fn whep(
         },
         Err(e) => Err(e),
     };
-    let result = result.and_then(|created| {
-        if !layers.is_empty() {
-            control.set_layer_preference(created.session, &layers)?;
-        }
-        Ok(created)
-    });
+    let result = match result {
+        Ok(created) => control.apply_join_layers(created, &layers).await,
+        Err(e) => Err(e),
+    };
     // A redirect is no rejected offer: the player is sent where it will be taken, with the
     // encoding it asked for (the query goes along).
     result.map(created).map_err(|mut e| {

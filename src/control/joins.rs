@@ -28,8 +28,10 @@ pub struct Joins {
     queue_wait: Duration,
     /// `admission.ice_wait`: how long a join holds its place before its client reaches it.
     ice_wait: Duration,
-    /// Places given back because the client had not reached its session within `ice_wait`.
-    released_without_ice: AtomicU64,
+    /// Places given back because the client had not reached its session within `ice_wait`
+    /// (`no_ice`), or had and then not finished its handshake in time (`no_dtls`).
+    released_no_ice: AtomicU64,
+    released_no_dtls: AtomicU64,
     handshake_time: HandshakeHistogram,
 }
 
@@ -54,7 +56,8 @@ impl Joins {
             })),
             queue_wait: config.queue_wait,
             ice_wait: config.ice_wait,
-            released_without_ice: AtomicU64::new(0),
+            released_no_ice: AtomicU64::new(0),
+            released_no_dtls: AtomicU64::new(0),
             handshake_time: HandshakeHistogram::default(),
         })
     }
@@ -126,6 +129,14 @@ impl Joins {
         lock(&self.admission).counts()
     }
 
+    fn count_release(&self, reason: &str) {
+        let counter = match reason {
+            "no_ice" => &self.released_no_ice,
+            _ => &self.released_no_dtls,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A DTLS handshake took `took` (first record to SRTP keys).
     pub fn record_handshake(&self, took: Duration) {
         self.handshake_time.record(took);
@@ -173,8 +184,9 @@ impl Joins {
         );
         let _ = writeln!(
             out,
-            "# HELP corecast_joins_released_without_ice_total Places in handshake given back because the join's client had not reached its session by ICE within admission.ice_wait_ms.\n# TYPE corecast_joins_released_without_ice_total counter\ncorecast_joins_released_without_ice_total {}",
-            self.released_without_ice.load(Ordering::Relaxed)
+            "# HELP corecast_joins_released_total Places in handshake given back before the join's handshake ended: its client had not reached it by ICE within admission.ice_wait_ms (no_ice), or had and not finished DTLS within the handshake's time limit after that (no_dtls).\n# TYPE corecast_joins_released_total counter\ncorecast_joins_released_total{{reason=\"no_ice\"}} {}\ncorecast_joins_released_total{{reason=\"no_dtls\"}} {}",
+            self.released_no_ice.load(Ordering::Relaxed),
+            self.released_no_dtls.load(Ordering::Relaxed)
         );
         self.handshake_time.write(out);
     }
@@ -262,7 +274,9 @@ impl Control {
         client: IpAddr,
         from_node: bool,
     ) -> Result<Created, ApiError> {
-        if from_node {
+        // A pull by another node of the cluster: its players were admitted there. Outside a
+        // cluster the `node` mark means nothing and lets no one past admission.
+        if from_node && self.cluster.is_some() {
             return self.play_anywhere(stream, offer, client, from_node).await;
         }
         let slot = self.joins.admit().await?;
@@ -294,28 +308,42 @@ impl Control {
         }
         let control = Arc::downgrade(self);
         tokio::spawn(async move {
-            tokio::time::sleep(ice_wait).await;
-            let Some(control) = control.upgrade() else {
-                return;
-            };
-            let released = {
-                let mut registry = lock(&control.registry);
-                registry
-                    .sessions
-                    .get_mut(&id)
-                    .filter(|entry| entry.state == SessionState::Connecting)
-                    .and_then(|entry| entry.admission.take())
-            };
-            if let Some(slot) = released {
-                control
-                    .joins
-                    .released_without_ice
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    session = id,
-                    "no ICE within admission.ice_wait_ms: its place in handshake goes to the next join"
-                );
-                drop(slot);
+            // No ICE within `ice_wait`: the place goes. ICE but no finished handshake within
+            // the handshake's own time limit after that: the place goes too (a client that
+            // keeps ICE alive and never starts DTLS must not hold it for ever).
+            for (wait, stage, reason) in [
+                (ice_wait, SessionState::Connecting, "no_ice"),
+                (
+                    super::dtls::HANDSHAKE_TIMEOUT,
+                    SessionState::IceConnected,
+                    "no_dtls",
+                ),
+            ] {
+                tokio::time::sleep(wait).await;
+                let Some(control) = control.upgrade() else {
+                    return;
+                };
+                let (released, still_waiting) = {
+                    let mut registry = lock(&control.registry);
+                    match registry.sessions.get_mut(&id) {
+                        Some(entry) if entry.state == stage => (entry.admission.take(), false),
+                        Some(entry) if entry.state == SessionState::IceConnected => (None, true),
+                        _ => (None, false),
+                    }
+                };
+                if let Some(slot) = released {
+                    control.joins.count_release(reason);
+                    tracing::debug!(
+                        session = id,
+                        reason,
+                        "its place in handshake goes to the next join"
+                    );
+                    drop(slot);
+                    return;
+                }
+                if !still_waiting {
+                    return;
+                }
             }
         });
     }

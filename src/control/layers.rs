@@ -6,7 +6,9 @@
 use serde::Deserialize;
 
 use super::registry::Role;
-use super::{ApiError, Control};
+use std::sync::Arc;
+
+use super::{ApiError, Control, Created, Ending};
 use crate::media::SessionId;
 use crate::sdp::MediaKind;
 use crate::session::simulcast::{LayerPreference, Pin};
@@ -86,6 +88,42 @@ impl Control {
         };
         let rids = simulcast_rids(&entry.tracks);
         request.preference(&rids).map(|_| ())
+    }
+
+    /// A joining player's layer request, once its session exists: applied on a simulcast
+    /// stream; on a stream of one encoding there is nothing to choose, and the player plays it
+    /// as any other. Should applying fail, the session ends before the error goes back, so a
+    /// refused join holds no port and no place in handshake.
+    pub async fn apply_join_layers(
+        self: &Arc<Self>,
+        created: Created,
+        request: &LayerRequest,
+    ) -> Result<Created, ApiError> {
+        if request.is_empty() || !self.plays_simulcast(created.session) {
+            return Ok(created);
+        }
+        match self.set_layer_preference(created.session, request) {
+            Ok(_) => Ok(created),
+            Err(e) => {
+                self.clone()
+                    .end_session(
+                        created.session,
+                        Ending::Normal(format!("its layer request was refused: {}", e.message)),
+                    )
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether player `session`'s stream has simulcast encodings to choose from.
+    fn plays_simulcast(&self, session: SessionId) -> bool {
+        let registry = lock(&self.registry);
+        registry
+            .sessions
+            .get(&session)
+            .and_then(|entry| registry.streams.get(&entry.stream))
+            .is_some_and(|stream| !simulcast_rids(&stream.tracks).is_empty())
     }
 
     /// Pins or caps player `session`'s encoding.

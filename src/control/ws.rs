@@ -238,12 +238,10 @@ async fn handle(
                     Err(e) => Err(e),
                 }
             };
-            let created = created.and_then(|created| {
-                if kind == "play" && !layers.is_empty() {
-                    control.set_layer_preference(created.session, &layers)?;
-                }
-                Ok(created)
-            });
+            let created = match created {
+                Ok(created) if kind == "play" => control.apply_join_layers(created, &layers).await,
+                other => other,
+            };
             let created = match created {
                 Ok(created) => {
                     let new = super::gate::Created {
