@@ -76,6 +76,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tcp_buffers: (media.tcp_recv_buffer, media.tcp_send_buffer),
         }),
     };
+    if let Some(port) = media.mux_port {
+        crate::io::socket::check_port_free(
+            media.bind_ip,
+            port,
+            media.protocol.udp(),
+            media.protocol.tcp(),
+        )
+        .with_context(|| {
+            format!(
+                "media.mux_port {port} on {} is in use (another corecast, or another program)",
+                media.bind_ip
+            )
+        })?;
+    }
     let handles = start_workers(workers, settings, events_tx).context("starting the workers")?;
     let listen = config.http.listen;
     let ports = match media.mux_port {

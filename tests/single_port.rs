@@ -457,3 +457,42 @@ async fn udp_on_the_shared_port_and_ice_tcp_on_the_http_port_together() {
         1
     );
 }
+
+/// A second relay started on a shared port another one holds stops at start with a message
+/// that names the port, instead of silently splitting the clients with the first (every
+/// worker's socket there has `SO_REUSEPORT`). The first keeps serving.
+#[test]
+fn a_second_relay_on_the_same_shared_port_refuses_to_start() {
+    let port = common::free_mux_port();
+    let first = single_port_relay(port);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .env("CORECAST_HTTP_LISTEN", "127.0.0.1:0")
+        .env("CORECAST_MEDIA_MUX_PORT", port.to_string())
+        .env("CORECAST_MEDIA_PROTOCOL", "all")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the second corecast");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second relay started on a port the first holds");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("media.mux_port {port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    let streams = http("GET", &first.url("/api/streams"), None, "");
+    assert_eq!(streams.status, 200, "the first relay serves on");
+}

@@ -15,6 +15,20 @@ pub fn bind_udp(
     bind_udp_with(ip, port, recv_buffer, send_buffer, false)
 }
 
+/// Whether single-port mode's shared port is free before the workers bind it: each binds with
+/// `SO_REUSEPORT`, which would as well let them share the port with another process of the
+/// same user holding it that way (a second corecast started by mistake), and the kernel would
+/// then split the clients between the two. Bound here once without it, and let go.
+pub fn check_port_free(ip: IpAddr, port: u16, udp: bool, tcp: bool) -> io::Result<()> {
+    if udp {
+        drop(bind_udp_with(ip, port, 4096, 4096, false)?);
+    }
+    if tcp {
+        drop(bind_tcp_listener_with(ip, port, 4096, 4096, false)?);
+    }
+    Ok(())
+}
+
 /// One worker's UDP socket on single-port mode's shared port: every worker binds its own with
 /// `SO_REUSEPORT`, and the kernel spreads the remote addresses over them.
 pub fn bind_shared_udp(

@@ -111,8 +111,23 @@ pub enum RegisterError {
 pub struct MuxTable<S> {
     by_ufrag: HashMap<Ufrag, S>,
     by_tuple: HashMap<FiveTuple, S>,
-    /// Each session's latched tuples, oldest first.
+    /// Each session's ufrags (its current and, after a restart, its previous one): a session's
+    /// end or restart touches its own entries, not every session's.
+    ufrags_of: HashMap<S, Vec<Ufrag>>,
+    /// Each session's latched tuples, least recently latched first.
     tuples_of: HashMap<S, Vec<FiveTuple>>,
+}
+
+/// What [`MuxTable::latch`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Latch {
+    /// The tuple carries the session's media now (or already did).
+    Latched,
+    /// The tuple carries another live session's media and stays with it: one session's valid
+    /// check from a spoofed source must not take another's path.
+    Taken,
+    /// The session has no ufrag here any more (it ended while the latch was on its way).
+    Gone,
 }
 
 impl<S: Copy + Eq + Hash> Default for MuxTable<S> {
@@ -120,6 +135,7 @@ impl<S: Copy + Eq + Hash> Default for MuxTable<S> {
         MuxTable {
             by_ufrag: HashMap::new(),
             by_tuple: HashMap::new(),
+            ufrags_of: HashMap::new(),
             tuples_of: HashMap::new(),
         }
     }
@@ -133,8 +149,10 @@ impl<S: Copy + Eq + Hash> MuxTable<S> {
         let key = Ufrag::new(ufrag).ok_or(RegisterError::BadUfrag)?;
         match self.by_ufrag.get(&key) {
             Some(&owner) if owner != session => Err(RegisterError::Taken),
-            _ => {
+            Some(_) => Ok(()),
+            None => {
                 self.by_ufrag.insert(key, session);
+                self.ufrags_of.entry(session).or_default().push(key);
                 Ok(())
             }
         }
@@ -143,7 +161,7 @@ impl<S: Copy + Eq + Hash> MuxTable<S> {
     /// An ICE restart gave `session` the ufrag `ufrag` in place of `previous`: both name it
     /// (the client may check with the old credentials until it nominates with the new), any
     /// older one no longer does, so restarts never pile up entries. Per restart, a pass over
-    /// the ufrags.
+    /// the session's own ufrags.
     pub fn renew(
         &mut self,
         ufrag: &[u8],
@@ -152,25 +170,54 @@ impl<S: Copy + Eq + Hash> MuxTable<S> {
     ) -> Result<(), RegisterError> {
         self.register(ufrag, session)?;
         let (keep, also) = (Ufrag::new(ufrag), Ufrag::new(previous));
-        self.by_ufrag
-            .retain(|key, owner| *owner != session || Some(*key) == keep || Some(*key) == also);
+        if let Some(ufrags) = self.ufrags_of.get_mut(&session) {
+            let by_ufrag = &mut self.by_ufrag;
+            ufrags.retain(|key| {
+                let kept = Some(*key) == keep || Some(*key) == also;
+                if !kept {
+                    by_ufrag.remove(key);
+                }
+                kept
+            });
+        }
         Ok(())
     }
 
     /// `ufrag` names nothing any more; returns the session it named.
     pub fn forget(&mut self, ufrag: &[u8]) -> Option<S> {
-        self.by_ufrag.remove(&Ufrag::new(ufrag)?)
+        let key = Ufrag::new(ufrag)?;
+        let session = self.by_ufrag.remove(&key)?;
+        if let Some(ufrags) = self.ufrags_of.get_mut(&session) {
+            ufrags.retain(|k| *k != key);
+            if ufrags.is_empty() {
+                self.ufrags_of.remove(&session);
+            }
+        }
+        Some(session)
     }
 
     /// `tuple` carries `session`'s media from now on (a check on it passed the session's
-    /// integrity). A tuple latched to another session moves; past
-    /// [`MAX_TUPLES_PER_SESSION`] the session's oldest tuple is released.
-    pub fn latch(&mut self, tuple: FiveTuple, session: S) {
+    /// integrity). A tuple latched to another live session stays with it ([`Latch::Taken`]:
+    /// it moves only when that session lets it go or ends); past [`MAX_TUPLES_PER_SESSION`]
+    /// the session's least recently latched tuple is released.
+    pub fn latch(&mut self, tuple: FiveTuple, session: S) -> Latch {
+        if !self.ufrags_of.contains_key(&session) {
+            return Latch::Gone;
+        }
         // Looked up first: every consent check latches again, and an insert, even of a key
         // already there, may grow a full map (hashbrown reserves before it looks).
         match self.by_tuple.get(&tuple) {
-            Some(&previous) if previous == session => return,
-            Some(&previous) => self.unlist(previous, &tuple),
+            Some(&owner) if owner == session => {
+                // Most recently latched now: the path in use is never the one let go.
+                if let Some(list) = self.tuples_of.get_mut(&session)
+                    && let Some(at) = list.iter().position(|t| *t == tuple)
+                {
+                    let latched = list.remove(at);
+                    list.push(latched);
+                }
+                return Latch::Latched;
+            }
+            Some(_) => return Latch::Taken,
             None => {}
         }
         self.by_tuple.insert(tuple, session);
@@ -180,6 +227,7 @@ impl<S: Copy + Eq + Hash> MuxTable<S> {
             let oldest = list.remove(0);
             self.by_tuple.remove(&oldest);
         }
+        Latch::Latched
     }
 
     /// `tuple` carries nothing any more; returns the session it carried.
@@ -191,7 +239,9 @@ impl<S: Copy + Eq + Hash> MuxTable<S> {
 
     /// A session ended: its ufrags and tuples go.
     pub fn forget_session(&mut self, session: S) {
-        self.by_ufrag.retain(|_, s| *s != session);
+        for ufrag in self.ufrags_of.remove(&session).unwrap_or_default() {
+            self.by_ufrag.remove(&ufrag);
+        }
         for tuple in self.tuples_of.remove(&session).unwrap_or_default() {
             self.by_tuple.remove(&tuple);
         }
@@ -397,32 +447,51 @@ mod tests {
     }
 
     #[test]
-    fn relatching_moves_a_tuple_and_release_lets_it_go() {
+    fn a_tuple_stays_with_its_session_until_released_or_forgotten() {
         let mut table = MuxTable::default();
-        table.latch(udp(1), 1);
-        table.latch(udp(2), 1);
-        table.latch(udp(1), 2);
-        assert_eq!(table.latched(&udp(1)), Some(2));
+        table.register(b"aaaa", 1).unwrap();
+        table.register(b"bbbb", 2).unwrap();
+        assert_eq!(table.latch(udp(1), 1), Latch::Latched);
+        assert_eq!(table.latch(udp(2), 1), Latch::Latched);
+        // Session 2's valid check from session 1's tuple (a spoofed source): refused.
+        assert_eq!(table.latch(udp(1), 2), Latch::Taken);
+        assert_eq!(table.latched(&udp(1)), Some(1));
+        // Once session 1 ends, the tuple is free for whoever checks from it.
         table.forget_session(1);
         assert_eq!(table.latched(&udp(2)), None);
-        assert_eq!(
-            table.latched(&udp(1)),
-            Some(2),
-            "another session's tuple stays"
-        );
+        assert_eq!(table.latch(udp(1), 2), Latch::Latched);
         assert_eq!(table.release(&udp(1)), Some(2));
         assert_eq!(table.release(&udp(1)), None);
+        table.forget_session(2);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_latch_for_a_session_no_longer_here_is_ignored() {
+        let mut table = MuxTable::default();
+        table.register(b"aaaa", 1).unwrap();
+        table.forget_session(1);
+        // Sent by the owner before the session ended, arriving after.
+        assert_eq!(table.latch(udp(1), 1), Latch::Gone);
         assert!(table.is_empty());
     }
 
     #[test]
     fn a_session_keeps_a_bounded_number_of_tuples() {
         let mut table = MuxTable::default();
+        table.register(b"aaaa", 1).unwrap();
         for port in 0..100 {
             table.latch(udp(port), 1);
+            // The path in use is checked (and latched again) all along.
+            table.latch(udp(0), 1);
         }
         assert_eq!(table.len().1, MAX_TUPLES_PER_SESSION);
-        assert_eq!(table.latched(&udp(0)), None, "the oldest went first");
+        assert_eq!(
+            table.latched(&udp(0)),
+            Some(1),
+            "the most recently latched stays"
+        );
+        assert_eq!(table.latched(&udp(1)), None, "the least recent went first");
         assert_eq!(table.latched(&udp(99)), Some(1));
         table.forget_session(1);
         assert!(table.is_empty());

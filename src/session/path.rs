@@ -66,9 +66,12 @@ pub fn on_valid_check(
     }
 }
 
-/// How many recent nominations a session remembers: a client sends a nomination a few
-/// times at most before it succeeds, and a replay worth making follows its original closely.
-const REMEMBERED_NOMINATIONS: usize = 8;
+/// How many recent nominations a session remembers. Chromium, controlling towards an
+/// ICE-lite relay, marks every check of its selected pair USE-CANDIDATE (about one each 2.5 s),
+/// so 32 cover the last minute and more: a capture replayed later than that still moves the
+/// path (until the client's next check moves it back). Closing that for good needs the switch
+/// to wait for authenticated SRTP on the new path; not done.
+const REMEMBERED_NOMINATIONS: usize = 32;
 
 /// The transaction IDs of a session's last nominations and the path each came on. Fixed size:
 /// nothing allocates.
@@ -184,8 +187,13 @@ mod tests {
         assert!(recent.is_replay(id, tcp(1, 1)));
         // A fresh check (a new ID) on the new path is the client's own: it moves the session.
         assert!(!recent.is_replay([8; 12], udp(6666)));
-        // Forgotten after eight newer nominations.
-        for i in 0..8 {
+        // Remembered through 30 newer nominations (a minute and more of a browser's checks)...
+        for i in 0..30 {
+            assert!(!recent.is_replay([100 + i; 12], udp(5000)));
+        }
+        assert!(recent.is_replay(id, udp(6666)));
+        // ...and forgotten after more.
+        for i in 30..REMEMBERED_NOMINATIONS as u8 {
             assert!(!recent.is_replay([100 + i; 12], udp(5000)));
         }
         assert!(!recent.is_replay(id, udp(6666)));

@@ -264,7 +264,7 @@ impl Fanout {
                                     worker: from,
                                     session,
                                 };
-                                mux.latch_udp(remote, owner);
+                                mux.latch_udp(remote, owner, &out.stats);
                             }
                         }
                         _ => self.inbox.push(Inbound::Packet {

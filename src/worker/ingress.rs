@@ -206,8 +206,8 @@ impl Core {
         };
         inc(&self.out.stats.stun_answered);
         let udp_fd = session.udp_fd;
-        // Single-port mode: the check proved the session's password, so its path latches
-        // where its packets arrive.
+        // Single-port mode: the check proved the session's password, so its path may latch
+        // where its packets arrive (decided once the check has or has not moved the path).
         let latch = match (self.mux_receiver, via) {
             (Some(receiver), Peer::Udp { addr, .. }) => Some((receiver, session.id, addr)),
             _ => None,
@@ -239,7 +239,13 @@ impl Core {
             let (table, out) = (&mut self.table, &mut self.out);
             self.fanout.request_keyframe(stream, layer, now, table, out);
         }
-        if let Some((receiver, session, from)) = latch {
+        // Only the session's path latches (or, before it has one, where its checks come
+        // from): a check refused as a replay, or one on a pair the client has not nominated,
+        // must not pull the session's media tuple away or push its path out of the table.
+        let latches = self.table.sessions[slot]
+            .as_ref()
+            .is_some_and(|s| s.remote.is_none_or(|r| r.path() == via.path()));
+        if latches && let Some((receiver, session, from)) = latch {
             self.latch_mux(receiver, session, from);
         }
     }

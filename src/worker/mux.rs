@@ -28,11 +28,11 @@ use super::MuxSettings;
 use super::egress::{Output, Peer};
 use super::event_loop::Core;
 use super::mesh::Forwarded;
-use super::stats::inc;
+use super::stats::{WorkerStats, inc};
 use super::table::{Table, ToClose};
 use crate::io::Token;
 use crate::media::{MAX_PACKET, SessionId};
-use crate::session::mux_table::{FiveTuple, MuxTable, Route, Transport, Unrouted};
+use crate::session::mux_table::{FiveTuple, Latch, MuxTable, Route, Transport, Unrouted};
 use crate::wire::framing::{PREFIX_LEN, write_prefix};
 
 /// In single-port mode, the slot in tokens that names the worker's shared UDP socket: the
@@ -176,10 +176,13 @@ impl MuxPort {
         }
     }
 
-    /// Latches a UDP path this worker's socket receives to `owner`.
-    pub(super) fn latch_udp(&mut self, remote: SocketAddr, owner: MuxOwner) {
+    /// Latches a UDP path this worker's socket receives to `owner`; a path another live
+    /// session holds stays with it, counted.
+    pub(super) fn latch_udp(&mut self, remote: SocketAddr, owner: MuxOwner, stats: &WorkerStats) {
         let tuple = self.udp_tuple(remote);
-        self.table.latch(tuple, owner);
+        if self.table.latch(tuple, owner) == Latch::Taken {
+            inc(&stats.drop_latch_taken);
+        }
     }
 }
 
@@ -414,7 +417,7 @@ impl Core {
         };
         if receiver == self.index {
             if let Some(mux) = self.table.mux.as_mut() {
-                mux.latch_udp(from, owner);
+                mux.latch_udp(from, owner, &self.out.stats);
             }
         } else if !self.fanout.hand_over(
             receiver,
@@ -442,9 +445,11 @@ impl Core {
         };
         let owner = match mux.table.route(&tuple, frame) {
             Route::Check(owner) => owner,
+            // A check for no session here (yet: a session's ufrag reaches every worker by a
+            // command, which a busy worker may take after the client's first check) is dropped;
+            // the connection stays unbound for the client's next check until its deadline.
             Route::Drop(Unrouted::UnknownUfrag) => {
                 inc(&self.out.stats.drop_unknown_ufrag);
-                self.table.close_conn(conn, &mut self.out);
                 return;
             }
             // Connections are never latched by tuple: a connection is its own path.

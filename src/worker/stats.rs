@@ -256,6 +256,9 @@ counters! {
     drop_unknown_ufrag,
     /// Single-port mode: dropped, not a binding request, from a path no session has latched.
     drop_unknown_path,
+    /// Single-port mode: a session's valid check from a path another live session holds (a
+    /// spoofed source): the path stays with that session.
+    drop_latch_taken,
     /// Single-port mode: packets the kernel gave this worker for a session on another one,
     /// handed over through the cross-worker queues.
     mux_handoffs,
