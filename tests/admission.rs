@@ -269,3 +269,79 @@ async fn offers_that_never_connect_give_their_places_up_after_the_ice_wait() {
     viewer.close().await;
     publisher.close().await;
 }
+
+/// A join whose client does ICE and keeps it alive but never starts DTLS holds its place for
+/// the handshake's time limit (20 s) after `admission.ice_wait_ms`, not for ever: then the
+/// place goes to the next join (`reason="no_dtls"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_that_does_ice_but_never_dtls_gives_its_place_up_after_the_handshake_limit() {
+    let relay = Relay::start(&[
+        ("CORECAST_WORKERS_COUNT", "1"),
+        ("CORECAST_MEDIA_PORTS", &media_range(16)),
+        ("CORECAST_MEDIA_PROTOCOL", "udp"),
+        ("CORECAST_ADMISSION_MAX_HANDSHAKES", "1"),
+        ("CORECAST_ADMISSION_QUEUE", "0"),
+        ("CORECAST_ADMISSION_ICE_WAIT_MS", "500"),
+    ]);
+    let certificate = Certificate::generate_self_signed(vec!["crowd".into()]).unwrap();
+    let options = ClientOptions::new(
+        relay.url("/whip/crowd"),
+        Role::Publish,
+        Transport::Udp,
+        &certificate,
+    );
+    let publisher = client::connect(&options, Box::new(|_| {}))
+        .await
+        .expect("the publisher connects");
+
+    let stuck = whep(&relay);
+    assert_eq!(stuck.status, 201, "{}", stuck.body);
+    let port = common::answer_port(&stuck.body);
+    let relay_ufrag = common::sdp_attribute(&stuck.body, "a=ice-ufrag:");
+    let relay_pwd = common::sdp_attribute(&stuck.body, "a=ice-pwd:");
+    let client_ufrag = common::sdp_attribute(CHROME_PLAY_OFFER, "a=ice-ufrag:");
+    // Its client nominates a pair and keeps checking it, as a live client would, and sends
+    // no DTLS at all.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let checking = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                let check = common::ice_check(&relay_ufrag, &client_ufrag, &relay_pwd, true);
+                socket.send_to(&check, ("127.0.0.1", port)).unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    // Past ice_wait, the place is still held (ICE did connect) and the next join is shed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        relay.metric("corecast_joins_in_handshake"),
+        1,
+        "{}",
+        relay.log()
+    );
+    assert_eq!(whep(&relay).status, 503);
+    // Then the handshake's limit passes, and the place goes.
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            relay.metric("corecast_joins_released_total{reason=\"no_dtls\"}") == 1
+        })
+        .await,
+        "the place was not given up\n{}",
+        relay.log()
+    );
+    assert!(started.elapsed() >= Duration::from_secs(20));
+    assert_eq!(relay.metric("corecast_joins_in_handshake"), 0);
+    assert_eq!(
+        relay.metric("corecast_joins_released_total{reason=\"no_ice\"}"),
+        0
+    );
+    let next = whep(&relay);
+    assert_eq!(next.status, 201, "{}", next.body);
+    stop.store(true, Ordering::Relaxed);
+    checking.join().unwrap();
+    publisher.close().await;
+}

@@ -128,8 +128,9 @@ fn session_id(session: &client::Session) -> u64 {
     session
         .location
         .as_deref()
-        .and_then(|l| l.rsplit('/').next()?.parse().ok())
-        .expect("the session's Location ends in its id")
+        .and_then(|l| corecast::control::resource::parse(l.rsplit('/').next()?))
+        .map(|(id, _)| id)
+        .expect("the session's Location is /session/{id}-{key}")
 }
 
 async fn dashboard_under_load() {

@@ -549,7 +549,10 @@ async fn the_webhook_denies_times_out_and_allows_and_hears_of_the_end() {
     let allowed = whip(token, &relay.url("/whip/ok-1")).await;
     assert_eq!(allowed.status, 201, "{}", allowed.body);
     let location = allowed.header("location").unwrap().to_string();
-    let session: u64 = location.rsplit('/').next().unwrap().parse().unwrap();
+    // `/session/{id}-{key}`
+    let session: u64 = corecast::control::resource::parse(location.rsplit('/').next().unwrap())
+        .unwrap()
+        .0;
     assert_eq!(
         call(token, "DELETE", &relay.url(&location), None, "")
             .await

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{CHROME_PUBLISH_OFFER, Relay, answer_port, http, http_with_headers, media_range};
-use corecast::wire::stun::{BINDING_REQUEST, StunMessage, StunWriter, short_term_key};
+use corecast::wire::stun::{StunMessage, short_term_key};
 use serde_json::Value;
 
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
@@ -32,11 +32,7 @@ struct Created {
 }
 
 fn attribute(sdp: &str, name: &str) -> String {
-    sdp.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .unwrap_or_else(|| panic!("no {name} in {sdp}"))
-        .trim()
-        .to_string()
+    common::sdp_attribute(sdp, name)
 }
 
 fn publish(relay: &Relay, stream: &str) -> Created {
@@ -63,25 +59,8 @@ fn patch(relay: &Relay, location: &str, headers: &[(&str, &str)], body: &str) ->
     http_with_headers("PATCH", &relay.url(location), headers, body)
 }
 
-/// A Binding request from the controlling agent: USERNAME `relay_ufrag:client_ufrag`, signed
-/// with `pwd` (the relay's password, or a wrong one).
 fn check(relay_ufrag: &str, client_ufrag: &str, pwd: &str, nominate: bool) -> Vec<u8> {
-    let mut buf = vec![0u8; 256];
-    let transaction: [u8; 12] = rand::random();
-    let mut w = StunWriter::new(&mut buf, BINDING_REQUEST, &transaction).unwrap();
-    w.username(format!("{relay_ufrag}:{client_ufrag}").as_bytes())
-        .unwrap()
-        .priority(1_845_501_695)
-        .unwrap()
-        .ice_controlling(rand::random())
-        .unwrap();
-    if nominate {
-        w.use_candidate().unwrap();
-    }
-    w.message_integrity(&short_term_key(pwd)).unwrap();
-    let n = w.fingerprint().unwrap();
-    buf.truncate(n);
-    buf
+    common::ice_check(relay_ufrag, client_ufrag, pwd, nominate)
 }
 
 /// Sends a check from `socket`; the relay's answer, verified with `pwd`, if one comes.

@@ -407,3 +407,34 @@ pub fn send_udp(port: u16, payload: &[u8]) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.send_to(payload, ("127.0.0.1", port)).unwrap();
 }
+
+/// An ICE Binding request from a controlling client: USERNAME `relay_ufrag:client_ufrag`,
+/// signed with `pwd` (the relay's password, or a wrong one), USE-CANDIDATE when `nominate`.
+pub fn ice_check(relay_ufrag: &str, client_ufrag: &str, pwd: &str, nominate: bool) -> Vec<u8> {
+    use corecast::wire::stun::{BINDING_REQUEST, StunWriter, short_term_key};
+    let mut buf = vec![0u8; 256];
+    let transaction: [u8; 12] = rand::random();
+    let mut w = StunWriter::new(&mut buf, BINDING_REQUEST, &transaction).unwrap();
+    w.username(format!("{relay_ufrag}:{client_ufrag}").as_bytes())
+        .unwrap()
+        .priority(1_845_501_695)
+        .unwrap()
+        .ice_controlling(rand::random())
+        .unwrap();
+    if nominate {
+        w.use_candidate().unwrap();
+    }
+    w.message_integrity(&short_term_key(pwd)).unwrap();
+    let n = w.fingerprint().unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// The value of an SDP attribute line (`a=ice-ufrag:`) in `sdp`.
+pub fn sdp_attribute(sdp: &str, name: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in {sdp}"))
+        .trim()
+        .to_string()
+}
