@@ -140,9 +140,16 @@ impl<W> Admission<W> {
     }
 
     /// When a join shed now should come back: the time for the handshakes in progress and
-    /// those waiting to end at the rate they ended in the last second, 1 to 30 s.
+    /// those waiting to end at the rate they ended in the last second, 1 to 30 s. Before any
+    /// has ended (the first moments of a crowd after a quiet spell) the rate is taken as every
+    /// place freeing once a second (a handshake in a crowd takes well under a second), not as
+    /// one a second, which told every join shed at the start to stay away for 30 s.
     pub fn retry_after(&self) -> Duration {
-        let rate = self.ended_last_second.max(self.ended_this_second).max(1);
+        let measured = self.ended_last_second.max(self.ended_this_second);
+        let rate = match measured {
+            0 => self.limits.max_handshakes.max(1) as u64,
+            n => n,
+        };
         let backlog = (self.in_handshake + self.waiting.len()) as u64;
         Duration::from_secs(backlog.div_ceil(rate).max(1)).min(MAX_RETRY_AFTER)
     }
@@ -279,11 +286,12 @@ mod tests {
         for _ in 0..10 {
             a.arrive(start, "w");
         }
-        // Nothing ended yet: taken as 1 a second, with 20 joins ahead.
+        // Nothing ended yet: each of the 10 places taken as freeing once a second, with 20
+        // joins ahead.
         let Arrival::Shed { retry_after } = a.arrive(start, "late") else {
             panic!("the queue is full");
         };
-        assert_eq!(retry_after, Duration::from_secs(20));
+        assert_eq!(retry_after, Duration::from_secs(2));
         // Five handshakes end in the first second (their places go to waiters).
         for _ in 0..5 {
             a.release(start + Duration::from_millis(500));
@@ -306,9 +314,12 @@ mod tests {
     fn retry_after_is_capped() {
         let now = Instant::now();
         let mut a = admission(100, 0);
-        for _ in 0..100 {
+        for _ in 0..101 {
             a.arrive(now, "x");
         }
+        // One handshake ended in the last second: 100 ahead at 1/s.
+        a.release(now);
+        a.arrive(now, "x");
         let Arrival::Shed { retry_after } = a.arrive(now, "late") else {
             panic!("no queue");
         };

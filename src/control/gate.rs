@@ -185,16 +185,15 @@ fn need(method: &Method, path: &str) -> Need {
     }
 }
 
-/// The session's stream and the right it was made with.
+/// The session's stream and the right it was made with (one lookup: a crowd's PATCHes and
+/// DELETEs must not each walk every session).
 fn session_right(control: &Control, id: SessionId) -> Option<(String, Right)> {
-    control.streams().into_iter().find_map(|s| {
-        if s.publisher.session == id {
-            Some((s.stream, Right::Publish))
-        } else if s.players.iter().any(|p| p.session == id) {
-            Some((s.stream, Right::Play))
-        } else {
-            None
-        }
+    control.session_stream_and_role(id).map(|(stream, role)| {
+        let right = match role {
+            super::Role::Publisher => Right::Publish,
+            super::Role::Player => Right::Play,
+        };
+        (stream, right)
     })
 }
 

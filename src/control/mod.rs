@@ -299,6 +299,14 @@ impl Control {
     }
 
     /// Ends a session and waits until its port is free again. `false` if there is no such session.
+    /// Session `id`'s stream and role, if it exists.
+    pub fn session_stream_and_role(&self, id: SessionId) -> Option<(String, Role)> {
+        lock(&self.registry)
+            .sessions
+            .get(&id)
+            .map(|entry| (entry.stream.clone(), entry.role))
+    }
+
     /// Whether session `id` exists and `key` is the secret of its resource URL
     /// (`control::resource`).
     pub fn resource_key_matches(&self, id: SessionId, key: Option<&str>) -> bool {
