@@ -496,3 +496,54 @@ fn a_second_relay_on_the_same_shared_port_refuses_to_start() {
     let streams = http("GET", &first.url("/api/streams"), None, "");
     assert_eq!(streams.status, 200, "the first relay serves on");
 }
+
+/// A session's ICE-TCP places on the shared port cannot be held against its client: eight
+/// connections naming its ufrag with a wrong password (anyone who saw a check knows the ufrag)
+/// take them, and the client's own connection still gets in and is answered, the oldest
+/// unvalidated one making room, as on a session's own listener.
+#[test]
+fn connections_holding_a_sessions_places_make_room_for_its_client() {
+    use std::io::{Read, Write};
+    let port = common::free_mux_port();
+    let relay = single_port_relay(port);
+    let publisher = http(
+        "POST",
+        &relay.url("/whip/crowded"),
+        Some("application/sdp"),
+        common::CHROME_PUBLISH_OFFER,
+    );
+    assert_eq!(publisher.status, 201, "{}", publisher.body);
+    let ufrag = common::sdp_attribute(&publisher.body, "a=ice-ufrag:");
+    let pwd = common::sdp_attribute(&publisher.body, "a=ice-pwd:");
+    let client_ufrag = common::sdp_attribute(common::CHROME_PUBLISH_OFFER, "a=ice-ufrag:");
+    let framed = |check: Vec<u8>| {
+        let mut frame = (check.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(&check);
+        frame
+    };
+    let squatters: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let forged = common::ice_check(&ufrag, &client_ufrag, "not-the-password", true);
+            s.write_all(&framed(forged)).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let check = common::ice_check(&ufrag, &client_ufrag, &pwd, true);
+    client.write_all(&framed(check)).unwrap();
+    let mut len = [0u8; 2];
+    client
+        .read_exact(&mut len)
+        .unwrap_or_else(|e| panic!("the client's connection was refused: {e}\n{}", relay.log()));
+    let mut response = vec![0u8; u16::from_be_bytes(len) as usize];
+    client.read_exact(&mut response).unwrap();
+    let response = corecast::wire::stun::StunMessage::parse(&response).unwrap();
+    assert!(response.is_binding_success());
+    assert!(relay.metric_all_workers("corecast_tcp_evicted_total") >= 1);
+    drop(squatters);
+}

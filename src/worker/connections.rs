@@ -110,16 +110,32 @@ impl Connections {
     }
 }
 
-impl super::table::Session {
-    /// Whether another ICE-TCP connection may join (single-port mode, where connections
-    /// come without a session's own listener).
-    pub(super) fn has_room_for_conn(&self) -> bool {
-        self.conns.len() < MAX_TCP_CONNECTIONS_PER_SESSION
-            && self.open_conns < MAX_TCP_OPEN_PER_SESSION
-    }
-}
-
 impl Table {
+    /// Room for one more ICE-TCP connection in session `slot` (single-port mode, where
+    /// connections come without a session's own listener), made as its own listener makes it:
+    /// a full session closes its oldest connection that has not sent a valid check, else its
+    /// oldest standby one; its media path keeps its place. `false` when it is closing, or its
+    /// open connections (closing ones included) are at their bound: then the new one goes.
+    /// Refusing instead would let anyone who saw a ufrag keep its client's TCP fallback out.
+    pub(super) fn make_room_for_conn(&mut self, slot: usize, out: &mut Output) -> bool {
+        let Some(session) = self.sessions[slot].as_ref() else {
+            return false;
+        };
+        if session.closing || session.open_conns >= MAX_TCP_OPEN_PER_SESSION {
+            return false;
+        }
+        if session.conns.len() < MAX_TCP_CONNECTIONS_PER_SESSION {
+            return true;
+        }
+        let selected = session.remote.and_then(|r| r.tcp_conn()).map(|(c, _)| c);
+        let Some(oldest) = out.conns.evictable(&session.conns, selected) else {
+            return false;
+        };
+        inc(&out.stats.tcp_evicted);
+        self.close_conn(oldest, out);
+        true
+    }
+
     pub(super) fn accepted(
         &mut self,
         token: Token,

@@ -238,19 +238,18 @@ impl Table {
         Some((slot, session.generation))
     }
 
-    /// An unbound connection named session `id` here: it joins the session, unless the
-    /// session is gone or holds its most connections (then it closes).
+    /// An unbound connection named session `id` here: it joins the session (which makes room
+    /// as its own listener would), unless the session is gone or closing, or its open
+    /// connections are at their bound (then it closes).
     pub(super) fn bind_conn(
         &mut self,
         conn: usize,
         id: SessionId,
         out: &mut Output,
     ) -> Option<(usize, u32)> {
-        let bound = self.live_slot(id).filter(|&(slot, _)| {
-            self.sessions[slot]
-                .as_ref()
-                .is_some_and(|s| s.has_room_for_conn())
-        });
+        let bound = self
+            .live_slot(id)
+            .filter(|&(slot, _)| self.make_room_for_conn(slot, out));
         let Some((slot, generation)) = bound else {
             // Still unbound: counted out of `unbound_conns` when it finishes.
             inc(&out.stats.tcp_refused);
@@ -322,11 +321,9 @@ impl Table {
         now: Instant,
         out: &mut Output,
     ) -> Option<(usize, u32)> {
-        let room = self.live_slot(handover.session).filter(|&(slot, _)| {
-            self.sessions[slot]
-                .as_ref()
-                .is_some_and(|s| s.has_room_for_conn())
-        });
+        let room = self
+            .live_slot(handover.session)
+            .filter(|&(slot, _)| self.make_room_for_conn(slot, out));
         let Some((slot, generation)) = room else {
             inc(&out.stats.tcp_refused);
             self.to_close.push(ToClose::Connection(handover.stream));
