@@ -38,8 +38,8 @@ impl Control {
     }
 
     /// The live session (its worker and id) whose ufrag `first_frame` (a STUN message, without
-    /// its RFC 4571 prefix) names in its USERNAME, if it is a binding request. A pass over the
-    /// sessions: once per connection, never per packet.
+    /// its RFC 4571 prefix) names in its USERNAME, if it is a binding request. One lookup per
+    /// connection, never per packet.
     pub fn ice_tcp_owner(&self, first_frame: &[u8]) -> Option<(usize, SessionId)> {
         let message = StunMessage::parse(first_frame).ok()?;
         if !message.is_binding_request() {
@@ -47,17 +47,15 @@ impl Control {
         }
         let username = message.username?;
         let ours = username.split(|&b| b == b':').next()?;
+        let ours = std::str::from_utf8(ours).ok()?;
         let registry = lock(&self.registry);
+        let id = *registry.by_ufrag.get(ours)?;
         registry
             .sessions
-            .iter()
-            .find(|(_, s)| {
-                // Only a session whose answer offered ICE-TCP takes a connection.
-                s.offered.1
-                    && s.state != SessionState::Closing
-                    && s.ice.local_ufrag.as_bytes() == ours
-            })
-            .map(|(&id, s)| (s.worker, id))
+            .get(&id)
+            // Only a session whose answer offered ICE-TCP takes a connection.
+            .filter(|s| s.offered.1 && s.state != SessionState::Closing)
+            .map(|s| (s.worker, id))
     }
 
     /// Moves a connection that named session `session` to its worker, with `bytes`, all it

@@ -369,6 +369,9 @@ impl Control {
                     let entry = {
                         let mut registry = lock(&self.registry);
                         let entry = registry.sessions.remove(&session);
+                        if let Some(entry) = &entry {
+                            registry.by_ufrag.remove(&entry.ice.local_ufrag);
+                        }
                         if let Some(key) = entry.as_ref().and_then(|e| e.client)
                             && let Some(held) = registry.sessions_per_ip.get_mut(&key)
                         {

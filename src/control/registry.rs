@@ -128,6 +128,9 @@ pub(super) struct Registry {
     pub(super) next_stream: StreamId,
     /// Sessions per client key (`limits::client_key`), for `http.max_sessions_per_ip`.
     pub(super) sessions_per_ip: HashMap<IpAddr, usize>,
+    /// Each session by its current ICE ufrag (the relay's), for a connection on the HTTP port
+    /// that names one (`ice_door`): one lookup per connection, not a pass over the sessions.
+    pub(super) by_ufrag: HashMap<String, SessionId>,
 }
 
 #[derive(Serialize)]

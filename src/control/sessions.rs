@@ -483,6 +483,7 @@ impl Control {
         if let Some(key) = entry.client {
             *registry.sessions_per_ip.entry(key).or_default() += 1;
         }
+        registry.by_ufrag.insert(entry.ice.local_ufrag.clone(), id);
         registry.sessions.insert(id, entry);
         self.counters
             .sessions_created

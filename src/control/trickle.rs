@@ -31,7 +31,8 @@ impl Control {
         if_match: Option<&str>,
         body: &[u8],
     ) -> Result<IcePatched, ApiError> {
-        let mut registry = lock(&self.registry);
+        let mut guard = lock(&self.registry);
+        let registry = &mut *guard;
         let Some(entry) = registry
             .sessions
             .get_mut(&id)
@@ -63,6 +64,8 @@ impl Control {
         // The one place signaling changes a session's credentials; the worker's
         // `Table::restart_ice` is the other half.
         let previous_ufrag = std::mem::replace(&mut ice.local_ufrag, random_token(8));
+        registry.by_ufrag.remove(&previous_ufrag);
+        registry.by_ufrag.insert(ice.local_ufrag.clone(), id);
         ice.local_pwd = random_token(24);
         ice.remote_ufrag = remote_ufrag.to_string();
         ice.remote_pwd = remote_pwd.to_string();
