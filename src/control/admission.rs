@@ -140,7 +140,8 @@ impl<W> Admission<W> {
     }
 
     /// When a join shed now should come back: the time for the handshakes in progress and
-    /// those waiting to end at the rate they ended in the last second, 1 to 30 s. Before any
+    /// those waiting to end at the rate they ended in the last second, spread over up to 40 %
+    /// more between joins shed together, 1 to 30 s. Before any
     /// has ended (the first moments of a crowd after a quiet spell) the rate is taken as every
     /// place freeing once a second (a handshake in a crowd takes well under a second), not as
     /// one a second, which told every join shed at the start to stay away for 30 s.
@@ -151,7 +152,12 @@ impl<W> Admission<W> {
             n => n,
         };
         let backlog = (self.in_handshake + self.waiting.len()) as u64;
-        Duration::from_secs(backlog.div_ceil(rate).max(1)).min(MAX_RETRY_AFTER)
+        let base = backlog.div_ceil(rate).max(1);
+        // Joins shed in the same moment would all come back in the same moment: in turn, each
+        // is told up to 40 % more (deterministic, so this stays sans-IO).
+        let shed = self.counts.shed_queue_full + self.counts.shed_waited_too_long;
+        let spread = base * (shed % 5) / 10;
+        Duration::from_secs(base + spread).min(MAX_RETRY_AFTER)
     }
 
     pub fn counts(&self) -> AdmissionCounts {
@@ -308,6 +314,29 @@ mod tests {
             panic!("the queue is full");
         };
         assert_eq!(retry_after, Duration::from_secs(4), "20 ahead at 5/s");
+    }
+
+    #[test]
+    fn joins_shed_together_are_told_different_times() {
+        let now = Instant::now();
+        let mut a = admission(20, 0);
+        for _ in 0..20 {
+            a.arrive(now, "x");
+        }
+        // One handshake ended this second and its place was taken again: 20 ahead at 1/s.
+        a.release(now);
+        a.arrive(now, "x");
+        let told: Vec<u64> = (0..5)
+            .map(|_| match a.arrive(now, "late") {
+                Arrival::Shed { retry_after } => retry_after.as_secs(),
+                other => panic!("shed, not {other:?}"),
+            })
+            .collect();
+        assert!(told.iter().all(|s| (20..=28).contains(s)), "{told:?}");
+        let mut distinct = told.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 5, "{told:?}");
     }
 
     #[test]
