@@ -369,7 +369,9 @@ impl Control {
                     let entry = {
                         let mut registry = lock(&self.registry);
                         let entry = registry.sessions.remove(&session);
-                        if let Some(entry) = &entry {
+                        if let Some(entry) = &entry
+                            && registry.by_ufrag.get(&entry.ice.local_ufrag) == Some(&session)
+                        {
                             registry.by_ufrag.remove(&entry.ice.local_ufrag);
                         }
                         if let Some(key) = entry.as_ref().and_then(|e| e.client)

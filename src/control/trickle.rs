@@ -64,7 +64,9 @@ impl Control {
         // The one place signaling changes a session's credentials; the worker's
         // `Table::restart_ice` is the other half.
         let previous_ufrag = std::mem::replace(&mut ice.local_ufrag, random_token(8));
-        registry.by_ufrag.remove(&previous_ufrag);
+        if registry.by_ufrag.get(&previous_ufrag) == Some(&id) {
+            registry.by_ufrag.remove(&previous_ufrag);
+        }
         registry.by_ufrag.insert(ice.local_ufrag.clone(), id);
         ice.local_pwd = random_token(24);
         ice.remote_ufrag = remote_ufrag.to_string();
