@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{CHROME_PLAY_OFFER, Relay, http, media_range};
-use corecast::client::{self, ClientOptions, Incoming, Role, Transport};
-use corecast::wire::rtp::RtpHeader;
+use corecast::client::{self, ClientOptions, Role, Transport};
 use webrtc_dtls::crypto::Certificate;
 
 /// Joins in the storm, all past the queue.
@@ -78,13 +77,9 @@ async fn a_crowd_past_the_queue_is_shed_with_retry_after_and_the_playing_viewer_
     let playing = client::connect(
         &options("/whep/crowd", Role::Play),
         Box::new(move |incoming| {
-            let Incoming::Rtp(packet) = incoming else {
+            let Some(payload) = common::rtp_payload(incoming) else {
                 return;
             };
-            let Ok(h) = RtpHeader::parse(packet) else {
-                return;
-            };
-            let payload = &packet[h.header_len..];
             if let Some(count) = payload.strip_prefix(MARK).and_then(|c| c.get(..4)) {
                 let count = u32::from_be_bytes(count.try_into().unwrap());
                 if counted.packets.fetch_add(1, Ordering::Relaxed) == 0 {

@@ -303,21 +303,11 @@ fn chromium_publisher_and_three_players_decode_over_ice_tcp_across_two_workers()
 }
 
 /// A port free for both UDP and TCP on `ip`, for a relay's shared media port.
-fn free_mux_port(ip: &str) -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind((ip, 0)).unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// Single-port mode: a publisher and three players on a relay with two workers, over
 /// `protocol`, every session on the one port: all decode, every candidate the browser was
 /// given and every selected path carries that port, and the players sit on both workers.
 async fn single_port_publisher_and_three_players(protocol: &str) {
-    let port = free_mux_port("127.0.0.1");
+    let port = common::free_mux_port();
     let relay = Relay::start(&[
         ("CORECAST_WORKERS_COUNT", "2"),
         ("CORECAST_MEDIA_MUX_PORT", &port.to_string()),
@@ -454,7 +444,7 @@ fn chromium_publishes_and_plays_over_ipv6() {
         return;
     }
     runtime().block_on(async {
-        let port = free_mux_port(PRIVATE_V6);
+        let port = common::free_mux_port_on(PRIVATE_V6);
         let relay = Relay::start(&[
             ("CORECAST_WORKERS_COUNT", "2"),
             ("CORECAST_MEDIA_BIND_IP", PRIVATE_V6),
@@ -842,13 +832,7 @@ async fn ice_tcp_on_the_http_port(tls: bool) {
             "{}",
             answer.body
         );
-        let victim = answer
-            .body
-            .lines()
-            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let victim = common::sdp_attribute(&answer.body, "a=ice-ufrag:");
         let (invalid, unvalidated) = (
             relay.metric_all_workers("corecast_drop_stun_invalid_total"),
             relay.metric_all_workers("corecast_tcp_unvalidated_closed_total"),

@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Relay, answer_candidates, http};
-use corecast::client::{self, ClientOptions, Incoming, Role, Transport};
-use corecast::wire::rtp::RtpHeader;
+use corecast::client::{self, ClientOptions, Role, Transport};
 use corecast::wire::stun::{BINDING_REQUEST, StunWriter, short_term_key};
 use webrtc_dtls::crypto::Certificate;
 
@@ -50,13 +49,9 @@ struct Tally {
 
 fn tallying(stream: u32, tally: Arc<Tally>) -> client::Handler {
     Box::new(move |incoming| {
-        let Incoming::Rtp(packet) = incoming else {
+        let Some(payload) = common::rtp_payload(incoming) else {
             return;
         };
-        let Ok(h) = RtpHeader::parse(packet) else {
-            return;
-        };
-        let payload = &packet[h.header_len..];
         if payload.len() >= 8 && &payload[..4] == MARK {
             let marked = u32::from_be_bytes(payload[4..8].try_into().unwrap());
             let counter = if marked == stream {
@@ -250,13 +245,7 @@ async fn garbage_and_spoofed_checks_are_counted_and_the_stream_keeps_playing() {
             .iter()
             .all(|(_, p)| *p == port)
     );
-    let victim = answer
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let victim = common::sdp_attribute(&answer.body, "a=ice-ufrag:");
 
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
     attacker
@@ -310,13 +299,7 @@ async fn garbage_and_spoofed_checks_are_counted_and_the_stream_keeps_playing() {
 /// `tests/browser.rs` proves IPv6 with it on a namespace-private address.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publish_and_play_over_ipv6_loopback() {
-    let port = loop {
-        let tcp = TcpListener::bind("[::1]:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("::1", port)).is_ok() {
-            break port;
-        }
-    };
+    let port = common::free_mux_port_on("::1");
     let relay = Relay::start(&[
         ("CORECAST_WORKERS_COUNT", "2"),
         ("CORECAST_WORKERS_PIN", "false"),

@@ -169,18 +169,7 @@ fn kernel_udp_errors() -> Vec<(&'static str, u64)> {
 
 /// The offer from a request, or why it is not one.
 fn offer_text<'b>(headers: &HeaderMap, body: &'b Bytes) -> Result<&'b str, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    // The media type, without parameters (`application/sdp; charset=utf-8` is SDP too).
-    let media_type = content_type.split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case("application/sdp") {
-        return Err(ApiError::new(
-            415,
-            format!("Content-Type must be application/sdp, not `{content_type}`"),
-        ));
-    }
+    require_media_type(headers, "application/sdp", "")?;
     std::str::from_utf8(body).map_err(|_| ApiError::new(400, "the SDP offer is not UTF-8 text"))
 }
 
@@ -201,6 +190,23 @@ fn created(created: Created) -> Response {
     response
 }
 
+/// `415` unless the request's Content-Type is `expected` (`why`: what the reader should know
+/// of it). Parameters aside: `application/sdp; charset=utf-8` is SDP too.
+fn require_media_type(headers: &HeaderMap, expected: &str, why: &str) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case(expected) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        415,
+        format!("Content-Type must be {expected}{why}, not `{content_type}`"),
+    ))
+}
+
 /// The media type of trickle ICE fragments (RFC 8840).
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 
@@ -212,17 +218,7 @@ async fn patch_ice(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media_type = content_type.split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case(SDPFRAG) {
-        return Err(ApiError::new(
-            415,
-            format!("Content-Type must be {SDPFRAG} (RFC 8840), not `{content_type}`"),
-        ));
-    }
+    require_media_type(&headers, SDPFRAG, " (RFC 8840)")?;
     let id = session_resource(&control, &id, 404)?;
     let if_match = match headers.get(header::IF_MATCH) {
         Some(v) => Some(
@@ -343,16 +339,7 @@ async fn patch_session(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = api_session(&control, &id)?;
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !json {
-        return Err(ApiError::new(
-            415,
-            "send the session's changes as application/json",
-        ));
-    }
+    require_media_type(&headers, "application/json", " (the session's changes)")?;
     let request: LayerRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(400, format!("the JSON body: {e}")))?;
     let preference = control.set_layer_preference(id, &request)?;

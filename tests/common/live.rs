@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use corecast::client::{self, ClientOptions, Incoming, Role, Transport};
-use corecast::wire::rtp::RtpHeader;
+use corecast::client::{self, ClientOptions, Role, Transport};
 use webrtc_dtls::crypto::Certificate;
 
 use super::Relay;
@@ -54,13 +53,9 @@ impl LiveStream {
         let player = client::connect(
             &options(format!("/whep/{stream}"), Role::Play),
             Box::new(move |incoming| {
-                let Incoming::Rtp(packet) = incoming else {
+                let Some(payload) = super::rtp_payload(incoming) else {
                     return;
                 };
-                let Ok(h) = RtpHeader::parse(packet) else {
-                    return;
-                };
-                let payload = &packet[h.header_len..];
                 if payload.starts_with(COUNTED) {
                     r.fetch_add(1, Ordering::Relaxed);
                 } else if payload.starts_with(WARM_UP) {

@@ -129,9 +129,13 @@ pub fn media_range(len: u16) -> String {
 /// A port free for both UDP and TCP on loopback, for one relay's shared media port
 /// (`media.mux_port`); from the same block as [`free_tcp_port`], for the same reason.
 pub fn free_mux_port() -> u16 {
+    free_mux_port_on("127.0.0.1")
+}
+
+/// As [`free_mux_port`], on address `ip` (`::1`, a namespace's own address).
+pub fn free_mux_port_on(ip: &str) -> u16 {
     free_port_of_this_process(|port| {
-        TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        TcpListener::bind((ip, port)).is_ok() && UdpSocket::bind((ip, port)).is_ok()
     })
 }
 
@@ -437,4 +441,13 @@ pub fn sdp_attribute(sdp: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {sdp}"))
         .trim()
         .to_string()
+}
+
+/// The payload of a media packet a client received, when it is RTP that parses.
+pub fn rtp_payload(incoming: corecast::client::Incoming<'_>) -> Option<&[u8]> {
+    let corecast::client::Incoming::Rtp(packet) = incoming else {
+        return None;
+    };
+    let header = corecast::wire::rtp::RtpHeader::parse(packet).ok()?;
+    packet.get(header.header_len..)
 }
