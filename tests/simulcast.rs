@@ -202,13 +202,19 @@ async fn simulcast_players() {
     // B settles on the low encoding (320 wide) within 30 s: its path estimate starts at an
     // unproven 1 Mbit/s, on which the relay tries the middle encoding once; the policer's loss
     // then brings the estimate under the middle encoding's rate (the relay's view of B), and
-    // from there B stays low...
+    // from there B stays low once its picture moves again...
     let middle_kbps = streams(&relay)[0]["layers"][1]["bitrate_kbps"]
         .as_f64()
         .unwrap_or(500.0);
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut frames_before = 0.0;
     loop {
         let s = page.stats(&b).await;
+        // Decoding again (at 20 fps or more over the last half second): a freeze of the trial
+        // has ended, and been counted, before the window starts.
+        let frames = num(&s["inbound"], "framesDecoded");
+        let decoding = frames - frames_before >= 10.0;
+        frames_before = frames;
         let view = streams(&relay);
         let relay_b = view[0]["players"]
             .as_array()
@@ -219,7 +225,9 @@ async fn simulcast_players() {
             })
             .cloned()
             .unwrap_or_default();
-        if num(&s["inbound"], "frameWidth") == 320.0 && num(&relay_b, "estimate_kbps") < middle_kbps
+        if num(&s["inbound"], "frameWidth") == 320.0
+            && num(&relay_b, "estimate_kbps") < middle_kbps
+            && decoding
         {
             break;
         }
